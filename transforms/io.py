@@ -1,0 +1,217 @@
+"""Reading raw tables (CSV, Parquet, JSON Lines) into all-string Arrow tables.
+
+Every data row gets a stable ``_lf_row_id`` (its 0-based record number in the source). Rows
+that cannot be read as a row of the table (ragged, undecodable bytes, oversized cells) are not
+dropped: they come back as quarantine records with the reason and the raw text.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from transforms._errors import InputError
+
+__all__ = ["ROW_ID", "RawRead", "Quarantined", "read_raw", "quarantine_table", "QUARANTINE_SCHEMA"]
+
+ROW_ID = "_lf_row_id"
+DEFAULT_MAX_CELL_CHARS = 1_000_000
+QUARANTINE_SCHEMA = pa.schema([
+    (ROW_ID, pa.int64()),
+    ("reason", pa.string()),
+    ("stage", pa.string()),
+    ("record", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    row_id: int
+    reason: str
+    stage: str
+    record: str  # the row as read, JSON (object of column -> raw string, or the raw text)
+
+
+@dataclass
+class RawRead:
+    path: str
+    table: pa.Table  # all-string columns + ROW_ID
+    quarantined: list[Quarantined] = field(default_factory=list)
+
+    @property
+    def rows_in(self) -> int:
+        return self.table.num_rows + len(self.quarantined)
+
+
+def quarantine_table(rows: list[Quarantined]) -> pa.Table:
+    return pa.table({
+        ROW_ID: pa.array([q.row_id for q in rows], pa.int64()),
+        "reason": pa.array([q.reason for q in rows], pa.string()),
+        "stage": pa.array([q.stage for q in rows], pa.string()),
+        "record": pa.array([q.record for q in rows], pa.string()),
+    }, schema=QUARANTINE_SCHEMA)
+
+
+def read_raw(path: str | Path, *, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS, limit: int | None = None) -> RawRead:
+    """Read ``path`` as strings. The format follows the suffix: .csv/.tsv/.txt, .parquet, .jsonl/.json."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"input {path} is a directory; pass a file (.csv, .parquet or .jsonl)")
+    if path.stat().st_size == 0:
+        raise InputError(f"input file {path} is empty (0 bytes): expected a header row and data rows")
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        result = _read_parquet(path, limit)
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        result = _read_jsonl(path, max_cell_chars, limit)
+    else:
+        result = _read_csv(path, max_cell_chars, limit)
+    if result.table.num_rows == 0 and not result.quarantined:
+        raise InputError(f"input file {path} has a header ({result.table.num_columns - 1} columns) but no data rows")
+    return result
+
+
+def _check_header(path: Path, names: list[str]) -> list[str]:
+    names = [n if n is not None else "" for n in names]
+    if not names or all(not n.strip() for n in names):
+        raise InputError(f"{path}: the first line has no column names")
+    seen: dict[str, int] = {}
+    for n in names:
+        seen[n.strip()] = seen.get(n.strip(), 0) + 1
+    dupes = sorted(n for n, k in seen.items() if k > 1)
+    if dupes:
+        raise InputError(f"{path}: duplicate column names {dupes} in the header; every column needs its own name")
+    blank = [i + 1 for i, n in enumerate(names) if not n.strip()]
+    if blank:
+        raise InputError(f"{path}: column(s) at position {blank} of the header have no name")
+    reserved = [n for n in names if n.startswith("_lf_")]
+    if reserved:
+        raise InputError(f"{path}: column names {reserved} use the prefix '_lf_' that lakefill reserves for provenance")
+    return names
+
+
+def _read_csv(path: Path, max_cell_chars: int, limit: int | None) -> RawRead:
+    csv.field_size_limit(sys.maxsize)
+    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+        sample = fh.read(65536)
+        fh.seek(0)
+        delimiter = "\t" if path.suffix.lower() == ".tsv" or (sample.count("\t") > sample.count(",")) else ","
+        reader = csv.reader(fh, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise InputError(f"input file {path} is empty: expected a header row") from None
+        except csv.Error as err:
+            raise InputError(f"{path}: the header line cannot be parsed as CSV: {err}") from err
+        if any(_has_bad_bytes(h) for h in header):
+            raise InputError(f"{path}: the header line has bytes that are not valid UTF-8; re-save the file as UTF-8")
+        names = _check_header(path, header)
+        width = len(names)
+        columns: list[list[str]] = [[] for _ in names]
+        row_ids: list[int] = []
+        bad: list[Quarantined] = []
+        record = 0
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:
+                bad.append(Quarantined(record, f"line {reader.line_num}: unreadable CSV record: {err}", "read", json.dumps({"line": reader.line_num})))
+                record += 1
+                continue
+            if not fields:  # a blank line is no record
+                continue
+            reason = _row_problem(fields, names, width, reader.line_num, max_cell_chars)
+            if reason is not None:
+                raw = delimiter.join(f.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for f in fields)
+                bad.append(Quarantined(record, reason, "read", json.dumps({"line": reader.line_num, "text": raw[:10000]})))
+            else:
+                for col, value in zip(columns, fields):
+                    col.append(value)
+                row_ids.append(record)
+            record += 1
+            if limit is not None and record >= limit:
+                break
+    arrays = {n: pa.array(c, pa.string()) for n, c in zip(names, columns)}
+    arrays[ROW_ID] = pa.array(row_ids, pa.int64())
+    return RawRead(str(path), pa.table(arrays), bad)
+
+
+def _has_bad_bytes(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _row_problem(fields: list[str], names: list[str], width: int, line: int, max_cell_chars: int) -> str | None:
+    if len(fields) != width:
+        return f"line {line}: ragged row: expected {width} fields, got {len(fields)}"
+    for name, value in zip(names, fields):
+        if _has_bad_bytes(value):
+            return f"line {line}: column {name!r}: bytes that are not valid UTF-8"
+        if len(value) > max_cell_chars:
+            return f"line {line}: column {name!r}: cell of {len(value)} characters is over the limit of {max_cell_chars}"
+    return None
+
+
+def _read_parquet(path: Path, limit: int | None) -> RawRead:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{path}: not a readable Parquet file: {err}") from err
+    if limit is not None:
+        table = table.slice(0, limit)
+    names = _check_header(path, table.column_names)
+    cols = {}
+    for name in names:
+        col = table.column(name)
+        cols[name] = col if pa.types.is_string(col.type) else col.cast(pa.string())
+    cols[ROW_ID] = pa.array(range(table.num_rows), pa.int64())
+    return RawRead(str(path), pa.table(cols), [])
+
+
+def _read_jsonl(path: Path, max_cell_chars: int, limit: int | None) -> RawRead:
+    rows, bad, names = [], [], None
+    with path.open("r", encoding="utf-8", errors="surrogateescape") as fh:
+        for record, line in enumerate(fh):
+            if limit is not None and record >= limit:
+                break
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+            except ValueError as err:
+                bad.append(Quarantined(record, f"line {record + 1}: not a JSON object: {err}", "read", json.dumps({"text": line[:10000]})))
+                continue
+            if names is None:
+                names = _check_header(path, list(obj))
+            rows.append((record, obj))
+    if names is None:
+        raise InputError(f"input file {path} has no JSON object lines")
+    columns: dict[str, list] = {n: [] for n in names}
+    ids = []
+    for record, obj in rows:
+        extra = sorted(set(obj) - set(names))
+        big = [n for n in names if obj.get(n) is not None and len(str(obj[n])) > max_cell_chars]
+        if extra or big:
+            why = f"unexpected keys {extra}" if extra else f"column {big[0]!r}: cell over the limit of {max_cell_chars} characters"
+            bad.append(Quarantined(record, f"line {record + 1}: {why}", "read", json.dumps(obj, default=str)[:10000]))
+            continue
+        for n in names:
+            v = obj.get(n)
+            columns[n].append(None if v is None else (v if isinstance(v, str) else json.dumps(v)))
+        ids.append(record)
+    arrays = {n: pa.array(v, pa.string()) for n, v in columns.items()}
+    arrays[ROW_ID] = pa.array(ids, pa.int64())
+    return RawRead(str(path), pa.table(arrays), bad)

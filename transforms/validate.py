@@ -1,0 +1,206 @@
+"""Validation with Great Expectations 1.x: a suite built from the schema, run on every batch.
+
+Row-level failures (map expectations: ranges, allowed sets, uniqueness, not-null) come back as
+quarantine records naming the expectation and the column; a failed table-level expectation
+(row count, column mean ...) raises ``ValidationFailed`` for the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+
+from transforms._errors import SchemaError, ValidationFailed
+from transforms.io import ROW_ID, Quarantined
+from transforms.schema import Expectation, TableSchema
+
+__all__ = ["Validator", "ValidationSummary", "build_suite"]
+
+Stage = Literal["pre", "post"]
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+def _gx():
+    import great_expectations as gx  # heavy import: only when a validator is built
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    return gx
+
+
+def _camel(name: str) -> str:
+    return "".join(p.capitalize() for p in name.split("_"))
+
+
+def _user_expectation(gx, exp: Expectation, column: str | None):
+    cls = getattr(gx.expectations, _camel(exp.type), None)
+    if cls is None:
+        raise SchemaError(f"unknown expectation type {exp.type!r}"
+                          + (f" on column {column!r}" if column else "")
+                          + "; use a Great Expectations core expectation name such as 'expect_column_values_to_match_regex'")
+    kwargs = dict(exp.kwargs)
+    if column is not None:
+        kwargs.setdefault("column", column)
+    try:
+        return cls(**kwargs)
+    except Exception as err:  # pydantic errors from GX: re-raise with the column named
+        raise SchemaError(f"invalid arguments {exp.kwargs} for {exp.type}"
+                          + (f" on column {column!r}" if column else "") + f": {err}") from err
+
+
+def build_suite(schema: TableSchema, *, stage: Stage = "pre"):
+    """The GX ExpectationSuite for ``schema``: pre-imputation or post-imputation."""
+    gx = _gx()
+    E = gx.expectations
+    suite = gx.ExpectationSuite(name=f"lakefill_{schema.name}_{stage}")
+    for col in schema.columns:
+        if col.range is not None and col.type in ("numeric", "integer"):
+            suite.add_expectation(E.ExpectColumnValuesToBeBetween(column=col.name, min_value=col.range.min, max_value=col.range.max))
+        if col.type == "categorical" and col.categories and not col.categories_truncated:
+            suite.add_expectation(E.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.categories)))
+        if col.unique:
+            suite.add_expectation(E.ExpectColumnValuesToBeUnique(column=col.name))
+        must_have_value = (not col.nullable and not col.impute) if stage == "pre" else (col.impute or not col.nullable)
+        if must_have_value:
+            suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=col.name))
+        for exp in col.expectations:
+            suite.add_expectation(_user_expectation(gx, exp, col.name))
+    for exp in schema.expectations:
+        suite.add_expectation(_user_expectation(gx, exp, None))
+    return suite
+
+
+@dataclass
+class ValidationSummary:
+    """Counts across the batches a validator has seen, for the run report."""
+
+    batches: int = 0
+    rows: int = 0
+    rows_failed: int = 0
+    by_expectation: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict:
+        return {"batches": self.batches, "rows": self.rows, "rows_failed": self.rows_failed,
+                "failures_by_expectation": dict(sorted(self.by_expectation.items()))}
+
+
+class Validator:
+    """Runs a schema's suite on Arrow batches. Built once; ``validate`` is called per batch."""
+
+    def __init__(self, schema: TableSchema, *, stage: Stage = "pre"):
+        self.schema = schema
+        self.stage = stage
+        gx = _gx()
+        self._context = gx.get_context(mode="ephemeral")
+        try:
+            self._context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
+        except AttributeError:
+            pass
+        source = self._context.data_sources.add_pandas(f"lakefill_{stage}")
+        self._batch_definition = source.add_dataframe_asset("batch").add_batch_definition_whole_dataframe("whole")
+        self.suite = self._context.suites.add(build_suite(schema, stage=stage))
+        self.summary = ValidationSummary()
+        self.last_results = None
+
+    def validate(self, table: pa.Table) -> tuple[pa.Table, list[Quarantined]]:
+        """Returns the rows that pass and the quarantine records of those that do not."""
+        if table.num_rows == 0:
+            return table, []
+        if ROW_ID not in table.column_names:
+            raise ValueError(f"the batch needs a {ROW_ID!r} column to name failing rows")
+        names = [n for n in table.column_names if n == ROW_ID or not n.startswith("_lf_")]
+        frame = table.select(names).to_pandas(types_mapper=None, timestamp_as_object=False)
+        batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
+        results = batch.validate(self.suite, result_format={
+            "result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID],
+            "return_unexpected_index_query": False, "partial_unexpected_count": 0})
+        self.last_results = results
+        reasons: dict[int, list[str]] = {}
+        table_failures = []
+        for r in results.results:
+            if r.exception_info and r.exception_info.get("raised_exception"):
+                raise ValidationFailed(f"expectation {r.expectation_config.type} could not run: "
+                                       f"{r.exception_info.get('exception_message')}")
+            if r.success:
+                continue
+            cfg = r.expectation_config
+            column = cfg.kwargs.get("column")
+            index = (r.result or {}).get("unexpected_index_list")
+            label = f"{cfg.type}" + (f"({column})" if column else "")
+            if index is None:
+                table_failures.append(f"{label}: observed {r.result.get('observed_value')!r}")
+                continue
+            self.summary.by_expectation[label] += len(index)
+            for item in index:
+                rid = int(item[ROW_ID])
+                value = item.get(column) if column else None
+                reasons.setdefault(rid, []).append(f"{label}: value {_plain(value)!r}")
+        if table_failures:
+            raise ValidationFailed("table-level expectation(s) failed: " + "; ".join(table_failures))
+        self.summary.batches += 1
+        self.summary.rows += table.num_rows
+        self.summary.rows_failed += len(reasons)
+        if not reasons:
+            return table, []
+        row_ids = table.column(ROW_ID).to_numpy()
+        bad = np.isin(row_ids, np.fromiter(reasons, dtype=np.int64))
+        originals = table.filter(pa.array(bad)).select([n for n in table.column_names if not n.startswith("_lf_")])
+        quarantined = [Quarantined(int(rid), "; ".join(reasons[int(rid)]), f"validate-{self.stage}", json.dumps(rec, default=str))
+                       for rid, rec in zip(row_ids[bad], originals.to_pylist())]
+        return table.filter(pa.array(~bad)), quarantined
+
+    def write_data_docs(self, table: pa.Table, out_dir: str | Path) -> Path:
+        """Render GX Data Docs (HTML) for a validation of ``table`` into ``out_dir``; returns index.html."""
+        return write_data_docs(self.schema, self.stage, table, out_dir)
+
+
+def write_data_docs(schema: TableSchema, stage: Stage, table: pa.Table, out_dir: str | Path) -> Path:
+    gx = _gx()
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    context = gx.get_context(mode="file", project_root_dir=str(out_dir))
+    try:
+        context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
+    except AttributeError:
+        pass
+    name = re.sub(r"[^A-Za-z0-9_]", "_", f"lakefill_{schema.name}_{stage}")
+    for existing in list(context.checkpoints.all()):
+        context.checkpoints.delete(existing.name)
+    for existing in list(context.validation_definitions.all()):
+        context.validation_definitions.delete(existing.name)
+    for existing in list(context.suites.all()):
+        context.suites.delete(existing.name)
+    try:
+        context.data_sources.delete(name)
+    except (KeyError, ValueError, Exception):
+        pass
+    suite = context.suites.add(build_suite(schema, stage=stage))
+    source = context.data_sources.add_pandas(name)
+    batch_definition = source.add_dataframe_asset("batch").add_batch_definition_whole_dataframe("whole")
+    vd = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name=name, validation_definitions=[vd], actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")],
+        result_format={"result_format": "SUMMARY"}))
+    names = [n for n in table.column_names if not n.startswith("_lf_")]
+    checkpoint.run(batch_parameters={"dataframe": table.select(names).to_pandas()})
+    index = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    if not index.exists():
+        found = list(out_dir.rglob("index.html"))
+        if not found:
+            raise RuntimeError(f"Great Expectations wrote no Data Docs under {out_dir}")
+        index = found[0]
+    return index
+
+
+def _plain(value):
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
