@@ -1,0 +1,385 @@
+"""Protocol A (../shared/BENCHMARKS.md): tabular imputation accuracy, lakefill against baselines.
+
+    lakefill evaluate --data PATH.csv [--schema schema.yaml] --missing-rate 0.2 \\
+        --mechanism mcar|mar|mnar --seeds 0,1,2 \\
+        --methods lakefill,lakefill-reverse,mean,knn,mice,missforest --json OUT.json
+
+Masks (over the imputable columns, seeded by the seed):
+- mcar: every cell is hidden independently with probability p.
+- mar:  30% of the columns (at least one, drawn by the seed) are never hidden; a cell of any
+        other column j is hidden with probability sigmoid(a_j + w_j . s) where s is the row's
+        standardised values of the never-hidden columns, w_j ~ N(0, 1) / sqrt(#never-hidden),
+        and a_j is found by bisection so that column j's rate is p * d / d_hideable (the
+        overall rate is p).
+- mnar: self-masking: a cell is hidden with probability sigmoid(a_j + 2 * s_ij), s_ij the
+        cell's own standardised value (for a category: +1 for the more frequent half of the
+        categories, -1 otherwise); a_j by bisection so that each column's rate is p.
+
+Every method is fitted on the masked table itself (transductive, as in GAIN), then fills it.
+Numeric score: RMSE over the hidden numeric cells on the complete data's min-max [0, 1] scale.
+Categorical score: accuracy over the hidden categorical cells. All methods are scored on their
+unrounded numeric output (lakefill's integer columns are rounded only when written to a table).
+lakefill also reports confidence quality: the Spearman correlation between (1 - row
+confidence) and the row's true mean squared error, and the share of the total squared error
+carried by the 20% least-confident rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from models.autoencoder import AEConfig, predict
+from models.reverse import ReverseConfig, reverse_impute
+from models.train import fit_model
+from transforms.detect import NullPolicy
+from transforms.io import read_raw
+from transforms.parse import parse_table
+from transforms.schema import infer_schema, load_schema
+
+METHODS = ("lakefill", "lakefill-reverse", "mean", "knn", "mice", "missforest")
+REVERSE_SHARE = 0.2  # lakefill-reverse re-works the least-confident 20% of the rows
+
+
+@dataclass
+class Problem:
+    name: str
+    num_cols: list[str]
+    cat_cols: list[str]
+    X: np.ndarray  # (n, n_num) complete numeric values
+    C: list[np.ndarray]  # complete categorical values (object arrays)
+    table: pa.Table  # complete typed table
+    schema: object
+
+
+def load_problem(data: Path, schema_path: Path | None) -> Problem:
+    raw = read_raw(data)
+    if schema_path is not None:
+        schema = load_schema(schema_path)
+        policy = NullPolicy(schema=schema).fit(raw.table)
+    else:
+        policy = NullPolicy().fit(raw.table)
+        schema = infer_schema(raw.table, name=data.stem, policy=policy)
+    detected, _ = policy.apply(raw.table)
+    table, bad = parse_table(detected, schema)
+    imputed = [c for c in schema.columns if c.impute]
+    num_cols = [c.name for c in imputed if c.type in ("numeric", "integer")]
+    cat_cols = [c.name for c in imputed if c.type in ("categorical", "boolean")]
+    # only rows complete in the scored columns can be scored
+    complete = np.ones(table.num_rows, dtype=bool)
+    for c in num_cols + cat_cols:
+        complete &= np.asarray(pc.is_valid(table.column(c)))
+    table = table.filter(pa.array(complete))
+    X = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(float) for c in num_cols], 1) if num_cols else np.zeros((table.num_rows, 0))
+    C = [np.asarray([str(v) for v in table.column(c).to_pylist()], dtype=object) for c in cat_cols]
+    return Problem(data.stem, num_cols, cat_cols, X, C, table, schema)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _calibrate(logit: np.ndarray, rate: float) -> np.ndarray:
+    lo, hi = -50.0, 50.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if _sigmoid(logit + mid).mean() < rate:
+            lo = mid
+        else:
+            hi = mid
+    return _sigmoid(logit + (lo + hi) / 2)
+
+
+def make_mask(problem: Problem, *, rate: float, mechanism: str, seed: int) -> np.ndarray:
+    """(n, n_num + n_cat) bool, True = hidden. Exact rules in the module docstring."""
+    rng = np.random.default_rng(seed)
+    S = _standardised(problem)
+    n, d = S.shape
+    if mechanism == "mcar":
+        return rng.random((n, d)) < rate
+    if mechanism == "mar":
+        k = max(1, int(round(0.3 * d)))
+        fixed = rng.choice(d, size=k, replace=False)
+        free = np.setdiff1d(np.arange(d), fixed)
+        col_rate = min(0.95, rate * d / max(1, len(free)))
+        mask = np.zeros((n, d), dtype=bool)
+        for j in free:
+            w = rng.standard_normal(k) / math.sqrt(k)
+            p = _calibrate(S[:, fixed] @ w, col_rate)
+            mask[:, j] = rng.random(n) < p
+        return mask
+    if mechanism == "mnar":
+        mask = np.zeros((n, d), dtype=bool)
+        for j in range(d):
+            p = _calibrate(2.0 * S[:, j], rate)
+            mask[:, j] = rng.random(n) < p
+        return mask
+    raise ValueError(f"unknown mechanism {mechanism!r}; expected mcar, mar or mnar")
+
+
+def _standardised(problem: Problem) -> np.ndarray:
+    parts = []
+    if problem.X.shape[1]:
+        sd = problem.X.std(0)
+        parts.append((problem.X - problem.X.mean(0)) / np.where(sd > 0, sd, 1.0))
+    for c in problem.C:
+        values, counts = np.unique(c, return_counts=True)
+        frequent = set(values[np.argsort(-counts)][: max(1, len(values) // 2)])
+        parts.append(np.where(np.isin(c, list(frequent)), 1.0, -1.0)[:, None])
+    return np.concatenate(parts, 1)
+
+
+def _masked_table(problem: Problem, mask: np.ndarray) -> pa.Table:
+    t = problem.table
+    for j, name in enumerate(problem.num_cols + problem.cat_cols):
+        col = t.column(name)
+        t = t.set_column(t.column_names.index(name), name, pc.if_else(pa.array(mask[:, j]), pa.scalar(None, col.type), col))
+    return t
+
+
+# ------------------------------------------------------------------------------------ methods
+def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool, config: AEConfig | None = None):
+    masked = _masked_table(problem, mask)
+    t0 = time.perf_counter()
+    fitted = fit_model(masked, problem.schema, config=config or AEConfig(random_state=seed))
+    fit_s = time.perf_counter() - t0
+    codec, model = fitted.codec, fitted.model
+    t0 = time.perf_counter()
+    enc = codec.encode(masked)
+    weights = codec.error_weights()
+    pred = predict(model, enc.values, enc.observed, num_weights=weights)
+    num, probs = pred.num.copy(), [p.copy() for p in pred.cat_probs]
+    fill = ~enc.observed
+    n_fill = fill.sum(1)
+    err = np.where(n_fill > 0, (pred.cell_error * fill).sum(1) / np.maximum(n_fill, 1), 0.0)
+    confidence = np.where(n_fill > 0, 1.0 / (1.0 + err / fitted.result.error_reference), 1.0)
+    extra = {}
+    if reverse:
+        order = np.argsort(confidence, kind="stable")
+        k = int(math.ceil(REVERSE_SHARE * len(order)))
+        rows = np.sort(order[:k][n_fill[order[:k]] > 0])
+        init = enc.values.copy()
+        for j, sl in enumerate(codec.input_slices()):
+            if j < len(codec.num_columns_):
+                init[:, sl.start] = np.where(fill[:, j], pred.num[:, j], enc.values[:, sl.start])
+            else:
+                p = probs[j - len(codec.num_columns_)]
+                block = np.concatenate([p, np.zeros((len(p), 1))], 1)
+                init[:, sl] = np.where(fill[:, j:j + 1], block, enc.values[:, sl])
+        res = reverse_impute(model, enc.values[rows], enc.observed[rows], enc.targets_num[rows], enc.targets_cat[rows],
+                             init[rows], config=ReverseConfig(random_state=seed))
+        use = res.improved
+        num[rows[use]] = np.where(fill[rows[use], : len(codec.num_columns_)], res.num[use], num[rows[use]])
+        for k2 in range(len(probs)):
+            j = len(codec.num_columns_) + k2
+            probs[k2][rows[use]] = np.where(fill[rows[use], j:j + 1], res.cat_probs[k2][use], probs[k2][rows[use]])
+        extra = {"refined_rows": int(len(rows)), "refined_rows_improved": int(use.sum())}
+    imp_s = time.perf_counter() - t0
+    Xhat = np.stack([codec.unscale(c, num[:, j]) for j, c in enumerate(codec.num_columns_)], 1) if codec.num_columns_ else np.zeros((len(num), 0))
+    order_num = [codec.num_columns_.index(c) for c in problem.num_cols]
+    Xhat = Xhat[:, order_num] if order_num else Xhat
+    Chat = []
+    for c in problem.cat_cols:
+        k2 = codec.cat_columns_.index(c)
+        Chat.append(np.asarray(codec.categories_[c], dtype=object)[probs[k2].argmax(1)])
+    return Xhat, Chat, fit_s, imp_s, confidence, extra
+
+
+def _design(problem: Problem, mask: np.ndarray, onehot: bool):
+    """Baseline input: min-max scaled numerics (masked -> NaN) + categoricals (one-hot or codes)."""
+    d_num = len(problem.num_cols)
+    Xm = problem.X.copy()
+    Xm[mask[:, :d_num]] = np.nan
+    lo, hi = np.nanmin(Xm, 0) if d_num else [], np.nanmax(Xm, 0) if d_num else []
+    span = np.where((np.asarray(hi) - np.asarray(lo)) > 0, np.asarray(hi) - np.asarray(lo), 1.0) if d_num else 1.0
+    parts = [(Xm - lo) / span] if d_num else []
+    cat_info = []
+    for k, c in enumerate(problem.C):
+        hidden = mask[:, d_num + k]
+        cats = sorted(set(c[~hidden]))
+        code = np.array([cats.index(v) if v in cats else -1 for v in c], dtype=float)
+        if onehot:
+            block = np.eye(len(cats))[np.maximum(code, 0).astype(int)]
+            block[hidden] = np.nan
+            parts.append(block)
+        else:
+            code[hidden] = np.nan
+            parts.append(code[:, None])
+        cat_info.append(cats)
+    return np.concatenate(parts, 1), lo, span, cat_info
+
+
+def _undesign(problem: Problem, Z: np.ndarray, lo, span, cat_info, onehot: bool):
+    d_num = len(problem.num_cols)
+    Xhat = Z[:, :d_num] * span + lo if d_num else np.zeros((len(Z), 0))
+    Chat, pos = [], d_num
+    for cats in cat_info:
+        if onehot:
+            Chat.append(np.asarray(cats, dtype=object)[Z[:, pos:pos + len(cats)].argmax(1)])
+            pos += len(cats)
+        else:
+            idx = np.clip(np.round(Z[:, pos]), 0, len(cats) - 1).astype(int)
+            Chat.append(np.asarray(cats, dtype=object)[idx])
+            pos += 1
+    return Xhat, Chat
+
+
+def run_baseline(method: str, problem: Problem, mask: np.ndarray, seed: int):
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
+    from sklearn.linear_model import BayesianRidge
+
+    onehot = method in ("knn", "mice")
+    Z, lo, span, cat_info = _design(problem, mask, onehot)
+    if method == "mean":
+        d_num = len(problem.num_cols)
+        imps = [SimpleImputer(strategy="mean")] if d_num else []
+        t0 = time.perf_counter()
+        out = []
+        if d_num:
+            out.append(imps[0].fit(Z[:, :d_num]))
+        cat_imp = SimpleImputer(strategy="most_frequent").fit(Z[:, d_num:]) if problem.C else None
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        parts = [imps[0].transform(Z[:, :d_num])] if d_num else []
+        if cat_imp is not None:
+            parts.append(cat_imp.transform(Z[:, d_num:]))
+        Zh = np.concatenate(parts, 1)
+        return (*_undesign(problem, Zh, lo, span, cat_info, onehot), fit_s, time.perf_counter() - t0)
+    if method == "knn":
+        imp = KNNImputer(n_neighbors=5)
+    elif method == "mice":
+        imp = IterativeImputer(estimator=BayesianRidge(), max_iter=10, random_state=seed, sample_posterior=False)
+    elif method == "missforest":
+        imp = IterativeImputer(estimator=RandomForestRegressor(n_estimators=100, max_features="sqrt", n_jobs=-1, random_state=seed),
+                               max_iter=10, random_state=seed, initial_strategy="mean")
+    else:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    t0 = time.perf_counter()
+    imp.fit(Z)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    Zh = imp.transform(Z)
+    return (*_undesign(problem, Zh, lo, span, cat_info, onehot), fit_s, time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------ scoring
+def score(problem: Problem, mask: np.ndarray, Xhat: np.ndarray, Chat: list[np.ndarray]):
+    d_num = len(problem.num_cols)
+    rmse = acc = None
+    sq = np.zeros_like(problem.X)
+    if d_num:
+        lo, hi = problem.X.min(0), problem.X.max(0)
+        span = np.where(hi - lo > 0, hi - lo, 1.0)
+        sq = ((Xhat - problem.X) / span) ** 2
+        h = mask[:, :d_num]
+        rmse = float(np.sqrt(sq[h].mean())) if h.any() else None
+    if problem.C:
+        hits = total = 0
+        for k, c in enumerate(problem.C):
+            h = mask[:, d_num + k]
+            hits += int((Chat[k][h] == c[h]).sum())
+            total += int(h.sum())
+        acc = hits / total if total else None
+    return rmse, acc, sq
+
+
+def confidence_quality(problem: Problem, mask: np.ndarray, sq: np.ndarray, confidence: np.ndarray, Chat) -> dict:
+    d_num = len(problem.num_cols)
+    cell_err = np.concatenate([sq] + [(Chat[k] != c).astype(float)[:, None] for k, c in enumerate(problem.C)], 1)
+    hidden = mask
+    n_h = hidden.sum(1)
+    rows = n_h > 0
+    row_err = (cell_err * hidden).sum(1)[rows] / n_h[rows]
+    row_sum = (cell_err * hidden).sum(1)[rows]
+    conf = confidence[rows]
+    from scipy.stats import spearmanr
+
+    rho = float(spearmanr(1 - conf, row_err).statistic)
+    order = np.argsort(conf, kind="stable")
+    k = int(math.ceil(0.2 * len(order)))
+    share = float(row_sum[order[:k]].sum() / max(row_sum.sum(), 1e-12))
+    return {"confidence_spearman": rho, "least_confident_20pct_error_share": share}
+
+
+def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism: str, seeds: list[int],
+             methods: list[str], log=print, ae_config: dict | None = None) -> dict:
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
+    if not 0 < missing_rate < 1:
+        raise ValueError(f"--missing-rate must be in (0, 1), got {missing_rate}")
+    problem = load_problem(Path(data), schema)
+    per: dict[str, dict[str, list]] = {m: {"rmse": [], "accuracy": [], "fit": [], "impute": []} for m in methods}
+    extras: dict[str, list[dict]] = {m: [] for m in methods}
+    for seed in seeds:
+        mask = make_mask(problem, rate=missing_rate, mechanism=mechanism, seed=seed)
+        for m in methods:
+            if m.startswith("lakefill"):
+                cfg = AEConfig(random_state=seed, **(ae_config or {}))
+                Xhat, Chat, fit_s, imp_s, conf, extra = run_lakefill(problem, mask, seed, reverse=(m == "lakefill-reverse"), config=cfg)
+            else:
+                Xhat, Chat, fit_s, imp_s = run_baseline(m, problem, mask, seed)
+                conf, extra = None, {}
+            rmse, acc, sq = score(problem, mask, Xhat, Chat)
+            if conf is not None:
+                extra.update(confidence_quality(problem, mask, sq, conf, Chat))
+            per[m]["rmse"].append(rmse)
+            per[m]["accuracy"].append(acc)
+            per[m]["fit"].append(fit_s)
+            per[m]["impute"].append(imp_s)
+            extras[m].append(extra)
+            log(f"  seed {seed} {m:<17} rmse={_f(rmse)} accuracy={_f(acc)} fit={fit_s:.1f}s impute={imp_s:.2f}s {extra or ''}")
+    results = {}
+    for m in methods:
+        r = per[m]
+        results[m] = {
+            "rmse": _mean(r["rmse"]), "rmse_std": _std(r["rmse"]),
+            "accuracy": _mean(r["accuracy"]), "accuracy_std": _std(r["accuracy"]),
+            "fit_seconds": float(np.mean(r["fit"])), "impute_seconds": float(np.mean(r["impute"])),
+        }
+        keys = sorted({k for e in extras[m] for k in e})
+        for k in keys:
+            results[m][k] = float(np.mean([e[k] for e in extras[m] if k in e]))
+    return {"dataset": problem.name, "rows": int(problem.table.num_rows),
+            "columns": len(problem.num_cols) + len(problem.cat_cols), "missing_rate": missing_rate,
+            "mechanism": mechanism, "seeds": seeds, "results": results}
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def _std(xs):
+    xs = [x for x in xs if x is not None]
+    return float(np.std(xs)) if xs else None
+
+
+def _f(x):
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def format_table(out: dict) -> str:
+    lines = [f"{out['dataset']}: {out['rows']} rows x {out['columns']} columns, {out['missing_rate']:.0%} {out['mechanism'].upper()}, seeds {out['seeds']}",
+             f"{'method':<18} {'RMSE':>8} {'±':>7} {'accuracy':>9} {'±':>7} {'fit s':>8} {'impute s':>9}"]
+    for m, r in out["results"].items():
+        lines.append(f"{m:<18} {_f(r['rmse']):>8} {_f(r['rmse_std']):>7} {_f(r['accuracy']):>9} {_f(r['accuracy_std']):>7} "
+                     f"{r['fit_seconds']:>8.1f} {r['impute_seconds']:>9.2f}")
+    for m, r in out["results"].items():
+        if "confidence_spearman" in r:
+            lines.append(f"{m}: confidence Spearman {r['confidence_spearman']:.3f}, "
+                         f"20% least-confident rows carry {r['least_confident_20pct_error_share']:.1%} of the squared error")
+    return "\n".join(lines)
+
+
+def write_json(out: dict, path: Path) -> None:
+    Path(path).write_text(json.dumps(out, indent=2))

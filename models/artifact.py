@@ -1,0 +1,137 @@
+"""The model artifact: ``weights.safetensors`` + ``manifest.json``. Never pickle.
+
+The manifest carries the schema the model was trained on, the codec state, the fitted null
+policy, the hyperparameters, training metrics, library versions and the sha256 of the weights.
+Loading verifies the hash (a tampered file is refused) and, when the caller names its schema,
+that the model's columns and types match (a mismatch is an error naming the columns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.autoencoder import AEConfig, MaskedAutoencoder
+from models.codec import TableCodec
+from transforms._errors import ModelError
+from transforms.schema import TableSchema
+
+__all__ = ["ModelArtifact", "save_artifact", "load_artifact", "FORMAT"]
+
+FORMAT = "lakefill-model/1"
+WEIGHTS = "weights.safetensors"
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ModelArtifact:
+    model: MaskedAutoencoder
+    codec: TableCodec
+    schema: TableSchema
+    policy: dict | None
+    config: AEConfig
+    metrics: dict
+    sha256: str
+    error_reference: float
+
+    def check_schema(self, schema: TableSchema, *, source: str = "the job's schema") -> None:
+        """Refuse a schema whose imputed columns differ from the model's (names and types)."""
+        problems = []
+        theirs = {c.name: c for c in schema.columns}
+        for name in self.codec.columns:
+            if name not in theirs:
+                problems.append(f"{name!r} (in the model, not in {source})")
+            elif theirs[name].type != self.codec.types_[name]:
+                problems.append(f"{name!r} (model: {self.codec.types_[name]}, {source}: {theirs[name].type})")
+        extra = [c.name for c in schema.columns if c.impute and c.name not in self.codec.types_]
+        problems += [f"{n!r} (imputed by {source}, unknown to the model)" for n in extra]
+        if problems:
+            raise ModelError(f"the model was trained on another schema; mismatching columns: {', '.join(problems)}. "
+                             "Retrain with `lakefill train` on this schema or use the matching model.")
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "numpy", "pyarrow", "safetensors", "lakefill"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_artifact(out_dir: str | Path, *, model: MaskedAutoencoder, codec: TableCodec, schema: TableSchema,
+                  policy: dict | None, config: AEConfig, metrics: dict, error_reference: float) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
+    manifest = {
+        "format": FORMAT,
+        "weights": WEIGHTS,
+        "weights_sha256": _sha256(weights),
+        "schema": schema.model_dump(mode="json"),
+        "codec": codec.state(),
+        "null_policy": policy,
+        "architecture": {"n_inputs": model.n_inputs, "col_slices": [list(s) for s in model.col_slices],
+                         "n_num": model.n_num, "cat_sizes": model.cat_sizes},
+        "config": config.__dict__,
+        "error_reference": error_reference,
+        "metrics": metrics,
+        "versions": _versions(),
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
+    return out_dir
+
+
+def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -> ModelArtifact:
+    model_dir = Path(model_dir)
+    manifest_path = model_dir / MANIFEST
+    if not manifest_path.exists():
+        raise ModelError(f"{model_dir}: no {MANIFEST}; is this a lakefill model directory (made by `lakefill train`)?")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{manifest_path}: not valid JSON: {err}") from err
+    if manifest.get("format") != FORMAT:
+        raise ModelError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    weights = model_dir / manifest.get("weights", WEIGHTS)
+    if not weights.exists():
+        raise ModelError(f"{model_dir}: weights file {weights.name} is missing")
+    digest = _sha256(weights)
+    if digest != manifest.get("weights_sha256"):
+        raise ModelError(f"{weights}: sha256 {digest} does not match the manifest's {manifest.get('weights_sha256')}; "
+                         "the weights were changed after training. Refusing to load.")
+    try:
+        trained_schema = TableSchema.model_validate(manifest["schema"])
+        codec = TableCodec.from_state(manifest["codec"], schema=trained_schema)
+        arch = manifest["architecture"]
+        config = AEConfig(**manifest["config"])
+        model = MaskedAutoencoder(n_inputs=arch["n_inputs"], col_slices=[tuple(s) for s in arch["col_slices"]],
+                                  n_num=arch["n_num"], cat_sizes=arch["cat_sizes"], hidden=config.hidden,
+                                  depth=config.depth, code=config.code)
+        state = load_file(str(weights))
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ModelError(f"{model_dir}: the manifest and weights do not make a valid model: {err}") from err
+    model.eval()
+    artifact = ModelArtifact(model, codec, trained_schema, manifest.get("null_policy"), config,
+                             manifest.get("metrics", {}), digest, float(manifest.get("error_reference", 1.0)))
+    if schema is not None:
+        artifact.check_schema(schema)
+    return artifact

@@ -1,0 +1,176 @@
+"""Reverse training: the trained weights are frozen; the missing input cells of each row become
+the free parameters and are optimised so that the network reproduces the row's observed cells.
+
+A masked autoencoder predicts a hidden cell from the cells it is given, so "reproduce the
+observed cells" means: at each step a random part of the row's observed cells is hidden, the
+missing cells are fed at their current values (as if observed), and the hidden observed cells
+are scored (squared error / cross-entropy). The loss adds a spherical regulariser that keeps
+the bottleneck code near the radius of the direct pass's codes, and dropout after the input
+layer. All rows of a batch are optimised at once, each with its own loss (the total is a sum
+of per-row losses and Adam's steps are per parameter, so rows do not interact).
+
+Per-row stopping rule: one or more of each row's observed cells are held back (never given,
+never scored by the objective). Every few steps the held-back cells are predicted from the
+current fill; each row keeps the fill with the lowest held-back error seen, the direct fill it
+started from included, so a row whose reverse pass does not help keeps its direct fill.
+
+The clean pass: the missing cells are split in two halves; each half is predicted from the
+observed cells plus the refined values of the other half (a row with one missing cell keeps
+the prediction from its observed cells alone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from models.autoencoder import MaskedAutoencoder, cell_losses
+
+__all__ = ["ReverseConfig", "ReverseResult", "reverse_impute"]
+
+
+@dataclass(frozen=True)
+class ReverseConfig:
+    steps: int = 60
+    lr: float = 0.05
+    hide: float = 0.3
+    holdout: int = 1  # observed cells held back per row for the stopping rule
+    check_every: int = 5
+    sphere_weight: float = 0.01
+    input_dropout: float = 0.1
+    random_state: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.check_every < 1:
+            raise ValueError("ReverseConfig.steps and check_every must be >= 1")
+        if not 0 < self.hide < 1 or not 0 <= self.input_dropout < 1:
+            raise ValueError("ReverseConfig.hide must be in (0, 1) and input_dropout in [0, 1)")
+        if self.holdout < 0:
+            raise ValueError(f"ReverseConfig.holdout must be >= 0, got {self.holdout}")
+
+
+@dataclass
+class ReverseResult:
+    values: np.ndarray  # (n, n_inputs) the rows with their missing cells refined (inputs space)
+    num: np.ndarray  # (n, n_num) clean-pass numeric predictions (scaled)
+    cat_probs: list[np.ndarray]
+    improved: np.ndarray  # (n,) bool: the row's held-back error went down, the refined fill is used
+    holdout_error_before: np.ndarray
+    holdout_error_after: np.ndarray
+
+
+def reverse_impute(model: MaskedAutoencoder, values: np.ndarray, observed: np.ndarray, t_num: np.ndarray,
+                   t_cat: np.ndarray, init: np.ndarray, *, config: ReverseConfig = ReverseConfig()) -> ReverseResult:
+    """Refine the missing cells of a batch of rows.
+
+    values/observed/t_num/t_cat: the encoded rows (see TableCodec.encode); init: the same rows
+    with their missing cells filled by the direct pass (input space, e.g. from ``fill_inputs``).
+    """
+    cfg = config
+    gen = torch.Generator().manual_seed(cfg.random_state)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with torch.enable_grad():  # callers often run inference under no_grad
+        return _run(model, values, observed, t_num, t_cat, init, cfg, gen)
+
+
+def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult:
+    n, c = observed.shape
+    X = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+    M = torch.from_numpy(np.ascontiguousarray(observed, dtype=bool))
+    TN = torch.from_numpy(np.ascontiguousarray(t_num, dtype=np.float32))
+    TC = torch.from_numpy(np.ascontiguousarray(t_cat, dtype=np.int64))
+    missing = ~M
+    fcol = model.feature_col
+    miss_feat = missing[:, fcol]  # (n, n_inputs)
+    # held-back observed cells: up to `holdout` per row, only where >= 2 observed remain
+    held = torch.zeros_like(M)
+    if cfg.holdout:
+        scores = torch.rand(n, c, generator=gen) + (~M) * 10.0
+        order = scores.argsort(dim=1)
+        for h in range(cfg.holdout):
+            pick = F.one_hot(order[:, h], c).bool() & M
+            ok = (M.sum(1) - held.sum(1)) >= 3
+            held |= pick & ok.unsqueeze(1)
+    fit_obs = M & ~held
+    # free parameters: numeric missing inputs as values, categorical ones as logits
+    u = torch.from_numpy(np.ascontiguousarray(init, dtype=np.float32)).clone()
+    cat_feat = torch.zeros(X.shape[1], dtype=torch.bool)
+    for (a, b) in model.col_slices[model.n_num:]:
+        cat_feat[a:b] = True
+    u = torch.where(cat_feat.unsqueeze(0), torch.log(u.clamp(min=1e-4)), u)
+    u = u.detach().requires_grad_(True)
+    opt = torch.optim.Adam([u], lr=cfg.lr)
+    with torch.no_grad():
+        r0 = model(_inputs(model, X, u, miss_feat, cat_feat), (fit_obs | missing).float())[3].norm(dim=1).mean()
+    best_u = u.detach().clone()
+    best_err = _holdout_error(model, X, u.detach(), miss_feat, cat_feat, fit_obs, missing, held, TN, TC)
+    err0 = best_err.clone()
+    for step in range(1, cfg.steps + 1):
+        hide = (torch.rand(n, c, generator=gen) < cfg.hide) & fit_obs
+        given = (fit_obs & ~hide) | missing
+        inp = _inputs(model, X, u, miss_feat, cat_feat)
+        mu, logvar, logits, z = model(model.blank(inp, given.float()), given.float(), input_dropout=cfg.input_dropout, generator=gen)
+        loss, _ = cell_losses(model, mu, logvar, logits, TN, TC, hide.float())
+        per_row = loss.sum(1) / hide.float().sum(1).clamp(min=1)
+        sphere = ((z.norm(dim=1) - r0) / r0) ** 2
+        total = (per_row + cfg.sphere_weight * sphere).sum()
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        u.grad = u.grad * miss_feat  # only the missing cells move
+        opt.step()
+        if step % cfg.check_every == 0 or step == cfg.steps:
+            err = _holdout_error(model, X, u.detach(), miss_feat, cat_feat, fit_obs, missing, held, TN, TC)
+            better = err < best_err - 1e-9
+            best_err = torch.where(better, err, best_err)
+            best_u = torch.where(better.unsqueeze(1), u.detach(), best_u)
+    improved = best_err < err0 - 1e-9
+    refined = _inputs(model, X, best_u, miss_feat, cat_feat).detach()
+    num, probs = _clean_pass(model, refined, M, gen)
+    return ReverseResult(refined.numpy(), num, probs, improved.numpy(), err0.numpy(), best_err.numpy())
+
+
+def _inputs(model, X, u, miss_feat, cat_feat):
+    """Observed features from X, missing ones from u (softmax over each categorical block)."""
+    filled = u
+    if cat_feat.any():
+        parts = []
+        for j, (a, b) in enumerate(model.col_slices):
+            block = u[:, a:b]
+            parts.append(torch.softmax(block, dim=1) if j >= model.n_num else block)
+        filled = torch.cat(parts, dim=1)
+    return torch.where(miss_feat, filled, X)
+
+
+@torch.no_grad()
+def _holdout_error(model, X, u, miss_feat, cat_feat, fit_obs, missing, held, TN, TC) -> torch.Tensor:
+    if not held.any():
+        return torch.zeros(len(X))
+    given = (fit_obs | missing).float()
+    inp = _inputs(model, X, u, miss_feat, cat_feat)
+    mu, logvar, logits, _ = model(model.blank(inp, given), given)
+    loss, _ = cell_losses(model, mu, logvar, logits, TN, TC, held.float())
+    return loss.sum(1) / held.float().sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def _clean_pass(model, refined, M, gen):
+    missing = ~M
+    n, c = M.shape
+    half = (torch.rand(n, c, generator=gen) < 0.5) & missing
+    other = missing & ~half
+    mu_out = torch.zeros(n, model.n_num)
+    logits_out = torch.zeros(n, sum(model.cat_sizes))
+    for part in (half, other):
+        given = (~part).float()  # the observed cells and the other half's refined values
+        mu, _, logits, _ = model(model.blank(refined, given), given)
+        mu_out = torch.where(part[:, : model.n_num], mu, mu_out)
+        cat_part = torch.cat([part[:, model.n_num + k: model.n_num + k + 1].expand(-1, s)
+                              for k, s in enumerate(model.cat_sizes)], dim=1) if model.cat_sizes else logits[:, :0].bool()
+        logits_out = torch.where(cat_part, logits, logits_out)
+    probs = [torch.softmax(lg, dim=1).numpy() for lg in model.split_logits(logits_out)]
+    return mu_out.numpy(), probs

@@ -1,0 +1,299 @@
+"""The ``lakefill`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from transforms._errors import LakefillError
+
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+
+
+def _detect(args) -> int:
+    from transforms.detect import NullPolicy
+    from transforms.io import read_raw
+    from transforms.schema import load_schema
+
+    schema = load_schema(args.schema) if args.schema else None
+    raw = read_raw(args.path)
+    policy = NullPolicy(schema=schema, sample_rows=args.sample_rows).fit(raw.table)
+    print(f"{args.path}: {raw.table.num_rows} rows, {raw.table.num_columns - 1} columns"
+          + (f", {len(raw.quarantined)} unreadable rows" if raw.quarantined else ""))
+    print(policy.report())
+    if args.json:
+        out = {"table": Path(args.path).stem, "rows": raw.rows_in,
+               "columns": {c: [{"value": f.value, "count": f.count, "detector": f.detector, "evidence": f.evidence}
+                               for f in fs] for c, fs in policy.findings_.items() if fs}}
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _schema_infer(args) -> int:
+    from transforms.detect import NullPolicy
+    from transforms.io import read_raw
+    from transforms.schema import dump_schema, infer_schema
+
+    raw = read_raw(args.path, limit=args.sample_rows)
+    policy = NullPolicy(sample_rows=args.sample_rows).fit(raw.table)
+    text = dump_schema(infer_schema(raw.table, name=args.name or Path(args.path).stem, policy=policy))
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _validate(args) -> int:
+    from transforms.detect import NullPolicy
+    from transforms.io import quarantine_table, read_raw
+    from transforms.parse import parse_table
+    from transforms.schema import load_schema
+    from transforms.validate import Validator
+
+    schema = load_schema(args.schema)
+    raw = read_raw(args.path)
+    schema.check_columns(raw.table.column_names, source=args.path)
+    policy = NullPolicy(schema=schema).fit(raw.table)
+    detected, counts = policy.apply(raw.table)
+    typed, bad = parse_table(detected, schema)
+    validator = Validator(schema)
+    good, failed = validator.validate(typed)
+    quarantined = raw.quarantined + bad + failed
+    print(f"{args.path}: {raw.rows_in} rows in, {good.num_rows} pass, {len(quarantined)} quarantined")
+    print(f"disguised nulls replaced: { {k: v for k, v in counts.items() if v} }")
+    for q in quarantined[: args.show]:
+        print(f"  row {q.row_id}: {q.reason}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        import pyarrow.parquet as pq
+
+        pq.write_table(good, out / "valid.parquet")
+        pq.write_table(quarantine_table(quarantined), out / "quarantine.parquet")
+        index = validator.write_data_docs(good, out / "data_docs")
+        print(f"wrote {out}/valid.parquet, {out}/quarantine.parquet and Data Docs at {index}")
+    return 0
+
+
+def _train(args) -> int:
+    from models.autoencoder import AEConfig
+    from pipelines.local_job import train_to_dir
+    from transforms.detect import NullPolicy
+    from transforms.io import read_raw
+    from transforms.schema import infer_schema, load_schema
+
+    if args.schema:
+        schema = load_schema(args.schema)
+    else:
+        raw = read_raw(args.input, limit=200_000)
+        schema = infer_schema(raw.table, name=Path(args.input).stem, policy=NullPolicy().fit(raw.table))
+    cfg = AEConfig(epochs=args.epochs, random_state=args.seed, hidden=args.hidden, code=args.code, depth=args.depth)
+    out = train_to_dir(args.input, schema, Path(args.out), config=cfg, progress=not args.quiet)
+    manifest = json.loads((out / "manifest.json").read_text())
+    print(f"wrote model to {out} (weights sha256 {manifest['weights_sha256'][:12]}..., metrics {manifest['metrics']})")
+    return 0
+
+
+def _impute(args) -> int:
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from models.artifact import load_artifact
+    from transforms.detect import NullPolicy
+    from transforms.impute import CONFIDENCE, Imputer
+    from transforms.io import read_raw
+    from transforms.parse import parse_table
+    import pyarrow as pa
+
+    artifact = load_artifact(args.model)
+    schema = artifact.schema
+    raw = read_raw(args.input)
+    schema.check_columns(raw.table.column_names, source=args.input)
+    policy = NullPolicy(schema=schema).fit(raw.table)
+    detected, _ = policy.apply(raw.table)
+    typed, bad = parse_table(detected, schema)
+    imputer = Imputer(artifact)
+    out = imputer.impute(typed)
+    if args.refine_below > 0:
+        low = pc.less(out.column(CONFIDENCE), args.refine_below)
+        if pc.any(low).as_py():
+            out = pa.concat_tables([out.filter(pc.invert(low)), imputer.refine(out.filter(low))]).sort_by("_lf_row_id")
+    path = Path(args.out)
+    if path.suffix.lower() == ".csv":
+        flat = out.set_column(out.column_names.index("_lf_imputed"), "_lf_imputed",
+                              pc.binary_join(out.column("_lf_imputed"), ";"))
+        flat = flat.set_column(flat.column_names.index("_lf_disguised"), "_lf_disguised",
+                               pc.binary_join(flat.column("_lf_disguised"), ";"))
+        pcsv.write_csv(flat, path)
+    else:
+        pq.write_table(out, path)
+    n_cells = int(pc.sum(pc.list_value_length(out.column("_lf_imputed"))).as_py() or 0)
+    print(f"{args.input}: imputed {n_cells} cells in {out.num_rows} rows; {len(raw.quarantined) + len(bad)} rows "
+          f"unreadable or mistyped (not written); wrote {path}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from benchmarks.evaluate import evaluate, format_table, write_json
+
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    ae = json.loads(args.ae_config) if args.ae_config else None
+    out = evaluate(data=Path(args.data), schema=Path(args.schema) if args.schema else None,
+                   missing_rate=args.missing_rate, mechanism=args.mechanism, seeds=seeds, methods=methods,
+                   ae_config=ae)
+    print(format_table(out))
+    if args.json:
+        write_json(out, Path(args.json))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _run(args, extra: list[str]) -> int:
+    from pipelines.config import load_config
+
+    config = load_config(args.config)
+    if args.run_id:
+        config = config.model_copy(update={"run_id": args.run_id})
+    if args.engine == "local":
+        if extra:
+            raise LakefillError(f"unknown option(s) for the local engine: {extra}")
+        from pipelines.local_job import run_local
+
+        outcome = run_local(config)
+    else:
+        raise LakefillError(f"engine {args.engine!r} is not available in this build; use --engine local")
+    _print_outcome(outcome)
+    return 0
+
+
+def _print_outcome(outcome) -> None:
+    c = outcome.counts
+    print(f"run {outcome.run_id}: {c['rows_in']} rows in, {c['rows_written']} written, {c['rows_quarantined']} quarantined, "
+          f"{c['rows_refined']} refined by reverse training"
+          + ("" if outcome.committed else " (already committed before: nothing written twice)"))
+    print(f"  lake table : {outcome.table}")
+    print(f"  quarantine : {outcome.quarantine}")
+    print(f"  report     : {outcome.report}")
+
+
+def _demo(args) -> int:
+    from deltalake import DeltaTable
+
+    from pipelines.config import DEFAULT_CONFIG, load_config
+    from pipelines.local_job import run_local
+
+    config = load_config(DEFAULT_CONFIG)
+    out = Path(args.out).resolve()
+    config = config.model_copy(update={"output": str(out), "model": str(out / "model"), "mode": "append",
+                                       "run_id": args.run_id or config.run_id})
+    print(f"lakefill demo: {config.input}")
+    outcome = run_local(config)
+    _print_outcome(outcome)
+    table = DeltaTable(outcome.table).to_pyarrow_table()
+    import pyarrow.compute as pc
+
+    imputed = table.filter(pc.greater(pc.list_value_length(table.column("_lf_imputed")), 0))
+    cols = ["customer_id", "age", "income", "blood_pressure", "segment", "_lf_imputed", "_lf_method", "_lf_confidence"]
+    print("\na few imputed rows:")
+    print(imputed.select(cols).slice(0, 6).to_pandas().to_string(index=False))
+    q = DeltaTable(outcome.quarantine).to_pyarrow_table()
+    print("\nquarantined rows:")
+    for row in q.select(["_lf_row_id", "reason"]).to_pylist()[:6]:
+        print(f"  row {row['_lf_row_id']}: {row['reason']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lakefill", description="Find disguised nulls, validate, impute with a masked autoencoder, write to Delta.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("detect", help="find disguised nulls in a CSV/Parquet file")
+    p.add_argument("path")
+    p.add_argument("--json", help="write findings as JSON (BENCHMARKS.md section C)")
+    p.add_argument("--schema", help="schema.yaml with pinned values / detectors switched off")
+    p.add_argument("--sample-rows", type=int, default=200_000)
+    p.set_defaults(func=_detect)
+
+    p = sub.add_parser("schema", help="schema commands")
+    ss = p.add_subparsers(dest="schema_command", required=True)
+    pi = ss.add_parser("infer", help="infer a schema.yaml from a file (printed, or --out)")
+    pi.add_argument("path")
+    pi.add_argument("--out")
+    pi.add_argument("--name")
+    pi.add_argument("--sample-rows", type=int, default=200_000)
+    pi.set_defaults(func=_schema_infer)
+
+    p = sub.add_parser("validate", help="detect + type + validate a file against a schema (GX)")
+    p.add_argument("path")
+    p.add_argument("--schema", required=True)
+    p.add_argument("--out", help="folder for valid rows, quarantine and Data Docs")
+    p.add_argument("--show", type=int, default=10, help="quarantined rows to print")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("train", help="train a model artifact")
+    p.add_argument("--input", required=True)
+    p.add_argument("--schema")
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--code", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("impute", help="impute a file with a model (single machine)")
+    p.add_argument("--input", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True, help=".parquet or .csv")
+    p.add_argument("--refine-below", type=float, default=0.0, help="reverse-train rows with confidence below this")
+    p.set_defaults(func=_impute)
+
+    p = sub.add_parser("evaluate", help="benchmark protocol A: accuracy against scikit-learn baselines")
+    p.add_argument("--data", required=True)
+    p.add_argument("--schema")
+    p.add_argument("--missing-rate", type=float, default=0.2)
+    p.add_argument("--mechanism", choices=["mcar", "mar", "mnar"], default="mcar")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", default="lakefill,lakefill-reverse,mean,knn,mice,missforest")
+    p.add_argument("--json")
+    p.add_argument("--ae-config", help="JSON overrides of the autoencoder settings (for experiments)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("run", help="run the whole stage from a job config")
+    p.add_argument("config")
+    p.add_argument("--engine", choices=["local", "beam", "spark"], default="local")
+    p.add_argument("--run-id")
+    p.set_defaults(func=_run, passthrough=True)
+
+    p = sub.add_parser("demo", help="run the demo job end to end on the bundled example")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--run-id")
+    p.set_defaults(func=_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args, extra) if getattr(args, "passthrough", False) else args.func(args)
+    except LakefillError as err:
+        print(f"lakefill: error: {err}", file=sys.stderr)
+        return 2
+    except FileExistsError as err:
+        print(f"lakefill: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

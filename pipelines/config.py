@@ -1,0 +1,73 @@
+"""The job configuration (YAML), validated on load, before any work starts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from transforms._errors import ConfigError
+
+__all__ = ["JobConfig", "load_config", "DEFAULT_CONFIG"]
+
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+
+
+class JobConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: str
+    schema_path: str | None = Field(default=None, alias="schema")
+    model: str
+    output: str = Field(description="folder of the run: lake table, quarantine table, report")
+    run_id: str | None = None
+    confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0,
+                                        description="rows under it are refined by reverse training")
+    refine: bool = True
+    max_quarantine_share: float = Field(default=0.1, ge=0.0, le=1.0)
+    mode: Literal["error", "append", "overwrite"] = "error"
+    partition_by: list[str] = Field(default_factory=list)
+    sample_rows: int = Field(default=200_000, ge=1, description="rows the null policy is fitted on")
+    batch_size: int = Field(default=50_000, ge=1)
+    train_if_missing: bool = False
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}", v):
+            raise ValueError("run_id must be 1-128 characters of letters, digits and _ . : + -, starting with a letter or digit")
+        return v
+
+    def resolve(self, base: Path) -> "JobConfig":
+        """Relative paths are relative to the config file's folder."""
+        def r(p: str | None) -> str | None:
+            if p is None or "://" in p or Path(p).is_absolute():
+                return p
+            return str((base / p).resolve())
+        return self.model_copy(update={"input": r(self.input), "schema_path": r(self.schema_path),
+                                       "model": r(self.model), "output": r(self.output)})
+
+
+def load_config(path: str | Path) -> JobConfig:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"job config not found: {path}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    try:
+        cfg = JobConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"  - {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"{path}: invalid job config:\n" + "\n".join(lines)) from err
+    return cfg.resolve(path.resolve().parent)
+
+
+DEFAULT_CONFIG = EXAMPLES / "demo.yaml"
