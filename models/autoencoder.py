@@ -29,11 +29,13 @@ class AEConfig:
     depth: int = 3
     code: int = 64
     epochs: int = 300
+    min_steps: int = 6000  # small tables train for more epochs, up to this many steps
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-5
     max_hide: float = 0.5  # each training row hides a U(0, max_hide) share of its observed cells
     block_hide: float = 0.0  # share of rows that hide one contiguous block of columns instead
+    recon_weight: float = 0.0  # weight of the loss on the given (not hidden) observed cells
     val_fraction: float = 0.1
     patience: int = 25
     random_state: int = 0
@@ -71,6 +73,9 @@ class MaskedAutoencoder(nn.Module):
         self.head_mu = nn.Linear(hidden, n_num) if n_num else None
         self.head_logvar = nn.Linear(hidden, n_num) if n_num else None
         self.head_cat = nn.Linear(hidden, sum(cat_sizes)) if cat_sizes else None
+        # a linear path from the input to the outputs: linear relations between columns are
+        # learned at once, the deep path learns the rest (helps small tables most)
+        self.skip = nn.Linear(n_inputs + n_cols, n_num + sum(cat_sizes))
         # expands a per-column mask to the input features
         index = torch.zeros(n_inputs, dtype=torch.long)
         for j, (a, b) in enumerate(self.col_slices):
@@ -80,15 +85,17 @@ class MaskedAutoencoder(nn.Module):
     def forward(self, values: torch.Tensor, mask: torch.Tensor, *, input_dropout: float = 0.0,
                 generator: torch.Generator | None = None):
         """values (n, n_inputs) with hidden cells zeroed by the caller; mask (n, n_cols) 1 = given."""
-        h = self.input_layer(torch.cat([values, mask], dim=1))
+        x = torch.cat([values, mask], dim=1)
+        h = self.input_layer(x)
         if input_dropout > 0:
             keep = torch.rand(h.shape, generator=generator, device=h.device) >= input_dropout
             h = h * keep / (1 - input_dropout)
         z = self.encoder(h)
         d = self.decoder(z)
-        mu = self.head_mu(d) if self.head_mu is not None else d.new_zeros(len(d), 0)
+        skip = self.skip(x)
+        mu = self.head_mu(d) + skip[:, : self.n_num] if self.head_mu is not None else d.new_zeros(len(d), 0)
         logvar = self.head_logvar(d).clamp(-12, 8) if self.head_logvar is not None else d.new_zeros(len(d), 0)
-        logits = self.head_cat(d) if self.head_cat is not None else d.new_zeros(len(d), 0)
+        logits = self.head_cat(d) + skip[:, self.n_num:] if self.head_cat is not None else d.new_zeros(len(d), 0)
         return mu, logvar, logits, z
 
     def blank(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -171,16 +178,20 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
     val_gen = torch.Generator().manual_seed(cfg.random_state + 1)
     val_hide = _hide_mask(M[val_idx], AEConfig(max_hide=0.4, random_state=cfg.random_state), val_gen) if n_val else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.1)
+    # small tables: smaller batches and more epochs, so that training always gets enough steps
+    batch_size = int(min(cfg.batch_size, max(32, len(train_idx) // 16)))
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+    patience = max(cfg.patience, math.ceil(cfg.patience * epochs / cfg.epochs))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
     best, best_state, best_epoch, bad_epochs, history = math.inf, None, 0, 0, []
-    bar = _progress(cfg.epochs, progress)
+    bar = _progress(epochs, progress)
     epoch = 0
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, epochs + 1):
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         for s in range(steps_per_epoch):
-            b = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            b = order[s * batch_size:(s + 1) * batch_size]
             if len(b) == 0:
                 continue
             m = M[b]
@@ -190,6 +201,9 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
             loss, var_loss = cell_losses(model, mu, logvar, logits, TN[b], TC[b], hide.float())
             denom = hide.float().sum().clamp(min=1)
             total = (loss.sum() + var_loss.sum()) / denom
+            if cfg.recon_weight > 0:  # optional: also reproduce the given cells
+                recon, _ = cell_losses(model, mu, logvar, logits, TN[b], TC[b], given)
+                total = total + cfg.recon_weight * recon.sum() / given.sum().clamp(min=1)
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
@@ -206,7 +220,7 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
             best, best_state, best_epoch, bad_epochs = val, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             bad_epochs += 1
-            if bad_epochs >= cfg.patience:
+            if bad_epochs >= patience:
                 break
     if bar is not None:
         bar.close()

@@ -200,7 +200,7 @@ def _fill_numeric(col, x: np.ndarray, fill: np.ndarray, type_: str, lo: float, h
     if type_ == "integer":
         new = pa.array(np.round(x).astype(np.int64))
     elif type_ == "datetime":
-        new = pa.array(np.round(x * 1e6).astype(np.int64)).cast(ARROW_TYPES["datetime"])
+        new = pa.array(np.round(x).astype(np.int64) * 1_000_000).cast(ARROW_TYPES["datetime"])  # whole seconds
     else:
         new = pa.array(x, pa.float64())
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col

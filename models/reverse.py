@@ -9,10 +9,11 @@ the bottleneck code near the radius of the direct pass's codes, and dropout afte
 layer. All rows of a batch are optimised at once, each with its own loss (the total is a sum
 of per-row losses and Adam's steps are per parameter, so rows do not interact).
 
-Per-row stopping rule: one or more of each row's observed cells are held back (never given,
+Per-row stopping rule: a share (10%, at least one) of each row's observed cells is held back (never given,
 never scored by the objective). Every few steps the held-back cells are predicted from the
-current fill; each row keeps the fill with the lowest held-back error seen, the direct fill it
-started from included, so a row whose reverse pass does not help keeps its direct fill.
+current fill; each row keeps the fill with the lowest held-back error seen, and uses it only if
+that error is at least ``min_gain`` (20%) below the direct fill's; otherwise the row keeps its
+direct fill. Few checks and a margin keep the choice from chasing noise in a handful of cells.
 
 The clean pass: the missing cells are split in two halves; each half is predicted from the
 observed cells plus the refined values of the other half (a row with one missing cell keeps
@@ -37,8 +38,9 @@ class ReverseConfig:
     steps: int = 60
     lr: float = 0.05
     hide: float = 0.3
-    holdout: int = 1  # observed cells held back per row for the stopping rule
-    check_every: int = 5
+    holdout: float = 0.1  # share of each row's observed cells held back for the stopping rule (>= 1 cell)
+    check_every: int = 60  # how often the held-back error is checked (each check is a candidate)
+    min_gain: float = 0.2  # keep a refinement only if it cuts the held-back error by this share
     sphere_weight: float = 0.01
     input_dropout: float = 0.1
     random_state: int = 0
@@ -48,8 +50,8 @@ class ReverseConfig:
             raise ValueError("ReverseConfig.steps and check_every must be >= 1")
         if not 0 < self.hide < 1 or not 0 <= self.input_dropout < 1:
             raise ValueError("ReverseConfig.hide must be in (0, 1) and input_dropout in [0, 1)")
-        if self.holdout < 0:
-            raise ValueError(f"ReverseConfig.holdout must be >= 0, got {self.holdout}")
+        if not 0 <= self.holdout < 0.5:
+            raise ValueError(f"ReverseConfig.holdout must be in [0, 0.5), got {self.holdout}")
 
 
 @dataclass
@@ -89,13 +91,13 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult
     miss_feat = missing[:, fcol]  # (n, n_inputs)
     # held-back observed cells: up to `holdout` per row, only where >= 2 observed remain
     held = torch.zeros_like(M)
-    if cfg.holdout:
-        scores = torch.rand(n, c, generator=gen) + (~M) * 10.0
-        order = scores.argsort(dim=1)
-        for h in range(cfg.holdout):
-            pick = F.one_hot(order[:, h], c).bool() & M
-            ok = (M.sum(1) - held.sum(1)) >= 3
-            held |= pick & ok.unsqueeze(1)
+    if cfg.holdout > 0:
+        n_obs = M.sum(1)
+        k = torch.where(n_obs >= 3, (cfg.holdout * n_obs).ceil().clamp(min=1), torch.zeros_like(n_obs))
+        k = torch.minimum(k, (n_obs - 2).clamp(min=0))
+        scores = torch.rand(n, c, generator=gen) + (~M) * 10.0  # observed cells rank first
+        rank = scores.argsort(dim=1).argsort(dim=1)
+        held = (rank < k.unsqueeze(1)) & M
     fit_obs = M & ~held
     # free parameters: numeric missing inputs as values, categorical ones as logits
     u = torch.from_numpy(np.ascontiguousarray(init, dtype=np.float32)).clone()
@@ -128,10 +130,11 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult
             better = err < best_err - 1e-9
             best_err = torch.where(better, err, best_err)
             best_u = torch.where(better.unsqueeze(1), u.detach(), best_u)
-    improved = best_err < err0 - 1e-9
+    improved = best_err < (1.0 - cfg.min_gain) * err0 - 1e-9
     refined = _inputs(model, X, best_u, miss_feat, cat_feat).detach()
     num, probs = _clean_pass(model, refined, M, gen)
-    return ReverseResult(refined.numpy(), num, probs, improved.numpy(), err0.numpy(), best_err.numpy())
+    after = torch.where(improved, best_err, err0)
+    return ReverseResult(refined.numpy(), num, probs, improved.numpy(), err0.numpy(), after.numpy())
 
 
 def _inputs(model, X, u, miss_feat, cat_feat):

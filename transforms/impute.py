@@ -37,6 +37,9 @@ class Imputer:
         self.artifact = artifact
         self.reverse = reverse
         self._weights = artifact.codec.error_weights()
+        # provenance lists columns in the schema's order, not the model's internal order
+        order = {name: i for i, name in enumerate(artifact.schema.names)}
+        self._schema_order = np.argsort([order.get(c, len(order)) for c in self.columns], kind="stable")
 
     @property
     def columns(self) -> list[str]:
@@ -55,7 +58,8 @@ class Imputer:
         err = np.where(n_fill > 0, (pred.cell_error * fill).sum(axis=1) / np.maximum(n_fill, 1), 0.0)
         confidence = np.where(n_fill > 0, 1.0 / (1.0 + err / self.artifact.error_reference), 1.0)
         method = np.where(n_fill > 0, "ae", "none")
-        return _with_provenance(out, fill, np.asarray(self.columns, dtype=object), method, confidence)
+        names = np.asarray(self.columns, dtype=object)[self._schema_order]
+        return _with_provenance(out, fill[:, self._schema_order], names, method, confidence)
 
     def refine(self, table: pa.Table) -> pa.Table:
         """Reverse training on already-imputed rows (their ``_lf_imputed`` says which cells)."""
@@ -64,7 +68,7 @@ class Imputer:
         if IMPUTED not in table.column_names:
             raise ValueError(f"refine needs rows from impute (with the {IMPUTED!r} column)")
         codec, model = self.artifact.codec, self.artifact.model
-        fill = _imputed_mask(table.column(IMPUTED), self.columns)
+        fill = _imputed_mask(table.column(IMPUTED), self.columns)  # in the model's column order
         blanked = _blank(table, fill, self.columns)
         enc = codec.encode(blanked)
         init = codec.encode(table).values  # the direct fills, in input space

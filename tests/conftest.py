@@ -1,0 +1,45 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.exists():
+        pytest.fail(f"the shared data folder {SHARED} is missing: tests read ../shared/data beside the checkout")
+    return SHARED
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def messy_csv(tmp_path) -> Path:
+    """A small table with structure (so a model can learn it), real and disguised nulls."""
+    rng = np.random.default_rng(3)
+    n = 300
+    age = rng.integers(20, 80, n)
+    bp = np.round(60 + 0.5 * age + rng.normal(0, 4, n)).astype(int)
+    kids = rng.integers(0, 4, n)
+    income = np.round(1000 * age + rng.normal(0, 3000, n), 2)
+    group = np.where(income > 50000, "high", "low")
+    lines = ["id,age,blood_pressure,children,income,group"]
+    for i in range(n):
+        b = "0" if i % 10 == 0 else str(bp[i])
+        g = "N/A" if i % 17 == 0 else group[i]
+        inc = "" if i % 13 == 0 else f"{income[i]:.2f}"
+        lines.append(f"r{i},{age[i]},{b},{kids[i]},{inc},{g}")
+    return write(tmp_path / "messy.csv", "\n".join(lines) + "\n")

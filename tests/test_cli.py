@@ -1,0 +1,100 @@
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+import yaml
+from deltalake import DeltaTable
+
+from conftest import ROOT, write
+from pipelines.cli import main
+from pipelines.config import load_config
+from transforms._errors import ConfigError
+
+EXAMPLES = ROOT / "pipelines" / "examples"
+
+
+def test_detect_json_follows_the_protocol(shared_data, tmp_path, capsys):
+    out = tmp_path / "d.json"
+    assert main(["detect", str(shared_data / "dmv" / "tables" / "pima-indians-diabetes.csv"), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["table"] == "pima-indians-diabetes" and data["rows"] == 768
+    finding = data["columns"]["Diastolic blood pressure"][0]
+    assert set(finding) == {"value", "count", "detector", "evidence"} and finding["value"] == "0"
+    assert finding["count"] == 35
+    assert "Diastolic blood pressure" in capsys.readouterr().out
+
+
+def test_schema_infer_writes_a_loadable_schema(messy_csv, tmp_path, capsys):
+    from transforms.schema import load_schema
+
+    assert main(["schema", "infer", str(messy_csv)]) == 0
+    text = capsys.readouterr().out
+    schema_path = write(tmp_path / "s.yaml", text)
+    assert load_schema(schema_path).column("blood_pressure").null_values == ["0"]
+
+
+def test_missing_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    assert main(["detect", str(tmp_path / "missing.csv")]) == 2
+    assert "lakefill: error: input file not found" in capsys.readouterr().err
+
+
+def test_bad_config_is_refused_before_any_work(tmp_path):
+    p = write(tmp_path / "c.yaml", "input: x.csv\nmodel: m\noutput: o\nconfidence_threshold: 2\nbogus: 1\n")
+    with pytest.raises(ConfigError, match="confidence_threshold.*\n.*bogus"):
+        load_config(p)
+
+
+def _job(tmp_path, **extra):
+    shutil.copy(EXAMPLES / "customers.csv", tmp_path / "customers.csv")
+    shutil.copy(EXAMPLES / "customers.schema.yaml", tmp_path / "customers.schema.yaml")
+    cfg = {"input": "customers.csv", "schema": "customers.schema.yaml", "model": "model", "output": "out",
+           "train_if_missing": True, "mode": "append", "run_id": "r1", **extra}
+    return write(tmp_path / "job.yaml", yaml.safe_dump(cfg))
+
+
+@pytest.mark.slow
+def test_local_run_end_to_end_and_idempotent_rerun(tmp_path, capsys):
+    job = _job(tmp_path)
+    assert main(["run", str(job), "--engine", "local"]) == 0
+    out = tmp_path / "out"
+    table = DeltaTable(str(out / "table")).to_pyarrow_table()
+    quarantine = DeltaTable(str(out / "quarantine")).to_pyarrow_table()
+    report = json.loads((out / "reports" / "r1" / "report.json").read_text())
+    counts = report["counts"]
+    assert counts["rows_in"] == 602 == table.num_rows + quarantine.num_rows
+    ids = table.column("_lf_row_id").to_pylist() + quarantine.column("_lf_row_id").to_pylist()
+    assert sorted(ids) == list(range(602))  # every row in exactly one place
+    reasons = dict(zip(quarantine.column("_lf_row_id").to_pylist(), quarantine.column("reason").to_pylist()))
+    assert "ragged row" in reasons[600] and "expect_column_values_to_be_in_set(region)" in reasons[601]
+    for col in ("age", "income", "blood_pressure", "weight_kg", "segment"):
+        assert table.column(col).null_count == 0, col
+    assert counts["disguised_nulls_replaced"]["blood_pressure"] == 30
+    assert set(table.column("_lf_method").unique().to_pylist()) <= {"none", "ae", "reverse"}
+    assert pc.all(pc.equal(table.column("_lf_run_id"), "r1")).as_py()
+    assert (out / "reports" / "r1" / "data_docs").exists()
+    version = DeltaTable(str(out / "table")).version()
+    assert main(["run", str(job), "--engine", "local"]) == 0  # same run id: nothing twice
+    assert "already committed" in capsys.readouterr().out
+    assert DeltaTable(str(out / "table")).version() == version
+    assert DeltaTable(str(out / "table")).to_pyarrow_table().num_rows == table.num_rows
+
+
+@pytest.mark.slow
+def test_too_many_quarantined_rows_fail_the_run(tmp_path, capsys):
+    job = _job(tmp_path, max_quarantine_share=0.001, run_id="r2")
+    assert main(["run", str(job)]) == 2
+    assert "over the max_quarantine_share" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "table" / "_delta_log").exists()
+
+
+@pytest.mark.slow
+def test_train_then_impute_cli(tmp_path, capsys):
+    data = EXAMPLES / "customers.csv"
+    assert main(["train", "--input", str(data), "--schema", str(EXAMPLES / "customers.schema.yaml"),
+                 "--out", str(tmp_path / "m"), "--epochs", "20", "--quiet"]) == 0
+    assert main(["impute", "--input", str(data), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "o.csv"),
+                 "--refine-below", "0.5"]) == 0
+    text = (tmp_path / "o.csv").read_text()
+    assert "_lf_confidence" in text.splitlines()[0]

@@ -1,0 +1,114 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from benchmarks.dmv import main as dmv_main
+from transforms.detect import DISGUISED, NotFittedError, NullPolicy
+from transforms.schema import ColumnSchema, TableSchema
+
+
+def _table(**cols):
+    return pa.table({k: pa.array(v, pa.string()) for k, v in cols.items()})
+
+
+def _found(policy, column):
+    return {f.value: f.detector for f in policy.findings_[column]}
+
+
+def test_tokens_found_blank_is_not_reported():
+    t = _table(x=["1", "NULL", "n/a", "?", "", "  ", "2"] * 5)
+    p = NullPolicy().fit(t)
+    assert _found(p, "x") == {"NULL": "token", "n/a": "token", "?": "token"}
+
+
+def test_zero_blood_pressure_is_missing_but_zero_children_is_a_value():
+    rng = np.random.default_rng(0)
+    bp = [str(v) for v in rng.integers(60, 100, 200)] + ["0"] * 20
+    kids = [str(v) for v in rng.poisson(1.2, 220)]
+    p = NullPolicy().fit(_table(bp=bp, kids=kids))
+    assert _found(p, "bp") == {"0": "sentinel"}
+    assert _found(p, "kids") == {}
+
+
+def test_minus_one_among_positives_and_nines():
+    rng = np.random.default_rng(1)
+    ref = [str(v) for v in rng.integers(1000, 90000, 200)] + ["-1"] * 5
+    income = [f"{v:.2f}" for v in rng.normal(40000, 8000, 200)] + ["999999"] * 5
+    p = NullPolicy().fit(_table(ref=ref, income=income))
+    assert _found(p, "ref") == {"-1": "sentinel"}
+    assert _found(p, "income") == {"999999": "sentinel"}
+
+
+def test_ninety_nine_that_continues_a_count_is_a_value():
+    counts = [str(v) for v in range(0, 200)] * 2 + ["99"] * 4
+    assert _found(NullPolicy().fit(_table(c=counts)), "c") == {}
+
+
+def test_lone_non_numeric_code_in_numeric_column():
+    vals = [str(v) for v in range(100)] + ["s"] * 30
+    assert _found(NullPolicy().fit(_table(n=vals)), "n") == {"s": "non_numeric"}
+
+
+def test_non_numeric_needs_a_numeric_column():
+    grades = ["K", "PK"] + [str(g) for g in range(1, 13)] * 5
+    assert _found(NullPolicy().fit(_table(g=grades)), "g") == {}
+
+
+def test_co_missing_category():
+    n = 60
+    status = ["M"] * (n - 6) + ["U"] * 6
+    a = [str(i) for i in range(n - 6)] + [""] * 6
+    b = [f"{i}.5" for i in range(n - 6)] + [""] * 6
+    c = [f"s{i}" for i in range(n - 6)] + [""] * 6
+    d = [f"t{i}" for i in range(n - 6)] + [""] * 6
+    p = NullPolicy().fit(_table(status=status, a=a, b=b, c=c, d=d))
+    assert _found(p, "status") == {"U": "co_missing"}
+
+
+def test_pinned_rules_win_and_detectors_can_be_switched_off():
+    vals = ["1", "2", "NULL", "-", "7"] * 10
+    schema = TableSchema(columns=[ColumnSchema(name="x", type="integer", null_values=["7"], not_null_values=["-"],
+                                               detectors={"token": True})])
+    p = NullPolicy(schema=schema).fit(_table(x=vals))
+    assert _found(p, "x") == {"7": "pinned", "NULL": "token"}
+    off = TableSchema(columns=[ColumnSchema(name="x", type="integer", detectors={"token": False})])
+    assert _found(NullPolicy(schema=off).fit(_table(x=vals)), "x") == {}
+
+
+def test_apply_replaces_and_counts_and_records_provenance():
+    t = _table(x=["1", "NULL", "", "3"] * 3, y=["a", "b", "?", "a"] * 3)
+    p = NullPolicy().fit(t)
+    out, counts = p.apply(t)
+    assert counts == {"x": 3, "y": 3}
+    assert out.column("x").to_pylist()[:4] == ["1", None, None, "3"]
+    assert out.column(DISGUISED).to_pylist()[:4] == [[], ["x"], ["y"], []]
+
+
+def test_unfitted_policy_is_refused():
+    with pytest.raises(NotFittedError):
+        NullPolicy().apply(_table(x=["1"]))
+
+
+def test_policy_round_trips_through_dict():
+    t = _table(x=["1", "NULL", "3"] * 10)
+    p = NullPolicy().fit(t)
+    q = NullPolicy.from_dict(p.to_dict())
+    assert q.null_values("x") == p.null_values("x")
+
+
+def test_dmv_benchmark_meets_the_target(shared_data, capsys, tmp_path):
+    out = tmp_path / "dmv.json"
+    dmv_main(["--data", str(shared_data / "dmv"), "--json", str(out)])
+    import json
+
+    overall = json.loads(out.read_text())["overall"]
+    assert overall["precision"] >= 0.85 and overall["recall"] >= 0.85
+    assert "overall" in capsys.readouterr().out
+
+
+def test_complete_benchmark_tables_have_no_findings(shared_data):
+    from transforms.io import read_raw
+
+    for name in ("letter", "spam", "breast", "wine_red"):
+        p = NullPolicy().fit(read_raw(shared_data / "tabular" / f"{name}.csv").table)
+        assert not any(p.findings_.values()), name

@@ -1,0 +1,73 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import write
+from transforms._errors import InputError
+from transforms.io import ROW_ID, read_raw
+
+
+def test_reads_csv_as_strings_with_row_ids(tmp_path):
+    p = write(tmp_path / "t.csv", "\ufeffa,b\n1,x\n2,y\n")
+    r = read_raw(p)
+    assert r.table.column_names == ["a", "b", ROW_ID]  # the BOM is not part of the first name
+    assert r.table.column("a").to_pylist() == ["1", "2"]
+    assert r.table.column(ROW_ID).to_pylist() == [0, 1]
+    assert r.rows_in == 2
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(InputError, match="not found: .*nope.csv"):
+        read_raw(tmp_path / "nope.csv")
+
+
+def test_empty_file(tmp_path):
+    with pytest.raises(InputError, match="empty"):
+        read_raw(write(tmp_path / "e.csv", ""))
+
+
+def test_header_only(tmp_path):
+    with pytest.raises(InputError, match="header .* but no data rows"):
+        read_raw(write(tmp_path / "h.csv", "a,b,c\n"))
+
+
+def test_duplicate_column_names(tmp_path):
+    with pytest.raises(InputError, match=r"duplicate column names \['a'\]"):
+        read_raw(write(tmp_path / "d.csv", "a,b,a\n1,2,3\n"))
+
+
+def test_ragged_rows_go_to_quarantine_with_line_numbers(tmp_path):
+    r = read_raw(write(tmp_path / "r.csv", "a,b,c\n1,2,3\n4,5\n6,7,8,9\n10,11,12\n"))
+    assert r.table.column("a").to_pylist() == ["1", "10"]
+    assert [q.row_id for q in r.quarantined] == [1, 2]
+    assert "line 3: ragged row: expected 3 fields, got 2" in r.quarantined[0].reason
+    assert json.loads(r.quarantined[0].record)["text"] == "4,5"
+    assert r.rows_in == 4  # nothing lost
+
+
+def test_bad_encoding_bytes_quarantine_the_row_and_name_the_column(tmp_path):
+    r = read_raw(write(tmp_path / "b.csv", b"a,b\n1,ok\n2,caf\xe9\n"))
+    assert r.table.num_rows == 1
+    assert "column 'b'" in r.quarantined[0].reason and "UTF-8" in r.quarantined[0].reason
+
+
+def test_huge_cells_are_quarantined(tmp_path):
+    r = read_raw(write(tmp_path / "big.csv", "a,b\n1," + "x" * 5000 + "\n2,y\n"), max_cell_chars=1000)
+    assert r.table.column("a").to_pylist() == ["2"]
+    assert "5000 characters is over the limit of 1000" in r.quarantined[0].reason
+
+
+def test_reserved_prefix_refused(tmp_path):
+    with pytest.raises(InputError, match="_lf_"):
+        read_raw(write(tmp_path / "p.csv", "_lf_x,b\n1,2\n"))
+
+
+def test_parquet_and_jsonl(tmp_path):
+    pq.write_table(pa.table({"a": [1, 2], "b": ["x", None]}), tmp_path / "t.parquet")
+    r = read_raw(tmp_path / "t.parquet")
+    assert r.table.column("a").to_pylist() == ["1", "2"] and r.table.column("b").to_pylist() == ["x", None]
+    r = read_raw(write(tmp_path / "t.jsonl", '{"a": 1, "b": "x"}\nnot json\n{"a": 3, "b": null}\n'))
+    assert r.table.column("a").to_pylist() == ["1", "3"]
+    assert r.quarantined[0].row_id == 1 and "not a JSON object" in r.quarantined[0].reason

@@ -1,0 +1,191 @@
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from models.artifact import load_artifact, save_artifact
+from models.autoencoder import AEConfig, predict
+from models.codec import TableCodec
+from models.reverse import ReverseConfig, reverse_impute
+from models.train import fit_model
+from transforms._errors import ModelError
+from transforms.impute import CONFIDENCE, IMPUTED, METHOD, Imputer
+from transforms.schema import TableSchema
+
+SMALL = AEConfig(hidden=32, depth=2, code=8, epochs=30, min_steps=400, patience=10, random_state=0)
+SCHEMA = TableSchema.model_validate({"name": "t", "columns": [
+    {"name": "id", "type": "id"},
+    {"name": "x", "type": "numeric", "impute": True},
+    {"name": "y", "type": "numeric", "impute": True},
+    {"name": "k", "type": "integer", "impute": True},
+    {"name": "c", "type": "categorical", "impute": True, "categories": ["a", "b"]},
+    {"name": "flag", "type": "boolean", "impute": True},
+    {"name": "d", "type": "datetime", "impute": True},
+]})
+
+
+def make_table(n=400, seed=0, missing=0.15):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, n)
+    y = 2 * x + rng.normal(0, 0.1, n)
+    k = np.round(3 * x + 10).astype(np.int64)
+    c = np.where(x > 0, "a", "b")
+    flag = x > 0.5
+    d = (1_600_000_000 + (x * 86400).astype(np.int64)) * 1_000_000
+    cols = {"id": pa.array([f"r{i}" for i in range(n)]), "x": pa.array(x), "y": pa.array(y), "k": pa.array(k),
+            "c": pa.array(c.tolist()), "flag": pa.array(flag),
+            "d": pa.array(d, pa.int64()).cast(pa.timestamp("us", tz="UTC"))}
+    full = pa.table(cols)
+    hide = rng.random((n, 6)) < missing
+    hide[:, 0] = False  # x is always there, so the others are predictable
+    masked = {"id": cols["id"]}
+    for j, name in enumerate(["x", "y", "k", "c", "flag", "d"]):
+        col = cols[name]
+        masked[name] = pc.if_else(pa.array(hide[:, j]), pa.scalar(None, col.type), col)
+    t = pa.table(masked).append_column("_lf_row_id", pa.array(np.arange(n), pa.int64()))
+    return full, t, hide
+
+
+@pytest.fixture(scope="module")
+def trained():
+    full, masked, hide = make_table()
+    return full, masked, hide, fit_model(masked, SCHEMA, config=SMALL)
+
+
+def test_codec_round_trip_keeps_types_and_values():
+    full, _, _ = make_table(n=50, missing=0)
+    codec = TableCodec(schema=SCHEMA).fit(full)
+    enc = codec.encode(full)
+    assert enc.observed.all()
+    probs = []
+    for k, name in enumerate(codec.cat_columns_):
+        p = np.zeros((50, len(codec.categories_[name])))
+        p[np.arange(50), enc.targets_cat[:, k]] = 1
+        probs.append(p)
+    out = codec.decode_into(full, enc.targets_num, probs, np.ones_like(enc.observed))
+    assert out.schema == full.schema  # an integer column stays integer, a datetime a datetime
+    for name in ("k", "c", "flag", "d"):
+        assert out.column(name).to_pylist() == full.column(name).to_pylist(), name
+    np.testing.assert_allclose(out.column("x").to_numpy(), full.column("x").to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_codec_unknown_category_is_not_an_error():
+    full, _, _ = make_table(n=50, missing=0)
+    codec = TableCodec(schema=SCHEMA).fit(full)
+    other = full.set_column(full.column_names.index("c"), "c", pa.array(["zzz"] * 50))
+    enc = codec.encode(other)
+    assert enc.observed[:, codec.columns.index("c")].all() and (enc.targets_cat[:, 0] == -1).all()
+
+
+def test_imputer_fills_every_null_and_keeps_observed_cells(trained, tmp_path):
+    full, masked, hide, fitted = trained
+    save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None, config=SMALL,
+                  metrics=fitted.metrics, error_reference=fitted.result.error_reference)
+    imp = Imputer(load_artifact(tmp_path / "m", schema=SCHEMA))
+    out = imp.impute(masked)
+    for name in ("x", "y", "k", "c", "flag", "d"):
+        assert out.column(name).null_count == 0, name
+        obs = pc.is_valid(masked.column(name))
+        assert pc.all(pc.equal(pc.filter(out.column(name), obs), pc.filter(masked.column(name), obs))).as_py()
+    assert out.schema.field("k").type == pa.int64()
+    imputed = out.column(IMPUTED).to_pylist()
+    names = ["x", "y", "k", "c", "flag", "d"]
+    assert imputed == [[n for j, n in enumerate(names) if hide[i, j]] for i in range(len(hide))]
+    conf = out.column(CONFIDENCE).to_numpy()
+    assert ((conf > 0) & (conf <= 1)).all()
+    assert set(out.column(METHOD).to_pylist()) == {"ae", "none"}
+    assert (conf[~hide.any(1)] == 1).all()
+    # the model learned y = 2x: its fills are far better than the column mean
+    y_true, y_hat = full.column("y").to_numpy(), out.column("y").to_numpy()
+    h = hide[:, 1]
+    assert np.sqrt(np.mean((y_hat[h] - y_true[h]) ** 2)) < 0.5 * np.std(y_true)
+
+
+def test_training_is_deterministic():
+    _, masked, _ = make_table(n=200)
+    a = fit_model(masked, SCHEMA, config=SMALL).model.state_dict()
+    b = fit_model(masked, SCHEMA, config=SMALL).model.state_dict()
+    c = fit_model(masked, SCHEMA, config=AEConfig(**{**SMALL.__dict__, "random_state": 1})).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_tampered_weights_are_refused(trained, tmp_path):
+    *_, fitted = trained
+    d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
+                      config=SMALL, metrics={}, error_reference=1.0)
+    w = d / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256 .* does not match"):
+        load_artifact(d)
+
+
+def test_wrong_schema_is_refused_naming_the_columns(trained, tmp_path):
+    *_, fitted = trained
+    d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
+                      config=SMALL, metrics={}, error_reference=1.0)
+    other = TableSchema.model_validate({"columns": [
+        {"name": "x", "type": "integer", "impute": True}, {"name": "zz", "type": "numeric", "impute": True}]})
+    with pytest.raises(ModelError, match=r"'x' \(model: numeric, the job's schema: integer\).*'y' \(in the model.*'zz'"):
+        load_artifact(d, schema=other)
+
+
+def test_manifest_is_json_and_not_a_pickle(trained, tmp_path):
+    *_, fitted = trained
+    d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
+                      config=SMALL, metrics={"a": 1}, error_reference=1.0)
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["format"] == "lakefill-model/1" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
+    assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "weights.safetensors"]
+
+
+def test_reverse_training_does_not_worsen_rows_and_runs_under_no_grad(trained):
+    full, masked, hide, fitted = trained
+    codec, model = fitted.codec, fitted.model
+    enc = codec.encode(masked)
+    pred = predict(model, enc.values, enc.observed)
+    init = enc.values.copy()
+    n_num = len(codec.num_columns_)
+    for j, sl in enumerate(codec.input_slices()):
+        if j < n_num:
+            init[:, sl.start] = np.where(~enc.observed[:, j], pred.num[:, j], init[:, sl.start])
+        else:
+            p = np.concatenate([pred.cat_probs[j - n_num], np.zeros((len(init), 1))], 1)
+            init[:, sl] = np.where(~enc.observed[:, j:j + 1], p, init[:, sl])
+    rows = np.nonzero((~enc.observed).sum(1) >= 2)[0]
+    with torch.no_grad():  # as RunInference would call it
+        res = reverse_impute(model, enc.values[rows], enc.observed[rows], enc.targets_num[rows], enc.targets_cat[rows],
+                             init[rows], config=ReverseConfig(steps=20))
+    # the per-row rule: a kept refinement never has a worse held-back error
+    assert (res.holdout_error_after <= res.holdout_error_before + 1e-9).all()
+    assert res.improved.any()
+    # and on the truth, over the refined rows' numeric cells, it is no worse on average
+    truth = codec.encode(full).targets_num[rows]
+    miss = ~enc.observed[rows][:, :n_num]
+    direct = pred.num[rows]
+    final = np.where(res.improved[:, None], res.num, direct)
+    err_direct = ((direct - truth) ** 2)[miss].mean()
+    err_final = ((final - truth) ** 2)[miss].mean()
+    assert err_final <= err_direct * 1.05
+    again = reverse_impute(model, enc.values[rows], enc.observed[rows], enc.targets_num[rows], enc.targets_cat[rows],
+                           init[rows], config=ReverseConfig(steps=20))
+    np.testing.assert_array_equal(again.num, res.num)  # deterministic
+
+
+def test_imputer_refine_marks_reverse_rows(trained, tmp_path):
+    *_, masked, hide, fitted = trained[0], trained[1], trained[2], trained[3]
+    d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
+                      config=SMALL, metrics={}, error_reference=fitted.result.error_reference)
+    imp = Imputer(load_artifact(d), reverse=ReverseConfig(steps=20))
+    out = imp.impute(masked)
+    low = out.filter(pc.greater(pc.list_value_length(out.column(IMPUTED)), 1))
+    refined = imp.refine(low)
+    methods = set(refined.column(METHOD).to_pylist())
+    assert methods <= {"ae", "reverse"} and "reverse" in methods
+    for name in ("x", "y", "k", "c"):
+        assert refined.column(name).null_count == 0
