@@ -178,10 +178,8 @@ def write_data_docs(schema: TableSchema, stage: Stage, table: pa.Table, out_dir:
         context.validation_definitions.delete(existing.name)
     for existing in list(context.suites.all()):
         context.suites.delete(existing.name)
-    try:
+    if name in context.data_sources.all():
         context.data_sources.delete(name)
-    except (KeyError, ValueError, Exception):
-        pass
     suite = context.suites.add(build_suite(schema, stage=stage))
     source = context.data_sources.add_pandas(name)
     batch_definition = source.add_dataframe_asset("batch").add_batch_definition_whole_dataframe("whole")
