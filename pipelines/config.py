@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from transforms._errors import ConfigError
+from transforms.schema import read_yaml_mapping
 
 __all__ = ["JobConfig", "load_config", "DEFAULT_CONFIG"]
 
@@ -54,14 +54,7 @@ class JobConfig(BaseModel):
 
 def load_config(path: str | Path) -> JobConfig:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ConfigError(f"job config not found: {path}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, error=ConfigError, what="job config")
     try:
         cfg = JobConfig.model_validate(raw)
     except ValidationError as err:

@@ -142,16 +142,22 @@ class TableSchema(_Strict):
             )
 
 
-def load_schema(path: str | Path) -> TableSchema:
-    path = Path(path)
+def read_yaml_mapping(path: Path, *, error: type[Exception], what: str) -> dict:
+    """Read a YAML file that must hold a mapping; every failure is an ``error`` naming the file."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
-        raise SchemaError(f"schema file not found: {path}") from err
+        raise error(f"{what} not found: {path}") from err
     except yaml.YAMLError as err:
-        raise SchemaError(f"{path}: not valid YAML: {err}") from err
+        raise error(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
-        raise SchemaError(f"{path}: expected a mapping with a 'columns' list, got {type(raw).__name__}")
+        raise error(f"{path}: expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def load_schema(path: str | Path) -> TableSchema:
+    path = Path(path)
+    raw = read_yaml_mapping(path, error=SchemaError, what="schema file")
     try:
         return TableSchema.model_validate(raw)
     except ValidationError as err:
