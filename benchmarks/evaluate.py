@@ -293,13 +293,11 @@ def score(problem: Problem, mask: np.ndarray, Xhat: np.ndarray, Chat: list[np.nd
 
 
 def confidence_quality(problem: Problem, mask: np.ndarray, sq: np.ndarray, confidence: np.ndarray, Chat) -> dict:
-    d_num = len(problem.num_cols)
     cell_err = np.concatenate([sq] + [(Chat[k] != c).astype(float)[:, None] for k, c in enumerate(problem.C)], 1)
-    hidden = mask
-    n_h = hidden.sum(1)
+    n_h = mask.sum(1)
     rows = n_h > 0
-    row_err = (cell_err * hidden).sum(1)[rows] / n_h[rows]
-    row_sum = (cell_err * hidden).sum(1)[rows]
+    row_sum = (cell_err * mask).sum(1)[rows]
+    row_err = row_sum / n_h[rows]
     conf = confidence[rows]
     from scipy.stats import spearmanr
 

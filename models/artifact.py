@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from models.autoencoder import AEConfig, MaskedAutoencoder

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from models.autoencoder import MaskedAutoencoder, cell_losses
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 
 from models.autoencoder import AEConfig, MaskedAutoencoder, TrainResult, train_autoencoder

@@ -23,8 +23,8 @@ from models.autoencoder import AEConfig
 from models.train import fit_model
 from pipelines.config import JobConfig
 from transforms._errors import ConfigError, LakefillError
-from transforms.detect import DISGUISED, NullPolicy
-from transforms.impute import CONFIDENCE, IMPUTED, METHOD, Imputer
+from transforms.detect import NullPolicy
+from transforms.impute import CONFIDENCE, METHOD, Imputer
 from transforms.io import ROW_ID, Quarantined, quarantine_table, read_raw
 from transforms.lake import commit, write_part
 from transforms.parse import parse_table
@@ -177,7 +177,8 @@ def run_local(config: JobConfig, *, log=print) -> RunOutcome:
     if not result.committed:
         log(f"run {run_id} was already committed to {table_uri}: nothing written twice")
         _remove_uncommitted(table_uri, actions)
-    _remove_uncommitted(quarantine_uri, q_actions) if not q_result.committed else None
+    if not q_result.committed:
+        _remove_uncommitted(quarantine_uri, q_actions)
     timings["total"] = time.perf_counter() - t0
     if docs_sample is not None and docs_sample.num_rows:
         pre.write_data_docs(docs_sample, report_dir / "data_docs")

@@ -1,6 +1,5 @@
 import json
 import shutil
-from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest

@@ -178,7 +178,7 @@ def test_reverse_training_does_not_worsen_rows_and_runs_under_no_grad(trained):
 
 
 def test_imputer_refine_marks_reverse_rows(trained, tmp_path):
-    *_, masked, hide, fitted = trained[0], trained[1], trained[2], trained[3]
+    _, masked, _, fitted = trained
     d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
                       config=SMALL, metrics={}, error_reference=fitted.result.error_reference)
     imp = Imputer(load_artifact(d), reverse=ReverseConfig(steps=20))
