@@ -36,12 +36,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.autoencoder import AEConfig, predict
+from models.autoencoder import AEConfig, direct_fill_inputs, predict
 from models.reverse import ReverseConfig, reverse_impute
 from models.train import fit_model
 from transforms.detect import NullPolicy
 from transforms.io import read_raw
-from transforms.parse import parse_table
+from transforms.parse import detect_and_parse
 from transforms.schema import infer_schema, load_schema
 
 METHODS = ("lakefill", "lakefill-reverse", "mean", "knn", "mice", "missforest")
@@ -63,12 +63,9 @@ def load_problem(data: Path, schema_path: Path | None) -> Problem:
     raw = read_raw(data)
     if schema_path is not None:
         schema = load_schema(schema_path)
-        policy = NullPolicy(schema=schema).fit(raw.table)
     else:
-        policy = NullPolicy().fit(raw.table)
-        schema = infer_schema(raw.table, name=data.stem, policy=policy)
-    detected, _ = policy.apply(raw.table)
-    table, bad = parse_table(detected, schema)
+        schema = infer_schema(raw.table, name=data.stem, policy=NullPolicy().fit(raw.table))
+    table = detect_and_parse(raw, schema).table
     imputed = [c for c in schema.columns if c.impute]
     num_cols = [c.name for c in imputed if c.type in ("numeric", "integer")]
     cat_cols = [c.name for c in imputed if c.type in ("categorical", "boolean")]
@@ -165,14 +162,7 @@ def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool
         order = np.argsort(confidence, kind="stable")
         k = int(math.ceil(REVERSE_SHARE * len(order)))
         rows = np.sort(order[:k][n_fill[order[:k]] > 0])
-        init = enc.values.copy()
-        for j, sl in enumerate(codec.input_slices()):
-            if j < len(codec.num_columns_):
-                init[:, sl.start] = np.where(fill[:, j], pred.num[:, j], enc.values[:, sl.start])
-            else:
-                p = probs[j - len(codec.num_columns_)]
-                block = np.concatenate([p, np.zeros((len(p), 1))], 1)
-                init[:, sl] = np.where(fill[:, j:j + 1], block, enc.values[:, sl])
+        init = direct_fill_inputs(model, enc.values, enc.observed, pred)
         res = reverse_impute(model, enc.values[rows], enc.observed[rows], enc.targets_num[rows], enc.targets_cat[rows],
                              init[rows], config=ReverseConfig(random_state=seed))
         use = res.improved

@@ -13,14 +13,15 @@ from __future__ import annotations
 import copy
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["AEConfig", "MaskedAutoencoder", "TrainResult", "train_autoencoder", "predict", "Prediction"]
+__all__ = ["AEConfig", "MaskedAutoencoder", "TrainResult", "train_autoencoder", "predict", "Prediction",
+           "direct_fill_inputs"]
 
 
 @dataclass(frozen=True)
@@ -285,5 +286,17 @@ def predict(model: MaskedAutoencoder, values: np.ndarray, given: np.ndarray, *, 
     return Prediction(mu, var, probs, err, code)
 
 
-def config_dict(cfg: AEConfig) -> dict:
-    return asdict(cfg)
+def direct_fill_inputs(model: MaskedAutoencoder, values: np.ndarray, observed: np.ndarray, pred: Prediction) -> np.ndarray:
+    """The encoded rows with each missing cell set to the direct pass's prediction, in input
+    space (numbers: the mean; categories: the probabilities, 0 in the unknown slot). This is
+    where reverse training starts from."""
+    init = values.copy()
+    for j, (a, b) in enumerate(model.col_slices):
+        miss = ~observed[:, j]
+        if j < model.n_num:
+            init[miss, a] = pred.num[miss, j]
+        else:
+            init[miss, a:b - 1] = pred.cat_probs[j - model.n_num][miss]
+            init[miss, b - 1] = 0.0
+    return init
+

@@ -68,7 +68,7 @@ def reverse_impute(model: MaskedAutoencoder, values: np.ndarray, observed: np.nd
     """Refine the missing cells of a batch of rows.
 
     values/observed/t_num/t_cat: the encoded rows (see TableCodec.encode); init: the same rows
-    with their missing cells filled by the direct pass (input space, e.g. from ``fill_inputs``).
+    with their missing cells filled by the direct pass (input space, see ``models.autoencoder.direct_fill_inputs``).
     """
     cfg = config
     gen = torch.Generator().manual_seed(cfg.random_state)

@@ -49,21 +49,18 @@ def _schema_infer(args) -> int:
 
 
 def _validate(args) -> int:
-    from transforms.detect import NullPolicy
     from transforms.io import quarantine_table, read_raw
-    from transforms.parse import parse_table
+    from transforms.parse import detect_and_parse
     from transforms.schema import load_schema
     from transforms.validate import Validator
 
     schema = load_schema(args.schema)
     raw = read_raw(args.path)
-    schema.check_columns(raw.table.column_names, source=args.path)
-    policy = NullPolicy(schema=schema).fit(raw.table)
-    detected, counts = policy.apply(raw.table)
-    typed, bad = parse_table(detected, schema)
+    typed = detect_and_parse(raw, schema)
+    counts = typed.disguised
     validator = Validator(schema)
-    good, failed = validator.validate(typed)
-    quarantined = raw.quarantined + bad + failed
+    good, failed = validator.validate(typed.table)
+    quarantined = typed.quarantined + failed
     print(f"{args.path}: {raw.rows_in} rows in, {good.num_rows} pass, {len(quarantined)} quarantined")
     print(f"disguised nulls replaced: { {k: v for k, v in counts.items() if v} }")
     for q in quarantined[: args.show]:
@@ -104,22 +101,17 @@ def _impute(args) -> int:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from models.artifact import load_artifact
-    from transforms.detect import NullPolicy
-    from transforms.impute import CONFIDENCE, Imputer
-    from transforms.io import read_raw
-    from transforms.parse import parse_table
     import pyarrow as pa
 
+    from models.artifact import load_artifact
+    from transforms.impute import CONFIDENCE, Imputer
+    from transforms.io import read_raw
+    from transforms.parse import detect_and_parse
+
     artifact = load_artifact(args.model)
-    schema = artifact.schema
-    raw = read_raw(args.input)
-    schema.check_columns(raw.table.column_names, source=args.input)
-    policy = NullPolicy(schema=schema).fit(raw.table)
-    detected, _ = policy.apply(raw.table)
-    typed, bad = parse_table(detected, schema)
+    typed = detect_and_parse(read_raw(args.input), artifact.schema)
     imputer = Imputer(artifact)
-    out = imputer.impute(typed)
+    out = imputer.impute(typed.table)
     if args.refine_below > 0:
         low = pc.less(out.column(CONFIDENCE), args.refine_below)
         if pc.any(low).as_py():
@@ -134,7 +126,7 @@ def _impute(args) -> int:
     else:
         pq.write_table(out, path)
     n_cells = int(pc.sum(pc.list_value_length(out.column("_lf_imputed"))).as_py() or 0)
-    print(f"{args.input}: imputed {n_cells} cells in {out.num_rows} rows; {len(raw.quarantined) + len(bad)} rows "
+    print(f"{args.input}: imputed {n_cells} cells in {out.num_rows} rows; {len(typed.quarantined)} rows "
           f"unreadable or mistyped (not written); wrote {path}")
     return 0
 

@@ -27,7 +27,7 @@ from transforms.detect import NullPolicy
 from transforms.impute import CONFIDENCE, METHOD, Imputer
 from transforms.io import ROW_ID, Quarantined, quarantine_table, read_raw
 from transforms.lake import commit, write_part
-from transforms.parse import parse_table
+from transforms.parse import detect_and_parse, parse_table
 from transforms.schema import TableSchema, infer_schema, load_schema
 from transforms.validate import Validator
 
@@ -90,14 +90,10 @@ def prepare(config: JobConfig, *, log=print) -> Prepared:
 
 def train_to_dir(input_path: str, schema: TableSchema, out_dir: Path, *, sample_rows: int = 200_000,
                  config: AEConfig = AEConfig(), progress: bool = False) -> Path:
-    raw = read_raw(input_path)
-    policy = NullPolicy(schema=schema, sample_rows=sample_rows).fit(raw.table)
-    detected, _ = policy.apply(raw.table)
-    typed, _ = parse_table(detected, schema)
-    validator = Validator(schema, stage="pre")
-    good, _ = validator.validate(typed)
+    typed = detect_and_parse(read_raw(input_path), schema, sample_rows=sample_rows)
+    good, _ = Validator(schema, stage="pre").validate(typed.table)
     fitted = fit_model(good, schema, config=config, progress=progress)
-    return save_artifact(out_dir, model=fitted.model, codec=fitted.codec, schema=schema, policy=policy.to_dict(),
+    return save_artifact(out_dir, model=fitted.model, codec=fitted.codec, schema=schema, policy=typed.policy.to_dict(),
                          config=config, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
 
 

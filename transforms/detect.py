@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms._arrow import flags_to_lists
 from transforms._values import NULL_TOKENS, parse_number
 
 __all__ = ["Finding", "NullPolicy", "DISGUISED", "NotFittedError"]
@@ -235,7 +236,7 @@ class NullPolicy:
             flags.append(np.asarray(disguised.combine_chunks() if isinstance(disguised, pa.ChunkedArray) else disguised))
             arrays[c] = pc.if_else(pc.or_(blank, disguised), pa.scalar(None, pa.string()), col)
         names = np.asarray(self.columns_, dtype=object)
-        arrays[DISGUISED] = _list_column(np.stack(flags, axis=1) if flags else np.zeros((table.num_rows, 0), bool), names)
+        arrays[DISGUISED] = flags_to_lists(np.stack(flags, axis=1) if flags else np.zeros((table.num_rows, 0), bool), names)
         return pa.table(arrays), counts
 
     # ---------------------------------------------------------------------------- reporting
@@ -331,12 +332,3 @@ def _isolation(x: float, others: list[float], k: int = 10) -> tuple[float, float
     diffs = np.diff(near)
     spacing = float(np.median(diffs)) if len(diffs) else math.inf
     return gap, spacing
-
-
-def _list_column(flags: np.ndarray, names: np.ndarray) -> pa.Array:
-    """A list<string> column: for each row, the names of the columns whose flag is set."""
-    rows, cols = np.nonzero(flags)
-    offsets = np.zeros(flags.shape[0] + 1, dtype=np.int32)
-    np.cumsum(np.bincount(rows, minlength=flags.shape[0]), out=offsets[1:])
-    values = pa.array(names[cols].tolist() if len(cols) else [], pa.string())
-    return pa.ListArray.from_arrays(pa.array(offsets), values)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from models.artifact import ModelArtifact
 from models.autoencoder import predict
 from models.reverse import ReverseConfig, reverse_impute
-from transforms.detect import _list_column
+from transforms._arrow import flags_to_lists
 
 __all__ = ["Imputer", "IMPUTED", "METHOD", "CONFIDENCE", "PROVENANCE_COLUMNS"]
 
@@ -85,7 +85,7 @@ def _with_provenance(table: pa.Table, fill: np.ndarray, names: np.ndarray, metho
     for name in PROVENANCE_COLUMNS:
         if name in table.column_names:
             table = table.drop_columns([name])
-    table = table.append_column(IMPUTED, _list_column(fill, names))
+    table = table.append_column(IMPUTED, flags_to_lists(fill, names))
     table = table.append_column(METHOD, pa.array(method.tolist(), pa.string()))
     return table.append_column(CONFIDENCE, pa.array(confidence, pa.float64()))
 

@@ -7,16 +7,18 @@ quarantine with the column, the value and the expected type.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms._values import parse_bool, parse_datetime_array, parse_number
-from transforms.io import ROW_ID, Quarantined
+from transforms.detect import NullPolicy
+from transforms.io import ROW_ID, Quarantined, RawRead
 from transforms.schema import TableSchema
 
-__all__ = ["ARROW_TYPES", "parse_table", "arrow_schema"]
+__all__ = ["ARROW_TYPES", "parse_table", "arrow_schema", "Typed", "detect_and_parse"]
 
 ARROW_TYPES = {
     "numeric": pa.float64(),
@@ -59,6 +61,23 @@ def parse_table(table: pa.Table, schema: TableSchema) -> tuple[pa.Table, list[Qu
     quarantined = [Quarantined(int(row_ids[i]), bad_rows[int(i)], "parse", json.dumps(rec, default=str))
                    for i, rec in zip(idx, originals)]
     return typed.filter(pa.array(keep)), quarantined
+
+
+@dataclass
+class Typed:
+    table: pa.Table  # typed rows, disguised nulls replaced
+    policy: NullPolicy  # the policy fitted on the sample
+    disguised: dict[str, int]  # replacements per column
+    quarantined: list[Quarantined]  # unreadable (read) and mistyped (parse) rows
+
+
+def detect_and_parse(raw: RawRead, schema: TableSchema, *, sample_rows: int = 200_000) -> Typed:
+    """Fit the null policy on a sample of ``raw``, replace disguised nulls, cast to the schema."""
+    schema.check_columns(raw.table.column_names, source=raw.path)
+    policy = NullPolicy(schema=schema, sample_rows=sample_rows).fit(raw.table)
+    detected, counts = policy.apply(raw.table)
+    typed, bad = parse_table(detected, schema)
+    return Typed(typed, policy, counts, raw.quarantined + bad)
 
 
 def _a(type_: str) -> str:
