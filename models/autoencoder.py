@@ -84,12 +84,14 @@ class MaskedAutoencoder(nn.Module):
         self.register_buffer("feature_col", index, persistent=False)
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor, *, input_dropout: float = 0.0,
-                generator: torch.Generator | None = None):
-        """values (n, n_inputs) with hidden cells zeroed by the caller; mask (n, n_cols) 1 = given."""
+                generator: torch.Generator | None = None, dropout_noise: torch.Tensor | None = None):
+        """values (n, n_inputs) with hidden cells zeroed by the caller; mask (n, n_cols) 1 = given.
+        ``dropout_noise``: uniforms of the hidden layer's shape to draw the dropout from (else ``generator``)."""
         x = torch.cat([values, mask], dim=1)
         h = self.input_layer(x)
         if input_dropout > 0:
-            keep = torch.rand(h.shape, generator=generator, device=h.device) >= input_dropout
+            u = dropout_noise if dropout_noise is not None else torch.rand(h.shape, generator=generator, device=h.device)
+            keep = u >= input_dropout
             h = h * keep / (1 - input_dropout)
         z = self.encoder(h)
         d = self.decoder(z)
@@ -268,11 +270,14 @@ def predict(model: MaskedAutoencoder, values: np.ndarray, given: np.ndarray, *, 
     """One pass: every cell predicted from the ``given`` cells. ``cell_error`` is the predicted
     variance (numeric, times ``num_weights`` if given) or 1 - max probability (categorical)."""
     model.eval()
+    dev = next(model.parameters()).device
     outs = []
     for s in range(0, len(values), batch_size):
-        X = torch.from_numpy(np.ascontiguousarray(values[s:s + batch_size], dtype=np.float32))
-        G = torch.from_numpy(np.ascontiguousarray(given[s:s + batch_size], dtype=np.float32))
-        outs.append(model(model.blank(X, G), G))
+        X = torch.from_numpy(np.ascontiguousarray(values[s:s + batch_size], dtype=np.float32)).to(dev)
+        G = torch.from_numpy(np.ascontiguousarray(given[s:s + batch_size], dtype=np.float32)).to(dev)
+        outs.append([t.cpu() for t in model(model.blank(X, G), G)])
+    if not outs:
+        outs.append([t.cpu() for t in model(torch.zeros(0, values.shape[1], device=dev), torch.zeros(0, given.shape[1], device=dev))])
     mu = torch.cat([o[0] for o in outs]).numpy()
     var = torch.exp(torch.cat([o[1] for o in outs])).numpy()
     logits = torch.cat([o[2] for o in outs])

@@ -5,7 +5,7 @@ A masked autoencoder predicts a hidden cell from the cells it is given, so "repr
 observed cells" means: at each step a random part of the row's observed cells is hidden, the
 missing cells are fed at their current values (as if observed), and the hidden observed cells
 are scored (squared error / cross-entropy). The loss adds a spherical regulariser that keeps
-the bottleneck code near the radius of the direct pass's codes, and dropout after the input
+the bottleneck code near the radius of the row's direct-pass code, and dropout after the input
 layer. All rows of a batch are optimised at once, each with its own loss (the total is a sum
 of per-row losses and Adam's steps are per parameter, so rows do not interact).
 
@@ -18,6 +18,12 @@ direct fill. Few checks and a margin keep the choice from chasing noise in a han
 The clean pass: the missing cells are split in two halves; each half is predicted from the
 observed cells plus the refined values of the other half (a row with one missing cell keeps
 the prediction from its observed cells alone).
+
+Determinism: every random draw (held-back cells, hidden cells, dropout, the clean pass's
+halves) comes from a counter-based hash of (seed, row key, step, cell), not from a stream
+shared by the batch. A row gets the same draws whatever other rows share its batch, so Beam,
+Spark and the local job, which batch rows differently, refine a row the same way. The row key
+is the row's ``_lf_row_id`` when the caller passes it.
 """
 
 from __future__ import annotations
@@ -63,15 +69,46 @@ class ReverseResult:
     holdout_error_after: np.ndarray
 
 
+_M31 = (1 << 31) - 1
+
+
+class RowRandom:
+    """Uniform draws in [0, 1) keyed by (seed, row key, salt, position): batch-independent."""
+
+    def __init__(self, keys: np.ndarray, seed: int, device: torch.device | str = "cpu"):
+        self.device = device
+        k = torch.from_numpy(np.array(keys, dtype=np.int64)) & _M31
+        self._rows = _mix(_mix(k ^ (seed & _M31)) ^ (_mix(torch.tensor(seed // (1 << 31) & _M31)) + 0x5bd1e995 & _M31))
+
+    def uniform(self, salt: int, width: int) -> torch.Tensor:
+        cols = torch.arange(width, dtype=torch.int64)
+        s = _mix(torch.tensor((salt * 0x27d4eb2d + 0x165667b1) & _M31))
+        x = _mix((_mix(self._rows.unsqueeze(1) ^ s) + cols.unsqueeze(0) * 0x9e3779b1) & _M31)
+        return (x.double() / float(1 << 31)).float().to(self.device)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 31-bit integer hash (xorshift-multiply); products stay below 2**62, no overflow."""
+    x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & _M31
+    x = ((x ^ (x >> 12)) * 0x297A2D39) & _M31
+    return x ^ (x >> 15)
+
+
 def reverse_impute(model: MaskedAutoencoder, values: np.ndarray, observed: np.ndarray, t_num: np.ndarray,
-                   t_cat: np.ndarray, init: np.ndarray, *, config: ReverseConfig = ReverseConfig()) -> ReverseResult:
+                   t_cat: np.ndarray, init: np.ndarray, *, config: ReverseConfig = ReverseConfig(),
+                   row_keys: np.ndarray | None = None) -> ReverseResult:
     """Refine the missing cells of a batch of rows.
 
     values/observed/t_num/t_cat: the encoded rows (see TableCodec.encode); init: the same rows
     with their missing cells filled by the direct pass (input space, see ``models.autoencoder.direct_fill_inputs``).
+    row_keys: a stable integer per row (its row id) that seeds the row's random draws; by
+    default the row's position in the batch.
     """
     cfg = config
-    gen = torch.Generator().manual_seed(cfg.random_state)
+    keys = np.arange(len(values)) if row_keys is None else np.asarray(row_keys)
+    if len(keys) != len(values):
+        raise ValueError(f"row_keys has {len(keys)} entries for {len(values)} rows")
+    gen = RowRandom(keys, cfg.random_state, next(model.parameters()).device)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -81,10 +118,11 @@ def reverse_impute(model: MaskedAutoencoder, values: np.ndarray, observed: np.nd
 
 def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult:
     n, c = observed.shape
-    X = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-    M = torch.from_numpy(np.ascontiguousarray(observed, dtype=bool))
-    TN = torch.from_numpy(np.ascontiguousarray(t_num, dtype=np.float32))
-    TC = torch.from_numpy(np.ascontiguousarray(t_cat, dtype=np.int64))
+    dev = gen.device
+    X = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(dev)
+    M = torch.from_numpy(np.ascontiguousarray(observed, dtype=bool)).to(dev)
+    TN = torch.from_numpy(np.ascontiguousarray(t_num, dtype=np.float32)).to(dev)
+    TC = torch.from_numpy(np.ascontiguousarray(t_cat, dtype=np.int64)).to(dev)
     missing = ~M
     fcol = model.feature_col
     miss_feat = missing[:, fcol]  # (n, n_inputs)
@@ -94,28 +132,31 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult
         n_obs = M.sum(1)
         k = torch.where(n_obs >= 3, (cfg.holdout * n_obs).ceil().clamp(min=1), torch.zeros_like(n_obs))
         k = torch.minimum(k, (n_obs - 2).clamp(min=0))
-        scores = torch.rand(n, c, generator=gen) + (~M) * 10.0  # observed cells rank first
+        scores = gen.uniform(1, c) + (~M) * 10.0  # observed cells rank first
         rank = scores.argsort(dim=1).argsort(dim=1)
         held = (rank < k.unsqueeze(1)) & M
     fit_obs = M & ~held
     # free parameters: numeric missing inputs as values, categorical ones as logits
-    u = torch.from_numpy(np.ascontiguousarray(init, dtype=np.float32)).clone()
-    cat_feat = torch.zeros(X.shape[1], dtype=torch.bool)
+    u = torch.from_numpy(np.ascontiguousarray(init, dtype=np.float32)).to(dev).clone()
+    cat_feat = torch.zeros(X.shape[1], dtype=torch.bool, device=dev)
     for (a, b) in model.col_slices[model.n_num:]:
         cat_feat[a:b] = True
     u = torch.where(cat_feat.unsqueeze(0), torch.log(u.clamp(min=1e-4)), u)
     u = u.detach().requires_grad_(True)
     opt = torch.optim.Adam([u], lr=cfg.lr)
     with torch.no_grad():
-        r0 = model(_inputs(model, X, u, miss_feat, cat_feat), (fit_obs | missing).float())[3].norm(dim=1).mean()
+        r0 = model(_inputs(model, X, u, miss_feat, cat_feat), (fit_obs | missing).float())[3].norm(dim=1).clamp(min=1e-6)  # per row: batch-independent
     best_u = u.detach().clone()
     best_err = _holdout_error(model, X, u.detach(), miss_feat, cat_feat, fit_obs, missing, held, TN, TC)
     err0 = best_err.clone()
+    hidden_width = model.input_layer[0].out_features
     for step in range(1, cfg.steps + 1):
-        hide = (torch.rand(n, c, generator=gen) < cfg.hide) & fit_obs
+        hide = (gen.uniform(3 * step, c) < cfg.hide) & fit_obs
         given = (fit_obs & ~hide) | missing
         inp = _inputs(model, X, u, miss_feat, cat_feat)
-        mu, logvar, logits, z = model(model.blank(inp, given.float()), given.float(), input_dropout=cfg.input_dropout, generator=gen)
+        noise = gen.uniform(3 * step + 1, hidden_width) if cfg.input_dropout > 0 else None
+        mu, logvar, logits, z = model(model.blank(inp, given.float()), given.float(), input_dropout=cfg.input_dropout,
+                                      dropout_noise=noise)
         loss, _ = cell_losses(model, mu, logvar, logits, TN, TC, hide.float())
         per_row = loss.sum(1) / hide.float().sum(1).clamp(min=1)
         sphere = ((z.norm(dim=1) - r0) / r0) ** 2
@@ -133,7 +174,7 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult
     refined = _inputs(model, X, best_u, miss_feat, cat_feat).detach()
     num, probs = _clean_pass(model, refined, M, gen)
     after = torch.where(improved, best_err, err0)
-    return ReverseResult(refined.numpy(), num, probs, improved.numpy(), err0.numpy(), after.numpy())
+    return ReverseResult(refined.cpu().numpy(), num, probs, improved.cpu().numpy(), err0.cpu().numpy(), after.cpu().numpy())
 
 
 def _inputs(model, X, u, miss_feat, cat_feat):
@@ -151,7 +192,7 @@ def _inputs(model, X, u, miss_feat, cat_feat):
 @torch.no_grad()
 def _holdout_error(model, X, u, miss_feat, cat_feat, fit_obs, missing, held, TN, TC) -> torch.Tensor:
     if not held.any():
-        return torch.zeros(len(X))
+        return torch.zeros(len(X), device=X.device)
     given = (fit_obs | missing).float()
     inp = _inputs(model, X, u, miss_feat, cat_feat)
     mu, logvar, logits, _ = model(model.blank(inp, given), given)
@@ -163,10 +204,10 @@ def _holdout_error(model, X, u, miss_feat, cat_feat, fit_obs, missing, held, TN,
 def _clean_pass(model, refined, M, gen):
     missing = ~M
     n, c = M.shape
-    half = (torch.rand(n, c, generator=gen) < 0.5) & missing
+    half = (gen.uniform(2, c) < 0.5) & missing
     other = missing & ~half
-    mu_out = torch.zeros(n, model.n_num)
-    logits_out = torch.zeros(n, sum(model.cat_sizes))
+    mu_out = torch.zeros(n, model.n_num, device=refined.device)
+    logits_out = torch.zeros(n, sum(model.cat_sizes), device=refined.device)
     for part in (half, other):
         given = (~part).float()  # the observed cells and the other half's refined values
         mu, _, logits, _ = model(model.blank(refined, given), given)
@@ -174,5 +215,5 @@ def _clean_pass(model, refined, M, gen):
         cat_part = torch.cat([part[:, model.n_num + k: model.n_num + k + 1].expand(-1, s)
                               for k, s in enumerate(model.cat_sizes)], dim=1) if model.cat_sizes else logits[:, :0].bool()
         logits_out = torch.where(cat_part, logits, logits_out)
-    probs = [torch.softmax(lg, dim=1).numpy() for lg in model.split_logits(logits_out)]
-    return mu_out.numpy(), probs
+    probs = [torch.softmax(lg, dim=1).cpu().numpy() for lg in model.split_logits(logits_out)]
+    return mu_out.cpu().numpy(), probs

@@ -33,6 +33,7 @@ class JobConfig(BaseModel):
     sample_rows: int = Field(default=200_000, ge=1, description="rows the null policy is fitted on")
     batch_size: int = Field(default=50_000, ge=1)
     train_if_missing: bool = False
+    device: Literal["auto", "cpu", "gpu"] = Field(default="auto", description="where the model runs: the GPU when torch sees one (auto)")
 
     @field_validator("run_id")
     @classmethod

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import write
 from transforms._errors import InputError
-from transforms.io import ROW_ID, read_raw
+from transforms.io import ROW_ID, read_raw, iter_raw, parquet_row_groups, read_parquet_row_group
 
 
 def test_reads_csv_as_strings_with_row_ids(tmp_path):
@@ -71,3 +71,26 @@ def test_parquet_and_jsonl(tmp_path):
     r = read_raw(write(tmp_path / "t.jsonl", '{"a": 1, "b": "x"}\nnot json\n{"a": 3, "b": null}\n'))
     assert r.table.column("a").to_pylist() == ["1", "3"]
     assert r.quarantined[0].row_id == 1 and "not a JSON object" in r.quarantined[0].reason
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "jsonl"])
+def test_chunked_reading_matches_the_whole_read(tmp_path, fmt):
+    lines = ["a,b"] + [f"{i},x{i}" for i in range(23)]
+    lines[8] = "7,x7,extra"  # ragged (csv)
+    path = write(tmp_path / "t.csv", "\n".join(lines) + "\n")
+    if fmt == "parquet":
+        table = pa.table({"a": list(range(23)), "b": [f"x{i}" for i in range(23)]})
+        path = tmp_path / "t.parquet"
+        pq.write_table(table, path, row_group_size=5)
+        assert parquet_row_groups(path) == [(0, 0), (1, 5), (2, 10), (3, 15), (4, 20)]
+        rg = read_parquet_row_group(path, 2, 10)
+        assert rg.table.column(ROW_ID).to_pylist() == list(range(10, 15)) and rg.table.column("a").to_pylist()[0] == "10"
+    elif fmt == "jsonl":
+        path = tmp_path / "t.jsonl"
+        path.write_text("\n".join(['{"a": 1, "b": "x"}'] * 10 + ["not json"] + ['{"a": 2, "b": "y"}'] * 12) + "\n")
+    whole = read_raw(path)
+    chunks = list(iter_raw(path, batch_rows=4))
+    assert len(chunks) > 3
+    assert pa.concat_tables([c.table for c in chunks]).equals(whole.table)
+    assert [q.row_id for c in chunks for q in c.quarantined] == [q.row_id for q in whole.quarantined]
+    assert sum(c.rows_in for c in chunks) == whole.rows_in == 23

@@ -21,8 +21,9 @@ from models.artifact import ModelArtifact
 from models.autoencoder import predict
 from models.reverse import ReverseConfig, reverse_impute
 from transforms._arrow import flags_to_lists
+from transforms.io import ROW_ID
 
-__all__ = ["Imputer", "IMPUTED", "METHOD", "CONFIDENCE", "PROVENANCE_COLUMNS"]
+__all__ = ["Imputer", "resolve_device", "IMPUTED", "METHOD", "CONFIDENCE", "PROVENANCE_COLUMNS"]
 
 IMPUTED = "_lf_imputed"
 METHOD = "_lf_method"
@@ -33,9 +34,11 @@ PROVENANCE_COLUMNS = (IMPUTED, METHOD, CONFIDENCE)
 class Imputer:
     """Applies a loaded ``ModelArtifact`` to batches. Build once per worker; call per batch."""
 
-    def __init__(self, artifact: ModelArtifact, *, reverse: ReverseConfig = ReverseConfig()):
+    def __init__(self, artifact: ModelArtifact, *, reverse: ReverseConfig = ReverseConfig(), device: str = "cpu"):
         self.artifact = artifact
         self.reverse = reverse
+        self.device = resolve_device(device)
+        artifact.model.to(self.device)
         self._weights = artifact.codec.error_weights()
         # provenance lists columns in the schema's order, not the model's internal order
         order = {name: i for i, name in enumerate(artifact.schema.names)}
@@ -72,13 +75,30 @@ class Imputer:
         blanked = _blank(table, fill, self.columns)
         enc = codec.encode(blanked)
         init = codec.encode(table).values  # the direct fills, in input space
-        res = reverse_impute(model, enc.values, enc.observed, enc.targets_num, enc.targets_cat, init, config=self.reverse)
+        keys = table.column(ROW_ID).to_numpy() if ROW_ID in table.column_names and table.column(ROW_ID).null_count == 0 else None
+        res = reverse_impute(model, enc.values, enc.observed, enc.targets_num, enc.targets_cat, init, config=self.reverse,
+                             row_keys=keys)
         use = fill & res.improved[:, None]
         if not use.any():
             return table
         out = codec.decode_into(table, res.num, res.cat_probs, use)
         method = np.where(res.improved & fill.any(axis=1), "reverse", np.asarray(table.column(METHOD).to_pylist(), dtype=object))
         return out.set_column(out.column_names.index(METHOD), METHOD, pa.array(method.tolist(), pa.string()))
+
+
+def resolve_device(device: str) -> str:
+    """auto: the GPU when torch sees one, else the CPU; gpu: a GPU or an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "gpu":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'gpu' was asked for but torch sees no CUDA GPU on this machine")
+        return "cuda"
+    if device == "cpu":
+        return "cpu"
+    raise ValueError(f"device must be auto, cpu or gpu, got {device!r}")
 
 
 def _with_provenance(table: pa.Table, fill: np.ndarray, names: np.ndarray, method: np.ndarray, confidence: np.ndarray) -> pa.Table:

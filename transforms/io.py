@@ -12,13 +12,15 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from transforms._errors import InputError
 
-__all__ = ["ROW_ID", "RawRead", "Quarantined", "read_raw", "quarantine_table", "QUARANTINE_SCHEMA"]
+__all__ = ["ROW_ID", "RawRead", "Quarantined", "read_raw", "iter_raw", "parquet_row_groups", "read_parquet_row_group",
+           "quarantine_table", "QUARANTINE_SCHEMA"]
 
 ROW_ID = "_lf_row_id"
 DEFAULT_MAX_CELL_CHARS = 1_000_000
@@ -58,8 +60,7 @@ def quarantine_table(rows: list[Quarantined]) -> pa.Table:
     }, schema=QUARANTINE_SCHEMA)
 
 
-def read_raw(path: str | Path, *, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS, limit: int | None = None) -> RawRead:
-    """Read ``path`` as strings. The format follows the suffix: .csv/.tsv/.txt, .parquet, .jsonl/.json."""
+def _check_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise InputError(f"input file not found: {path}")
@@ -67,16 +68,40 @@ def read_raw(path: str | Path, *, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS, 
         raise InputError(f"input {path} is a directory; pass a file (.csv, .parquet or .jsonl)")
     if path.stat().st_size == 0:
         raise InputError(f"input file {path} is empty (0 bytes): expected a header row and data rows")
+    return path
+
+
+def iter_raw(path: str | Path, *, batch_rows: int = 50_000, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS,
+             limit: int | None = None) -> Iterator[RawRead]:
+    """Read ``path`` as strings in chunks of about ``batch_rows`` records (row ids run on across chunks).
+
+    The format follows the suffix: .csv/.tsv/.txt, .parquet, .jsonl/.json.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    path = _check_path(path)
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        result = _read_parquet(path, limit)
+        chunks = _iter_parquet(path, batch_rows, limit)
     elif suffix in (".jsonl", ".ndjson", ".json"):
-        result = _read_jsonl(path, max_cell_chars, limit)
+        chunks = _iter_jsonl(path, max_cell_chars, limit, batch_rows)
     else:
-        result = _read_csv(path, max_cell_chars, limit)
-    if result.table.num_rows == 0 and not result.quarantined:
-        raise InputError(f"input file {path} has a header ({result.table.num_columns - 1} columns) but no data rows")
-    return result
+        chunks = _iter_csv(path, max_cell_chars, limit, batch_rows)
+    rows, width = 0, 0
+    for chunk in chunks:
+        rows += chunk.rows_in
+        width = chunk.table.num_columns - 1
+        yield chunk
+    if rows == 0:
+        raise InputError(f"input file {path} has a header ({width} columns) but no data rows")
+
+
+def read_raw(path: str | Path, *, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS, limit: int | None = None) -> RawRead:
+    """Read all of ``path`` (or its first ``limit`` records) as strings; see ``iter_raw``."""
+    chunks = list(iter_raw(path, batch_rows=1 << 62, max_cell_chars=max_cell_chars, limit=limit))
+    if len(chunks) == 1:
+        return chunks[0]
+    return RawRead(chunks[0].path, pa.concat_tables([c.table for c in chunks]), [q for c in chunks for q in c.quarantined])
 
 
 def _check_header(path: Path, names: list[str]) -> list[str]:
@@ -98,7 +123,7 @@ def _check_header(path: Path, names: list[str]) -> list[str]:
     return names
 
 
-def _read_csv(path: Path, max_cell_chars: int, limit: int | None) -> RawRead:
+def _iter_csv(path: Path, max_cell_chars: int, limit: int | None, batch_rows: int) -> Iterator[RawRead]:
     csv.field_size_limit(sys.maxsize)
     with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
         sample = fh.read(65536)
@@ -119,7 +144,11 @@ def _read_csv(path: Path, max_cell_chars: int, limit: int | None) -> RawRead:
         row_ids: list[int] = []
         bad: list[Quarantined] = []
         record = 0
+        emitted = False
         while True:
+            if len(row_ids) + len(bad) >= batch_rows:
+                yield _csv_chunk(path, names, columns, row_ids, bad)
+                columns, row_ids, bad, emitted = [[] for _ in names], [], [], True
             try:
                 fields = next(reader)
             except StopIteration:
@@ -141,6 +170,11 @@ def _read_csv(path: Path, max_cell_chars: int, limit: int | None) -> RawRead:
             record += 1
             if limit is not None and record >= limit:
                 break
+    if row_ids or bad or not emitted:
+        yield _csv_chunk(path, names, columns, row_ids, bad)
+
+
+def _csv_chunk(path: Path, names: list[str], columns: list[list[str]], row_ids: list[int], bad: list[Quarantined]) -> RawRead:
     arrays = {n: pa.array(c, pa.string()) for n, c in zip(names, columns)}
     arrays[ROW_ID] = pa.array(row_ids, pa.int64())
     return RawRead(str(path), pa.table(arrays), bad)
@@ -165,20 +199,68 @@ def _row_problem(fields: list[str], names: list[str], width: int, line: int, max
     return None
 
 
-def _read_parquet(path: Path, limit: int | None) -> RawRead:
+def _open_parquet(path: Path) -> pq.ParquetFile:
     try:
-        table = pq.read_table(path)
+        f = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"{path}: not a readable Parquet file: {err}") from err
-    if limit is not None:
-        table = table.slice(0, limit)
-    names = _check_header(path, table.column_names)
+    _check_header(path, f.schema_arrow.names)
+    return f
+
+
+def _as_strings(path: str, table: pa.Table | pa.RecordBatch, first_row: int) -> RawRead:
     cols = {}
-    for name in names:
+    for name in table.column_names:
         col = table.column(name)
         cols[name] = col if pa.types.is_string(col.type) else col.cast(pa.string())
-    cols[ROW_ID] = pa.array(range(table.num_rows), pa.int64())
+    cols[ROW_ID] = pa.array(range(first_row, first_row + table.num_rows), pa.int64())
     return RawRead(str(path), pa.table(cols), [])
+
+
+def _iter_parquet(path: Path, batch_rows: int, limit: int | None) -> Iterator[RawRead]:
+    f = _open_parquet(path)
+    first, emitted = 0, False
+    for batch in f.iter_batches(batch_size=min(batch_rows, 1 << 30)):
+        if limit is not None and first + batch.num_rows > limit:
+            batch = batch.slice(0, max(limit - first, 0))
+        if batch.num_rows:
+            yield _as_strings(str(path), batch, first)
+            emitted = True
+        first += batch.num_rows
+        if limit is not None and first >= limit:
+            break
+    if not emitted:
+        yield _as_strings(str(path), f.schema_arrow.empty_table(), 0)
+
+
+def parquet_row_groups(path: str | Path) -> list[tuple[int, int]]:
+    """(row group index, row id of its first row) for each row group: units a runner can split on."""
+    f = _open_parquet(_check_path(path))
+    out, first = [], 0
+    for i in range(f.num_row_groups):
+        out.append((i, first))
+        first += f.metadata.row_group(i).num_rows
+    return out
+
+
+def read_parquet_row_group(path: str | Path, index: int, first_row: int) -> RawRead:
+    f = _open_parquet(Path(path))
+    return _as_strings(str(path), f.read_row_group(index), first_row)
+
+
+def _iter_jsonl(path: Path, max_cell_chars: int, limit: int | None, batch_rows: int) -> Iterator[RawRead]:
+    # JSON Lines files are read whole (the column set is fixed by the first object), then chunked
+    whole = _read_jsonl(path, max_cell_chars, limit)
+    bad = sorted(whole.quarantined, key=lambda q: q.row_id)
+    for start in range(0, max(whole.table.num_rows, 1), batch_rows):
+        part = whole.table.slice(start, batch_rows)
+        ids = part.column(ROW_ID).to_numpy()
+        if start + batch_rows >= whole.table.num_rows:
+            mine, bad = bad, []
+        else:
+            mine = [q for q in bad if q.row_id < ids[-1]]
+            bad = bad[len(mine):]
+        yield RawRead(whole.path, part, mine)
 
 
 def _read_jsonl(path: Path, max_cell_chars: int, limit: int | None) -> RawRead:
