@@ -153,16 +153,26 @@ def _run(args, extra: list[str]) -> int:
     config = load_config(args.config)
     if args.run_id:
         config = config.model_copy(update={"run_id": args.run_id})
-    if args.engine == "local":
+    _print_outcome(_run_engine(args.engine, config, extra))
+    return 0
+
+
+def _run_engine(engine: str, config, extra: list[str]):
+    if engine == "local":
         if extra:
             raise LakefillError(f"unknown option(s) for the local engine: {extra}")
         from pipelines.local_job import run_local
 
-        outcome = run_local(config)
-    else:
-        raise LakefillError(f"engine {args.engine!r} is not available in this build; use --engine local")
-    _print_outcome(outcome)
-    return 0
+        return run_local(config)
+    if engine == "beam":
+        from pipelines.beam_pipeline import run_beam
+
+        return run_beam(config, extra)
+    if engine == "spark":
+        from pipelines.spark_job import run_spark
+
+        return run_spark(config, extra)
+    raise LakefillError(f"unknown engine {engine!r}")
 
 
 def _print_outcome(outcome) -> None:
@@ -179,14 +189,13 @@ def _demo(args) -> int:
     from deltalake import DeltaTable
 
     from pipelines.config import DEFAULT_CONFIG, load_config
-    from pipelines.local_job import run_local
 
     config = load_config(DEFAULT_CONFIG)
     out = Path(args.out).resolve()
     config = config.model_copy(update={"output": str(out), "model": str(out / "model"), "mode": "append",
                                        "run_id": args.run_id or config.run_id})
-    print(f"lakefill demo: {config.input}")
-    outcome = run_local(config)
+    print(f"lakefill demo: {config.input} on the {args.engine} engine")
+    outcome = _run_engine(args.engine, config, [])
     _print_outcome(outcome)
     table = DeltaTable(outcome.table).to_pyarrow_table()
     import pyarrow.compute as pc
@@ -261,12 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the whole stage from a job config")
     p.add_argument("config")
-    p.add_argument("--engine", choices=["local", "beam", "spark"], default="local")
+    p.add_argument("--engine", choices=["local", "beam", "spark"], default="beam",
+                   help="beam (default: Direct runner unless --runner is given), spark (local[*] unless --master), "
+                        "or local (one process, no engine)")
     p.add_argument("--run-id")
     p.set_defaults(func=_run, passthrough=True)
 
     p = sub.add_parser("demo", help="run the demo job end to end on the bundled example")
     p.add_argument("--out", default="out/demo")
+    p.add_argument("--engine", choices=["local", "beam", "spark"], default="beam")
     p.add_argument("--run-id")
     p.set_defaults(func=_demo)
     return ap

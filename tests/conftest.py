@@ -43,3 +43,38 @@ def messy_csv(tmp_path) -> Path:
         inc = "" if i % 13 == 0 else f"{income[i]:.2f}"
         lines.append(f"r{i},{age[i]},{b},{kids[i]},{inc},{g}")
     return write(tmp_path / "messy.csv", "\n".join(lines) + "\n")
+
+
+EXAMPLES = ROOT / "pipelines" / "examples"
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory) -> Path:
+    """The demo model, trained once per test session on the bundled example."""
+    from pipelines.local_job import train_to_dir
+    from transforms.schema import load_schema
+
+    out = tmp_path_factory.mktemp("demo-model") / "model"
+    train_to_dir(str(EXAMPLES / "customers.csv"), load_schema(EXAMPLES / "customers.schema.yaml"), out)
+    return out
+
+
+def demo_job(tmp_path: Path, model: Path, **extra):
+    """A job config on the bundled example, output under tmp_path/out."""
+    from pipelines.config import JobConfig
+
+    cfg = {"input": str(EXAMPLES / "customers.csv"), "schema": str(EXAMPLES / "customers.schema.yaml"),
+           "model": str(model), "output": str(tmp_path / "out"), "mode": "append", "run_id": "r1", **extra}
+    return JobConfig.model_validate(cfg)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A real local Spark session (local[2])."""
+    from pyspark.sql import SparkSession
+
+    session = (SparkSession.builder.master("local[2]").appName("lakefill-tests")
+               .config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
+    yield session
+    session.stop()

@@ -1,0 +1,120 @@
+"""The lakefill stage as an Apache Beam pipeline (Direct runner here, Dataflow unchanged).
+
+    lakefill run --engine beam JOB.yaml [--runner DataflowRunner --project P --region R
+                                         --temp_location gs://... --setup_file ./setup.py ...]
+
+Before the pipeline starts, the launcher refuses a bad config, schema or model, fits the null
+policy on the first ``sample_rows`` records and writes the GX Data Docs. The pipeline then runs
+
+    ReadRaw -> DetectDisguisedNulls -> Validate(pre) -> Impute (RunInference) -> RouteByConfidence
+      -> confident ---------------------------------------+
+      -> low -> Refine (reverse training) ----------------+-> Finish (Validate post, run id)
+                                                              -> WriteToLake (Parquet parts)
+    every quarantine output -> WriteQuarantine (Parquet parts)
+    FinalizeRun: one Delta commit per table, keyed by the run id; count and quarantine checks
+
+and the launcher adds the Beam metrics to the run report when it finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.config import JobConfig
+from pipelines.local_job import Prepared, RunOutcome, config_summary, prepare, write_docs
+from transforms.beam import (NAMESPACE, QUARANTINE, DetectDisguisedNulls, FinalizeRun, Finish, Impute,
+                             LakefillModelHandler, ReadRaw, Refine, RouteByConfidence, Validate, WriteQuarantine,
+                             WriteToLake)
+from transforms.stage import QuarantineExceeded, RowsLost
+
+__all__ = ["build_pipeline", "run_beam", "pipeline_options"]
+
+
+def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
+    """Unknown command-line flags are Beam pipeline options; the default runner is the Direct runner."""
+    options = PipelineOptions(list(beam_args or []))
+    if not options.view_as(StandardOptions).runner:
+        options.view_as(StandardOptions).runner = "DirectRunner"
+    return options
+
+
+def build_pipeline(p: beam.Pipeline, prep: Prepared, *, handler: LakefillModelHandler | None = None,
+                   started: float | None = None):
+    """Adds the stage to ``p``; returns the PCollection of the final step's summary."""
+    cfg, run_id = prep.config, prep.run_id
+    schema = prep.schema.model_dump(by_alias=True)
+    out = Path(cfg.output)
+    handler = handler or LakefillModelHandler(cfg.model, schema, device=cfg.device, max_batches=cfg.inference_batches)
+
+    read = p | "ReadRaw" >> ReadRaw(cfg.input, batch_rows=cfg.batch_size)
+    detected = read.main | "DetectDisguisedNulls" >> beam.ParDo(DetectDisguisedNulls(prep.policy.to_dict(), schema)).with_outputs(
+        QUARANTINE, "disguised", main="main")
+    valid = detected.main | "ValidatePre" >> beam.ParDo(Validate(schema, "pre")).with_outputs(QUARANTINE, main="main")
+    imputed = valid.main | "Impute" >> Impute(handler)
+    routed = imputed["main"] | "RouteByConfidence" >> beam.ParDo(
+        RouteByConfidence(cfg.confidence_threshold, cfg.refine)).with_outputs(RouteByConfidence.LOW, main="confident")
+    refined = routed[RouteByConfidence.LOW] | "Refine" >> beam.ParDo(Refine(handler))
+    done = ((routed.confident, refined) | "Rejoin" >> beam.Flatten()
+            | "Finish" >> beam.ParDo(Finish(schema, run_id)).with_outputs(QUARANTINE, main="main"))
+    parts = done.main | "WriteToLake" >> WriteToLake(str(out / "table"), cfg.partition_by)
+    quarantine = ((read[QUARANTINE], detected[QUARANTINE], valid[QUARANTINE], imputed[QUARANTINE], done[QUARANTINE])
+                  | "AllQuarantine" >> beam.Flatten()
+                  | "WriteQuarantine" >> WriteQuarantine(str(out / "quarantine"), run_id))
+    final = FinalizeRun(run_id=run_id, output=str(out), config=config_summary(cfg),
+                        max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,
+                        started=started or time.time())
+    return (p | "Start" >> beam.Create([None])
+            | "FinalizeRun" >> beam.ParDo(final, parts=beam.pvalue.AsList(parts),
+                                          quarantine_parts=beam.pvalue.AsList(quarantine),
+                                          rows_in=beam.pvalue.AsList(read.rows_in),
+                                          disguised=beam.pvalue.AsList(detected.disguised)))
+
+
+def beam_metrics(result) -> dict:
+    """The pipeline's lakefill counters, by name (committed values where the runner has them)."""
+    out = {}
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    for c in query["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    for d in query["distributions"]:
+        v = d.committed if d.committed is not None else d.attempted
+        if v is not None and v.count:
+            out[d.key.metric.name] = {"count": v.count, "sum": v.sum, "min": v.min, "max": v.max, "mean": v.mean}
+    return dict(sorted(out.items()))
+
+
+def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: LakefillModelHandler | None = None,
+             log=print) -> RunOutcome:
+    prep = prepare(config, log=log)
+    out = Path(config.output)
+    report_dir = out / "reports" / prep.run_id
+    started = time.time()
+    options = pipeline_options(beam_args)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, prep, handler=handler, started=started)
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as err:  # the runner wraps a failed final check: give it back under its own name
+        text = str(err)
+        for cls in (QuarantineExceeded, RowsLost):
+            if cls.__name__ in text:
+                raise cls(text.split(f"{cls.__name__}: ", 1)[-1].split("\n")[0]) from err
+        raise
+    report_path = report_dir / "report.json"
+    report = json.loads(report_path.read_text())
+    report["metrics"] = beam_metrics(result)
+    report["counts"]["cells_imputed"] = report["metrics"].get("cells_imputed", 0)
+    report["runner"] = options.view_as(StandardOptions).runner
+    report["timings_seconds"]["total"] = round(time.time() - started, 4)
+    report_path.write_text(json.dumps(report, indent=2, default=str))
+    write_docs(prep, report_dir)
+    return RunOutcome(prep.run_id, str(out / "table"), str(out / "quarantine"), str(report_path), report["counts"],
+                      report["committed"], report["metrics"])

@@ -1,0 +1,147 @@
+"""The Beam stage on the Direct runner: real pipelines, real Delta tables."""
+
+import json
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from deltalake import DeltaTable
+
+from conftest import EXAMPLES, demo_job
+from pipelines.beam_pipeline import run_beam
+from pipelines.local_job import run_local
+from transforms.beam import LakefillModelHandler, DetectDisguisedNulls, QUARANTINE, Validate
+from transforms.detect import NullPolicy
+from transforms.io import ROW_ID, read_raw
+from transforms.schema import load_schema
+from transforms.stage import QuarantineExceeded
+
+pytestmark = pytest.mark.slow
+SCHEMA = load_schema(EXAMPLES / "customers.schema.yaml")
+ROWS = 602  # records in customers.csv
+BAD = {600: "ragged row", 601: "expect_column_values_to_be_in_set(region)"}
+
+
+def _read(uri):
+    return DeltaTable(str(uri)).to_pyarrow_table().sort_by(ROW_ID)
+
+
+@pytest.fixture(scope="module")
+def beam_run(demo_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("beam")
+    cfg = demo_job(tmp, demo_model, batch_size=128)
+    outcome = run_beam(cfg, ["--direct_num_workers=1"])
+    return cfg, outcome
+
+
+def test_every_row_lands_once_in_the_table_or_the_quarantine(beam_run):
+    cfg, outcome = beam_run
+    table, quarantine = _read(outcome.table), _read(outcome.quarantine)
+    ids = table.column(ROW_ID).to_pylist()
+    assert len(ids) == len(set(ids)) == ROWS - len(BAD)
+    assert set(ids) | set(BAD) == set(range(ROWS))
+    reasons = dict(zip(quarantine.column(ROW_ID).to_pylist(), quarantine.column("reason").to_pylist()))
+    assert set(reasons) == set(BAD)
+    for row, why in BAD.items():
+        assert why in reasons[row]
+    assert set(quarantine.column("_lf_run_id").to_pylist()) == {"r1"}
+    # provenance, and every imputable hole filled
+    assert set(table.column("_lf_run_id").to_pylist()) == {"r1"}
+    assert set(table.column("_lf_method").to_pylist()) <= {"none", "ae", "reverse"}
+    for col in SCHEMA.columns:
+        if col.impute and col.type != "id":
+            assert table.column(col.name).null_count == 0, col.name
+    report = json.loads(open(outcome.report).read())
+    c = report["counts"]
+    assert c["rows_in"] == ROWS and c["rows_written"] + c["rows_quarantined"] == ROWS
+    assert report["engine"] == "beam" and report["metrics"]["cells_imputed"] == c["cells_imputed"] > 0
+    assert sum(report["confidence_histogram"]["counts"]) == c["rows_written"]
+    assert report["metrics"]["disguised_nulls:blood_pressure"] == c["disguised_nulls_replaced"]["blood_pressure"] > 0
+
+
+def test_beam_and_the_local_job_write_the_same_table(beam_run, demo_model, tmp_path):
+    cfg, outcome = beam_run
+    local = run_local(demo_job(tmp_path, demo_model, batch_size=1000), log=lambda *_: None)
+    a, b = _read(outcome.table), _read(local.table)
+    assert a.column_names == b.column_names
+    for name in a.column_names:
+        x, y = a.column(name), b.column(name)
+        if pa.types.is_floating(x.type):
+            np.testing.assert_allclose(x.to_numpy(), y.to_numpy(), rtol=1e-6, atol=1e-6, err_msg=name)
+        else:
+            assert x.to_pylist() == y.to_pylist(), name
+
+
+def test_rerun_with_the_same_run_id_changes_nothing(beam_run):
+    cfg, outcome = beam_run
+    before_t, before_q = DeltaTable(outcome.table), DeltaTable(outcome.quarantine)
+    versions = (before_t.version(), before_q.version())
+    again = run_beam(cfg, [])
+    assert not again.committed
+    assert (DeltaTable(outcome.table).version(), DeltaTable(outcome.quarantine).version()) == versions
+    assert _read(outcome.table).num_rows == ROWS - len(BAD)
+    # the second run's uncommitted files were removed: the folder holds only committed files
+    files = {p.name for p in Path(outcome.table).rglob("*.parquet")}
+    assert files == {u.split("/")[-1] for u in DeltaTable(outcome.table).file_uris()}
+
+
+class PoisonedHandler(LakefillModelHandler):
+    """Fails on any batch that holds row 13, as a corrupt row might."""
+
+    def run_inference(self, batch, model, inference_args=None):
+        for t in batch:
+            if 13 in t.column(ROW_ID).to_pylist():
+                raise RuntimeError("poisoned row in this batch")
+        return super().run_inference(batch, model, inference_args)
+
+
+def test_a_poisoned_row_goes_to_quarantine_and_the_job_completes(demo_model, tmp_path):
+    cfg = demo_job(tmp_path, demo_model, batch_size=50, run_id="poison")
+    handler = PoisonedHandler(cfg.model, SCHEMA.model_dump(by_alias=True), device="cpu", max_batches=2)
+    outcome = run_beam(cfg, [], handler=handler)
+    table, quarantine = _read(outcome.table), _read(outcome.quarantine)
+    q = dict(zip(quarantine.column(ROW_ID).to_pylist(), quarantine.column("reason").to_pylist()))
+    assert set(q) == set(BAD) | {13}
+    assert "RuntimeError: poisoned row in this batch" in q[13] and q[13].startswith("impute:")
+    assert json.loads(quarantine.filter(pc.equal(quarantine.column(ROW_ID), 13)).column("record")[0].as_py())["customer_id"]
+    assert set(table.column(ROW_ID).to_pylist()) == set(range(ROWS)) - set(q)
+
+
+def test_over_the_quarantine_share_fails_and_commits_no_table(demo_model, tmp_path):
+    cfg = demo_job(tmp_path, demo_model, max_quarantine_share=0.001, run_id="strict")
+    with pytest.raises(QuarantineExceeded, match="over the max_quarantine_share"):
+        run_beam(cfg, [])
+    assert not (tmp_path / "out" / "table" / "_delta_log").exists()
+    report = json.loads((tmp_path / "out" / "reports" / "strict" / "report.json").read_text())
+    assert report["committed"] is False and report["counts"]["rows_quarantined"] == 2
+
+
+def test_detect_and_validate_dofns_route_bad_rows_with_reasons():
+    raw = read_raw(EXAMPLES / "customers.csv").table.slice(590, 12)
+    policy = NullPolicy(schema=SCHEMA).fit(read_raw(EXAMPLES / "customers.csv").table)
+    schema = SCHEMA.model_dump(by_alias=True)
+    with BeamTestPipeline() as p:
+        typed = (p | beam.Create([raw]) | beam.ParDo(DetectDisguisedNulls(policy.to_dict(), schema)).with_outputs(
+            QUARANTINE, "disguised", main="main"))
+        checked = typed.main | beam.ParDo(Validate(schema, "pre")).with_outputs(QUARANTINE, main="main")
+        good_ids = checked.main | beam.FlatMap(lambda t: t.column(ROW_ID).to_pylist())
+        bad = checked[QUARANTINE] | beam.FlatMap(lambda rows: [(q.row_id, q.reason.split(":")[0]) for q in rows])
+        assert_that(good_ids, equal_to([r for r in raw.column(ROW_ID).to_pylist() if r != 601]), label="good")
+        assert_that(bad, equal_to([(601, "expect_column_values_to_be_in_set(region)")]), label="bad")
+
+
+def test_spark_reads_the_beam_table_back_with_the_same_rows(beam_run, spark):
+    cfg, outcome = beam_run
+    files = DeltaTable(outcome.table).file_uris()
+    df = spark.read.parquet(*files)
+    got = df.toPandas().sort_values(ROW_ID).reset_index(drop=True)
+    want = _read(outcome.table).to_pandas()
+    assert list(got[ROW_ID]) == list(want[ROW_ID])
+    for col in ("customer_id", "age", "income", "segment", "_lf_method", "_lf_run_id"):
+        assert got[col].tolist() == want[col].tolist(), col
+    np.testing.assert_allclose(got["_lf_confidence"], want["_lf_confidence"])
