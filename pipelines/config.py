@@ -24,7 +24,7 @@ class JobConfig(BaseModel):
     model: str
     output: str = Field(description="folder of the run: lake table, quarantine table, report")
     run_id: str | None = None
-    confidence_threshold: float = Field(default=0.5, ge=0.0, le=1.0,
+    confidence_threshold: float = Field(default=0.2, ge=0.0, le=1.0,
                                         description="rows under it are refined by reverse training")
     refine: bool = True
     max_quarantine_share: float = Field(default=0.1, ge=0.0, le=1.0)

@@ -87,7 +87,7 @@ class Imputer:
 
 
 def resolve_device(device: str) -> str:
-    """auto: the GPU when torch sees one, else the CPU; gpu: a GPU or an error."""
+    """auto: the GPU when torch sees one, else the CPU; gpu: a GPU or an error; cpu; or a torch name (cuda:1)."""
     import torch
 
     if device == "auto":
@@ -96,8 +96,8 @@ def resolve_device(device: str) -> str:
         if not torch.cuda.is_available():
             raise RuntimeError("device 'gpu' was asked for but torch sees no CUDA GPU on this machine")
         return "cuda"
-    if device == "cpu":
-        return "cpu"
+    if device == "cpu" or device.startswith("cuda"):
+        return device
     raise ValueError(f"device must be auto, cpu or gpu, got {device!r}")
 
 

@@ -1,0 +1,269 @@
+"""Protocol D (../shared/BENCHMARKS.md): rows per second of the stage, per engine.
+
+    python -m benchmarks.throughput --engine beam|spark|core --rows N --json OUT.json
+
+The input is ``tabular/letter.csv`` resampled to N rows (seeded) with 20% of the cells blanked
+at random (MCAR), written once as Parquet (row groups of 100,000 rows) under the cache folder.
+The model is trained once on letter (default settings) and cached beside it.
+
+- core : the stage's steps (clean, impute, refine, finish) on Arrow batches in one process, no
+         engine, no lake; also imputation-only and reverse-training rows/s, and the
+         scikit-learn baselines (mean, kNN, MICE) on a 20,000-row slice.
+- beam : the whole stage (``run_beam``) against a pass-through Beam job that reads the same
+         files with the same ReadRaw and writes them with the same WriteToLake + one commit.
+- spark: the whole stage (``run_spark``) against a pass-through Spark job that reads the same
+         Parquet and writes Parquet.
+
+Every figure is wall-clock on this machine and printed with the machine's description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+LETTER = ROOT.parent / "shared" / "data" / "tabular" / "letter.csv"
+CACHE = ROOT / "benchmarks" / ".cache"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}){mem}{gpu}, {platform.system()} {platform.release()}"
+
+
+def make_input(rows: int, seed: int = 0) -> Path:
+    """letter resampled to ``rows`` rows with 20% MCAR holes, as Parquet (cached)."""
+    path = CACHE / f"letter_{rows}_s{seed}.parquet"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    base = pacsv.read_csv(LETTER)
+    rng = np.random.default_rng(seed)
+    tmp = path.with_suffix(".tmp")
+    writer = None
+    for start in range(0, rows, 100_000):
+        n = min(100_000, rows - start)
+        chunk = base.take(pa.array(rng.integers(0, base.num_rows, n)))
+        cols = {}
+        for name in chunk.column_names:
+            col = chunk.column(name).combine_chunks()
+            hole = rng.random(n) < 0.2
+            cols[name] = pc.if_else(pa.array(hole), pa.scalar(None, col.type), col) if name != "lettr" else col
+        t = pa.table(cols)
+        writer = writer or pq.ParquetWriter(tmp, t.schema)
+        writer.write_table(t, row_group_size=100_000)
+    writer.close()
+    tmp.rename(path)
+    return path
+
+
+def model_and_schema() -> tuple[Path, Path]:
+    """The letter model (default settings) and its schema, trained once and cached."""
+    from pipelines.local_job import train_to_dir
+    from transforms.detect import NullPolicy
+    from transforms.io import read_raw
+    from transforms.schema import dump_schema, infer_schema, load_schema
+
+    model, schema_path = CACHE / "letter-model", CACHE / "letter.schema.yaml"
+    if not schema_path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        raw = read_raw(LETTER)
+        schema = infer_schema(raw.table, name="letter", policy=NullPolicy().fit(raw.table))
+        # resampled tables have 20% holes in every column but the label: let the schema allow them
+        schema = schema.model_copy(update={"columns": [c.model_copy(update={"nullable": True, "unique": False})
+                                                       for c in schema.columns]})
+        schema_path.write_text(dump_schema(schema))
+    if not (model / "manifest.json").exists():
+        t = time.perf_counter()
+        train_to_dir(str(LETTER), load_schema(schema_path), model)
+        print(f"trained the letter model in {time.perf_counter() - t:.0f} s")
+    return model, schema_path
+
+
+def job(input_path: Path, out: Path, run_id: str, **extra):
+    from pipelines.config import JobConfig
+
+    model, schema = model_and_schema()
+    return JobConfig.model_validate({"input": str(input_path), "schema": str(schema), "model": str(model),
+                                     "output": str(out), "run_id": run_id, "mode": "overwrite",
+                                     "max_quarantine_share": 1.0, **extra})
+
+
+def bench_core(path: Path, rows: int) -> dict:
+    import torch
+
+    from models.artifact import load_artifact
+    from pipelines.local_job import prepare
+    from transforms.impute import Imputer
+    from transforms.io import iter_raw
+    from transforms.stage import clean, finish, split_by_confidence
+    from transforms.validate import Validator
+
+    cfg = job(path, CACHE / "core-out", "core")
+    prep = prepare(cfg, log=lambda *_: None)
+    pre, post = Validator(prep.schema, stage="pre"), Validator(prep.schema, stage="post")
+    imputer = Imputer(load_artifact(cfg.model, schema=prep.schema), device="cpu")
+    t_clean = t_impute = t_refine = t_finish = 0.0
+    n_low = 0
+    t0 = time.perf_counter()
+    for chunk in iter_raw(path, batch_rows=cfg.batch_size):
+        t = time.perf_counter()
+        c = clean(chunk.table, prep.policy, prep.schema, pre)
+        t_clean += time.perf_counter() - t
+        t = time.perf_counter()
+        batch = imputer.impute(c.table)
+        t_impute += time.perf_counter() - t
+        t = time.perf_counter()
+        ok, low = split_by_confidence(batch, cfg.confidence_threshold)
+        if low.num_rows:
+            low = imputer.refine(low)
+            n_low += low.num_rows
+        t_refine += time.perf_counter() - t
+        t = time.perf_counter()
+        finish(pa.concat_tables([ok, low]), post, "core")
+        t_finish += time.perf_counter() - t
+    total = time.perf_counter() - t0
+    threads = torch.get_num_threads()
+    return {"stage_rows_per_s": rows / total, "seconds": total,
+            "steps_seconds": {"read_detect_validate": t_clean, "impute": t_impute, "refine": t_refine,
+                              "post_validate": t_finish},
+            "impute_rows_per_s": rows / t_impute, "impute_rows_per_s_per_core": rows / t_impute / threads,
+            "torch_threads": threads, "rows_refined": n_low,
+            "reverse_rows_per_s": (n_low / t_refine) if n_low else None,
+            "baselines_rows_per_s": bench_baselines(path)}
+
+
+def bench_baselines(path: Path, n: int = 20_000) -> dict:
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
+
+    t = pq.read_table(path).slice(0, n)
+    X = np.column_stack([t.column(c).to_numpy(zero_copy_only=False).astype(float)
+                         for c in t.column_names if c != "lettr"])
+    out = {}
+    for name, imp in (("mean", SimpleImputer()), ("knn", KNNImputer(n_neighbors=5)),
+                      ("mice", IterativeImputer(max_iter=10, random_state=0))):
+        s = time.perf_counter()
+        imp.fit_transform(X)
+        out[name] = n / (time.perf_counter() - s)
+    return out
+
+
+def bench_beam(path: Path, rows: int, beam_args: list[str]) -> dict:
+    import apache_beam as beam
+
+    from pipelines.beam_pipeline import pipeline_options, run_beam
+    from transforms.beam import FinalizeRun, ReadRaw, WriteToLake
+
+    out = CACHE / f"beam-out-{rows}"
+    shutil.rmtree(out, ignore_errors=True)
+    # pass-through: the same read and the same lake write + commit, nothing in between
+    t = time.perf_counter()
+    p = beam.Pipeline(options=pipeline_options(beam_args))
+    read = p | "ReadRaw" >> ReadRaw(str(path), batch_rows=50_000)
+    parts = read.main | "Write" >> WriteToLake(str(out / "passthrough" / "table"))
+    final = FinalizeRun(run_id="passthrough", output=str(out / "passthrough"), config={}, max_quarantine_share=1.0,
+                        mode="overwrite", partition_by=[], started=time.time())
+    (p | beam.Create([None]) | beam.ParDo(final, parts=beam.pvalue.AsList(parts), quarantine_parts=beam.pvalue.AsList(
+        read.quarantine), rows_in=beam.pvalue.AsList(read.rows_in), disguised=beam.pvalue.AsList(
+        p | "NoDisguised" >> beam.Create([]))))
+    p.run().wait_until_finish()
+    passthrough = time.perf_counter() - t
+    t = time.perf_counter()
+    outcome = run_beam(job(path, out / "stage", "stage"), beam_args, log=lambda *_: None)
+    stage = time.perf_counter() - t
+    return {"stage_rows_per_s": rows / stage, "passthrough_rows_per_s": rows / passthrough,
+            "stage_seconds": stage, "passthrough_seconds": passthrough, "counts": outcome.counts,
+            "beam_args": beam_args}
+
+
+def bench_spark(path: Path, rows: int, spark_args: list[str]) -> dict:
+    from pipelines.spark_job import run_spark, spark_session
+
+    out = CACHE / f"spark-out-{rows}"
+    shutil.rmtree(out, ignore_errors=True)
+    spark = spark_session(spark_args)
+    t = time.perf_counter()
+    spark.read.parquet(str(path)).write.mode("overwrite").parquet(str(out / "passthrough"))
+    passthrough = time.perf_counter() - t
+    t = time.perf_counter()
+    outcome = run_spark(job(path, out / "stage", "stage"), spark_args, log=lambda *_: None)
+    stage = time.perf_counter() - t
+    return {"stage_rows_per_s": rows / stage, "passthrough_rows_per_s": rows / passthrough,
+            "stage_seconds": stage, "passthrough_seconds": passthrough, "counts": outcome.counts,
+            "spark_args": spark_args}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=["beam", "spark", "core"], required=True)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--json")
+    args, extra = ap.parse_known_args(argv)
+    path = make_input(args.rows)
+    model_and_schema()
+    if args.engine == "core":
+        res = bench_core(path, args.rows)
+    elif args.engine == "beam":
+        res = bench_beam(path, args.rows, extra or ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    else:
+        res = bench_spark(path, args.rows, extra)
+    passthrough = res.pop("passthrough_rows_per_s", None)
+    out = {"engine": args.engine, "rows": args.rows, "stage_rows_per_s": round(res.pop("stage_rows_per_s"), 1),
+           "passthrough_rows_per_s": None if passthrough is None else round(passthrough, 1),
+           "ratio": None,
+           "machine": machine(), **res}
+    if passthrough is not None:
+        out["ratio"] = round(out["stage_rows_per_s"] / passthrough, 3)
+    print(f"engine {out['engine']}, {out['rows']:,} rows, on {out['machine']}")
+    print(f"  stage        : {out['stage_rows_per_s']:>12,.0f} rows/s")
+    if passthrough is not None:
+        print(f"  pass-through : {passthrough:>12,.0f} rows/s")
+        print(f"  ratio        : {out['ratio']:>12.3f}")
+    for k in ("impute_rows_per_s", "impute_rows_per_s_per_core", "reverse_rows_per_s"):
+        if out.get(k):
+            print(f"  {k:<27}: {out[k]:>12,.0f}")
+    for k, v in (out.get("baselines_rows_per_s") or {}).items():
+        print(f"  baseline {k:<18}: {v:>12,.0f} rows/s (20,000-row slice)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,227 @@
+"""The Spark stage: real Spark on local[2], and on a real standalone cluster started on 127.0.0.1."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from deltalake import DeltaTable
+
+from conftest import EXAMPLES, ROOT, demo_job
+from pipelines.beam_pipeline import run_beam
+from pipelines.spark_job import parse_spark_args, run_spark
+from transforms._errors import ConfigError
+from transforms.io import ROW_ID, read_raw
+
+pytestmark = pytest.mark.slow
+ROWS = 602
+BAD = {600, 601}
+
+
+def _read(uri):
+    return DeltaTable(str(uri)).to_pyarrow_table().sort_by(ROW_ID)
+
+
+def _same_table(a: pa.Table, b: pa.Table, *, skip=("_lf_run_id",)):
+    assert a.column_names == b.column_names
+    assert a.num_rows == b.num_rows
+    for name in a.column_names:
+        if name in skip:
+            continue
+        x, y = a.column(name), b.column(name)
+        if pa.types.is_floating(x.type):
+            np.testing.assert_allclose(x.to_numpy(), y.to_numpy(), rtol=1e-6, atol=1e-6, err_msg=name)
+        else:
+            assert x.to_pylist() == y.to_pylist(), name
+
+
+@pytest.fixture(scope="module")
+def spark_run(demo_model, spark, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("spark")
+    cfg = demo_job(tmp, demo_model, batch_size=100, run_id="s1")
+    return cfg, run_spark(cfg, spark=spark, log=lambda *_: None)
+
+
+def test_local_spark_run_writes_every_row_once(spark_run):
+    cfg, outcome = spark_run
+    table, quarantine = _read(outcome.table), _read(outcome.quarantine)
+    ids = table.column(ROW_ID).to_pylist()
+    assert len(ids) == len(set(ids)) == ROWS - len(BAD) and set(ids) | BAD == set(range(ROWS))
+    q = dict(zip(quarantine.column(ROW_ID).to_pylist(), quarantine.column("reason").to_pylist()))
+    assert set(q) == BAD and "ragged row" in q[600] and "expect_column_values_to_be_in_set(region)" in q[601]
+    report = json.loads(Path(outcome.report).read_text())
+    assert report["engine"] == "spark" and report["counts"]["rows_in"] == ROWS
+    assert report["counts"]["disguised_nulls_replaced"]["blood_pressure"] > 0
+    assert report["counts"]["cells_imputed"] > 0
+
+
+def test_spark_rerun_with_the_same_run_id_commits_nothing(spark_run, spark):
+    cfg, outcome = spark_run
+    versions = DeltaTable(outcome.table).version(), DeltaTable(outcome.quarantine).version()
+    again = run_spark(cfg, spark=spark, log=lambda *_: None)
+    assert not again.committed
+    assert (DeltaTable(outcome.table).version(), DeltaTable(outcome.quarantine).version()) == versions
+    assert _read(outcome.table).num_rows == ROWS - len(BAD)
+    assert {p.name for p in Path(outcome.table).rglob("*.parquet")} == {
+        u.split("/")[-1] for u in DeltaTable(outcome.table).file_uris()}
+
+
+def test_beam_and_spark_write_the_same_table_and_quarantine(spark_run, demo_model, tmp_path):
+    cfg, outcome = spark_run
+    beam = run_beam(demo_job(tmp_path, demo_model, batch_size=64, run_id="b1"), [], log=lambda *_: None)
+    _same_table(_read(outcome.table), _read(beam.table))
+    q_spark, q_beam = _read(outcome.quarantine), _read(beam.quarantine)
+    _same_table(q_spark, q_beam)
+
+
+def test_spark_arguments_are_checked():
+    assert parse_spark_args(["--master", "local[2]", "--conf", "a.b=1"]) == ("local[2]", {"a.b": "1"})
+    with pytest.raises(ConfigError, match="--bogus"):
+        parse_spark_args(["--bogus"])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_spark_args(["--conf", "novalue"])
+
+
+# -- a real standalone cluster: one master, two workers, each its own process -------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _json(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+class Cluster:
+    def __init__(self, root: Path):
+        import pyspark
+
+        self.spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
+        self.root = root
+        self.env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        self.port, self.ui = _free_port(), _free_port()
+        self.url = f"spark://127.0.0.1:{self.port}"
+        self.master = self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                  "--port", str(self.port), "--webui-port", str(self.ui))
+        self._wait(lambda s: True, what="master")
+        self.workers = [self._start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.url, "--host",
+                                    "127.0.0.1", "--cores", "1", "--memory", "2g", "--webui-port", "0",
+                                    "--work-dir", str(root / f"work{i}")) for i in range(2)]
+        self._wait(lambda s: s["aliveworkers"] == 2, what="two workers")
+
+    def _start(self, name, cls, *args):
+        log = open(self.root / f"{name}.log", "w")
+        return subprocess.Popen([self.spark_class, cls, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                start_new_session=True)
+
+    def _wait(self, ok, what, timeout=90):
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                if ok(_json(f"http://127.0.0.1:{self.ui}/json/")):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"the standalone cluster's {what} did not come up; see {self.root}")
+
+    def kill_worker(self, i):
+        """The worker and the executor it launched die, as when a machine is lost."""
+        os.killpg(self.workers[i].pid, signal.SIGKILL)
+        for pid in _children(self.workers[i].pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def stop(self):
+        for p in [*self.workers, self.master]:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            child = int(stat.parent.name)
+            out += [child, *_children(child)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.stop()
+
+
+def _parquet_job(tmp_path, model, run_id, rows_per_group=25):
+    raw = read_raw(EXAMPLES / "customers.csv").table.drop_columns([ROW_ID])
+    pq.write_table(raw, tmp_path / "customers.parquet", row_group_size=rows_per_group)
+    cfg = {"input": str(tmp_path / "customers.parquet"), "schema": str(EXAMPLES / "customers.schema.yaml"),
+           "model": str(model), "output": str(tmp_path / "out"), "run_id": run_id, "batch_size": rows_per_group}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, raw.num_rows
+
+
+def _submit(job: Path, cluster: Cluster, tmp_path: Path):
+    """The job as spark-submit would run it: its own driver process, against the cluster."""
+    log = open(tmp_path / "driver.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "pipelines.spark_job", str(job), "--master", cluster.url,
+                             "--conf", "spark.executor.cores=1", "--conf", "spark.task.maxFailures=4",
+                             "--conf", "spark.ui.enabled=false"],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=cluster.env)
+
+
+@pytest.mark.cluster
+def test_standalone_cluster_runs_the_job_with_the_model_on_both_executors(cluster, demo_model, tmp_path):
+    job, n = _parquet_job(tmp_path, demo_model, "c1")
+    proc = _submit(job, cluster, tmp_path)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-4000:]
+    report = json.loads((tmp_path / "out" / "reports" / "c1" / "report.json").read_text())
+    folders = report["metrics"]["executor_folders"]
+    assert report["metrics"]["spark_master"] == cluster.url
+    assert len({Path(f).parent for f in folders}) == 1 and len(folders) == 2, folders  # one app, two executors
+    table, quarantine = _read(tmp_path / "out" / "table"), _read(tmp_path / "out" / "quarantine")
+    assert table.num_rows + quarantine.num_rows == n == report["counts"]["rows_in"]
+    assert sorted(table.column(ROW_ID).to_pylist() + quarantine.column(ROW_ID).to_pylist()) == list(range(n))
+
+
+@pytest.mark.cluster
+def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster, demo_model, tmp_path):
+    job, n = _parquet_job(tmp_path, demo_model, "c2", rows_per_group=10)
+    proc = _submit(job, cluster, tmp_path)
+    parts = tmp_path / "out" / "table"
+    end = time.time() + 300
+    while time.time() < end and len(list(parts.glob("*.parquet"))) < 3:  # tasks are under way
+        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
+        time.sleep(0.2)
+    cluster.kill_worker(0)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-4000:]
+    table, quarantine = _read(parts), _read(tmp_path / "out" / "quarantine")
+    ids = sorted(table.column(ROW_ID).to_pylist() + quarantine.column(ROW_ID).to_pylist())
+    assert ids == list(range(n))  # every row once: none lost, none twice
+    report = json.loads((tmp_path / "out" / "reports" / "c2" / "report.json").read_text())
+    assert report["committed"] and report["counts"]["rows_in"] == n

@@ -1,0 +1,335 @@
+"""Apache Spark DataFrame functions: thin ``mapInArrow`` wrappers over the core.
+
+Rows never leave the executors. A row that fails a step is not dropped: it stays in the
+DataFrame with its data columns null and the quarantine columns set (``_lf_q_reason``,
+``_lf_q_stage``, ``_lf_q_record``: the reason, the step and the row as read, JSON), and later
+steps pass it through untouched. ``split_quarantine(df)`` gives (good rows, quarantined rows);
+``write_lake`` writes both kinds as Parquet parts (table / quarantine) on the executors and
+returns their Delta AddActions, which the driver commits (``transforms.stage.finalize``).
+
+    df = read_raw(spark, "in.parquet", columns)                 # strings + _lf_row_id
+    df = detect_disguised_nulls(df, policy, schema)             # typed
+    df = validate(df, schema, "pre")                            # GX suite per Arrow batch
+    df = impute(df, model)                                      # model = broadcast_model(spark, dir)
+    df = refine(df, model, threshold=0.2)                       # reverse training, low-confidence rows
+    df = validate(df, schema, "post")
+    parts = write_lake(with_run_id(df, run_id), table_uri, quarantine_uri, run_id).collect()
+
+The model artifact's bytes go to the executors by broadcast; each Python worker loads it once
+(cached by the artifact's sha256) and runs it on the task's GPU when Spark gave it one
+(``TaskContext.get().resources()['gpu']``). The Arrow batch size is Spark's
+``spark.sql.execution.arrow.maxRecordsPerBatch``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark import AccumulatorParam
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from models.artifact import load_artifact
+from models.reverse import ReverseConfig
+from transforms.detect import NullPolicy
+from transforms.impute import IMPUTED, Imputer, resolve_device
+from transforms.io import ROW_ID, Quarantined, iter_raw, parquet_row_groups, read_parquet_row_group
+from transforms.lake import action_to_dict, write_part
+from transforms.parse import parse_table
+from transforms.schema import TableSchema
+from transforms.stage import (confidence_histogram, quarantine_batch, reason_counts, refined_rows,
+                              split_by_confidence, with_run_id)
+from transforms.validate import Validator
+
+__all__ = ["Q_REASON", "Q_STAGE", "Q_RECORD", "ModelRef", "Counters", "broadcast_model", "read_raw",
+           "detect_disguised_nulls", "validate", "impute", "refine", "with_run_id_df", "split_quarantine", "write_lake",
+           "stage_schemas"]
+
+Q_REASON, Q_STAGE, Q_RECORD = "_lf_q_reason", "_lf_q_stage", "_lf_q_record"
+Q_FIELDS = [pa.field(Q_REASON, pa.string()), pa.field(Q_STAGE, pa.string()), pa.field(Q_RECORD, pa.string())]
+PARTS_SCHEMA = "kind string, actions string, reasons string, hist string, refined long, cells long, worker string"
+
+
+# -- counters (Spark accumulators) -------------------------------------------------------------
+
+class _CounterParam(AccumulatorParam):
+    def zero(self, value):
+        return Counter()
+
+    def addInPlace(self, a, b):
+        a.update(b)
+        return a
+
+
+@dataclass
+class Counters:
+    """Accumulators for the run report. Updated in tasks; Spark merges the successful attempts."""
+    rows_in: object
+    disguised: object
+
+    @classmethod
+    def create(cls, spark: SparkSession) -> "Counters":
+        sc = spark.sparkContext
+        return cls(sc.accumulator(0), sc.accumulator(Counter(), _CounterParam()))
+
+
+# -- the envelope: data columns + quarantine columns -------------------------------------------
+
+def _envelope(schema: pa.Schema) -> pa.Schema:
+    return pa.schema(list(schema) + Q_FIELDS)
+
+
+def _spark_schema(arrow_schema: pa.Schema):
+    return from_arrow_schema(_envelope(arrow_schema))
+
+
+def _split(batch: pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
+    """(rows still in play, without the quarantine columns; rows already quarantined)."""
+    t = pa.Table.from_batches([batch])
+    held = pc.is_valid(t.column(Q_REASON))
+    return t.filter(pc.invert(held)).drop_columns([Q_REASON, Q_STAGE, Q_RECORD]), t.filter(held)
+
+
+def _emit(good: pa.Table, new_bad: list[Quarantined], held: pa.Table, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Rows in play (cast to ``schema``), new quarantine rows and already-held ones, as one schema."""
+    env = _envelope(schema)
+    if good.num_rows:
+        cols = [good.column(f.name).cast(f.type) if f.name in good.column_names else pa.nulls(good.num_rows, f.type)
+                for f in schema]
+        n = good.num_rows
+        yield pa.Table.from_arrays(cols + [pa.nulls(n, pa.string())] * 3, schema=env).combine_chunks().to_batches()[0]
+    rows = [(q.row_id, q.reason, q.stage, q.record) for q in new_bad]
+    if held.num_rows:
+        rows += list(zip(held.column(ROW_ID).to_pylist(), held.column(Q_REASON).to_pylist(),
+                         held.column(Q_STAGE).to_pylist(), held.column(Q_RECORD).to_pylist()))
+    if rows:
+        n = len(rows)
+        arrays = {f.name: pa.nulls(n, f.type) for f in schema}
+        arrays[ROW_ID] = pa.array([r[0] for r in rows], pa.int64())
+        arrays[Q_REASON] = pa.array([r[1] for r in rows], pa.string())
+        arrays[Q_STAGE] = pa.array([r[2] for r in rows], pa.string())
+        arrays[Q_RECORD] = pa.array([r[3] for r in rows], pa.string())
+        yield pa.Table.from_pydict(arrays, schema=env).combine_chunks().to_batches()[0]
+
+
+def _map(df: DataFrame, schema: pa.Schema, step):
+    """Apply ``step(table) -> (table, quarantined)`` to the rows in play of every Arrow batch."""
+    def fn(batches):
+        for batch in batches:
+            good, held = _split(batch)
+            out, bad = step(good) if good.num_rows else (good, [])
+            yield from _emit(out, bad, held, schema)
+    return df.mapInArrow(fn, _spark_schema(schema))
+
+
+# -- the model, broadcast -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A broadcast model artifact: its files' bytes, its hash, the schema, the device setting."""
+    files: object  # Broadcast[dict[str, bytes]]
+    sha256: str
+    schema: dict
+    device: str = "auto"
+
+
+def broadcast_model(spark: SparkSession, model_dir: str | Path, schema: TableSchema, *, device: str = "auto") -> ModelRef:
+    model_dir = Path(model_dir)
+    load_artifact(model_dir, schema=schema)  # refuse a bad model on the driver, before any task
+    files = {p.name: p.read_bytes() for p in sorted(model_dir.iterdir()) if p.is_file()}
+    digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
+    return ModelRef(spark.sparkContext.broadcast(files), digest, schema.model_dump(by_alias=True), device)
+
+
+_IMPUTERS: dict[tuple[str, str], Imputer] = {}  # per Python worker: loaded once per artifact and device
+
+
+def _task_device(setting: str) -> str:
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    gpus = ctx.resources().get("gpu") if ctx is not None else None
+    if setting in ("auto", "gpu") and gpus is not None and gpus.addresses:
+        return f"cuda:{gpus.addresses[0]}"
+    return resolve_device(setting)
+
+
+def _imputer(ref: ModelRef) -> Imputer:
+    device = _task_device(ref.device)
+    key = (ref.sha256, device)
+    if key not in _IMPUTERS:
+        folder = Path(tempfile.gettempdir()) / f"lakefill-model-{ref.sha256[:16]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in ref.files.value.items():
+            target = folder / name
+            if not target.exists() or target.stat().st_size != len(data):
+                tmp = target.with_suffix(target.suffix + f".{id(data)}.tmp")
+                tmp.write_bytes(data)
+                tmp.replace(target)
+        artifact = load_artifact(folder, schema=TableSchema.model_validate(ref.schema))
+        _IMPUTERS[key] = Imputer(artifact, device=device)
+    return _IMPUTERS[key]
+
+
+# -- the steps ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StageSchemas:
+    """The Arrow schema of the rows after each step (worked out on the driver from empty batches)."""
+    raw: pa.Schema
+    typed: pa.Schema
+    imputed: pa.Schema
+    final: pa.Schema
+
+
+def stage_schemas(columns: list[str], schema: TableSchema, policy: NullPolicy, imputer: Imputer) -> StageSchemas:
+    raw = pa.schema([pa.field(c, pa.string()) for c in columns] + [pa.field(ROW_ID, pa.int64())])
+    empty = raw.empty_table()
+    applied, _ = policy.apply(empty)
+    typed, _ = parse_table(applied, schema)
+    imputed = imputer.impute(typed)
+    return StageSchemas(raw, typed.schema, imputed.schema, with_run_id(imputed, "x").schema)
+
+
+def read_raw(spark: SparkSession, path: str, raw_schema: pa.Schema, counters: Counters | None = None,
+             *, batch_rows: int = 50_000) -> DataFrame:
+    """The core reader on the executors: one task per Parquet row group (one for a text file).
+    Unreadable records come back as quarantined rows. Row ids as in the core reader."""
+    units = ([(path, i, first) for i, first in parquet_row_groups(path)]
+             if path.lower().endswith((".parquet", ".pq")) else [(path, -1, 0)])
+    plan = spark.createDataFrame(units, "path string, unit int, first long").repartition(len(units))
+
+    def fn(batches):
+        for b in batches:
+            for p, unit, first in zip(*(b.column(i).to_pylist() for i in range(3))):
+                chunks = [read_parquet_row_group(p, unit, first)] if unit >= 0 else iter_raw(p, batch_rows=batch_rows)
+                for chunk in chunks:
+                    if counters is not None:
+                        counters.rows_in.add(chunk.rows_in)
+                    table = chunk.table.select(raw_schema.names)
+                    for start in range(0, max(table.num_rows, 1), batch_rows):
+                        part = table.slice(start, batch_rows)
+                        bad = list(chunk.quarantined) if start == 0 else []
+                        yield from _emit(part, bad, _NOTHING_HELD, raw_schema)
+
+    return plan.mapInArrow(fn, _spark_schema(raw_schema))
+
+
+def detect_disguised_nulls(df: DataFrame, policy: NullPolicy, schema: TableSchema, typed_schema: pa.Schema,
+                           counters: Counters | None = None) -> DataFrame:
+    """Disguised nulls -> nulls (the fitted policy), then the schema's types; cells that do not
+    cast put their row in quarantine with the reason."""
+    policy_dict, schema_dict = policy.to_dict(), schema.model_dump(by_alias=True)
+    state = {}
+
+    def step(table):
+        if "policy" not in state:
+            state["schema"] = TableSchema.model_validate(schema_dict)
+            state["policy"] = NullPolicy.from_dict(policy_dict, schema=state["schema"])
+        table, counts = state["policy"].apply(table)
+        if counters is not None and any(counts.values()):
+            counters.disguised.add(Counter({k: int(v) for k, v in counts.items() if v}))
+        return parse_table(table, state["schema"])
+
+    return _map(df, typed_schema, step)
+
+
+def validate(df: DataFrame, schema: TableSchema, stage: str, out_schema: pa.Schema) -> DataFrame:
+    """The schema's Great Expectations suite ('pre' or 'post') on each Arrow batch, on the executors;
+    failing rows are quarantined with the expectation's name and the value."""
+    schema_dict = schema.model_dump(by_alias=True)
+    state = {}
+
+    def step(table):
+        if "v" not in state:
+            state["v"] = Validator(TableSchema.model_validate(schema_dict), stage=stage)
+        return state["v"].validate(table)
+
+    return _map(df, out_schema, step)
+
+
+def impute(df: DataFrame, model: ModelRef, imputed_schema: pa.Schema) -> DataFrame:
+    """Fills every null cell of the model's columns; adds _lf_imputed, _lf_method, _lf_confidence."""
+    return _map(df, imputed_schema, lambda t: (_imputer(model).impute(t), []))
+
+
+def refine(df: DataFrame, model: ModelRef, imputed_schema: pa.Schema, *, threshold: float,
+           reverse: dict | None = None) -> DataFrame:
+    """Reverse training on the rows under the confidence threshold (each Arrow batch's low rows
+    in one call, gradients enabled inside); the other rows pass through unchanged."""
+    reverse = reverse or {}
+
+    def step(table):
+        ok, low = split_by_confidence(table, threshold)
+        if not low.num_rows:
+            return table, []
+        base = _imputer(model)
+        worker = Imputer(base.artifact, reverse=ReverseConfig(**reverse), device=base.device) if reverse else base
+        return pa.concat_tables([ok, worker.refine(low)]), []
+
+    return _map(df, imputed_schema, step)
+
+
+def with_run_id_df(df: DataFrame, run_id: str, final_schema: pa.Schema) -> DataFrame:
+    return _map(df, final_schema, lambda t: (with_run_id(t, run_id), []))
+
+
+def split_quarantine(df: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(rows in play without the quarantine columns, quarantined rows: row id, reason, stage, record)."""
+    held = F.col(Q_REASON).isNotNull()
+    good = df.filter(~held).drop(Q_REASON, Q_STAGE, Q_RECORD)
+    bad = df.filter(held).select(ROW_ID, F.col(Q_REASON).alias("reason"), F.col(Q_STAGE).alias("stage"),
+                                 F.col(Q_RECORD).alias("record"))
+    return good, bad
+
+
+def write_lake(df: DataFrame, table_uri: str, quarantine_uri: str, run_id: str, final_schema: pa.Schema,
+               *, partition_by: list[str] = ()) -> DataFrame:
+    """Executors write each batch's rows as Parquet parts of the table (and its quarantined rows
+    as parts of the quarantine table) and return one record per part set: the AddActions (JSON),
+    the quarantine reasons, the confidence histogram. Nothing is visible until the driver commits."""
+    partition_by = list(partition_by)
+
+    def fn(batches):
+        for batch in batches:
+            good, held = _split(batch)
+            if good.num_rows:
+                good = good.cast(final_schema).sort_by(ROW_ID)
+                actions = write_part(good, table_uri, partition_by=partition_by)
+                yield pa.RecordBatch.from_pylist([{
+                    "kind": "table", "actions": json.dumps([action_to_dict(a) for a in actions]), "reasons": "{}",
+                    "hist": json.dumps(confidence_histogram(good)), "refined": refined_rows(good),
+                    "cells": int(pc.sum(pc.list_value_length(good.column(IMPUTED))).as_py() or 0),
+                    "worker": _worker()}], schema=_PARTS)
+            if held.num_rows:
+                rows = [Quarantined(r, why, st, rec) for r, why, st, rec in zip(
+                    held.column(ROW_ID).to_pylist(), held.column(Q_REASON).to_pylist(),
+                    held.column(Q_STAGE).to_pylist(), held.column(Q_RECORD).to_pylist())]
+                actions = write_part(quarantine_batch(rows, run_id), quarantine_uri)
+                yield pa.RecordBatch.from_pylist([{
+                    "kind": "quarantine", "actions": json.dumps([action_to_dict(a) for a in actions]),
+                    "reasons": json.dumps(dict(reason_counts(rows))), "hist": "[]", "refined": 0, "cells": 0,
+                    "worker": _worker()}],
+                    schema=_PARTS)
+
+    return df.mapInArrow(fn, PARTS_SCHEMA)
+
+
+def _worker() -> str:
+    """Which executor wrote a part: a standalone executor runs in its own work folder (.../app/executor-id)."""
+    return os.getcwd()
+
+
+_NOTHING_HELD = pa.schema([pa.field(ROW_ID, pa.int64())] + Q_FIELDS).empty_table()
+_PARTS = pa.schema([("kind", pa.string()), ("actions", pa.string()), ("reasons", pa.string()), ("hist", pa.string()),
+                    ("refined", pa.int64()), ("cells", pa.int64()), ("worker", pa.string())])
