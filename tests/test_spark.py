@@ -203,7 +203,7 @@ def test_standalone_cluster_runs_the_job_with_the_model_on_both_executors(cluste
     report = json.loads((tmp_path / "out" / "reports" / "c1" / "report.json").read_text())
     folders = report["metrics"]["executor_folders"]
     assert report["metrics"]["spark_master"] == cluster.url
-    assert len({Path(f).parent for f in folders}) == 1 and len(folders) == 2, folders  # one app, two executors
+    assert len({Path(f).parent.name for f in folders}) == 1 and len(folders) == 2, folders  # one app, two executors
     table, quarantine = _read(tmp_path / "out" / "table"), _read(tmp_path / "out" / "quarantine")
     assert table.num_rows + quarantine.num_rows == n == report["counts"]["rows_in"]
     assert sorted(table.column(ROW_ID).to_pylist() + quarantine.column(ROW_ID).to_pylist()) == list(range(n))
@@ -211,11 +211,11 @@ def test_standalone_cluster_runs_the_job_with_the_model_on_both_executors(cluste
 
 @pytest.mark.cluster
 def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster, demo_model, tmp_path):
-    job, n = _parquet_job(tmp_path, demo_model, "c2", rows_per_group=10)
+    job, n = _parquet_job(tmp_path, demo_model, "c2", rows_per_group=20)
     proc = _submit(job, cluster, tmp_path)
     parts = tmp_path / "out" / "table"
     end = time.time() + 300
-    while time.time() < end and len(list(parts.glob("*.parquet"))) < 3:  # tasks are under way
+    while time.time() < end and len(list(parts.glob("*.parquet"))) < 2:  # tasks are under way
         assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
         time.sleep(0.2)
     cluster.kill_worker(0)

@@ -152,6 +152,17 @@ def broadcast_model(spark: SparkSession, model_dir: str | Path, schema: TableSch
 
 
 _IMPUTERS: dict[tuple[str, str], Imputer] = {}  # per Python worker: loaded once per artifact and device
+_CACHE: dict[str, object] = {}  # per Python worker: policies and GX validators, built once, reused by tasks
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached(key: str, build):
+    if key not in _CACHE:
+        _CACHE[key] = build()
+    return _CACHE[key]
 
 
 def _task_device(setting: str) -> str:
@@ -230,16 +241,15 @@ def detect_disguised_nulls(df: DataFrame, policy: NullPolicy, schema: TableSchem
     """Disguised nulls -> nulls (the fitted policy), then the schema's types; cells that do not
     cast put their row in quarantine with the reason."""
     policy_dict, schema_dict = policy.to_dict(), schema.model_dump(by_alias=True)
-    state = {}
+    key = _key("detect", policy_dict, schema_dict)
 
     def step(table):
-        if "policy" not in state:
-            state["schema"] = TableSchema.model_validate(schema_dict)
-            state["policy"] = NullPolicy.from_dict(policy_dict, schema=state["schema"])
-        table, counts = state["policy"].apply(table)
+        schema = _cached(_key("schema", schema_dict), lambda: TableSchema.model_validate(schema_dict))
+        policy = _cached(key, lambda: NullPolicy.from_dict(policy_dict, schema=schema))
+        table, counts = policy.apply(table)
         if counters is not None and any(counts.values()):
             counters.disguised.add(Counter({k: int(v) for k, v in counts.items() if v}))
-        return parse_table(table, state["schema"])
+        return parse_table(table, schema)
 
     return _map(df, typed_schema, step)
 
@@ -248,12 +258,10 @@ def validate(df: DataFrame, schema: TableSchema, stage: str, out_schema: pa.Sche
     """The schema's Great Expectations suite ('pre' or 'post') on each Arrow batch, on the executors;
     failing rows are quarantined with the expectation's name and the value."""
     schema_dict = schema.model_dump(by_alias=True)
-    state = {}
+    key = _key("validate", stage, schema_dict)
 
     def step(table):
-        if "v" not in state:
-            state["v"] = Validator(TableSchema.model_validate(schema_dict), stage=stage)
-        return state["v"].validate(table)
+        return _cached(key, lambda: Validator(TableSchema.model_validate(schema_dict), stage=stage)).validate(table)
 
     return _map(df, out_schema, step)
 
