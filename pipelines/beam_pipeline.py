@@ -28,6 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines.config import JobConfig
 from pipelines.local_job import Prepared, RunOutcome, config_summary, prepare, write_docs
+from pipelines.report import render_report
 from transforms.beam import (NAMESPACE, QUARANTINE, DetectDisguisedNulls, FinalizeRun, Finish, Impute,
                              LakefillModelHandler, ReadRaw, Refine, RouteByConfidence, Validate, WriteQuarantine,
                              WriteToLake)
@@ -116,5 +117,6 @@ def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: 
     report["timings_seconds"]["total"] = round(time.time() - started, 4)
     report_path.write_text(json.dumps(report, indent=2, default=str))
     write_docs(prep, report_dir)
+    render_report(report_dir)
     return RunOutcome(prep.run_id, str(out / "table"), str(out / "quarantine"), str(report_path), report["counts"],
                       report["committed"], report["metrics"])

@@ -211,6 +211,27 @@ def _demo(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from pipelines.report import render_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "report.json").exists():
+        raise LakefillError(f"{run_dir} has no report.json: pass a run's folder, OUTPUT/reports/RUN_ID")
+    page = render_report(run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    c = report.get("counts", {})
+    print(f"run {report['run_id']} ({report.get('engine')}, {'committed' if report.get('committed') else 'not committed'}): "
+          f"{c.get('rows_in')} rows in, {c.get('rows_written')} written, {c.get('rows_quarantined')} quarantined")
+    for reason, n in c.get("quarantined_by_reason", {}).items():
+        print(f"  quarantined {n:>8} : {reason}")
+    print(f"report: {page}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(page.resolve().as_uri())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lakefill", description="Find disguised nulls, validate, impute with a masked autoencoder, write to Delta.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -275,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "or local (one process, no engine)")
     p.add_argument("--run-id")
     p.set_defaults(func=_run, passthrough=True)
+
+    p = sub.add_parser("report", help="render and print a run's report (report.html beside report.json)")
+    p.add_argument("run_dir", help="OUTPUT/reports/RUN_ID")
+    p.add_argument("--open", action="store_true", help="open report.html in a browser")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="run the demo job end to end on the bundled example")
     p.add_argument("--out", default="out/demo")

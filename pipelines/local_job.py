@@ -19,6 +19,7 @@ from models.artifact import ModelArtifact, load_artifact, save_artifact
 from models.autoencoder import AEConfig
 from models.train import fit_model
 from pipelines.config import JobConfig
+from pipelines.report import render_report
 from transforms._errors import ConfigError
 from transforms.detect import NullPolicy
 from transforms.impute import IMPUTED, Imputer, resolve_device
@@ -159,4 +160,5 @@ def run_local(config: JobConfig, *, log=print) -> RunOutcome:
                     timings=timings, metrics={"cells_imputed": cells_imputed}, log=log,
                     validation={"pre": pre.summary.to_dict(), "post": post.summary.to_dict()})
     write_docs(prep, report_dir)
+    render_report(report_dir)
     return RunOutcome(run_id, str(table_uri), str(quarantine_uri), str(done.report), done.counts, done.committed)

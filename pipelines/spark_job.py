@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pipelines.config import JobConfig, load_config
 from pipelines.local_job import RunOutcome, config_summary, prepare, write_docs
+from pipelines.report import render_report
 from transforms.impute import Imputer
 from transforms.lake import action_from_dict
 from transforms.stage import RunTotals, finalize
@@ -116,6 +117,7 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
                     max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,
                     timings={"spark_job": job_seconds, "total": time.perf_counter() - t0}, metrics=metrics, log=log)
     write_docs(prep, out / "reports" / run_id)
+    render_report(out / "reports" / run_id)
     return RunOutcome(run_id, str(out / "table"), str(out / "quarantine"), str(done.report), done.counts,
                       done.committed, metrics)
 

@@ -1,0 +1,197 @@
+"""The run report people look at: ``report.html`` beside each run's ``report.json``.
+
+Counts (in, written, quarantined by reason, disguised nulls per column, cells imputed, rows
+refined), links to the GX Data Docs and the tables, and matplotlib plots embedded as PNG (the
+page needs no network): missingness per column before and after, observed vs imputed values
+per column, and the confidence histogram with the refinement threshold marked.
+
+    lakefill report OUT/reports/RUN_ID     # (re)renders and prints the page's path and counts
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = ["render_report"]
+
+MAX_COLUMNS_PLOTTED = 12
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _run_rows(report: dict) -> pa.Table | None:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        t = DeltaTable(report["table"]).to_pyarrow_table()
+    except (TableNotFoundError, OSError, KeyError):
+        return None
+    if "_lf_run_id" in t.column_names:
+        t = t.filter(pc.equal(t.column("_lf_run_id"), report["run_id"]))
+    return t
+
+
+def _imputed_masks(table: pa.Table) -> dict[str, np.ndarray]:
+    col = table.column("_lf_imputed").combine_chunks()
+    flat = np.asarray(pc.list_flatten(col).to_pylist(), dtype=object)
+    parents = np.asarray(pc.list_parent_indices(col))
+    out = {}
+    for name in set(flat.tolist()):
+        m = np.zeros(table.num_rows, dtype=bool)
+        m[parents[flat == name]] = True
+        out[name] = m
+    return out
+
+
+def _plots(report: dict, table: pa.Table | None) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = []
+    conf = report.get("confidence_histogram") or {}
+    if conf.get("counts"):
+        edges, counts = np.asarray(conf["edges"]), np.asarray(conf["counts"])
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#4c72b0", edgecolor="white")
+        t = report.get("confidence_threshold")
+        if t is not None:
+            ax.axvline(t, color="#c44e52", linestyle="--", label=f"refine below {t}")
+            ax.legend()
+        ax.set_xlabel("row confidence")
+        ax.set_ylabel("rows")
+        ax.set_title("Confidence of the written rows")
+        plots.append(("Confidence histogram", _png(fig)))
+    if table is None or table.num_rows == 0 or "_lf_imputed" not in table.column_names:
+        return plots
+    masks = _imputed_masks(table)
+    data_cols = [c for c in table.column_names if not c.startswith("_lf_")]
+    before = [int(masks.get(c, np.zeros(0, bool)).sum()) + table.column(c).null_count for c in data_cols]
+    after = [table.column(c).null_count for c in data_cols]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(data_cols)), 3.2))
+    x = np.arange(len(data_cols))
+    ax.bar(x - 0.2, np.asarray(before) / table.num_rows, 0.4, label="before (nulls + disguised nulls)", color="#dd8452")
+    ax.bar(x + 0.2, np.asarray(after) / table.num_rows, 0.4, label="after", color="#55a868")
+    ax.set_xticks(x, data_cols, rotation=45, ha="right")
+    ax.set_ylabel("share of rows missing")
+    ax.set_title("Missingness per column, before and after")
+    ax.legend()
+    plots.append(("Missingness per column", _png(fig)))
+    numeric = [c for c in data_cols if c in masks and (pa.types.is_integer(table.column(c).type)
+                                                         or pa.types.is_floating(table.column(c).type))]
+    numeric = numeric[:MAX_COLUMNS_PLOTTED]
+    if numeric:
+        cols = min(3, len(numeric))
+        rows = (len(numeric) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+        for ax, name in zip(axes.ravel(), numeric):
+            v = table.column(name).to_numpy(zero_copy_only=False).astype(float)
+            m = masks[name]
+            obs, imp = v[~m & ~np.isnan(v)], v[m & ~np.isnan(v)]
+            bins = np.histogram_bin_edges(np.concatenate([obs, imp]) if len(imp) else obs, bins=30)
+            ax.hist(obs, bins=bins, density=True, alpha=0.6, label=f"observed ({len(obs)})", color="#4c72b0")
+            if len(imp):
+                ax.hist(imp, bins=bins, density=True, alpha=0.6, label=f"imputed ({len(imp)})", color="#dd8452")
+            ax.set_title(name)
+            ax.legend(fontsize=7)
+        for ax in axes.ravel()[len(numeric):]:
+            ax.axis("off")
+        fig.suptitle("Observed vs imputed values")
+        fig.tight_layout()
+        plots.append(("Observed vs imputed values (numeric columns)", _png(fig)))
+    cats = [c for c in data_cols if c in masks and pa.types.is_string(table.column(c).type)][:MAX_COLUMNS_PLOTTED]
+    if cats:
+        fig, axes = plt.subplots(1, len(cats), figsize=(4 * len(cats), 3), squeeze=False)
+        for ax, name in zip(axes.ravel(), cats):
+            v = np.asarray(table.column(name).to_pylist(), dtype=object)
+            m = masks[name]
+            levels = sorted({x for x in v if x is not None})[:15]
+            x = np.arange(len(levels))
+            obs = [np.mean(v[~m] == lv) if (~m).any() else 0 for lv in levels]
+            imp = [np.mean(v[m] == lv) if m.any() else 0 for lv in levels]
+            ax.bar(x - 0.2, obs, 0.4, label="observed", color="#4c72b0")
+            ax.bar(x + 0.2, imp, 0.4, label="imputed", color="#dd8452")
+            ax.set_xticks(x, levels, rotation=45, ha="right")
+            ax.set_title(name)
+            ax.legend(fontsize=7)
+        fig.suptitle("Observed vs imputed categories (share of rows)")
+        fig.tight_layout()
+        plots.append(("Observed vs imputed categories", _png(fig)))
+    return plots
+
+
+def _table(rows: dict, head: tuple[str, str]) -> str:
+    body = "".join(f"<tr><td>{html.escape(str(k))}</td><td class=n>{html.escape(str(v))}</td></tr>" for k, v in rows.items())
+    return f"<table><tr><th>{head[0]}</th><th>{head[1]}</th></tr>{body}</table>"
+
+
+def render_report(run_dir: str | Path) -> Path:
+    """Write ``report.html`` into ``run_dir`` (the folder holding ``report.json``); return its path."""
+    run_dir = Path(run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    counts = report.get("counts", {})
+    table = _run_rows(report)
+    plots = _plots(report, table)
+    main = {k: counts.get(k) for k in ("rows_in", "rows_written", "rows_quarantined", "cells_imputed", "rows_refined")
+            if k in counts}
+    status = "committed" if report.get("committed") else "not committed"
+    docs = Path(report.get("data_docs", run_dir / "data_docs"))
+    index = next(iter(sorted(docs.rglob("index.html"))), None) if docs.exists() else None
+    links = [f'<a href="{html.escape(index.as_uri())}">GX Data Docs</a>' if index else "GX Data Docs: none for this run",
+             f"table: <code>{html.escape(str(report.get('table')))}</code>",
+             f"quarantine: <code>{html.escape(str(report.get('quarantine')))}</code>"]
+    figures = "".join(f'<figure><img alt="{html.escape(t)}" src="{src}"><figcaption>{html.escape(t)}</figcaption></figure>'
+                      for t, src in plots)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lakefill run {html.escape(report['run_id'])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1100px; }}
+table {{ border-collapse: collapse; margin: .5rem 1.5rem 1rem 0; display: inline-table; vertical-align: top; }}
+td, th {{ border: 1px solid #ccc; padding: .25rem .6rem; }} td.n {{ text-align: right; }}
+figure {{ margin: 1rem 0; }} img {{ max-width: 100%; }} .bad {{ color: #b00; }}
+</style></head>
+<body data-plots="{len(plots)}">
+<h1>lakefill run <code>{html.escape(report['run_id'])}</code></h1>
+<p>engine <b>{html.escape(str(report.get('engine')))}</b>, input <code>{html.escape(str(report.get('input')))}</code>,
+model <code>{html.escape(str(report.get('model')))}</code> &mdash;
+<span class="{'' if report.get('committed') else 'bad'}">{status}</span></p>
+<p>{' &middot; '.join(links)}</p>
+<h2>Counts</h2>
+{_table(main, ("", "rows / cells"))}
+{_table(counts.get("quarantined_by_reason", {}), ("quarantined by reason", "rows"))}
+{_table(counts.get("disguised_nulls_replaced", {}), ("disguised nulls replaced", "cells"))}
+<h2>Plots</h2>
+{figures or "<p>No rows were written, so there is nothing to plot.</p>"}
+<h2>Timings (s)</h2>
+{_table(report.get("timings_seconds", {}), ("step", "seconds"))}
+<script>
+window.lakefillErrors = [];
+window.addEventListener("error", e => window.lakefillErrors.push(String(e.message || e)), true);
+window.addEventListener("load", () => {{
+  const imgs = Array.from(document.images);
+  document.body.dataset.plotsShown = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.errors = window.lakefillErrors.length;
+}});
+</script>
+</body></html>
+"""
+    out = run_dir / "report.html"
+    out.write_text(page, encoding="utf-8")
+    return out
