@@ -120,3 +120,45 @@ def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: 
     render_report(report_dir)
     return RunOutcome(prep.run_id, str(out / "table"), str(out / "quarantine"), str(report_path), report["counts"],
                       report["committed"], report["metrics"])
+
+
+def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
+    """``--job JOB.yaml`` and/or one flag per job-config field (``--input=...``, ``--run_id=...``,
+    ``--partition_by=a,b``), as a Flex Template passes its parameters; the rest are Beam options."""
+    import argparse
+
+    from pipelines.config import load_config
+    from transforms._errors import ConfigError
+
+    ap = argparse.ArgumentParser(prog="beam_pipeline")
+    ap.add_argument("--job")
+    fields = {(f.alias or name): f for name, f in JobConfig.model_fields.items()}
+    for key in fields:
+        ap.add_argument(f"--{key}")
+    args, beam_args = ap.parse_known_args(argv)
+    given = {k: v for k, v in vars(args).items() if k != "job" and v not in (None, "")}
+    if "partition_by" in given:
+        given["partition_by"] = [c for c in given["partition_by"].split(",") if c]
+    if args.job:
+        base = load_config(args.job).model_dump(by_alias=True)
+    else:
+        base = {}
+    try:
+        config = JobConfig.model_validate({**base, **given})
+    except Exception as err:  # pydantic's message names the field
+        raise ConfigError(f"invalid job parameters: {err}") from err
+    return config, beam_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.beam_pipeline [--job JOB.yaml] [--FIELD=VALUE ...] [Beam options]``:
+    the entry point for Dataflow launches (Flex Template, BeamRunPythonPipelineOperator)."""
+    config, beam_args = config_from_flags(argv)
+    outcome = run_beam(config, beam_args)
+    print(json.dumps({"run_id": outcome.run_id, "table": outcome.table, "report": outcome.report,
+                      "counts": outcome.counts, "committed": outcome.committed}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

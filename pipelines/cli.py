@@ -84,6 +84,20 @@ def _train(args) -> int:
     from transforms.io import read_raw
     from transforms.schema import infer_schema, load_schema
 
+    if args.job:
+        from pipelines.config import load_config
+
+        job = load_config(args.job)
+        args.input = args.input or job.input
+        args.schema = args.schema or job.schema_path
+        args.out = args.out or job.model
+    if not args.input or not args.out:
+        raise LakefillError("train needs --input and --out (or --job JOB.yaml, which names both)")
+    if (Path(args.out) / "manifest.json").exists() and (args.if_missing or args.check_only):
+        print(f"model {args.out} is there: nothing to train")
+        return 0
+    if args.check_only:
+        raise LakefillError(f"model {args.out} does not exist (and --check-only forbids training it)")
     if args.schema:
         schema = load_schema(args.schema)
     else:
@@ -153,6 +167,8 @@ def _run(args, extra: list[str]) -> int:
     config = load_config(args.config)
     if args.run_id:
         config = config.model_copy(update={"run_id": args.run_id})
+    if args.output:
+        config = config.model_copy(update={"output": str(Path(args.output).resolve())})
     _print_outcome(_run_engine(args.engine, config, extra))
     return 0
 
@@ -211,10 +227,33 @@ def _demo(args) -> int:
     return 0
 
 
+def check_report(report: dict) -> list[str]:
+    """Why a run's report should fail an orchestrator's check (empty: it passes)."""
+    c, problems = report.get("counts", {}), []
+    if c.get("rows_in") != c.get("rows_written", 0) + c.get("rows_quarantined", 0):
+        problems.append(f"rows_in {c.get('rows_in')} != rows_written {c.get('rows_written')} + rows_quarantined "
+                        f"{c.get('rows_quarantined')}")
+    limit = (report.get("config") or {}).get("max_quarantine_share")
+    share = c.get("rows_quarantined", 0) / max(c.get("rows_in") or 1, 1)
+    if limit is not None and share > limit:
+        problems.append(f"quarantined share {share:.1%} is over max_quarantine_share {limit:.1%}")
+    if not report.get("committed") and not report.get("already_committed"):
+        problems.append("the run committed nothing to the table")
+    return problems
+
+
 def _report(args) -> int:
     from pipelines.report import render_report
 
-    run_dir = Path(args.run_dir)
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+    elif args.job and args.run_id:
+        from pipelines.config import load_config
+
+        job = load_config(args.job)
+        run_dir = Path(args.output or job.output) / "reports" / args.run_id
+    else:
+        raise LakefillError("report needs a run folder, or --job JOB.yaml and --run-id ID")
     if not (run_dir / "report.json").exists():
         raise LakefillError(f"{run_dir} has no report.json: pass a run's folder, OUTPUT/reports/RUN_ID")
     page = render_report(run_dir)
@@ -225,6 +264,13 @@ def _report(args) -> int:
     for reason, n in c.get("quarantined_by_reason", {}).items():
         print(f"  quarantined {n:>8} : {reason}")
     print(f"report: {page}")
+    if args.check:
+        problems = check_report(report)
+        for p in problems:
+            print(f"check failed: {p}")
+        if problems:
+            return 1
+        print(f"check passed: run {report['run_id']} is in {report.get('table')}")
     if args.open:
         import webbrowser
 
@@ -260,9 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("train", help="train a model artifact")
-    p.add_argument("--input", required=True)
+    p.add_argument("--input")
     p.add_argument("--schema")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out")
+    p.add_argument("--job", help="take input, schema and model folder (--out) from a job config")
+    p.add_argument("--if-missing", action="store_true", help="do nothing if the model folder has a model")
+    p.add_argument("--check-only", action="store_true", help="fail if the model is missing; never train")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--depth", type=int, default=3)
@@ -295,10 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beam (default: Direct runner unless --runner is given), spark (local[*] unless --master), "
                         "or local (one process, no engine)")
     p.add_argument("--run-id")
+    p.add_argument("--output", help="output folder (overrides the job config's)")
     p.set_defaults(func=_run, passthrough=True)
 
     p = sub.add_parser("report", help="render and print a run's report (report.html beside report.json)")
-    p.add_argument("run_dir", help="OUTPUT/reports/RUN_ID")
+    p.add_argument("run_dir", nargs="?", help="OUTPUT/reports/RUN_ID")
+    p.add_argument("--job", help="find the run through its job config (with --run-id)")
+    p.add_argument("--run-id")
+    p.add_argument("--output", help="the run's output folder, if not the job config's")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 unless the run is committed with no row lost and the quarantine under its share")
     p.add_argument("--open", action="store_true", help="open report.html in a browser")
     p.set_defaults(func=_report)
 

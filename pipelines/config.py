@@ -24,11 +24,11 @@ class JobConfig(BaseModel):
     model: str
     output: str = Field(description="folder of the run: lake table, quarantine table, report")
     run_id: str | None = None
-    confidence_threshold: float = Field(default=0.2, ge=0.0, le=1.0,
+    confidence_threshold: float = Field(default=0.15, ge=0.0, le=1.0,
                                         description="rows under it are refined by reverse training")
     refine: bool = True
     max_quarantine_share: float = Field(default=0.1, ge=0.0, le=1.0)
-    mode: Literal["error", "append", "overwrite"] = "error"
+    mode: Literal["error", "append", "overwrite", "overwrite_partitions"] = "error"
     partition_by: list[str] = Field(default_factory=list)
     sample_rows: int = Field(default=200_000, ge=1, description="rows the null policy is fitted on")
     batch_size: int = Field(default=50_000, ge=1, description="rows per Arrow batch through the stage")

@@ -157,10 +157,11 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path,
               "cells_imputed": (metrics or {}).get("cells_imputed"), "rows_refined": totals.rows_refined}
     counts = {k: v for k, v in counts.items() if v is not None}
 
-    def report(committed: bool, version=None) -> Path:
+    def report(committed: bool, version=None, already: bool = False) -> Path:
         return write_report(report_dir, run_id=run_id, engine=engine, config=config, counts=counts,
                             hist=totals.confidence_hist, committed=committed, table_version=version,
-                            timings=timings or {}, metrics=metrics or {}, validation=validation or {})
+                            timings=timings or {}, metrics=metrics or {}, validation=validation or {},
+                            already_committed=already)
 
     if totals.rows_in != written + quarantined:
         report(False)
@@ -186,7 +187,7 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path,
     if not result.committed:
         log(f"run {run_id} was already committed to {table_uri}: nothing written twice")
         _remove(table_uri, totals.table_actions)
-    path = report(result.committed, result.version)
+    path = report(result.committed, result.version, already=not result.committed)
     return Finalized(counts, result.committed, path, result.version)
 
 
@@ -196,10 +197,12 @@ def _remove(root: Path, actions: list[AddAction]) -> None:
 
 
 def write_report(report_dir: Path, *, run_id: str, engine: str, config: dict, counts: dict, hist: list[int],
-                 committed: bool, table_version: int | None, timings: dict, metrics: dict, validation: dict) -> Path:
+                 committed: bool, table_version: int | None, timings: dict, metrics: dict, validation: dict,
+                 already_committed: bool = False) -> Path:
     edges = np.linspace(0, 1, HIST_BINS + 1).round(6).tolist()
     report = {"run_id": run_id, "engine": engine, "input": config.get("input"), "model": config.get("model"),
-              "committed": committed, "table_version": table_version, "counts": counts,
+              "committed": committed, "already_committed": already_committed, "table_version": table_version,
+              "counts": counts, "config": config,
               "confidence_histogram": {"edges": edges, "counts": list(hist)},
               "confidence_threshold": config.get("confidence_threshold"), "validation": validation,
               "metrics": metrics, "timings_seconds": {k: round(v, 4) for k, v in timings.items()},
