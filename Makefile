@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.lakefill-installed
+AIRFLOW_VENV  := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install demo test bench-dmv clean
+.PHONY: install airflow-venv demo test bench-dmv clean
 
 install: $(STAMP)
 
@@ -16,14 +18,22 @@ $(STAMP): requirements.lock pyproject.toml setup.py
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Airflow 3 and its providers live in their own environment (the DAG test runs there)
+airflow-venv: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): deploy/airflow/requirements.txt
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q --disable-pip-version-check -r deploy/airflow/requirements.txt
+	touch $(AIRFLOW_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/lakefill demo --out out/demo
 
-test: $(STAMP)
+test: $(STAMP) $(AIRFLOW_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench-dmv: $(STAMP)
 	$(PY) -m benchmarks.dmv
 
 clean:
-	rm -rf out .pytest_cache build *.egg-info
+	rm -rf out .pytest_cache build *.egg-info benchmarks/.cache
