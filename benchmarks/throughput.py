@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "core":
         res = bench_core(path, args.rows)
     elif args.engine == "beam":
-        res = bench_beam(path, args.rows, extra or ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+        res = bench_beam(path, args.rows, extra)  # default: the Direct runner's defaults (in-memory, one worker)
     else:
         res = bench_spark(path, args.rows, extra)
     passthrough = res.pop("passthrough_rows_per_s", None)

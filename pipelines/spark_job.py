@@ -85,13 +85,12 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
     model = lf.broadcast_model(spark, cfg.model, prep.schema, device=cfg.device)
 
     df = lf.read_raw(spark, cfg.input, schemas.raw, counters, batch_rows=cfg.batch_size)
-    df = lf.detect_disguised_nulls(df, prep.policy, prep.schema, schemas.typed, counters)
-    df = lf.validate(df, prep.schema, "pre", schemas.typed)
-    df = lf.impute(df, model, schemas.imputed)
+    steps = [lf.detect_step(prep.policy, prep.schema, counters), lf.validate_step(prep.schema, "pre"),
+             lf.impute_step(model)]
     if cfg.refine:
-        df = lf.refine(df, model, schemas.imputed, threshold=cfg.confidence_threshold)
-    df = lf.validate(df, prep.schema, "post", schemas.imputed)
-    df = lf.with_run_id_df(df, run_id, schemas.final)
+        steps.append(lf.refine_step(model, threshold=cfg.confidence_threshold))
+    steps += [lf.validate_step(prep.schema, "post"), lf.run_id_step(run_id)]
+    df = lf.fused(df, schemas.final, *steps)  # the same steps as the DataFrame functions, in one pass
     parts = lf.write_lake(df, str(out / "table"), str(out / "quarantine"), run_id, schemas.final,
                           partition_by=cfg.partition_by).collect()
     job_seconds = time.perf_counter() - t0

@@ -225,3 +225,31 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster, demo_mode
     assert ids == list(range(n))  # every row once: none lost, none twice
     report = json.loads((tmp_path / "out" / "reports" / "c2" / "report.json").read_text())
     assert report["committed"] and report["counts"]["rows_in"] == n
+
+
+def test_the_dataframe_functions_one_by_one_give_what_the_fused_job_gives(spark, demo_model, tmp_path):
+    from pipelines.local_job import prepare
+    from transforms import spark as lf
+    from transforms.impute import Imputer
+
+    prep = prepare(demo_job(tmp_path, demo_model), log=lambda *_: None)
+    columns = [c for c in prep.sample.table.column_names if c != ROW_ID]
+    schemas = lf.stage_schemas(columns, prep.schema, prep.policy, Imputer(prep.artifact, device="cpu"))
+    model = lf.broadcast_model(spark, demo_model, prep.schema, device="cpu")
+    raw = lf.read_raw(spark, str(EXAMPLES / "customers.csv"), schemas.raw, batch_rows=128)
+    df = lf.detect_disguised_nulls(raw, prep.policy, prep.schema, schemas.typed)
+    df = lf.validate(df, prep.schema, "pre", schemas.typed)
+    df = lf.impute(df, model, schemas.imputed)
+    df = lf.refine(df, model, schemas.imputed, threshold=0.5)
+    df = lf.validate(df, prep.schema, "post", schemas.imputed)
+    good, bad = lf.split_quarantine(lf.with_run_id_df(df, "x", schemas.final))
+    fused = lf.fused(raw, schemas.final, lf.detect_step(prep.policy, prep.schema), lf.validate_step(prep.schema, "pre"),
+                     lf.impute_step(model), lf.refine_step(model, threshold=0.5),
+                     lf.validate_step(prep.schema, "post"), lf.run_id_step("x"))
+    good2, bad2 = lf.split_quarantine(fused)
+    a = good.toPandas().sort_values(ROW_ID).reset_index(drop=True)
+    b = good2.toPandas().sort_values(ROW_ID).reset_index(drop=True)
+    assert len(a) == ROWS - len(BAD) and list(a[ROW_ID]) == list(b[ROW_ID])
+    np.testing.assert_allclose(a["income"], b["income"], rtol=1e-6)
+    assert a["_lf_method"].tolist() == b["_lf_method"].tolist() and "reverse" in set(a["_lf_method"])
+    assert sorted(r[ROW_ID] for r in bad.collect()) == sorted(r[ROW_ID] for r in bad2.collect()) == sorted(BAD)

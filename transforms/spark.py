@@ -53,7 +53,7 @@ from transforms.validate import Validator
 
 __all__ = ["Q_REASON", "Q_STAGE", "Q_RECORD", "ModelRef", "Counters", "broadcast_model", "read_raw",
            "detect_disguised_nulls", "validate", "impute", "refine", "with_run_id_df", "split_quarantine", "write_lake",
-           "stage_schemas"]
+           "stage_schemas", "fused", "detect_step", "validate_step", "impute_step", "refine_step", "run_id_step"]
 
 Q_REASON, Q_STAGE, Q_RECORD = "_lf_q_reason", "_lf_q_stage", "_lf_q_record"
 Q_FIELDS = [pa.field(Q_REASON, pa.string()), pa.field(Q_STAGE, pa.string()), pa.field(Q_RECORD, pa.string())]
@@ -122,13 +122,19 @@ def _emit(good: pa.Table, new_bad: list[Quarantined], held: pa.Table, schema: pa
         yield pa.Table.from_pydict(arrays, schema=env).combine_chunks().to_batches()[0]
 
 
-def _map(df: DataFrame, schema: pa.Schema, step):
-    """Apply ``step(table) -> (table, quarantined)`` to the rows in play of every Arrow batch."""
+def _map(df: DataFrame, schema: pa.Schema, *steps):
+    """Apply ``step(table) -> (table, quarantined)`` (several: one after the other, in one Python
+    pass) to the rows in play of every Arrow batch; the output has ``schema``."""
     def fn(batches):
         for batch in batches:
             good, held = _split(batch)
-            out, bad = step(good) if good.num_rows else (good, [])
-            yield from _emit(out, bad, held, schema)
+            bad: list[Quarantined] = []
+            for step in steps:
+                if not good.num_rows:
+                    break
+                good, new = step(good)
+                bad += new
+            yield from _emit(good, bad, held, schema)
     return df.mapInArrow(fn, _spark_schema(schema))
 
 
@@ -240,6 +246,10 @@ def detect_disguised_nulls(df: DataFrame, policy: NullPolicy, schema: TableSchem
                            counters: Counters | None = None) -> DataFrame:
     """Disguised nulls -> nulls (the fitted policy), then the schema's types; cells that do not
     cast put their row in quarantine with the reason."""
+    return _map(df, typed_schema, detect_step(policy, schema, counters))
+
+
+def detect_step(policy: NullPolicy, schema: TableSchema, counters: Counters | None = None):
     policy_dict, schema_dict = policy.to_dict(), schema.model_dump(by_alias=True)
     key = _key("detect", policy_dict, schema_dict)
 
@@ -251,30 +261,42 @@ def detect_disguised_nulls(df: DataFrame, policy: NullPolicy, schema: TableSchem
             counters.disguised.add(Counter({k: int(v) for k, v in counts.items() if v}))
         return parse_table(table, schema)
 
-    return _map(df, typed_schema, step)
+    return step
 
 
 def validate(df: DataFrame, schema: TableSchema, stage: str, out_schema: pa.Schema) -> DataFrame:
     """The schema's Great Expectations suite ('pre' or 'post') on each Arrow batch, on the executors;
     failing rows are quarantined with the expectation's name and the value."""
+    return _map(df, out_schema, validate_step(schema, stage))
+
+
+def validate_step(schema: TableSchema, stage: str):
     schema_dict = schema.model_dump(by_alias=True)
     key = _key("validate", stage, schema_dict)
 
     def step(table):
         return _cached(key, lambda: Validator(TableSchema.model_validate(schema_dict), stage=stage)).validate(table)
 
-    return _map(df, out_schema, step)
+    return step
 
 
 def impute(df: DataFrame, model: ModelRef, imputed_schema: pa.Schema) -> DataFrame:
     """Fills every null cell of the model's columns; adds _lf_imputed, _lf_method, _lf_confidence."""
-    return _map(df, imputed_schema, lambda t: (_imputer(model).impute(t), []))
+    return _map(df, imputed_schema, impute_step(model))
+
+
+def impute_step(model: ModelRef):
+    return lambda t: (_imputer(model).impute(t), [])
 
 
 def refine(df: DataFrame, model: ModelRef, imputed_schema: pa.Schema, *, threshold: float,
            reverse: dict | None = None) -> DataFrame:
     """Reverse training on the rows under the confidence threshold (each Arrow batch's low rows
     in one call, gradients enabled inside); the other rows pass through unchanged."""
+    return _map(df, imputed_schema, refine_step(model, threshold=threshold, reverse=reverse))
+
+
+def refine_step(model: ModelRef, *, threshold: float, reverse: dict | None = None):
     reverse = reverse or {}
 
     def step(table):
@@ -285,11 +307,21 @@ def refine(df: DataFrame, model: ModelRef, imputed_schema: pa.Schema, *, thresho
         worker = Imputer(base.artifact, reverse=ReverseConfig(**reverse), device=base.device) if reverse else base
         return pa.concat_tables([ok, worker.refine(low)]), []
 
-    return _map(df, imputed_schema, step)
+    return step
 
 
 def with_run_id_df(df: DataFrame, run_id: str, final_schema: pa.Schema) -> DataFrame:
-    return _map(df, final_schema, lambda t: (with_run_id(t, run_id), []))
+    return _map(df, final_schema, run_id_step(run_id))
+
+
+def run_id_step(run_id: str):
+    return lambda t: (with_run_id(t, run_id), [])
+
+
+def fused(df: DataFrame, final_schema: pa.Schema, *steps) -> DataFrame:
+    """Several steps (``detect_step``, ``validate_step``, ...) in one ``mapInArrow``: one Python
+    pass and one Arrow round trip per batch instead of one per step. Same rows, same result."""
+    return _map(df, final_schema, *steps)
 
 
 def split_quarantine(df: DataFrame) -> tuple[DataFrame, DataFrame]:
