@@ -142,11 +142,14 @@ def _masked_table(problem: Problem, mask: np.ndarray) -> pa.Table:
 
 
 # ------------------------------------------------------------------------------------ methods
-def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool, config: AEConfig | None = None):
+def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool, config: AEConfig | None = None,
+                 fitted=None, fit_s: float | None = None):
+    """Fit (or take the given fit of the same seed and config) and fill; returns scores' inputs and the fit."""
     masked = _masked_table(problem, mask)
-    t0 = time.perf_counter()
-    fitted = fit_model(masked, problem.schema, config=config or AEConfig(random_state=seed))
-    fit_s = time.perf_counter() - t0
+    if fitted is None:
+        t0 = time.perf_counter()
+        fitted = fit_model(masked, problem.schema, config=config or AEConfig(random_state=seed))
+        fit_s = time.perf_counter() - t0
     codec, model = fitted.codec, fitted.model
     t0 = time.perf_counter()
     enc = codec.encode(masked)
@@ -179,7 +182,7 @@ def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool
     for c in problem.cat_cols:
         k2 = codec.cat_columns_.index(c)
         Chat.append(np.asarray(codec.categories_[c], dtype=object)[probs[k2].argmax(1)])
-    return Xhat, Chat, fit_s, imp_s, confidence, extra
+    return Xhat, Chat, fit_s, imp_s, confidence, extra, fitted
 
 
 def _design(problem: Problem, mask: np.ndarray, onehot: bool):
@@ -310,10 +313,14 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
     extras: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in seeds:
         mask = make_mask(problem, rate=missing_rate, mechanism=mechanism, seed=seed)
+        fit = None  # lakefill and lakefill-reverse share one fit per seed (training is deterministic)
         for m in methods:
             if m.startswith("lakefill"):
                 cfg = AEConfig(random_state=seed, **(ae_config or {}))
-                Xhat, Chat, fit_s, imp_s, conf, extra = run_lakefill(problem, mask, seed, reverse=(m == "lakefill-reverse"), config=cfg)
+                Xhat, Chat, fit_s, imp_s, conf, extra, fitted = run_lakefill(
+                    problem, mask, seed, reverse=(m == "lakefill-reverse"), config=cfg,
+                    fitted=fit[0] if fit else None, fit_s=fit[1] if fit else None)
+                fit = (fitted, fit_s)
             else:
                 Xhat, Chat, fit_s, imp_s = run_baseline(m, problem, mask, seed)
                 conf, extra = None, {}
