@@ -3,7 +3,9 @@
 Counts (in, written, quarantined by reason, disguised nulls per column, cells imputed, rows
 refined), links to the GX Data Docs and the tables, and matplotlib plots embedded as PNG (the
 page needs no network): missingness per column before and after, observed vs imputed values
-per column, and the confidence histogram with the refinement threshold marked.
+per column, the confidence histogram with the refinement threshold marked, and the error
+reduction of the re-worked rows where it can be measured (reverse training's check on each
+row's held-back observed cells, ``_lf_check_before`` / ``_lf_check_after``).
 
     lakefill report OUT/reports/RUN_ID     # (re)renders and prints the page's path and counts
 """
@@ -20,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["render_report"]
+__all__ = ["render_report", "refine_check"]
 
 MAX_COLUMNS_PLOTTED = 12
 
@@ -134,7 +136,36 @@ def _plots(report: dict, table: pa.Table | None) -> list[tuple[str, str]]:
         fig.suptitle("Observed vs imputed categories (share of rows)")
         fig.tight_layout()
         plots.append(("Observed vs imputed categories", _png(fig)))
+    check = refine_check(table)
+    if check:
+        before, after = check.pop("_before"), check.pop("_after")
+        fig, ax = plt.subplots(figsize=(4.6, 4.2))
+        kept = after < before
+        ax.scatter(before[~kept], after[~kept], s=10, alpha=0.5, color="#8c8c8c", label=f"direct fill kept ({int((~kept).sum())})")
+        ax.scatter(before[kept], after[kept], s=10, alpha=0.7, color="#55a868", label=f"refinement kept ({int(kept.sum())})")
+        hi = float(max(before.max(), after.max()))
+        ax.plot([0, hi], [0, hi], color="#c44e52", linestyle="--", linewidth=1)
+        ax.set_xlabel("held-back error before reverse training")
+        ax.set_ylabel("held-back error of the kept fill")
+        ax.set_title(f"Re-worked rows: error {check['error_reduction']:.1%} lower")
+        ax.legend(fontsize=7)
+        plots.append(("Error reduction of the re-worked rows", _png(fig)))
     return plots
+
+
+def refine_check(table: pa.Table | None) -> dict | None:
+    """Reverse training's measured effect on the run's re-worked rows, from the provenance columns."""
+    if table is None or "_lf_check_before" not in table.column_names:
+        return None
+    b = table.column("_lf_check_before").to_numpy(zero_copy_only=False).astype(float)
+    a = table.column("_lf_check_after").to_numpy(zero_copy_only=False).astype(float)
+    ok = ~np.isnan(b) & ~np.isnan(a)
+    if not ok.any():
+        return None
+    b, a = b[ok], a[ok]
+    return {"rows_checked": int(ok.sum()), "rows_refinement_kept": int((a < b).sum()),
+            "mean_error_before": float(b.mean()), "mean_error_after": float(a.mean()),
+            "error_reduction": float(1 - a.sum() / b.sum()) if b.sum() > 0 else 0.0, "_before": b, "_after": a}
 
 
 def _table(rows: dict, head: tuple[str, str]) -> str:
@@ -149,6 +180,9 @@ def render_report(run_dir: str | Path) -> Path:
     counts = report.get("counts", {})
     table = _run_rows(report)
     plots = _plots(report, table)
+    check = refine_check(table)
+    check_rows = ({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in check.items() if not k.startswith("_")}
+                  if check else {})
     main = {k: counts.get(k) for k in ("rows_in", "rows_written", "rows_quarantined", "cells_imputed", "rows_refined")
             if k in counts}
     status = "committed" if report.get("committed") else "not committed"
@@ -177,6 +211,7 @@ model <code>{html.escape(str(report.get('model')))}</code> &mdash;
 {_table(main, ("", "rows / cells"))}
 {_table(counts.get("quarantined_by_reason", {}), ("quarantined by reason", "rows"))}
 {_table(counts.get("disguised_nulls_replaced", {}), ("disguised nulls replaced", "cells"))}
+{_table(check_rows, ("reverse training check (held-back cells)", "")) if check_rows else ""}
 <h2>Plots</h2>
 {figures or "<p>No rows were written, so there is nothing to plot.</p>"}
 <h2>Timings (s)</h2>

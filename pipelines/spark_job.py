@@ -111,7 +111,8 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
         totals.table_schema = None
     totals.disguised = Counter(counters.disguised.value)
     metrics = {"cells_imputed": cells, "parts": len(parts), "spark_master": spark.sparkContext.master,
-               "model_sha256": model.sha256, "executor_folders": sorted({p["worker"] for p in parts})}
+               "model_sha256": model.sha256, "executor_folders": sorted({p["worker"] for p in parts}),
+               "executor_pythons": sorted({p["python"] for p in parts})}
     done = finalize(totals, run_id=run_id, engine="spark", output=out, config=config_summary(cfg),
                     max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,
                     timings={"spark_job": job_seconds, "total": time.perf_counter() - t0}, metrics=metrics, log=log)

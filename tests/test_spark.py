@@ -253,3 +253,35 @@ def test_the_dataframe_functions_one_by_one_give_what_the_fused_job_gives(spark,
     np.testing.assert_allclose(a["income"], b["income"], rtol=1e-6)
     assert a["_lf_method"].tolist() == b["_lf_method"].tolist() and "reverse" in set(a["_lf_method"])
     assert sorted(r[ROW_ID] for r in bad.collect()) == sorted(r[ROW_ID] for r in bad2.collect()) == sorted(BAD)
+
+
+@pytest.fixture(scope="module")
+def packed_env(tmp_path_factory):
+    """deploy/spark/package.sh as a user runs it: a fresh venv with the pinned lock and lakefill, packed.
+    LAKEFILL_PACKED_ENV=PATH reuses an archive that package.sh built before (to iterate on the test)."""
+    if os.environ.get("LAKEFILL_PACKED_ENV"):
+        return Path(os.environ["LAKEFILL_PACKED_ENV"])
+    out = tmp_path_factory.mktemp("packed") / "lakefill-env.tar.gz"
+    done = subprocess.run(["bash", str(ROOT / "deploy" / "spark" / "package.sh"), str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.cluster
+def test_the_packed_environment_runs_the_job_on_the_cluster(cluster, packed_env, demo_model, tmp_path):
+    """deploy/spark/submit.py --env: the executors unpack the archive and run its Python, not this one."""
+    job, n = _parquet_job(tmp_path, demo_model, "packed")
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    done = subprocess.run([sys.executable, str(ROOT / "deploy" / "spark" / "submit.py"), str(job), "--master",
+                           cluster.url, "--env", str(packed_env), "--spark-submit", str(spark_submit),
+                           "--conf", "spark.executor.cores=1", "--conf", "spark.ui.enabled=false"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=cluster.env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "reports" / "packed" / "report.json").read_text())
+    pythons, folders = report["metrics"]["executor_pythons"], report["metrics"]["executor_folders"]
+    assert pythons and all(Path(p).name == "environment" for p in pythons), pythons
+    assert all(Path(p).parent in {Path(f) for f in folders} for p in pythons), (pythons, folders)
+    assert sys.prefix not in pythons
+    table, quarantine = _read(tmp_path / "out" / "table"), _read(tmp_path / "out" / "quarantine")
+    assert sorted(table.column(ROW_ID).to_pylist() + quarantine.column(ROW_ID).to_pylist()) == list(range(n))

@@ -23,12 +23,17 @@ from models.reverse import ReverseConfig, reverse_impute
 from transforms._arrow import flags_to_lists
 from transforms.io import ROW_ID
 
-__all__ = ["Imputer", "resolve_device", "IMPUTED", "METHOD", "CONFIDENCE", "PROVENANCE_COLUMNS"]
+__all__ = ["Imputer", "resolve_device", "IMPUTED", "METHOD", "CONFIDENCE", "CHECK_BEFORE", "CHECK_AFTER",
+           "PROVENANCE_COLUMNS"]
 
 IMPUTED = "_lf_imputed"
 METHOD = "_lf_method"
 CONFIDENCE = "_lf_confidence"
-PROVENANCE_COLUMNS = (IMPUTED, METHOD, CONFIDENCE)
+# reverse training's own check: the error on the row's held-back observed cells before it and
+# with the fill the row keeps (equal when the refinement was not kept); null for rows not re-worked
+CHECK_BEFORE = "_lf_check_before"
+CHECK_AFTER = "_lf_check_after"
+PROVENANCE_COLUMNS = (IMPUTED, METHOD, CONFIDENCE, CHECK_BEFORE, CHECK_AFTER)
 
 
 class Imputer:
@@ -79,6 +84,14 @@ class Imputer:
         res = reverse_impute(model, enc.values, enc.observed, enc.targets_num, enc.targets_cat, init, config=self.reverse,
                              row_keys=keys)
         use = fill & res.improved[:, None]
+        for name in (CHECK_BEFORE, CHECK_AFTER):  # rows imputed by an older lakefill lack them
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
+        measured = fill.any(axis=1) & (res.holdout_error_before > 0)  # rows with held-back cells to check on
+        table = table.set_column(table.column_names.index(CHECK_BEFORE), CHECK_BEFORE,
+                                 pa.array(res.holdout_error_before.astype(np.float64), pa.float64(), mask=~measured))
+        table = table.set_column(table.column_names.index(CHECK_AFTER), CHECK_AFTER,
+                                 pa.array(res.holdout_error_after.astype(np.float64), pa.float64(), mask=~measured))
         if not use.any():
             return table
         out = codec.decode_into(table, res.num, res.cat_probs, use)
@@ -107,7 +120,9 @@ def _with_provenance(table: pa.Table, fill: np.ndarray, names: np.ndarray, metho
             table = table.drop_columns([name])
     table = table.append_column(IMPUTED, flags_to_lists(fill, names))
     table = table.append_column(METHOD, pa.array(method.tolist(), pa.string()))
-    return table.append_column(CONFIDENCE, pa.array(confidence, pa.float64()))
+    table = table.append_column(CONFIDENCE, pa.array(confidence, pa.float64()))
+    table = table.append_column(CHECK_BEFORE, pa.nulls(table.num_rows, pa.float64()))
+    return table.append_column(CHECK_AFTER, pa.nulls(table.num_rows, pa.float64()))
 
 
 def _imputed_mask(col, columns: list[str]) -> np.ndarray:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ __all__ = ["Q_REASON", "Q_STAGE", "Q_RECORD", "ModelRef", "Counters", "broadcast
 
 Q_REASON, Q_STAGE, Q_RECORD = "_lf_q_reason", "_lf_q_stage", "_lf_q_record"
 Q_FIELDS = [pa.field(Q_REASON, pa.string()), pa.field(Q_STAGE, pa.string()), pa.field(Q_RECORD, pa.string())]
-PARTS_SCHEMA = "kind string, actions string, reasons string, hist string, refined long, cells long, worker string"
+PARTS_SCHEMA = "kind string, actions string, reasons string, hist string, refined long, cells long, worker string, python string"
 
 
 # -- counters (Spark accumulators) -------------------------------------------------------------
@@ -350,7 +351,7 @@ def write_lake(df: DataFrame, table_uri: str, quarantine_uri: str, run_id: str, 
                     "kind": "table", "actions": json.dumps([action_to_dict(a) for a in actions]), "reasons": "{}",
                     "hist": json.dumps(confidence_histogram(good)), "refined": refined_rows(good),
                     "cells": int(pc.sum(pc.list_value_length(good.column(IMPUTED))).as_py() or 0),
-                    "worker": _worker()}], schema=_PARTS)
+                    "worker": _worker(), "python": sys.prefix}], schema=_PARTS)
             if held.num_rows:
                 rows = [Quarantined(r, why, st, rec) for r, why, st, rec in zip(
                     held.column(ROW_ID).to_pylist(), held.column(Q_REASON).to_pylist(),
@@ -359,7 +360,7 @@ def write_lake(df: DataFrame, table_uri: str, quarantine_uri: str, run_id: str, 
                 yield pa.RecordBatch.from_pylist([{
                     "kind": "quarantine", "actions": json.dumps([action_to_dict(a) for a in actions]),
                     "reasons": json.dumps(dict(reason_counts(rows))), "hist": "[]", "refined": 0, "cells": 0,
-                    "worker": _worker()}],
+                    "worker": _worker(), "python": sys.prefix}],
                     schema=_PARTS)
 
     return df.mapInArrow(fn, PARTS_SCHEMA)
@@ -372,4 +373,5 @@ def _worker() -> str:
 
 _NOTHING_HELD = pa.schema([pa.field(ROW_ID, pa.int64())] + Q_FIELDS).empty_table()
 _PARTS = pa.schema([("kind", pa.string()), ("actions", pa.string()), ("reasons", pa.string()), ("hist", pa.string()),
-                    ("refined", pa.int64()), ("cells", pa.int64()), ("worker", pa.string())])
+                    ("refined", pa.int64()), ("cells", pa.int64()), ("worker", pa.string()),
+                    ("python", pa.string())])
