@@ -68,13 +68,29 @@ def demo_job(tmp_path: Path, model: Path, **extra):
     return JobConfig.model_validate(cfg)
 
 
+def _spark_session():
+    from pyspark.sql import SparkSession
+
+    return (SparkSession.builder.master("local[2]").appName("lakefill-tests")
+            .config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Start the Spark JVM before any test runs when a collected test needs it.
+
+    pyspark launches its gateway by forking this process; once a Beam pipeline has run here,
+    Beam's gRPC threads are up and the fork now and then loses the gateway
+    (JAVA_GATEWAY_EXITED in a CI run). Started first, the JVM is already there.
+    """
+    if any("spark" in getattr(item, "fixturenames", ()) for item in items):
+        _spark_session()
+
+
 @pytest.fixture(scope="session")
 def spark():
     """A real local Spark session (local[2])."""
-    from pyspark.sql import SparkSession
-
-    session = (SparkSession.builder.master("local[2]").appName("lakefill-tests")
-               .config("spark.sql.shuffle.partitions", "4").config("spark.ui.enabled", "false")
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true").getOrCreate())
+    session = _spark_session()
     yield session
     session.stop()
