@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["render_report", "refine_check"]
+__all__ = ["refine_check", "render_report"]
 
 MAX_COLUMNS_PLOTTED = 12
 
@@ -61,7 +61,7 @@ def _imputed_masks(table: pa.Table) -> dict[str, np.ndarray]:
     return out
 
 
-def _plots(report: dict, table: pa.Table | None) -> list[tuple[str, str]]:
+def _plots(report: dict, table: pa.Table | None, check: dict | None) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,9 +136,8 @@ def _plots(report: dict, table: pa.Table | None) -> list[tuple[str, str]]:
         fig.suptitle("Observed vs imputed categories (share of rows)")
         fig.tight_layout()
         plots.append(("Observed vs imputed categories", _png(fig)))
-    check = refine_check(table)
     if check:
-        before, after = check.pop("_before"), check.pop("_after")
+        before, after = check["_before"], check["_after"]
         fig, ax = plt.subplots(figsize=(4.6, 4.2))
         kept = after < before
         ax.scatter(before[~kept], after[~kept], s=10, alpha=0.5, color="#8c8c8c", label=f"direct fill kept ({int((~kept).sum())})")
@@ -179,8 +178,8 @@ def render_report(run_dir: str | Path) -> Path:
     report = json.loads((run_dir / "report.json").read_text())
     counts = report.get("counts", {})
     table = _run_rows(report)
-    plots = _plots(report, table)
     check = refine_check(table)
+    plots = _plots(report, table, check)
     check_rows = ({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in check.items() if not k.startswith("_")}
                   if check else {})
     main = {k: counts.get(k) for k in ("rows_in", "rows_written", "rows_quarantined", "cells_imputed", "rows_refined")

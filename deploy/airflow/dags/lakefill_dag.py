@@ -10,9 +10,7 @@ Airflow runs in its own virtual environment; the pipeline runs in the pipeline's
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
-from pathlib import Path
 
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
