@@ -66,7 +66,8 @@ def machine() -> str:
 
 def make_input(rows: int, seed: int = 0) -> Path:
     """letter resampled to ``rows`` rows with 20% MCAR holes, as Parquet in row groups of
-    25,000 rows (the units both engines split the work on), cached."""
+    25,000 rows (both engines read consecutive row groups of up to the job's batch size as one
+    unit), cached."""
     path = CACHE / f"letter_{rows}_s{seed}_rg25k.parquet"
     if path.exists():
         return path

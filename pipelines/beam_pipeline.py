@@ -62,7 +62,7 @@ def build_pipeline(p: beam.Pipeline, prep: Prepared, *, handler: LakefillModelHa
         RouteByConfidence(cfg.confidence_threshold, cfg.refine)).with_outputs(RouteByConfidence.LOW, main="confident")
     refined = routed[RouteByConfidence.LOW] | "Refine" >> beam.ParDo(Refine(handler))
     done = ((routed.confident, refined) | "Rejoin" >> beam.Flatten()
-            | "Finish" >> beam.ParDo(Finish(schema, run_id)).with_outputs(QUARANTINE, main="main"))
+            | "Finish" >> beam.ParDo(Finish(schema, run_id, cfg.batch_size)).with_outputs(QUARANTINE, main="main"))
     parts = done.main | "WriteToLake" >> WriteToLake(str(out / "table"), cfg.partition_by)
     quarantine = ((read[QUARANTINE], detected[QUARANTINE], valid[QUARANTINE], imputed[QUARANTINE], done[QUARANTINE])
                   | "AllQuarantine" >> beam.Flatten()

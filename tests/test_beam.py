@@ -15,7 +15,7 @@ from deltalake import DeltaTable
 from conftest import EXAMPLES, demo_job
 from pipelines.beam_pipeline import run_beam
 from pipelines.local_job import run_local
-from transforms.beam import LakefillModelHandler, DetectDisguisedNulls, QUARANTINE, Validate
+from transforms.beam import LakefillModelHandler, DetectDisguisedNulls, Finish, QUARANTINE, Validate
 from transforms.detect import NullPolicy
 from transforms.io import ROW_ID, read_raw
 from transforms.schema import load_schema
@@ -133,6 +133,30 @@ def test_detect_and_validate_dofns_route_bad_rows_with_reasons():
         bad = checked[QUARANTINE] | beam.FlatMap(lambda rows: [(q.row_id, q.reason.split(":")[0]) for q in rows])
         assert_that(good_ids, equal_to([r for r in raw.column(ROW_ID).to_pylist() if r != 601]), label="good")
         assert_that(bad, equal_to([(601, "expect_column_values_to_be_in_set(region)")]), label="bad")
+
+
+def test_finish_gathers_small_batches_and_quarantines_rows_that_fail_post_validation(beam_run):
+    """Small batches are validated together (at bundle end too); a post-validation failure
+    still lands in quarantine with its reason, and no row is lost or doubled."""
+    cfg, outcome = beam_run
+    done = _read(outcome.table).drop_columns(["_lf_run_id"])
+    ids = done.column(ROW_ID).to_pylist()
+    broken_row = ids[-5]  # in the rows flushed at bundle end
+    age = done.column("age")
+    done = done.set_column(done.column_names.index("age"), "age",
+                           pc.if_else(pc.equal(done.column(ROW_ID), broken_row), pa.scalar(None, age.type), age))
+    batches = [done.slice(i, 50) for i in range(0, done.num_rows, 50)]
+    with BeamTestPipeline() as p:
+        out = (p | beam.Create(batches, reshuffle=False)
+               | beam.ParDo(Finish(SCHEMA.model_dump(by_alias=True), "t", batch_rows=250)).with_outputs(QUARANTINE, main="main"))
+        kept = out.main | beam.FlatMap(lambda t: t.column(ROW_ID).to_pylist())
+        sizes = out.main | beam.Map(lambda t: t.num_rows)
+        bad = out[QUARANTINE] | beam.FlatMap(lambda rows: [(q.row_id, q.reason.split(":")[0]) for q in rows])
+        assert_that(kept, equal_to([r for r in ids if r != broken_row]), label="kept")
+        assert_that(bad, equal_to([(broken_row, "expect_column_values_to_not_be_null(age)")]), label="bad")
+        # gathered: fewer, larger batches than went in (the last one flushed at bundle end)
+        assert_that(sizes | beam.combiners.Count.Globally(),
+                    equal_to([(done.num_rows + 249) // 250]), label="batches")
 
 
 def test_spark_reads_the_beam_table_back_with_the_same_rows(beam_run, spark):

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import write
 from transforms._errors import InputError
-from transforms.io import ROW_ID, read_raw, iter_raw, parquet_row_groups, read_parquet_row_group
+from transforms.io import ROW_ID, read_raw, iter_raw, parquet_read_units, parquet_row_groups, read_parquet_row_group
 
 
 def test_reads_csv_as_strings_with_row_ids(tmp_path):
@@ -85,6 +85,14 @@ def test_chunked_reading_matches_the_whole_read(tmp_path, fmt):
         assert parquet_row_groups(path) == [(0, 0), (1, 5), (2, 10), (3, 15), (4, 20)]
         rg = read_parquet_row_group(path, 2, 10)
         assert rg.table.column(ROW_ID).to_pylist() == list(range(10, 15)) and rg.table.column("a").to_pylist()[0] == "10"
+        # read units: consecutive row groups up to the batch size, one group when it is larger
+        assert parquet_read_units(path, 10) == [(0, 2, 0), (2, 2, 10), (4, 1, 20)]
+        assert parquet_read_units(path, 12) == [(0, 2, 0), (2, 2, 10), (4, 1, 20)]
+        assert parquet_read_units(path, 3) == [(i, 1, 5 * i) for i in range(5)]
+        assert parquet_read_units(path, 100) == [(0, 5, 0)]
+        units = [read_parquet_row_group(path, i, first, n).table for i, n, first in parquet_read_units(path, 10)]
+        assert [u.num_rows for u in units] == [10, 10, 3]
+        assert pa.concat_tables(units).equals(read_raw(path).table)
     elif fmt == "jsonl":
         path = tmp_path / "t.jsonl"
         path.write_text("\n".join(['{"a": 1, "b": "x"}'] * 10 + ["not json"] + ['{"a": 2, "b": "y"}'] * 12) + "\n")

@@ -26,6 +26,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io import fileio
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.utils import shared
 
@@ -33,7 +34,7 @@ from models.artifact import load_artifact
 from models.reverse import ReverseConfig
 from transforms.detect import NullPolicy
 from transforms.impute import IMPUTED, Imputer
-from transforms.io import ROW_ID, Quarantined, iter_raw, parquet_row_groups, read_parquet_row_group
+from transforms.io import ROW_ID, Quarantined, iter_raw, parquet_read_units, read_parquet_row_group
 from transforms.lake import action_from_dict, action_to_dict, write_part
 from transforms.parse import parse_table
 from transforms.schema import TableSchema
@@ -60,15 +61,19 @@ def _quarantine(rows: list[Quarantined]):
 # -- read ------------------------------------------------------------------------------------
 
 class _PlanReads(beam.DoFn):
-    """A matched file -> read units: one per Parquet row group; a text file is one unit."""
+    """A matched file -> read units: consecutive Parquet row groups of about ``batch_rows`` rows
+    together; a text file is one unit."""
+
+    def __init__(self, batch_rows: int):
+        self.batch_rows = batch_rows
 
     def process(self, readable: fileio.ReadableFile):
         path = readable.metadata.path
         if path.lower().endswith((".parquet", ".pq")):
-            for index, first in parquet_row_groups(path):
-                yield (path, index, first)
+            for index, count, first in parquet_read_units(path, self.batch_rows):
+                yield (path, index, first, count)
         else:
-            yield (path, -1, 0)
+            yield (path, -1, 0, 0)
 
 
 class _ReadUnit(beam.DoFn):
@@ -76,8 +81,8 @@ class _ReadUnit(beam.DoFn):
         self.batch_rows = batch_rows
 
     def process(self, unit):
-        path, index, first = unit
-        chunks = [read_parquet_row_group(path, index, first)] if index >= 0 else iter_raw(path, batch_rows=self.batch_rows)
+        path, index, first, count = unit
+        chunks = [read_parquet_row_group(path, index, first, count)] if index >= 0 else iter_raw(path, batch_rows=self.batch_rows)
         for chunk in chunks:
             beam.metrics.Metrics.counter(NAMESPACE, "rows_in").inc(chunk.rows_in)
             yield beam.pvalue.TaggedOutput(ROWS_IN, chunk.rows_in)
@@ -91,8 +96,9 @@ class ReadRaw(beam.PTransform):
     """CSV / JSON Lines / Parquet -> all-string Arrow batches with ``_lf_row_id``.
 
     Outputs: main (batches), 'quarantine' (lists of unreadable records), 'rows_in' (ints).
-    Files are matched with Beam's fileio; Parquet is split by row group (row ids from the
-    row-group offsets) and reshuffled so that workers read in parallel.
+    Files are matched with Beam's fileio; Parquet is split into units of consecutive row groups
+    of about ``batch_rows`` rows (row ids from the row-group offsets) and reshuffled so that
+    workers read in parallel.
     """
 
     def __init__(self, pattern: str, batch_rows: int = 50_000):
@@ -103,7 +109,7 @@ class ReadRaw(beam.PTransform):
         return (pbegin
                 | "Match" >> fileio.MatchFiles(self.pattern)
                 | "Open" >> fileio.ReadMatches()
-                | "Plan" >> beam.ParDo(_PlanReads())
+                | "Plan" >> beam.ParDo(_PlanReads(self.batch_rows))
                 | "Spread" >> beam.Reshuffle()
                 | "Read" >> beam.ParDo(_ReadUnit(self.batch_rows)).with_outputs(QUARANTINE, ROWS_IN, main="main"))
 
@@ -281,15 +287,46 @@ class Refine(beam.DoFn):
 
 
 class Finish(beam.DoFn):
-    """Post-validation and the run id column."""
+    """Post-validation and the run id column.
 
-    def __init__(self, schema: dict, run_id: str):
-        self.schema_dict, self.run_id = schema, run_id
+    Batches smaller than ``batch_rows`` (the re-worked rows arrive as small ones beside the
+    confident part of their batch) are gathered within a bundle and validated together: a GX
+    validation has a fixed cost of a few tenths of a second whatever its size. The stage runs
+    in the global window (a bounded job), where the gathered rows are emitted at bundle end.
+    """
+
+    def __init__(self, schema: dict, run_id: str, batch_rows: int = 50_000):
+        self.schema_dict, self.run_id, self.batch_rows = schema, run_id, batch_rows
 
     def setup(self):
         self.validator = Validator(TableSchema.model_validate(self.schema_dict), stage="post")
 
+    def start_bundle(self):
+        self._held: list[pa.Table] = []
+        self._held_rows = 0
+
     def process(self, batch: pa.Table):
+        if batch.num_rows >= self.batch_rows:
+            yield from self._finish(batch)
+            return
+        self._held.append(batch)
+        self._held_rows += batch.num_rows
+        if self._held_rows >= self.batch_rows:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for out in self._flush():
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value_at_end_of_window(out.value))
+            else:
+                yield GlobalWindows.windowed_value_at_end_of_window(out)
+
+    def _flush(self):
+        held, self._held, self._held_rows = self._held, [], 0
+        if held:
+            yield from self._finish(held[0] if len(held) == 1 else pa.concat_tables(held, promote_options="default"))
+
+    def _finish(self, batch: pa.Table):
         good, bad = finish(batch, self.validator, self.run_id)
         if bad:
             yield _quarantine(bad)

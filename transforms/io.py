@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from transforms._errors import InputError
 
-__all__ = ["ROW_ID", "RawRead", "Quarantined", "read_raw", "iter_raw", "parquet_row_groups", "read_parquet_row_group",
+__all__ = ["ROW_ID", "RawRead", "Quarantined", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units", "read_parquet_row_group",
            "quarantine_table", "QUARANTINE_SCHEMA"]
 
 ROW_ID = "_lf_row_id"
@@ -243,9 +243,32 @@ def parquet_row_groups(path: str | Path) -> list[tuple[int, int]]:
     return out
 
 
-def read_parquet_row_group(path: str | Path, index: int, first_row: int) -> RawRead:
+def parquet_read_units(path: str | Path, batch_rows: int) -> list[tuple[int, int, int]]:
+    """Read units of about ``batch_rows`` rows: (first row group, number of row groups, row id of
+    the first row). Consecutive small row groups are read together, so that every later step
+    (validation, inference, reverse training) gets full batches; a row group larger than
+    ``batch_rows`` is a unit of its own (the reader slices it)."""
+    f = _open_parquet(_check_path(path))
+    units: list[tuple[int, int, int]] = []
+    start = count = rows = first = 0
+    for i in range(f.num_row_groups):
+        n = f.metadata.row_group(i).num_rows
+        if count and rows + n > batch_rows:
+            units.append((start, count, first))
+            first += rows
+            start, count, rows = i, 0, 0
+        count += 1
+        rows += n
+    if count:
+        units.append((start, count, first))
+    return units
+
+
+def read_parquet_row_group(path: str | Path, index: int, first_row: int, count: int = 1) -> RawRead:
+    """Row groups ``index`` .. ``index + count - 1`` as one all-string batch; row ids from ``first_row``."""
     f = _open_parquet(Path(path))
-    return _as_strings(str(path), f.read_row_group(index), first_row)
+    table = f.read_row_group(index) if count == 1 else f.read_row_groups(list(range(index, index + count)))
+    return _as_strings(str(path), table, first_row)
 
 
 def _iter_jsonl(path: Path, max_cell_chars: int, limit: int | None, batch_rows: int) -> Iterator[RawRead]:

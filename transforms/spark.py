@@ -44,7 +44,7 @@ from models.artifact import load_artifact
 from models.reverse import ReverseConfig
 from transforms.detect import NullPolicy
 from transforms.impute import IMPUTED, Imputer, resolve_device
-from transforms.io import ROW_ID, Quarantined, iter_raw, parquet_row_groups, read_parquet_row_group
+from transforms.io import ROW_ID, Quarantined, iter_raw, parquet_read_units, read_parquet_row_group
 from transforms.lake import action_to_dict, write_part
 from transforms.parse import parse_table
 from transforms.schema import TableSchema
@@ -221,16 +221,17 @@ def stage_schemas(columns: list[str], schema: TableSchema, policy: NullPolicy, i
 
 def read_raw(spark: SparkSession, path: str, raw_schema: pa.Schema, counters: Counters | None = None,
              *, batch_rows: int = 50_000) -> DataFrame:
-    """The core reader on the executors: one task per Parquet row group (one for a text file).
+    """The core reader on the executors: one task per read unit (consecutive Parquet row groups
+    of about ``batch_rows`` rows; a text file is one unit).
     Unreadable records come back as quarantined rows. Row ids as in the core reader."""
-    units = ([(path, i, first) for i, first in parquet_row_groups(path)]
-             if path.lower().endswith((".parquet", ".pq")) else [(path, -1, 0)])
-    plan = spark.createDataFrame(units, "path string, unit int, first long").repartition(len(units))
+    units = ([(path, i, first, count) for i, count, first in parquet_read_units(path, batch_rows)]
+             if path.lower().endswith((".parquet", ".pq")) else [(path, -1, 0, 0)])
+    plan = spark.createDataFrame(units, "path string, unit int, first long, groups int").repartition(len(units))
 
     def fn(batches):
         for b in batches:
-            for p, unit, first in zip(*(b.column(i).to_pylist() for i in range(3))):
-                chunks = [read_parquet_row_group(p, unit, first)] if unit >= 0 else iter_raw(p, batch_rows=batch_rows)
+            for p, unit, first, groups in zip(*(b.column(i).to_pylist() for i in range(4))):
+                chunks = [read_parquet_row_group(p, unit, first, groups)] if unit >= 0 else iter_raw(p, batch_rows=batch_rows)
                 for chunk in chunks:
                     if counters is not None:
                         counters.rows_in.add(chunk.rows_in)
