@@ -26,8 +26,8 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io import fileio
-from apache_beam.transforms.window import GlobalWindows
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from models.artifact import load_artifact
@@ -324,7 +324,7 @@ class Finish(beam.DoFn):
     def _flush(self):
         held, self._held, self._held_rows = self._held, [], 0
         if held:
-            yield from self._finish(held[0] if len(held) == 1 else pa.concat_tables(held, promote_options="default"))
+            yield from self._finish(pa.concat_tables(held, promote_options="default"))
 
     def _finish(self, batch: pa.Table):
         good, bad = finish(batch, self.validator, self.run_id)

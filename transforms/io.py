@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 
 from transforms._errors import InputError
 
-__all__ = ["ROW_ID", "RawRead", "Quarantined", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units", "read_parquet_row_group",
-           "quarantine_table", "QUARANTINE_SCHEMA"]
+__all__ = ["ROW_ID", "RawRead", "Quarantined", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
+           "read_parquet_row_group", "quarantine_table", "QUARANTINE_SCHEMA"]
 
 ROW_ID = "_lf_row_id"
 DEFAULT_MAX_CELL_CHARS = 1_000_000
@@ -234,13 +234,8 @@ def _iter_parquet(path: Path, batch_rows: int, limit: int | None) -> Iterator[Ra
 
 
 def parquet_row_groups(path: str | Path) -> list[tuple[int, int]]:
-    """(row group index, row id of its first row) for each row group: units a runner can split on."""
-    f = _open_parquet(_check_path(path))
-    out, first = [], 0
-    for i in range(f.num_row_groups):
-        out.append((i, first))
-        first += f.metadata.row_group(i).num_rows
-    return out
+    """(row group index, row id of its first row) for each row group."""
+    return [(index, first) for index, _, first in parquet_read_units(path, 1)]
 
 
 def parquet_read_units(path: str | Path, batch_rows: int) -> list[tuple[int, int, int]]:
@@ -267,8 +262,7 @@ def parquet_read_units(path: str | Path, batch_rows: int) -> list[tuple[int, int
 def read_parquet_row_group(path: str | Path, index: int, first_row: int, count: int = 1) -> RawRead:
     """Row groups ``index`` .. ``index + count - 1`` as one all-string batch; row ids from ``first_row``."""
     f = _open_parquet(Path(path))
-    table = f.read_row_group(index) if count == 1 else f.read_row_groups(list(range(index, index + count)))
-    return _as_strings(str(path), table, first_row)
+    return _as_strings(str(path), f.read_row_groups(list(range(index, index + count))), first_row)
 
 
 def _iter_jsonl(path: Path, max_cell_chars: int, limit: int | None, batch_rows: int) -> Iterator[RawRead]:
