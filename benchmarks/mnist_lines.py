@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     # pixels are already in [0, 1]: the "scaled" space is the pixel space itself
     slices = [(j, j + 1) for j in range(n_pix)]
     cfg = AEConfig(hidden=512, depth=2, code=128, epochs=args.epochs, batch_size=128, lr=1e-3,
-                   max_hide=0.5, block_hide=0.5, recon_weight=0.5, patience=12, min_steps=0, random_state=args.seed)
+                   max_hide=0.5, block_hide=0.5, recon_weight=0.5, patience=12, patience_after=0.0, min_steps=0, random_state=args.seed)
     t0 = time.perf_counter()
     res = train_autoencoder(train, np.ones_like(train, dtype=bool), train, np.zeros((len(train), 0), np.int64),
                             col_slices=slices, n_num=n_pix, cat_sizes=[], config=cfg, progress=args.progress)

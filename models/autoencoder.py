@@ -3,7 +3,10 @@
 Input: the encoded row with missing cells blanked (zeros) plus the per-column missing-mask.
 Output: for numeric columns a mean and a log-variance, for categorical columns logits over the
 known values. Training hides extra observed cells at random and scores only those (squared
-error on scaled values, cross-entropy for categories): the loss never touches a missing cell.
+error for numerics, cross-entropy for categories): the loss never touches a missing cell.
+Inputs are robust-scaled (median, IQR); each numeric column's squared error is weighted so that
+it counts on the column's min-max scale (``loss_scale="range"``): a heavy-tailed column's
+outliers, huge in robust units, do not drive the training.
 The log-variance head is trained on the detached mean (it does not pull the mean), and gives
 the per-cell uncertainty that row confidence is built from.
 """
@@ -39,6 +42,13 @@ class AEConfig:
     recon_weight: float = 0.0  # weight of the loss on the given (not hidden) observed cells
     val_fraction: float = 0.1
     patience: int = 25
+    # early stopping counts epochs without improvement only after this share of the schedule:
+    # the one-cycle rate is still near its peak before that, and stopping there keeps an
+    # under-annealed model (the best epoch so far is kept either way)
+    patience_after: float = 0.5
+    # numeric loss per column on its min-max scale ("range", what a user reads an error on) or
+    # on the robust z scale of the inputs ("robust": a heavy-tailed column's outliers dominate)
+    loss_scale: str = "range"
     random_state: int = 0
 
     def __post_init__(self):
@@ -49,6 +59,10 @@ class AEConfig:
             raise ValueError(f"AEConfig.max_hide must be in (0, 1), got {self.max_hide}")
         if not 0 <= self.block_hide <= 1:
             raise ValueError(f"AEConfig.block_hide must be in [0, 1], got {self.block_hide}")
+        if not 0 <= self.patience_after < 1:
+            raise ValueError(f"AEConfig.patience_after must be in [0, 1), got {self.patience_after}")
+        if self.loss_scale not in ("range", "robust"):
+            raise ValueError(f"AEConfig.loss_scale must be 'range' or 'robust', got {self.loss_scale!r}")
         if not 0 < self.val_fraction < 0.5:
             raise ValueError(f"AEConfig.val_fraction must be in (0, 0.5), got {self.val_fraction}")
 
@@ -109,8 +123,9 @@ class MaskedAutoencoder(nn.Module):
         return list(torch.split(logits, self.cat_sizes, dim=1)) if self.cat_sizes else []
 
 
-def cell_losses(model: MaskedAutoencoder, mu, logvar, logits, t_num, t_cat, score_mask):
-    """Per-cell losses (n, n_cols) for the cells in ``score_mask``; zero elsewhere.
+def cell_losses(model: MaskedAutoencoder, mu, logvar, logits, t_num, t_cat, score_mask, num_w=None):
+    """Per-cell losses (n, n_cols) for the cells in ``score_mask``; zero elsewhere. ``num_w``:
+    optional per-numeric-column weights of the squared error.
 
     Returns (mean loss, variance loss) cell matrices: squared error (numeric) / cross-entropy
     (categorical), and the Gaussian NLL of the detached mean for the log-variance head.
@@ -120,7 +135,7 @@ def cell_losses(model: MaskedAutoencoder, mu, logvar, logits, t_num, t_cat, scor
     var_loss = torch.zeros_like(loss)
     if model.n_num:
         se = (mu - t_num) ** 2
-        loss[:, : model.n_num] = se
+        loss[:, : model.n_num] = se if num_w is None else se * num_w
         var_loss[:, : model.n_num] = 0.5 * (logvar + (mu.detach() - t_num) ** 2 * torch.exp(-logvar))
     for k, lg in enumerate(model.split_logits(logits)):
         target = t_cat[:, k]
@@ -137,6 +152,16 @@ class TrainResult:
     val_loss: float
     history: list[float] = field(default_factory=list)
     error_reference: float = 1.0  # median predicted row error on validation rows (confidence scale)
+
+
+def _loss_weights(cfg: AEConfig, num_weights: np.ndarray | None, n_num: int) -> torch.Tensor | None:
+    """Per numeric column, the weight of its squared error in the loss (mean 1), or None."""
+    if cfg.loss_scale != "range" or num_weights is None or not n_num:
+        return None
+    w = np.asarray(num_weights, dtype=np.float64)
+    if w.shape != (n_num,) or not np.all(np.isfinite(w)) or not w.mean() > 0:
+        raise ValueError(f"num_weights must be {n_num} finite non-negative numbers, not all 0")
+    return torch.from_numpy((w / w.mean()).astype(np.float32))
 
 
 def _hide_mask(observed: torch.Tensor, cfg: AEConfig, gen: torch.Generator) -> torch.Tensor:
@@ -179,6 +204,7 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
     n_val = max(1, int(round(cfg.val_fraction * n))) if n >= 20 else 0
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     val_gen = torch.Generator().manual_seed(cfg.random_state + 1)
+    num_w = _loss_weights(cfg, num_weights, n_num)
     val_hide = _hide_mask(M[val_idx], AEConfig(max_hide=0.4, random_state=cfg.random_state), val_gen) if n_val else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # small tables: smaller batches and more epochs, so that training always gets enough steps
@@ -201,7 +227,7 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
             hide = _hide_mask(m, cfg, gen)
             given = (m & ~hide).float()
             mu, logvar, logits, _ = model(model.blank(X[b], given), given)
-            loss, var_loss = cell_losses(model, mu, logvar, logits, TN[b], TC[b], hide.float())
+            loss, var_loss = cell_losses(model, mu, logvar, logits, TN[b], TC[b], hide.float(), num_w)
             denom = hide.float().sum().clamp(min=1)
             total = (loss.sum() + var_loss.sum()) / denom
             if cfg.recon_weight > 0:  # optional: also reproduce the given cells
@@ -212,7 +238,7 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
             opt.step()
             sched.step()
         if n_val:
-            val = _val_loss(model, X[val_idx], M[val_idx], TN[val_idx], TC[val_idx], val_hide)
+            val = _val_loss(model, X[val_idx], M[val_idx], TN[val_idx], TC[val_idx], val_hide, num_w)
         else:
             val = float(total.detach())
         history.append(val)
@@ -221,7 +247,7 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
             bar.update(1)
         if val < best - 1e-5:
             best, best_state, best_epoch, bad_epochs = val, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
+        elif epoch > cfg.patience_after * epochs:
             bad_epochs += 1
             if bad_epochs >= patience:
                 break
@@ -239,11 +265,11 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
 
 
 @torch.no_grad()
-def _val_loss(model, X, M, TN, TC, hide) -> float:
+def _val_loss(model, X, M, TN, TC, hide, num_w=None) -> float:
     model.eval()
     given = (M & ~hide).float()
     mu, logvar, logits, _ = model(model.blank(X, given), given)
-    loss, _ = cell_losses(model, mu, logvar, logits, TN, TC, hide.float())
+    loss, _ = cell_losses(model, mu, logvar, logits, TN, TC, hide.float(), num_w)
     return float(loss.sum() / hide.float().sum().clamp(min=1))
 
 

@@ -211,3 +211,45 @@ def test_refine_gives_a_row_the_same_result_whatever_its_batch(trained, tmp_path
         for name in ("x", "y"):
             np.testing.assert_allclose(other.column(name).to_numpy(), whole.column(name).to_numpy(), rtol=1e-6, atol=1e-6)
         assert other.column("c").to_pylist() == whole.column("c").to_pylist()
+
+
+def test_config_refuses_an_unknown_loss_scale_and_a_bad_patience_after():
+    with pytest.raises(ValueError, match="loss_scale"):
+        AEConfig(loss_scale="minmax")
+    with pytest.raises(ValueError, match="patience_after"):
+        AEConfig(patience_after=1.0)
+
+
+def test_range_loss_counts_each_numeric_column_on_its_min_max_scale():
+    rng = np.random.default_rng(0)
+    n = 500
+    spiky = np.where(rng.random(n) < 0.02, rng.exponential(1000.0, n), rng.normal(0, 1, n))  # heavy tail
+    t = pa.table({"x": rng.normal(0, 1, n), "spiky": spiky})
+    schema = TableSchema.model_validate({"name": "t", "columns": [
+        {"name": "x", "type": "numeric", "impute": True}, {"name": "spiky", "type": "numeric", "impute": True}]})
+    codec = TableCodec(schema=schema).fit(t)
+    from models.autoencoder import MaskedAutoencoder, _loss_weights, cell_losses
+
+    w = _loss_weights(AEConfig(), codec.error_weights(), 2)
+    assert w is not None and float(w.mean()) == pytest.approx(1.0)
+    # the same error in robust units weighs (range_x / range_spiky)^2 * (scale_spiky / scale_x)^2 less
+    expected = codec.error_weights()[1] / codec.error_weights()[0]
+    assert float(w[1] / w[0]) == pytest.approx(expected, rel=1e-5)
+    assert float(w[1]) < 0.01 * float(w[0])
+    assert _loss_weights(AEConfig(loss_scale="robust"), codec.error_weights(), 2) is None
+    # the weights reach the per-cell loss the training minimises
+    model = MaskedAutoencoder(n_inputs=2, col_slices=[(0, 1), (1, 2)], n_num=2, cat_sizes=[], hidden=4, depth=1, code=2)
+    mu, target = torch.zeros(1, 2), torch.ones(1, 2)
+    loss, _ = cell_losses(model, mu, torch.zeros(1, 2), torch.zeros(1, 0), target, torch.zeros(1, 0, dtype=torch.long),
+                          torch.ones(1, 2), w)
+    assert torch.allclose(loss[0], w)
+
+
+def test_early_stopping_waits_until_the_rate_anneals():
+    _, masked, _ = make_table(n=200)
+    cfg = dict(hidden=16, depth=1, code=4, epochs=40, min_steps=0, patience=1, lr=0.05, random_state=0)
+    eager = fit_model(masked, SCHEMA, config=AEConfig(patience_after=0.0, **cfg)).result
+    patient = fit_model(masked, SCHEMA, config=AEConfig(patience_after=0.5, **cfg)).result
+    assert eager.epochs_run < 20  # the setting can stop early ...
+    assert patient.epochs_run > 20  # ... but not before half of the schedule
+    assert patient.val_loss == pytest.approx(min(patient.history))  # the best epoch is what is kept
