@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models.artifact import load_artifact, save_artifact
-from models.autoencoder import AEConfig, predict
+from models.autoencoder import AEConfig, MaskedAutoencoder, _loss_weights, cell_losses, predict
 from models.codec import TableCodec
 from models.reverse import ReverseConfig, reverse_impute
 from models.train import fit_model
@@ -228,8 +228,6 @@ def test_range_loss_counts_each_numeric_column_on_its_min_max_scale():
     schema = TableSchema.model_validate({"name": "t", "columns": [
         {"name": "x", "type": "numeric", "impute": True}, {"name": "spiky", "type": "numeric", "impute": True}]})
     codec = TableCodec(schema=schema).fit(t)
-    from models.autoencoder import MaskedAutoencoder, _loss_weights, cell_losses
-
     w = _loss_weights(AEConfig(), codec.error_weights(), 2)
     assert w is not None and float(w.mean()) == pytest.approx(1.0)
     # the same error in robust units weighs (range_x / range_spiky)^2 * (scale_spiky / scale_x)^2 less
