@@ -34,7 +34,7 @@ from models.artifact import load_artifact
 from models.reverse import ReverseConfig
 from transforms.detect import NullPolicy
 from transforms.impute import IMPUTED, Imputer
-from transforms.io import ROW_ID, Quarantined, iter_raw, parquet_read_units, read_parquet_row_group
+from transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
 from transforms.lake import action_from_dict, action_to_dict, write_part
 from transforms.parse import parse_table
 from transforms.schema import TableSchema
@@ -68,12 +68,7 @@ class _PlanReads(beam.DoFn):
         self.batch_rows = batch_rows
 
     def process(self, readable: fileio.ReadableFile):
-        path = readable.metadata.path
-        if path.lower().endswith((".parquet", ".pq")):
-            for index, count, first in parquet_read_units(path, self.batch_rows):
-                yield (path, index, first, count)
-        else:
-            yield (path, -1, 0, 0)
+        yield from plan_reads(readable.metadata.path, self.batch_rows)
 
 
 class _ReadUnit(beam.DoFn):
@@ -81,9 +76,7 @@ class _ReadUnit(beam.DoFn):
         self.batch_rows = batch_rows
 
     def process(self, unit):
-        path, index, first, count = unit
-        chunks = [read_parquet_row_group(path, index, first, count)] if index >= 0 else iter_raw(path, batch_rows=self.batch_rows)
-        for chunk in chunks:
+        for chunk in read_unit(unit, self.batch_rows):
             beam.metrics.Metrics.counter(NAMESPACE, "rows_in").inc(chunk.rows_in)
             yield beam.pvalue.TaggedOutput(ROWS_IN, chunk.rows_in)
             if chunk.quarantined:

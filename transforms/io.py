@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from transforms._errors import InputError
 
 __all__ = ["ROW_ID", "RawRead", "Quarantined", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
-           "read_parquet_row_group", "quarantine_table", "QUARANTINE_SCHEMA"]
+           "read_parquet_row_group", "plan_reads", "read_unit", "quarantine_table", "QUARANTINE_SCHEMA"]
 
 ROW_ID = "_lf_row_id"
 DEFAULT_MAX_CELL_CHARS = 1_000_000
@@ -263,6 +263,24 @@ def read_parquet_row_group(path: str | Path, index: int, first_row: int, count: 
     """Row groups ``index`` .. ``index + count - 1`` as one all-string batch; row ids from ``first_row``."""
     f = _open_parquet(Path(path))
     return _as_strings(str(path), f.read_row_groups(list(range(index, index + count))), first_row)
+
+
+def plan_reads(path: str, batch_rows: int) -> list[tuple[str, int, int, int]]:
+    """What an engine splits a file into: (path, first row group, row id of its first row,
+    number of row groups) per unit of about ``batch_rows`` rows for Parquet; a text file is one
+    unit (path, -1, 0, 0), read in batches by ``read_unit``."""
+    if path.lower().endswith((".parquet", ".pq")):
+        return [(path, index, first, count) for index, count, first in parquet_read_units(path, batch_rows)]
+    return [(path, -1, 0, 0)]
+
+
+def read_unit(unit: tuple[str, int, int, int], batch_rows: int) -> Iterator[RawRead]:
+    """The batches of one unit from ``plan_reads``."""
+    path, index, first, count = unit
+    if index >= 0:
+        yield read_parquet_row_group(path, index, first, count)
+    else:
+        yield from iter_raw(path, batch_rows=batch_rows)
 
 
 def _iter_jsonl(path: Path, max_cell_chars: int, limit: int | None, batch_rows: int) -> Iterator[RawRead]:

@@ -44,7 +44,7 @@ from models.artifact import load_artifact
 from models.reverse import ReverseConfig
 from transforms.detect import NullPolicy
 from transforms.impute import IMPUTED, Imputer, resolve_device
-from transforms.io import ROW_ID, Quarantined, iter_raw, parquet_read_units, read_parquet_row_group
+from transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
 from transforms.lake import action_to_dict, write_part
 from transforms.parse import parse_table
 from transforms.schema import TableSchema
@@ -224,15 +224,13 @@ def read_raw(spark: SparkSession, path: str, raw_schema: pa.Schema, counters: Co
     """The core reader on the executors: one task per read unit (consecutive Parquet row groups
     of about ``batch_rows`` rows; a text file is one unit).
     Unreadable records come back as quarantined rows. Row ids as in the core reader."""
-    units = ([(path, i, first, count) for i, count, first in parquet_read_units(path, batch_rows)]
-             if path.lower().endswith((".parquet", ".pq")) else [(path, -1, 0, 0)])
+    units = plan_reads(path, batch_rows)
     plan = spark.createDataFrame(units, "path string, unit int, first long, groups int").repartition(len(units))
 
     def fn(batches):
         for b in batches:
-            for p, unit, first, groups in zip(*(b.column(i).to_pylist() for i in range(4))):
-                chunks = [read_parquet_row_group(p, unit, first, groups)] if unit >= 0 else iter_raw(p, batch_rows=batch_rows)
-                for chunk in chunks:
+            for unit in zip(*(b.column(i).to_pylist() for i in range(4))):
+                for chunk in read_unit(unit, batch_rows):
                     if counters is not None:
                         counters.rows_in.add(chunk.rows_in)
                     table = chunk.table.select(raw_schema.names)
