@@ -173,7 +173,7 @@ def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool
         for k2 in range(len(probs)):
             j = len(codec.num_columns_) + k2
             probs[k2][rows[use]] = np.where(fill[rows[use], j:j + 1], res.cat_probs[k2][use], probs[k2][rows[use]])
-        extra = {"refined_rows": int(len(rows)), "refined_rows_improved": int(use.sum())}
+        extra.update(refined_rows=int(len(rows)), refined_rows_improved=int(use.sum()))
     imp_s = time.perf_counter() - t0
     Xhat = np.stack([codec.unscale(c, num[:, j]) for j, c in enumerate(codec.num_columns_)], 1) if codec.num_columns_ else np.zeros((len(num), 0))
     order_num = [codec.num_columns_.index(c) for c in problem.num_cols]

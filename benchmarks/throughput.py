@@ -108,11 +108,19 @@ def model_and_schema() -> tuple[Path, Path]:
         schema = schema.model_copy(update={"columns": [c.model_copy(update={"nullable": True, "unique": False})
                                                        for c in schema.columns]})
         schema_path.write_text(dump_schema(schema))
-    if not (model / "manifest.json").exists():
+    if _stale(model):
         t = time.perf_counter()
         train_to_dir(str(LETTER), load_schema(schema_path), model)
         print(f"trained the letter model in {time.perf_counter() - t:.0f} s")
     return model, schema_path
+
+
+def _stale(model: Path) -> bool:
+    """No cached model, or one of an older artifact format (retrained, not refused)."""
+    from models.artifact import FORMAT
+
+    manifest = model / "manifest.json"
+    return not manifest.exists() or json.loads(manifest.read_text()).get("format") != FORMAT
 
 
 def job(input_path: Path, out: Path, run_id: str, **extra):

@@ -17,21 +17,21 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from models.autoencoder import AEConfig, MaskedAutoencoder
+from models.autoencoder import AEConfig, Ensemble, MaskedAutoencoder
 from models.codec import TableCodec
 from transforms._errors import ModelError
 from transforms.schema import TableSchema
 
 __all__ = ["ModelArtifact", "save_artifact", "load_artifact", "FORMAT"]
 
-FORMAT = "lakefill-model/1"
+FORMAT = "lakefill-model/2"  # /2: the weights are an ensemble's (members.N.*)
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 
 
 @dataclass
 class ModelArtifact:
-    model: MaskedAutoencoder
+    model: Ensemble
     codec: TableCodec
     schema: TableSchema
     policy: dict | None
@@ -74,8 +74,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_artifact(out_dir: str | Path, *, model: MaskedAutoencoder, codec: TableCodec, schema: TableSchema,
+def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, codec: TableCodec, schema: TableSchema,
                   policy: dict | None, config: AEConfig, metrics: dict, error_reference: float) -> Path:
+    """Write the model (a single network is saved as an ensemble of one) with the config it was trained with."""
+    model = model if isinstance(model, Ensemble) else Ensemble([model])
+    if any(size not in config.sizes for size in model.sizes):
+        raise ModelError(f"the model's network sizes {model.sizes} (hidden, depth, code) are not among the config's "
+                         f"{config.sizes}: save the config the model was trained with")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS
@@ -88,7 +93,7 @@ def save_artifact(out_dir: str | Path, *, model: MaskedAutoencoder, codec: Table
         "codec": codec.state(),
         "null_policy": policy,
         "architecture": {"n_inputs": model.n_inputs, "col_slices": [list(s) for s in model.col_slices],
-                         "n_num": model.n_num, "cat_sizes": model.cat_sizes},
+                         "n_num": model.n_num, "cat_sizes": model.cat_sizes, "sizes": [list(z) for z in model.sizes]},
         "config": config.__dict__,
         "error_reference": error_reference,
         "metrics": metrics,
@@ -108,7 +113,8 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
     except json.JSONDecodeError as err:
         raise ModelError(f"{manifest_path}: not valid JSON: {err}") from err
     if manifest.get("format") != FORMAT:
-        raise ModelError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+        raise ModelError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}; "
+                         "retrain it with this version's `lakefill train`")
     weights = model_dir / manifest.get("weights", WEIGHTS)
     if not weights.exists():
         raise ModelError(f"{model_dir}: weights file {weights.name} is missing")
@@ -121,9 +127,9 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
         codec = TableCodec.from_state(manifest["codec"], schema=trained_schema)
         arch = manifest["architecture"]
         config = AEConfig(**manifest["config"])
-        model = MaskedAutoencoder(n_inputs=arch["n_inputs"], col_slices=[tuple(s) for s in arch["col_slices"]],
-                                  n_num=arch["n_num"], cat_sizes=arch["cat_sizes"], hidden=config.hidden,
-                                  depth=config.depth, code=config.code)
+        model = Ensemble([MaskedAutoencoder(n_inputs=arch["n_inputs"], col_slices=[tuple(s) for s in arch["col_slices"]],
+                                            n_num=arch["n_num"], cat_sizes=arch["cat_sizes"], hidden=hidden,
+                                            depth=depth, code=code) for hidden, depth, code in arch["sizes"]])
         state = load_file(str(weights))
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

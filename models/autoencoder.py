@@ -9,6 +9,8 @@ it counts on the column's min-max scale (``loss_scale="range"``): a heavy-tailed
 outliers, huge in robust units, do not drive the training.
 The log-variance head is trained on the detached mean (it does not pull the mean), and gives
 the per-cell uncertainty that row confidence is built from.
+The model is an ensemble of networks of different sizes (``AEConfig.extra_sizes``) trained on
+the same split; their means and probabilities are averaged (``Ensemble``, ``train_ensemble``).
 """
 
 from __future__ import annotations
@@ -23,48 +25,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["AEConfig", "MaskedAutoencoder", "TrainResult", "train_autoencoder", "predict", "Prediction",
-           "direct_fill_inputs"]
+from models._config import AEConfig
 
-
-@dataclass(frozen=True)
-class AEConfig:
-    hidden: int = 256
-    depth: int = 3
-    code: int = 64
-    epochs: int = 300
-    min_steps: int = 6000  # small tables train for more epochs, up to this many steps
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-5
-    max_hide: float = 0.5  # each training row hides a U(0, max_hide) share of its observed cells
-    block_hide: float = 0.0  # share of rows that hide one contiguous block of columns instead
-    recon_weight: float = 0.0  # weight of the loss on the given (not hidden) observed cells
-    val_fraction: float = 0.1
-    patience: int = 25
-    # early stopping counts epochs without improvement only after this share of the schedule:
-    # the one-cycle rate is still near its peak before that, and stopping there keeps an
-    # under-annealed model (the best epoch so far is kept either way)
-    patience_after: float = 0.5
-    # numeric loss per column on its min-max scale ("range", what a user reads an error on) or
-    # on the robust z scale of the inputs ("robust": a heavy-tailed column's outliers dominate)
-    loss_scale: str = "range"
-    random_state: int = 0
-
-    def __post_init__(self):
-        for name in ("hidden", "depth", "code", "epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"AEConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.max_hide < 1:
-            raise ValueError(f"AEConfig.max_hide must be in (0, 1), got {self.max_hide}")
-        if not 0 <= self.block_hide <= 1:
-            raise ValueError(f"AEConfig.block_hide must be in [0, 1], got {self.block_hide}")
-        if not 0 <= self.patience_after < 1:
-            raise ValueError(f"AEConfig.patience_after must be in [0, 1), got {self.patience_after}")
-        if self.loss_scale not in ("range", "robust"):
-            raise ValueError(f"AEConfig.loss_scale must be 'range' or 'robust', got {self.loss_scale!r}")
-        if not 0 < self.val_fraction < 0.5:
-            raise ValueError(f"AEConfig.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+__all__ = ["AEConfig", "MaskedAutoencoder", "TrainResult", "train_autoencoder", "train_ensemble", "Ensemble",
+           "predict", "Prediction", "direct_fill_inputs"]
 
 
 class MaskedAutoencoder(nn.Module):
@@ -72,6 +36,7 @@ class MaskedAutoencoder(nn.Module):
                  hidden: int, depth: int, code: int):
         super().__init__()
         self.n_inputs, self.n_num, self.cat_sizes = n_inputs, n_num, list(cat_sizes)
+        self.size = (hidden, depth, code)
         self.col_slices = [tuple(s) for s in col_slices]
         n_cols = len(col_slices)
         layers: list[nn.Module] = [nn.Linear(n_inputs + n_cols, hidden), nn.SiLU()]
@@ -115,12 +80,79 @@ class MaskedAutoencoder(nn.Module):
         logits = self.head_cat(d) + skip[:, self.n_num:] if self.head_cat is not None else d.new_zeros(len(d), 0)
         return mu, logvar, logits, z
 
+    @property
+    def dropout_width(self) -> int:
+        """Width of the layer the input dropout acts on (the shape of ``dropout_noise``'s rows)."""
+        return self.input_layer[0].out_features
+
     def blank(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Zero the input features of every column whose mask is 0."""
         return values * mask[:, self.feature_col]
 
     def split_logits(self, logits: torch.Tensor) -> list[torch.Tensor]:
         return list(torch.split(logits, self.cat_sizes, dim=1)) if self.cat_sizes else []
+
+
+class Ensemble(nn.Module):
+    """Networks of different sizes trained on the same table, used as one model with the
+    network's interface: a mixture with fixed weights (fitted on held-out cells, see
+    ``train_ensemble``). Numeric mean = the members' weighted mean, variance = the mixture's
+    (their variances plus their means' spread: disagreement lowers confidence), category
+    probabilities = the weighted mean (returned as log-probabilities: softmax gives them back),
+    bottleneck code = the members' codes side by side. One member is that member, unchanged."""
+
+    def __init__(self, members: list[MaskedAutoencoder], weights: list[float] | None = None):
+        super().__init__()
+        if not members:
+            raise ValueError("an Ensemble needs at least one network")
+        first = members[0]
+        for m in members[1:]:
+            if (m.n_inputs, m.col_slices, m.n_num, m.cat_sizes) != (first.n_inputs, first.col_slices, first.n_num, first.cat_sizes):
+                raise ValueError("the ensemble's networks must share the table's layout (inputs, columns)")
+        w = torch.full((len(members),), 1.0 / len(members)) if weights is None else torch.tensor(weights, dtype=torch.float32)
+        if w.shape != (len(members),) or not torch.all(w > 0) or abs(float(w.sum()) - 1) > 1e-5:
+            raise ValueError(f"ensemble weights must be {len(members)} positive numbers summing to 1, got {weights}")
+        self.members = nn.ModuleList(members)
+        self.n_inputs, self.n_num, self.cat_sizes, self.col_slices = first.n_inputs, first.n_num, first.cat_sizes, first.col_slices
+        self.register_buffer("weights", w)  # saved with the weights file
+        self.register_buffer("feature_col", first.feature_col.clone(), persistent=False)
+
+    @property
+    def sizes(self) -> list[tuple[int, int, int]]:
+        return [m.size for m in self.members]
+
+    @property
+    def dropout_width(self) -> int:
+        return sum(m.dropout_width for m in self.members)
+
+    def forward(self, values: torch.Tensor, mask: torch.Tensor, *, input_dropout: float = 0.0,
+                generator: torch.Generator | None = None, dropout_noise: torch.Tensor | None = None):
+        outs, start = [], 0
+        for m in self.members:  # each member draws its dropout from its own slice of the noise
+            noise = dropout_noise[:, start:start + m.dropout_width] if dropout_noise is not None else None
+            start += m.dropout_width
+            outs.append(m(values, mask, input_dropout=input_dropout, generator=generator, dropout_noise=noise))
+        if len(outs) == 1:
+            return outs[0]
+        return mix(self, [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs], self.weights) \
+            + (torch.cat([o[3] for o in outs], dim=1),)
+
+    blank = MaskedAutoencoder.blank
+    split_logits = MaskedAutoencoder.split_logits
+
+
+def mix(model, mus: list[torch.Tensor], logvars: list[torch.Tensor], logits: list[torch.Tensor], weights: torch.Tensor):
+    """The weighted mixture of several networks' outputs: (mean, log-variance, log-probabilities)."""
+    w = weights.to(mus[0].device).view(-1, 1, 1)
+    mu_k = torch.stack(mus)
+    mu = (w * mu_k).sum(0)
+    var = (w * (torch.exp(torch.stack(logvars)) + (mu_k - mu) ** 2)).sum(0)
+    logvar = torch.log(var.clamp(min=math.exp(-12)))
+    log_w = torch.log(w)
+    blocks = zip(*(model.split_logits(lg) for lg in logits))
+    log_p = torch.cat([torch.logsumexp(log_w + torch.stack([F.log_softmax(lg, dim=1) for lg in b]), 0) for b in blocks],
+                      dim=1) if model.cat_sizes else logits[0]
+    return mu, logvar, log_p
 
 
 def cell_losses(model: MaskedAutoencoder, mu, logvar, logits, t_num, t_cat, score_mask, num_w=None):
@@ -146,12 +178,15 @@ def cell_losses(model: MaskedAutoencoder, mu, logvar, logits, t_num, t_cat, scor
 
 @dataclass
 class TrainResult:
-    model: MaskedAutoencoder
+    model: MaskedAutoencoder | Ensemble
     epochs_run: int
     best_epoch: int
     val_loss: float
     history: list[float] = field(default_factory=list)
     error_reference: float = 1.0  # median predicted row error on validation rows (confidence scale)
+    val_idx: np.ndarray | None = None  # the held-out rows (None: too few rows to hold any out)
+    val_hide: np.ndarray | None = None  # their observed cells hidden for the held-out loss
+    members: list[dict] = field(default_factory=list)  # an ensemble's networks: size, held-out loss, epochs
 
 
 def _loss_weights(cfg: AEConfig, num_weights: np.ndarray | None, n_num: int) -> torch.Tensor | None:
@@ -256,12 +291,77 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    ref = 1.0
-    if n_val:
-        pred = predict(model, values[val_idx.numpy()], observed[val_idx.numpy()] & ~val_hide.numpy(), num_weights=num_weights)
-        err = pred.cell_error[val_hide.numpy()]
-        ref = float(np.median(err)) if err.size and np.median(err) > 0 else 1.0
-    return TrainResult(model, epoch, best_epoch, best, history, ref)
+    if not n_val:
+        return TrainResult(model, epoch, best_epoch, best, history)
+    vi, vh = val_idx.numpy(), val_hide.numpy()
+    ref = _error_reference(model, values[vi], observed[vi] & ~vh, vh, num_weights)
+    return TrainResult(model, epoch, best_epoch, best, history, ref, vi, vh)
+
+
+def _error_reference(model, values, given, hide, num_weights) -> float:
+    """The median predicted error of the held-out hidden cells: the scale of row confidence."""
+    err = predict(model, values, given, num_weights=num_weights).cell_error[hide]
+    return float(np.median(err)) if err.size and np.median(err) > 0 else 1.0
+
+
+def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, t_cat: np.ndarray, *,
+                   col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int], config: AEConfig,
+                   num_weights: np.ndarray | None = None, progress: bool = False) -> TrainResult:
+    """Train one network per size of ``config`` (``config.member_configs()``: same seed, same
+    held-out rows and hidden cells, each exactly as it would train alone), then fit the mixture
+    weights that minimise the loss on the held-out hidden cells (a grid of step 1/20 over the
+    weight simplex); a network whose weight is 0 is left out of the model. Returns the
+    Ensemble with its own held-out loss and confidence scale."""
+    results = [train_autoencoder(values, observed, t_num, t_cat, col_slices=col_slices, n_num=n_num,
+                                 cat_sizes=cat_sizes, config=cfg, num_weights=num_weights, progress=progress)
+               for cfg in config.member_configs()]
+    first = results[0]
+    weights = [1.0] + [0.0] * (len(results) - 1)
+    val_loss, ref = first.val_loss, first.error_reference
+    if len(results) > 1 and first.val_idx is not None:  # too few rows to hold out: the first network alone
+        vi, vh = first.val_idx, first.val_hide
+        X = torch.from_numpy(np.ascontiguousarray(values[vi], dtype=np.float32))
+        G = torch.from_numpy(observed[vi] & ~vh).float()
+        TN = torch.from_numpy(np.ascontiguousarray(t_num[vi], dtype=np.float32))
+        TC = torch.from_numpy(np.ascontiguousarray(t_cat[vi], dtype=np.int64))
+        H = torch.from_numpy(vh).float()
+        num_w = _loss_weights(config, num_weights, n_num)
+        with torch.no_grad():
+            outs = [r.model.eval()(r.model.blank(X, G), G) for r in results]
+            best = math.inf
+            for w in _simplex(len(results), 20):
+                mu, logvar, log_p = mix(first.model, [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs],
+                                        torch.tensor(w))
+                loss, _ = cell_losses(first.model, mu, logvar, log_p, TN, TC, H, num_w)
+                total = float(loss.sum() / H.sum().clamp(min=1))
+                if total < best - 1e-9:
+                    best, weights = total, list(w)
+        val_loss = best
+    keep = [k for k, w in enumerate(weights) if w > 0]
+    ensemble = Ensemble([results[k].model for k in keep], [weights[k] for k in keep]).eval()
+    if len(keep) > 1:
+        ref = _error_reference(ensemble, values[first.val_idx], observed[first.val_idx] & ~first.val_hide,
+                               first.val_hide, num_weights)
+    elif keep != [0]:  # the mixture is one other network alone
+        ref = results[keep[0]].error_reference
+    members = [{"hidden": r.model.size[0], "depth": r.model.size[1], "code": r.model.size[2], "weight": w,
+                "val_loss": r.val_loss, "epochs_run": r.epochs_run, "best_epoch": r.best_epoch}
+               for r, w in zip(results, weights)]
+    return TrainResult(ensemble, max(r.epochs_run for r in results), first.best_epoch, val_loss,
+                       first.history, ref, first.val_idx, first.val_hide, members)
+
+
+def _simplex(k: int, steps: int):
+    """Every k-vector of multiples of 1/steps summing to 1, the first member's largest share first."""
+    def parts(k, left):
+        if k == 1:
+            yield (left,)
+            return
+        for a in range(left, -1, -1):
+            for rest in parts(k - 1, left - a):
+                yield (a,) + rest
+    for p in parts(k, steps):
+        yield tuple(a / steps for a in p)
 
 
 @torch.no_grad()
@@ -291,7 +391,7 @@ class Prediction:
 
 
 @torch.no_grad()
-def predict(model: MaskedAutoencoder, values: np.ndarray, given: np.ndarray, *, batch_size: int = 8192,
+def predict(model: MaskedAutoencoder | Ensemble, values: np.ndarray, given: np.ndarray, *, batch_size: int = 8192,
             num_weights: np.ndarray | None = None) -> Prediction:
     """One pass: every cell predicted from the ``given`` cells. ``cell_error`` is the predicted
     variance (numeric, times ``num_weights`` if given) or 1 - max probability (categorical)."""
@@ -317,7 +417,7 @@ def predict(model: MaskedAutoencoder, values: np.ndarray, given: np.ndarray, *, 
     return Prediction(mu, var, probs, err, code)
 
 
-def direct_fill_inputs(model: MaskedAutoencoder, values: np.ndarray, observed: np.ndarray, pred: Prediction) -> np.ndarray:
+def direct_fill_inputs(model: MaskedAutoencoder | Ensemble, values: np.ndarray, observed: np.ndarray, pred: Prediction) -> np.ndarray:
     """The encoded rows with each missing cell set to the direct pass's prediction, in input
     space (numbers: the mean; categories: the probabilities, 0 in the unknown slot). This is
     where reverse training starts from."""

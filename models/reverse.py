@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.autoencoder import MaskedAutoencoder, cell_losses
+from models.autoencoder import Ensemble, MaskedAutoencoder, cell_losses
 
 __all__ = ["ReverseConfig", "ReverseResult", "reverse_impute"]
 
@@ -94,7 +94,7 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 15)
 
 
-def reverse_impute(model: MaskedAutoencoder, values: np.ndarray, observed: np.ndarray, t_num: np.ndarray,
+def reverse_impute(model: MaskedAutoencoder | Ensemble, values: np.ndarray, observed: np.ndarray, t_num: np.ndarray,
                    t_cat: np.ndarray, init: np.ndarray, *, config: ReverseConfig = ReverseConfig(),
                    row_keys: np.ndarray | None = None) -> ReverseResult:
     """Refine the missing cells of a batch of rows.
@@ -149,7 +149,7 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult
     best_u = u.detach().clone()
     best_err = _holdout_error(model, X, u.detach(), miss_feat, cat_feat, fit_obs, missing, held, TN, TC)
     err0 = best_err.clone()
-    hidden_width = model.input_layer[0].out_features
+    hidden_width = model.dropout_width
     for step in range(1, cfg.steps + 1):
         hide = (gen.uniform(3 * step, c) < cfg.hide) & fit_obs
         given = (fit_obs & ~hide) | missing

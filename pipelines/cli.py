@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from models._config import AEConfig
 from transforms._errors import LakefillError
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -78,7 +79,6 @@ def _validate(args) -> int:
 
 
 def _train(args) -> int:
-    from models.autoencoder import AEConfig
     from pipelines.local_job import train_to_dir
     from transforms.detect import NullPolicy
     from transforms.io import read_raw
@@ -103,7 +103,9 @@ def _train(args) -> int:
     else:
         raw = read_raw(args.input, limit=200_000)
         schema = infer_schema(raw.table, name=Path(args.input).stem, policy=NullPolicy().fit(raw.table))
-    cfg = AEConfig(epochs=args.epochs, random_state=args.seed, hidden=args.hidden, code=args.code, depth=args.depth)
+    sizes = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("code", args.code)) if v is not None}
+    # a size given on the command line is the one network trained; else the default ensemble
+    cfg = AEConfig(epochs=args.epochs, random_state=args.seed, **sizes, **({"extra_sizes": ()} if sizes else {}))
     out = train_to_dir(args.input, schema, Path(args.out), config=cfg, progress=not args.quiet)
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"wrote model to {out} (weights sha256 {manifest['weights_sha256'][:12]}..., metrics {manifest['metrics']})")
@@ -211,6 +213,7 @@ def _demo(args) -> int:
     config = config.model_copy(update={"output": str(out), "model": str(out / "model"), "mode": "append",
                                        "run_id": args.run_id or config.run_id})
     print(f"lakefill demo: {config.input} on the {args.engine} engine")
+    _drop_stale_demo_model(out / "model")
     outcome = _run_engine(args.engine, config, [])
     _print_outcome(outcome)
     table = DeltaTable(outcome.table).to_pyarrow_table()
@@ -225,6 +228,24 @@ def _demo(args) -> int:
     for row in q.select(["_lf_row_id", "reason"]).to_pylist()[:6]:
         print(f"  row {row['_lf_row_id']}: {row['reason']}")
     return 0
+
+
+def _drop_stale_demo_model(model_dir: Path) -> None:
+    """The demo owns its model folder: a model of an older artifact format (left by an earlier
+    version's demo) is deleted so that the demo trains a new one instead of refusing it."""
+    import shutil
+
+    from models.artifact import FORMAT
+
+    manifest = model_dir / "manifest.json"
+    if manifest.exists():
+        try:
+            fmt = json.loads(manifest.read_text()).get("format")
+        except json.JSONDecodeError:
+            fmt = None
+        if fmt != FORMAT:
+            print(f"the demo model in {model_dir} is of format {fmt!r}, not {FORMAT!r}: training a new one")
+            shutil.rmtree(model_dir)
 
 
 def check_report(report: dict) -> list[str]:
@@ -313,9 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-missing", action="store_true", help="do nothing if the model folder has a model")
     p.add_argument("--check-only", action="store_true", help="fail if the model is missing; never train")
     p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--code", type=int, default=64)
+    sizes = " and ".join("x".join(map(str, size)) for size in AEConfig().sizes)
+    p.add_argument("--hidden", type=int, help="network width. Giving --hidden, --depth or --code trains one network "
+                   f"of that size (the others at their defaults); by default the model is the ensemble of {sizes} "
+                   "(width x depth x code)")
+    p.add_argument("--depth", type=int, help=f"hidden layers on each side (default {AEConfig.depth})")
+    p.add_argument("--code", type=int, help=f"bottleneck width (default {AEConfig.code})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)

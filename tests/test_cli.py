@@ -97,3 +97,27 @@ def test_train_then_impute_cli(tmp_path, capsys):
                  "--refine-below", "0.5"]) == 0
     text = (tmp_path / "o.csv").read_text()
     assert "_lf_confidence" in text.splitlines()[0]
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    nets = manifest["metrics"]["networks"]  # the default sizes, mixed by weights fitted on held-out cells
+    assert [[n["hidden"], n["depth"], n["code"]] for n in nets] == [[256, 3, 64], [128, 2, 16]]
+    assert manifest["architecture"]["sizes"] == [[n["hidden"], n["depth"], n["code"]] for n in nets if n["weight"] > 0]
+    # a size on the command line is the one network trained, and the manifest says so
+    assert main(["train", "--input", str(data), "--schema", str(EXAMPLES / "customers.schema.yaml"),
+                 "--out", str(tmp_path / "m2"), "--epochs", "5", "--hidden", "16", "--depth", "1", "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "m2" / "manifest.json").read_text())
+    assert manifest["architecture"]["sizes"] == [[16, 1, 64]]
+    assert (manifest["config"]["hidden"], manifest["config"]["depth"]) == (16, 1)
+
+
+def test_demo_replaces_a_model_of_an_older_format_but_keeps_a_current_one(tmp_path, capsys):
+    from models.artifact import FORMAT
+    from pipelines.cli import _drop_stale_demo_model
+
+    old, current = tmp_path / "old", tmp_path / "current"
+    for d, fmt in ((old, "lakefill-model/1"), (current, FORMAT)):
+        d.mkdir()
+        (d / "manifest.json").write_text(json.dumps({"format": fmt}))
+    _drop_stale_demo_model(old)
+    _drop_stale_demo_model(current)
+    assert not old.exists() and (current / "manifest.json").exists()
+    assert "lakefill-model/1" in capsys.readouterr().out

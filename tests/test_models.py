@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from models.artifact import load_artifact, save_artifact
-from models.autoencoder import AEConfig, MaskedAutoencoder, _loss_weights, cell_losses, predict
+from models.autoencoder import (AEConfig, Ensemble, MaskedAutoencoder, _loss_weights, cell_losses,
+                                direct_fill_inputs, predict)
 from models.codec import TableCodec
 from models.reverse import ReverseConfig, reverse_impute
 from models.train import fit_model
@@ -16,7 +17,7 @@ from transforms.impute import CONFIDENCE, IMPUTED, METHOD, Imputer
 from transforms.io import ROW_ID
 from transforms.schema import TableSchema
 
-SMALL = AEConfig(hidden=32, depth=2, code=8, epochs=30, min_steps=400, patience=10, random_state=0)
+SMALL = AEConfig(hidden=32, depth=2, code=8, epochs=30, min_steps=400, patience=10, extra_sizes=(), random_state=0)
 SCHEMA = TableSchema.model_validate({"name": "t", "columns": [
     {"name": "id", "type": "id"},
     {"name": "x", "type": "numeric", "impute": True},
@@ -141,7 +142,7 @@ def test_manifest_is_json_and_not_a_pickle(trained, tmp_path):
     d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
                       config=SMALL, metrics={"a": 1}, error_reference=1.0)
     m = json.loads((d / "manifest.json").read_text())
-    assert m["format"] == "lakefill-model/1" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
+    assert m["format"] == "lakefill-model/2" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
     assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "weights.safetensors"]
 
 
@@ -245,9 +246,72 @@ def test_range_loss_counts_each_numeric_column_on_its_min_max_scale():
 
 def test_early_stopping_waits_until_the_rate_anneals():
     _, masked, _ = make_table(n=200)
-    cfg = dict(hidden=16, depth=1, code=4, epochs=40, min_steps=0, patience=1, lr=0.05, random_state=0)
+    cfg = dict(hidden=16, depth=1, code=4, epochs=40, min_steps=0, patience=1, lr=0.05, extra_sizes=(), random_state=0)
     eager = fit_model(masked, SCHEMA, config=AEConfig(patience_after=0.0, **cfg)).result
     patient = fit_model(masked, SCHEMA, config=AEConfig(patience_after=0.5, **cfg)).result
     assert eager.epochs_run < 20  # the setting can stop early ...
     assert patient.epochs_run > 20  # ... but not before half of the schedule
     assert patient.val_loss == pytest.approx(min(patient.history))  # the best epoch is what is kept
+
+
+def test_the_model_mixes_its_sizes_with_weights_fitted_on_held_out_cells(tmp_path):
+    _, masked, hide = make_table(n=300)
+    base = dict(epochs=15, min_steps=0, patience=5, random_state=0)
+    cfg = AEConfig(hidden=32, depth=2, code=8, extra_sizes=((8, 1, 2), [32, 2, 8]), **base)  # a repeat trains once
+    fitted = fit_model(masked, SCHEMA, config=cfg)
+    nets = fitted.metrics["networks"]
+    assert [(n["hidden"], n["depth"], n["code"]) for n in nets] == cfg.sizes == [(32, 2, 8), (8, 1, 2)]
+    assert sum(n["weight"] for n in nets) == pytest.approx(1.0)
+    assert all(round(n["weight"] * 20, 6).is_integer() for n in nets)
+    # the grid holds each network alone: the mixture's held-out loss is at most the best one's
+    assert fitted.result.val_loss <= min(n["val_loss"] for n in nets) + 1e-6
+    assert fitted.model.sizes == [(n["hidden"], n["depth"], n["code"]) for n in nets if n["weight"] > 0]
+    # each network trains exactly as it would alone
+    alone = [fit_model(masked, SCHEMA, config=AEConfig(hidden=h, depth=d, code=c, extra_sizes=(), **base)).model.members[0]
+             for h, d, c in cfg.sizes]
+    for net, member in zip(alone, fitted.model.members):
+        if net.size == member.size:
+            for k, v in net.state_dict().items():
+                assert torch.equal(v, member.state_dict()[k])
+    assert [n["val_loss"] for n in nets] == [fit_model(masked, SCHEMA, config=AEConfig(
+        hidden=h, depth=d, code=c, extra_sizes=(), **base)).result.val_loss for h, d, c in cfg.sizes]
+    # the mixture: weighted mean and probabilities; the variance adds the means' spread
+    ens = Ensemble(alone, [0.25, 0.75])
+    enc = fitted.codec.encode(masked)
+    ep = predict(ens, enc.values, enc.observed)
+    a, b = (predict(m, enc.values, enc.observed) for m in alone)
+    np.testing.assert_allclose(ep.num, 0.25 * a.num + 0.75 * b.num, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ep.cat_probs[0], 0.25 * a.cat_probs[0] + 0.75 * b.cat_probs[0], rtol=1e-5, atol=1e-6)
+    var = 0.25 * (a.num_var + (a.num - ep.num) ** 2) + 0.75 * (b.num_var + (b.num - ep.num) ** 2)
+    np.testing.assert_allclose(ep.num_var, var, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="weights"):
+        Ensemble(alone, [0.5, 0.6])
+    # reverse training runs on a mixture (each network draws its own dropout) and keeps its rule
+    rows = np.flatnonzero(hide.any(1))[:40]
+    init = direct_fill_inputs(ens, enc.values, enc.observed, ep)
+    res = reverse_impute(ens, enc.values[rows], enc.observed[rows], enc.targets_num[rows], enc.targets_cat[rows],
+                         init[rows], config=ReverseConfig(steps=20))
+    assert np.all(res.holdout_error_after <= res.holdout_error_before + 1e-9)
+    # saved and loaded with its networks and weights; a config without its sizes is refused at save
+    d = save_artifact(tmp_path / "m", model=ens, codec=fitted.codec, schema=SCHEMA, policy=None, config=cfg,
+                      metrics=fitted.metrics, error_reference=fitted.result.error_reference)
+    art = load_artifact(d, schema=SCHEMA)
+    assert art.model.sizes == cfg.sizes and art.model.weights.tolist() == [0.25, 0.75]
+    np.testing.assert_array_equal(predict(art.model, enc.values, enc.observed).num, ep.num)
+    with pytest.raises(ModelError, match="sizes"):
+        save_artifact(tmp_path / "bad", model=ens, codec=fitted.codec, schema=SCHEMA, policy=None,
+                      config=AEConfig(hidden=32, depth=2, code=8, extra_sizes=()), metrics={}, error_reference=1.0)
+
+
+def test_an_ensemble_of_one_is_its_network():
+    net = MaskedAutoencoder(n_inputs=3, col_slices=[(0, 1), (1, 3)], n_num=1, cat_sizes=[2], hidden=8, depth=1, code=2)
+    x, m = torch.randn(5, 3), torch.ones(5, 2)
+    for a, b in zip(Ensemble([net])(x, m), net(x, m)):
+        assert torch.equal(a, b)
+
+
+def test_config_refuses_bad_extra_sizes():
+    for bad in ((128, 2), ((128, 0, 16),), (("wide", 2, 16),)):
+        with pytest.raises(ValueError, match="extra_sizes"):
+            AEConfig(extra_sizes=bad)
+    assert AEConfig(extra_sizes=[[64, 2, 8]]).extra_sizes == ((64, 2, 8),)  # as a manifest's JSON gives it back

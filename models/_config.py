@@ -1,0 +1,77 @@
+"""The autoencoder's training config (no torch import: the command line reads its defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+__all__ = ["AEConfig"]
+
+
+@dataclass(frozen=True)
+class AEConfig:
+    hidden: int = 256
+    depth: int = 3
+    code: int = 64
+    epochs: int = 300
+    min_steps: int = 6000  # small tables train for more epochs, up to this many steps
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    max_hide: float = 0.5  # each training row hides a U(0, max_hide) share of its observed cells
+    block_hide: float = 0.0  # share of rows that hide one contiguous block of columns instead
+    recon_weight: float = 0.0  # weight of the loss on the given (not hidden) observed cells
+    val_fraction: float = 0.1
+    patience: int = 25
+    # early stopping counts epochs without improvement only after this share of the schedule:
+    # the one-cycle rate is still near its peak before that, and stopping there keeps an
+    # under-annealed model (the best epoch so far is kept either way)
+    patience_after: float = 0.5
+    # numeric loss per column on its min-max scale ("range", what a user reads an error on) or
+    # on the robust z scale of the inputs ("robust": a heavy-tailed column's outliers dominate)
+    loss_scale: str = "range"
+    # further networks, (hidden, depth, code), trained beside the one above (same seed, same
+    # held-out rows); the model is their ensemble: the mean of their numeric predictions and of
+    # their category probabilities. A wide and a narrow network err differently (the narrow one
+    # often fills a small table better), so the mean beats either. () trains the one network.
+    extra_sizes: tuple[tuple[int, int, int], ...] = ((128, 2, 16),)
+    random_state: int = 0
+
+    def __post_init__(self):
+        for name in ("hidden", "depth", "code", "epochs", "batch_size", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"AEConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.max_hide < 1:
+            raise ValueError(f"AEConfig.max_hide must be in (0, 1), got {self.max_hide}")
+        if not 0 <= self.block_hide <= 1:
+            raise ValueError(f"AEConfig.block_hide must be in [0, 1], got {self.block_hide}")
+        if not 0 <= self.patience_after < 1:
+            raise ValueError(f"AEConfig.patience_after must be in [0, 1), got {self.patience_after}")
+        if self.loss_scale not in ("range", "robust"):
+            raise ValueError(f"AEConfig.loss_scale must be 'range' or 'robust', got {self.loss_scale!r}")
+        if not 0 < self.val_fraction < 0.5:
+            raise ValueError(f"AEConfig.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+        try:  # a manifest's JSON gives lists back
+            sizes = tuple(tuple(int(v) for v in size) for size in self.extra_sizes)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"AEConfig.extra_sizes must be (hidden, depth, code) triples, got {self.extra_sizes!r}") from err
+        if any(len(size) != 3 or min(size) < 1 for size in sizes):
+            raise ValueError(f"AEConfig.extra_sizes must be (hidden, depth, code) triples of integers >= 1, "
+                             f"got {self.extra_sizes!r}")
+        object.__setattr__(self, "extra_sizes", sizes)
+
+    @property
+    def size(self) -> tuple[int, int, int]:
+        return (self.hidden, self.depth, self.code)
+
+    @property
+    def sizes(self) -> list[tuple[int, int, int]]:
+        """The networks' sizes, this config's first, each size once."""
+        return [c.size for c in self.member_configs()]
+
+    def member_configs(self) -> list["AEConfig"]:
+        """The config of each network to train, one per distinct size, this one's first."""
+        out = [replace(self, extra_sizes=())]
+        for hidden, depth, code in self.extra_sizes:
+            if (hidden, depth, code) not in [c.size for c in out]:
+                out.append(replace(self, hidden=hidden, depth=depth, code=code, extra_sizes=()))
+        return out
