@@ -216,14 +216,19 @@ def _demo(args) -> int:
     _drop_stale_demo_model(out / "model")
     outcome = _run_engine(args.engine, config, [])
     _print_outcome(outcome)
-    table = DeltaTable(outcome.table).to_pyarrow_table()
     import pyarrow.compute as pc
 
+    from transforms.stage import RUN_ID
+
+    # the demo appends: show this run's rows, not an earlier demo's
+    table = DeltaTable(outcome.table).to_pyarrow_table()
+    table = table.filter(pc.equal(table.column(RUN_ID), outcome.run_id))
     imputed = table.filter(pc.greater(pc.list_value_length(table.column("_lf_imputed")), 0))
     cols = ["customer_id", "age", "income", "blood_pressure", "segment", "_lf_imputed", "_lf_method", "_lf_confidence"]
     print("\na few imputed rows:")
     print(imputed.select(cols).slice(0, 6).to_pandas().to_string(index=False))
     q = DeltaTable(outcome.quarantine).to_pyarrow_table()
+    q = q.filter(pc.equal(q.column(RUN_ID), outcome.run_id))
     print("\nquarantined rows:")
     for row in q.select(["_lf_row_id", "reason"]).to_pylist()[:6]:
         print(f"  row {row['_lf_row_id']}: {row['reason']}")

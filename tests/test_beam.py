@@ -15,8 +15,10 @@ from deltalake import DeltaTable
 from conftest import EXAMPLES, demo_job
 from pipelines.beam_pipeline import run_beam
 from pipelines.local_job import run_local
-from transforms.beam import LakefillModelHandler, DetectDisguisedNulls, Finish, QUARANTINE, Validate
+from transforms.beam import LakefillModelHandler, DetectDisguisedNulls, Finish, QUARANTINE, Refine, Validate
 from transforms.detect import NullPolicy
+from transforms.impute import IMPUTED, Imputer
+from models.artifact import load_artifact
 from transforms.io import ROW_ID, read_raw
 from transforms.schema import load_schema
 from transforms.stage import QuarantineExceeded
@@ -157,6 +159,36 @@ def test_finish_gathers_small_batches_and_quarantines_rows_that_fail_post_valida
         # gathered: fewer, larger batches than went in (the last one flushed at bundle end)
         assert_that(sizes | beam.combiners.Count.Globally(),
                     equal_to([(done.num_rows + 249) // 250]), label="batches")
+
+
+def test_refine_gathers_small_batches_and_gives_what_one_call_on_all_rows_gives(beam_run):
+    """The low-confidence rows arrive as small batches; Refine re-works them in fewer, larger
+    calls (the last at bundle end), and each row comes out as it would from one call on all."""
+    cfg, outcome = beam_run
+    rows = _read(outcome.table).drop_columns(["_lf_run_id"])
+    rows = rows.filter(pc.greater(pc.list_value_length(rows.column(IMPUTED)), 0))
+    assert rows.num_rows > 100
+    batches = [rows.slice(i, 30) for i in range(0, rows.num_rows, 30)]
+    want = Imputer(load_artifact(cfg.model, schema=SCHEMA)).refine(rows).sort_by(ROW_ID)
+    assert "reverse" in want.column("_lf_method").to_pylist()  # the refinement changed some rows
+    handler = LakefillModelHandler(cfg.model, SCHEMA.model_dump(by_alias=True), device="cpu")
+
+    def same_rows(tables):  # floats to 1e-6: a matrix product's rounding may depend on the batch's size
+        got = pa.concat_tables(tables).sort_by(ROW_ID)
+        assert got.column(ROW_ID).to_pylist() == want.column(ROW_ID).to_pylist()
+        for name in want.column_names:
+            a, b = got.column(name), want.column(name)
+            if pa.types.is_floating(b.type):
+                np.testing.assert_allclose(a.to_numpy(zero_copy_only=False), b.to_numpy(zero_copy_only=False),
+                                           rtol=1e-6, atol=1e-6, err_msg=name)
+            else:
+                assert a.to_pylist() == b.to_pylist(), name
+
+    with BeamTestPipeline() as p:
+        out = p | beam.Create(batches, reshuffle=False) | beam.ParDo(Refine(handler, batch_rows=100))
+        assert_that(out, same_rows, label="rows")
+        assert_that(out | beam.Map(lambda t: t.num_rows) | beam.combiners.Count.Globally(),
+                    equal_to([-(-rows.num_rows // 120)]), label="calls")
 
 
 def test_spark_reads_the_beam_table_back_with_the_same_rows(beam_run, spark):
