@@ -117,10 +117,9 @@ def model_and_schema() -> tuple[Path, Path]:
 
 def _stale(model: Path) -> bool:
     """No cached model, or one of an older artifact format (retrained, not refused)."""
-    from models.artifact import FORMAT
+    from models.artifact import FORMAT, artifact_format
 
-    manifest = model / "manifest.json"
-    return not manifest.exists() or json.loads(manifest.read_text()).get("format") != FORMAT
+    return artifact_format(model) != FORMAT
 
 
 def job(input_path: Path, out: Path, run_id: str, **extra):

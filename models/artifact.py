@@ -22,7 +22,7 @@ from models.codec import TableCodec
 from transforms._errors import ModelError
 from transforms.schema import TableSchema
 
-__all__ = ["ModelArtifact", "save_artifact", "load_artifact", "FORMAT"]
+__all__ = ["ModelArtifact", "save_artifact", "load_artifact", "artifact_format", "FORMAT"]
 
 FORMAT = "lakefill-model/2"  # /2: the weights are an ensemble's (members.N.*)
 WEIGHTS = "weights.safetensors"
@@ -101,6 +101,14 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
     return out_dir
+
+
+def artifact_format(model_dir: str | Path) -> str | None:
+    """The format a model folder's manifest declares; None without a readable manifest."""
+    try:
+        return json.loads((Path(model_dir) / MANIFEST).read_text(encoding="utf-8")).get("format")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -> ModelArtifact:

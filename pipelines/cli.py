@@ -240,17 +240,12 @@ def _drop_stale_demo_model(model_dir: Path) -> None:
     version's demo) is deleted so that the demo trains a new one instead of refusing it."""
     import shutil
 
-    from models.artifact import FORMAT
+    from models.artifact import FORMAT, artifact_format
 
-    manifest = model_dir / "manifest.json"
-    if manifest.exists():
-        try:
-            fmt = json.loads(manifest.read_text()).get("format")
-        except json.JSONDecodeError:
-            fmt = None
-        if fmt != FORMAT:
-            print(f"the demo model in {model_dir} is of format {fmt!r}, not {FORMAT!r}: training a new one")
-            shutil.rmtree(model_dir)
+    fmt = artifact_format(model_dir)
+    if (model_dir / "manifest.json").exists() and fmt != FORMAT:
+        print(f"the demo model in {model_dir} is of format {fmt!r}, not {FORMAT!r}: training a new one")
+        shutil.rmtree(model_dir)
 
 
 def check_report(report: dict) -> list[str]:

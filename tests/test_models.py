@@ -267,14 +267,14 @@ def test_the_model_mixes_its_sizes_with_weights_fitted_on_held_out_cells(tmp_pat
     assert fitted.result.val_loss <= min(n["val_loss"] for n in nets) + 1e-6
     assert fitted.model.sizes == [(n["hidden"], n["depth"], n["code"]) for n in nets if n["weight"] > 0]
     # each network trains exactly as it would alone
-    alone = [fit_model(masked, SCHEMA, config=AEConfig(hidden=h, depth=d, code=c, extra_sizes=(), **base)).model.members[0]
-             for h, d, c in cfg.sizes]
+    singles = [fit_model(masked, SCHEMA, config=AEConfig(hidden=h, depth=d, code=c, extra_sizes=(), **base))
+               for h, d, c in cfg.sizes]
+    alone = [f.model.members[0] for f in singles]
     for net, member in zip(alone, fitted.model.members):
         if net.size == member.size:
             for k, v in net.state_dict().items():
                 assert torch.equal(v, member.state_dict()[k])
-    assert [n["val_loss"] for n in nets] == [fit_model(masked, SCHEMA, config=AEConfig(
-        hidden=h, depth=d, code=c, extra_sizes=(), **base)).result.val_loss for h, d, c in cfg.sizes]
+    assert [n["val_loss"] for n in nets] == [f.result.val_loss for f in singles]
     # the mixture: weighted mean and probabilities; the variance adds the means' spread
     ens = Ensemble(alone, [0.25, 0.75])
     enc = fitted.codec.encode(masked)

@@ -301,7 +301,7 @@ class Refine(_Gather):
 
     The low rows arrive as small batches (a few per cent of each input batch); they are
     gathered up to ``batch_rows`` per call, as the cost of a reverse-training step is mostly
-    fixed up to a few thousand rows (on letter, 2 cores: 150 rows/s in calls of 85 rows, 640
+    fixed up to a few thousand rows (on letter, 2 cores: 147 rows/s in calls of 85 rows, 635
     in calls of 1,600). Each row's result does not depend on the rows beside it."""
 
     def __init__(self, handler: LakefillModelHandler, reverse: dict | None = None, batch_rows: int = 4096):
