@@ -202,7 +202,8 @@ def bench_beam(path: Path, rows: int, beam_args: list[str]) -> dict:
     # pass-through: the same read and the same lake write + commit, nothing in between
     t = time.perf_counter()
     p = beam.Pipeline(options=pipeline_options(beam_args))
-    read = p | "ReadRaw" >> ReadRaw(str(path), batch_rows=50_000)
+    batch_rows = job(path, out, "x").batch_size  # the stage's read batches (the job config's default)
+    read = p | "ReadRaw" >> ReadRaw(str(path), batch_rows=batch_rows)
     parts = read.main | "Write" >> WriteToLake(str(out / "passthrough" / "table"))
     final = FinalizeRun(run_id="passthrough", output=str(out / "passthrough"), config={}, max_quarantine_share=1.0,
                         mode="overwrite", partition_by=[], started=time.time())

@@ -31,7 +31,7 @@ class JobConfig(BaseModel):
     mode: Literal["error", "append", "overwrite", "overwrite_partitions"] = "error"
     partition_by: list[str] = Field(default_factory=list)
     sample_rows: int = Field(default=200_000, ge=1, description="rows the null policy is fitted on")
-    batch_size: int = Field(default=50_000, ge=1, description="rows per Arrow batch through the stage")
+    batch_size: int = Field(default=200_000, ge=1, description="rows per Arrow batch through the stage")
     inference_batches: int = Field(default=2, ge=1, description="batches RunInference groups into one model call (Beam)")
     train_if_missing: bool = False
     device: Literal["auto", "cpu", "gpu"] = Field(default="auto", description="where the model runs: the GPU when torch sees one (auto)")

@@ -41,24 +41,22 @@ def _run_rows(report: dict) -> pa.Table | None:
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        t = DeltaTable(report["table"]).to_pyarrow_table()
+        dt = DeltaTable(report["table"])
+        # only this run's rows: files of other runs are pruned on their min/max statistics
+        has_run_id = "_lf_run_id" in [f.name for f in dt.schema().fields]
+        return dt.to_pyarrow_table(filters=[("_lf_run_id", "=", report["run_id"])] if has_run_id else None)
     except (TableNotFoundError, OSError, KeyError):
         return None
-    if "_lf_run_id" in t.column_names:
-        t = t.filter(pc.equal(t.column("_lf_run_id"), report["run_id"]))
-    return t
 
 
 def _imputed_masks(table: pa.Table) -> dict[str, np.ndarray]:
+    """Per imputed column, which rows had it filled (from the ``_lf_imputed`` lists, in Arrow)."""
+    from transforms.impute import imputed_mask
+
     col = table.column("_lf_imputed").combine_chunks()
-    flat = np.asarray(pc.list_flatten(col).to_pylist(), dtype=object)
-    parents = np.asarray(pc.list_parent_indices(col))
-    out = {}
-    for name in set(flat.tolist()):
-        m = np.zeros(table.num_rows, dtype=bool)
-        m[parents[flat == name]] = True
-        out[name] = m
-    return out
+    names = pc.unique(pc.list_flatten(col)).drop_null().to_pylist()
+    mask = imputed_mask(col, names)
+    return {name: mask[:, j] for j, name in enumerate(names)}
 
 
 def _plots(report: dict, table: pa.Table | None, check: dict | None) -> list[tuple[str, str]]:
@@ -108,9 +106,12 @@ def _plots(report: dict, table: pa.Table | None, check: dict | None) -> list[tup
             m = masks[name]
             obs, imp = v[~m & ~np.isnan(v)], v[m & ~np.isnan(v)]
             bins = np.histogram_bin_edges(np.concatenate([obs, imp]) if len(imp) else obs, bins=30)
-            ax.hist(obs, bins=bins, density=True, alpha=0.6, label=f"observed ({len(obs)})", color="#4c72b0")
+            # histograms counted here and drawn as one filled outline each (not 30 bars per series)
+            ax.stairs(np.histogram(obs, bins=bins, density=True)[0], bins, fill=True, alpha=0.6,
+                      label=f"observed ({len(obs)})", color="#4c72b0")
             if len(imp):
-                ax.hist(imp, bins=bins, density=True, alpha=0.6, label=f"imputed ({len(imp)})", color="#dd8452")
+                ax.stairs(np.histogram(imp, bins=bins, density=True)[0], bins, fill=True, alpha=0.6,
+                          label=f"imputed ({len(imp)})", color="#dd8452")
             ax.set_title(name)
             ax.legend(fontsize=7)
         for ax in axes.ravel()[len(numeric):]:
@@ -122,12 +123,12 @@ def _plots(report: dict, table: pa.Table | None, check: dict | None) -> list[tup
     if cats:
         fig, axes = plt.subplots(1, len(cats), figsize=(4 * len(cats), 3), squeeze=False)
         for ax, name in zip(axes.ravel(), cats):
-            v = np.asarray(table.column(name).to_pylist(), dtype=object)
-            m = masks[name]
-            levels = sorted({x for x in v if x is not None})[:15]
+            v, m = table.column(name), masks[name]
+            shares = [_shares(v.filter(pa.array(~m))), _shares(v.filter(pa.array(m)))]
+            levels = sorted(set(shares[0]) | set(shares[1]))[:15]
             x = np.arange(len(levels))
-            obs = [np.mean(v[~m] == lv) if (~m).any() else 0 for lv in levels]
-            imp = [np.mean(v[m] == lv) if m.any() else 0 for lv in levels]
+            obs = [shares[0].get(lv, 0.0) for lv in levels]
+            imp = [shares[1].get(lv, 0.0) for lv in levels]
             ax.bar(x - 0.2, obs, 0.4, label="observed", color="#4c72b0")
             ax.bar(x + 0.2, imp, 0.4, label="imputed", color="#dd8452")
             ax.set_xticks(x, levels, rotation=45, ha="right")
@@ -150,6 +151,15 @@ def _plots(report: dict, table: pa.Table | None, check: dict | None) -> list[tup
         ax.legend(fontsize=7)
         plots.append(("Error reduction of the re-worked rows", _png(fig)))
     return plots
+
+
+def _shares(values) -> dict:
+    """Each non-null value's share of the rows given (nulls count in the total, as before)."""
+    if len(values) == 0:
+        return {}
+    counts = pc.value_counts(values)
+    return {v: c / len(values) for v, c in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())
+            if v is not None}
 
 
 def refine_check(table: pa.Table | None) -> dict | None:

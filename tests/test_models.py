@@ -315,3 +315,28 @@ def test_config_refuses_bad_extra_sizes():
         with pytest.raises(ValueError, match="extra_sizes"):
             AEConfig(extra_sizes=bad)
     assert AEConfig(extra_sizes=[[64, 2, 8]]).extra_sizes == ((64, 2, 8),)  # as a manifest's JSON gives it back
+
+
+def test_row_draws_are_the_int64_hash_whatever_the_arithmetic_width():
+    """RowRandom computes its (rows, width) draws in int32; they must be the plain 31-bit hash."""
+    from models.reverse import RowRandom
+
+    m31 = (1 << 31) - 1
+
+    def mix(v: int) -> int:  # the hash, in Python integers (no width at all)
+        v = ((v ^ (v >> 15)) * 0x2C1B3C6D) & m31
+        v = ((v ^ (v >> 12)) * 0x297A2D39) & m31
+        return v ^ (v >> 15)
+
+    keys = [0, 1, 12345, 2**31 - 1, 2**40 + 17, 98765432101]
+    seed, salt, width = 7, 13, 9
+    gen = RowRandom(np.array(keys), seed)
+    got = gen.uniform(salt, width).numpy()
+    s = mix((salt * 0x27d4eb2d + 0x165667b1) & m31)
+    hi = mix((seed // (1 << 31)) & m31)
+    for i, k in enumerate(keys):
+        row = mix(mix((k & m31) ^ (seed & m31)) ^ (hi + 0x5bd1e995 & m31))
+        base = mix(row ^ s)
+        want = [np.float32(mix((base + j * 0x9e3779b1) & m31) / 2**31) for j in range(width)]
+        assert got[i].tolist() == want, f"row key {k}"
+    assert 0.0 <= got.min() and got.max() < 1.0

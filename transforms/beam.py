@@ -94,7 +94,7 @@ class ReadRaw(beam.PTransform):
     workers read in parallel.
     """
 
-    def __init__(self, pattern: str, batch_rows: int = 50_000):
+    def __init__(self, pattern: str, batch_rows: int = 200_000):
         super().__init__()
         self.pattern, self.batch_rows = pattern, batch_rows
 
@@ -328,7 +328,7 @@ class Finish(_Gather):
     validation has a fixed cost of a few tenths of a second whatever its size.
     """
 
-    def __init__(self, schema: dict, run_id: str, batch_rows: int = 50_000):
+    def __init__(self, schema: dict, run_id: str, batch_rows: int = 200_000):
         self.schema_dict, self.run_id, self.gather_rows = schema, run_id, batch_rows
 
     def setup(self):

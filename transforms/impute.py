@@ -24,7 +24,7 @@ from transforms._arrow import flags_to_lists
 from transforms.io import ROW_ID
 
 __all__ = ["Imputer", "resolve_device", "IMPUTED", "METHOD", "CONFIDENCE", "CHECK_BEFORE", "CHECK_AFTER",
-           "PROVENANCE_COLUMNS"]
+           "PROVENANCE_COLUMNS", "imputed_mask"]
 
 IMPUTED = "_lf_imputed"
 METHOD = "_lf_method"
@@ -76,7 +76,7 @@ class Imputer:
         if IMPUTED not in table.column_names:
             raise ValueError(f"refine needs rows from impute (with the {IMPUTED!r} column)")
         codec, model = self.artifact.codec, self.artifact.model
-        fill = _imputed_mask(table.column(IMPUTED), self.columns)  # in the model's column order
+        fill = imputed_mask(table.column(IMPUTED), self.columns)  # in the model's column order
         blanked = _blank(table, fill, self.columns)
         enc = codec.encode(blanked)
         init = codec.encode(table).values  # the direct fills, in input space
@@ -125,7 +125,8 @@ def _with_provenance(table: pa.Table, fill: np.ndarray, names: np.ndarray, metho
     return table.append_column(CHECK_AFTER, pa.nulls(table.num_rows, pa.float64()))
 
 
-def _imputed_mask(col, columns: list[str]) -> np.ndarray:
+def imputed_mask(col, columns: list[str]) -> np.ndarray:
+    """(rows, len(columns)) bool: which of ``columns`` each row's ``_lf_imputed`` list names."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     flat = pc.list_flatten(col)
     parents = np.asarray(pc.list_parent_indices(col))

@@ -265,12 +265,19 @@ def read_parquet_row_group(path: str | Path, index: int, first_row: int, count: 
     return _as_strings(str(path), f.read_row_groups(list(range(index, index + count))), first_row)
 
 
-def plan_reads(path: str, batch_rows: int) -> list[tuple[str, int, int, int]]:
+def plan_reads(path: str, batch_rows: int, *, min_units: int = 1) -> list[tuple[str, int, int, int]]:
     """What an engine splits a file into: (path, first row group, row id of its first row,
     number of row groups) per unit of about ``batch_rows`` rows for Parquet; a text file is one
-    unit (path, -1, 0, 0), read in batches by ``read_unit``."""
+    unit (path, -1, 0, 0), read in batches by ``read_unit``.
+
+    ``min_units``: a Parquet file with fewer units than this is split into smaller ones (down to
+    one row group each), so that an engine with that many task slots keeps them all busy."""
     if path.lower().endswith((".parquet", ".pq")):
-        return [(path, index, first, count) for index, count, first in parquet_read_units(path, batch_rows)]
+        units = parquet_read_units(path, batch_rows)
+        if len(units) < min_units:
+            rows = _open_parquet(_check_path(path)).metadata.num_rows
+            units = parquet_read_units(path, max(1, -(-rows // min_units)))
+        return [(path, index, first, count) for index, count, first in units]
     return [(path, -1, 0, 0)]
 
 

@@ -220,11 +220,16 @@ def stage_schemas(columns: list[str], schema: TableSchema, policy: NullPolicy, i
 
 
 def read_raw(spark: SparkSession, path: str, raw_schema: pa.Schema, counters: Counters | None = None,
-             *, batch_rows: int = 50_000) -> DataFrame:
+             *, batch_rows: int = 200_000, min_tasks: int | None = None) -> DataFrame:
     """The core reader on the executors: one task per read unit (consecutive Parquet row groups
-    of about ``batch_rows`` rows; a text file is one unit).
-    Unreadable records come back as quarantined rows. Row ids as in the core reader."""
-    units = plan_reads(path, batch_rows)
+    of about ``batch_rows`` rows; a text file is one unit). A Parquet file is split into at
+    least ``min_tasks`` units where its row groups allow (default: four per task slot, Spark's
+    ``defaultParallelism``), so that a small input still keeps every core busy and the last
+    round of tasks is short. Unreadable records come back as quarantined rows. Row ids as in
+    the core reader."""
+    if min_tasks is None:
+        min_tasks = 4 * spark.sparkContext.defaultParallelism
+    units = plan_reads(path, batch_rows, min_units=min_tasks)
     plan = spark.createDataFrame(units, "path string, unit int, first long, groups int").repartition(len(units))
 
     def fn(batches):
