@@ -154,7 +154,7 @@ def _plots(report: dict, table: pa.Table | None, check: dict | None) -> list[tup
 
 
 def _shares(values) -> dict:
-    """Each non-null value's share of the rows given (nulls count in the total, as before)."""
+    """Each non-null value's share of the rows given (null rows count in the total)."""
     if len(values) == 0:
         return {}
     counts = pc.value_counts(values)
