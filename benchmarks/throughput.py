@@ -195,6 +195,7 @@ def bench_beam(path: Path, rows: int, beam_args: list[str]) -> dict:
     import apache_beam as beam
 
     from pipelines.beam_pipeline import pipeline_options, run_beam
+    from pipelines.config import JobConfig
     from transforms.beam import FinalizeRun, ReadRaw, WriteToLake
 
     out = CACHE / f"beam-out-{rows}"
@@ -202,8 +203,7 @@ def bench_beam(path: Path, rows: int, beam_args: list[str]) -> dict:
     # pass-through: the same read and the same lake write + commit, nothing in between
     t = time.perf_counter()
     p = beam.Pipeline(options=pipeline_options(beam_args))
-    batch_rows = job(path, out, "x").batch_size  # the stage's read batches (the job config's default)
-    read = p | "ReadRaw" >> ReadRaw(str(path), batch_rows=batch_rows)
+    read = p | "ReadRaw" >> ReadRaw(str(path), batch_rows=JobConfig.model_fields["batch_size"].default)  # as the stage
     parts = read.main | "Write" >> WriteToLake(str(out / "passthrough" / "table"))
     final = FinalizeRun(run_id="passthrough", output=str(out / "passthrough"), config={}, max_quarantine_share=1.0,
                         mode="overwrite", partition_by=[], started=time.time())
