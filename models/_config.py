@@ -34,6 +34,10 @@ class AEConfig:
     # their category probabilities. A wide and a narrow network err differently (the narrow one
     # often fills a small table better), so the mean beats either. () trains the one network.
     extra_sizes: tuple[tuple[int, int, int], ...] = ((128, 2, 16),)
+    # also fit a multivariate normal on the encoded rows (EM) and offer it to the mixture: its
+    # conditional means carry a small table's linear structure; the held-out cells decide its
+    # weight (0 leaves it out). Skipped for inputs wider than 128 features.
+    gaussian: bool = True
     random_state: int = 0
 
     def __post_init__(self):

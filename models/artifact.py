@@ -17,14 +17,15 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from models.autoencoder import AEConfig, Ensemble, MaskedAutoencoder
+from models.autoencoder import AEConfig, Ensemble, GaussianMember, MaskedAutoencoder
 from models.codec import TableCodec
 from transforms._errors import ModelError
 from transforms.schema import TableSchema
 
 __all__ = ["ModelArtifact", "save_artifact", "load_artifact", "artifact_format", "FORMAT"]
 
-FORMAT = "lakefill-model/2"  # /2: the weights are an ensemble's (members.N.*)
+FORMAT = "lakefill-model/3"  # /2: the weights are an ensemble's (members.N.*); /3: it may hold a Gaussian member
+READABLE = ("lakefill-model/2", FORMAT)  # a /2 model is a /3 one without the Gaussian member
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 
@@ -93,7 +94,8 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
         "codec": codec.state(),
         "null_policy": policy,
         "architecture": {"n_inputs": model.n_inputs, "col_slices": [list(s) for s in model.col_slices],
-                         "n_num": model.n_num, "cat_sizes": model.cat_sizes, "sizes": [list(z) for z in model.sizes]},
+                         "n_num": model.n_num, "cat_sizes": model.cat_sizes, "sizes": [list(z) for z in model.sizes],
+                         "gaussian": model.has_gaussian},
         "config": config.__dict__,
         "error_reference": error_reference,
         "metrics": metrics,
@@ -120,8 +122,8 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ModelError(f"{manifest_path}: not valid JSON: {err}") from err
-    if manifest.get("format") != FORMAT:
-        raise ModelError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}; "
+    if manifest.get("format") not in READABLE:
+        raise ModelError(f"{manifest_path}: format {manifest.get('format')!r} is not one this version reads ({', '.join(READABLE)}); "
                          "retrain it with this version's `lakefill train`")
     weights = model_dir / manifest.get("weights", WEIGHTS)
     if not weights.exists():
@@ -135,9 +137,12 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
         codec = TableCodec.from_state(manifest["codec"], schema=trained_schema)
         arch = manifest["architecture"]
         config = AEConfig(**manifest["config"])
-        model = Ensemble([MaskedAutoencoder(n_inputs=arch["n_inputs"], col_slices=[tuple(s) for s in arch["col_slices"]],
-                                            n_num=arch["n_num"], cat_sizes=arch["cat_sizes"], hidden=hidden,
-                                            depth=depth, code=code) for hidden, depth, code in arch["sizes"]])
+        layout = dict(n_inputs=arch["n_inputs"], col_slices=[tuple(s) for s in arch["col_slices"]], n_num=arch["n_num"],
+                      cat_sizes=arch["cat_sizes"])
+        members = [MaskedAutoencoder(**layout, hidden=hidden, depth=depth, code=code) for hidden, depth, code in arch["sizes"]]
+        if arch.get("gaussian", False):
+            members.append(GaussianMember(**layout))
+        model = Ensemble(members)
         state = load_file(str(weights))
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

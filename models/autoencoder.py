@@ -10,7 +10,9 @@ outliers, huge in robust units, do not drive the training.
 The log-variance head is trained on the detached mean (it does not pull the mean), and gives
 the per-cell uncertainty that row confidence is built from.
 The model is an ensemble of networks of different sizes (``AEConfig.extra_sizes``) trained on
-the same split; their means and probabilities are averaged (``Ensemble``, ``train_ensemble``).
+the same split, plus a multivariate normal fitted by EM (``GaussianMember``, ``AEConfig.gaussian``);
+their means and probabilities are mixed with weights fitted on held-out cells (``Ensemble``,
+``train_ensemble``).
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from torch.nn import functional as F
 
 from models._config import AEConfig
 
-__all__ = ["AEConfig", "MaskedAutoencoder", "TrainResult", "train_autoencoder", "train_ensemble", "Ensemble",
-           "predict", "Prediction", "direct_fill_inputs"]
+__all__ = ["AEConfig", "MaskedAutoencoder", "GaussianMember", "TrainResult", "train_autoencoder", "train_ensemble",
+           "Ensemble", "fit_gaussian", "predict", "Prediction", "direct_fill_inputs"]
+
+GAUSSIAN_MAX_FEATURES = 128  # wider inputs: no Gaussian candidate (its cost grows with the cube of the width)
+GAUSSIAN_MAX_ROWS = 20_000  # EM runs on at most this many training rows (a seeded draw)
 
 
 class MaskedAutoencoder(nn.Module):
@@ -93,17 +98,128 @@ class MaskedAutoencoder(nn.Module):
         return list(torch.split(logits, self.cat_sizes, dim=1)) if self.cat_sizes else []
 
 
+class GaussianMember(nn.Module):
+    """A multivariate normal over the encoded input features (mean and covariance fitted by EM on
+    the observed cells, ``fit_gaussian``), with the network's interface: each cell is predicted
+    by its conditional mean given the row's given cells (a category's probabilities are the
+    conditional mean of its one-hot block), with its conditional variance. It captures the linear
+    structure a small table can hold more reliably than a network trained on a few hundred rows;
+    ``train_ensemble`` mixes it in only with the weight the held-out cells give it. Differentiable
+    in the input (reverse training works through it); it has no bottleneck code (width 0)."""
+
+    size = None  # not a network
+    dropout_width = 0
+
+    def __init__(self, *, n_inputs: int, col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int]):
+        super().__init__()
+        self.n_inputs, self.n_num, self.cat_sizes = n_inputs, n_num, list(cat_sizes)
+        self.col_slices = [tuple(s) for s in col_slices]
+        self.register_buffer("mean", torch.zeros(n_inputs, dtype=torch.float64))
+        self.register_buffer("cov", torch.eye(n_inputs, dtype=torch.float64))
+        index = torch.zeros(n_inputs, dtype=torch.long)
+        for j, (a, b) in enumerate(self.col_slices):
+            index[a:b] = j
+        self.register_buffer("feature_col", index, persistent=False)
+
+    def forward(self, values: torch.Tensor, mask: torch.Tensor, *, input_dropout: float = 0.0,
+                generator: torch.Generator | None = None, dropout_noise: torch.Tensor | None = None):
+        m = mask[:, self.feature_col].to(torch.float64)
+        x, mean = values.to(torch.float64), self.mean
+        n, dim = x.shape
+        pred, var = torch.where(m > 0, x, mean), torch.zeros_like(x)
+        counts = (1 - m).sum(1).long()
+        if n and int(counts.max()):
+            # with the precision P = cov^-1, the missing block's law given the rest is
+            # N(mean_m - P_mm^-1 P_mo (x_o - mean_o), P_mm^-1): one k x k factorisation per row.
+            # Rows are grouped by their count k of missing features (no padding), so a row's
+            # result does not depend on the other rows of its batch.
+            prec = torch.cholesky_inverse(torch.linalg.cholesky(self.cov))
+            r_all = ((x - mean) * m) @ prec
+            order_all = torch.argsort(m, dim=1, stable=True)  # each row's missing features first
+            for k in torch.unique(counts).tolist():
+                if k == 0:
+                    continue
+                rows = torch.nonzero(counts == k).squeeze(1)
+                order = order_all[rows, :k]
+                r = torch.gather(r_all[rows], 1, order)
+                chol, _ = torch.linalg.cholesky_ex(prec[order[:, :, None], order[:, None, :]])
+                shift = torch.cholesky_solve(r[:, :, None], chol)[:, :, 0]
+                inv_l = torch.linalg.solve_triangular(chol, torch.eye(k, dtype=x.dtype).expand(len(rows), k, k), upper=False)
+                pred = pred.index_put((rows[:, None], order), mean[order] - shift)
+                var = var.index_put((rows[:, None], order), (inv_l ** 2).sum(1))  # the block inverse's diagonal
+        var = var.clamp(min=math.exp(-12))
+        mu = pred[:, : self.n_num].to(values.dtype)
+        logvar = torch.log(var[:, : self.n_num]).clamp(-12, 8).to(values.dtype)
+        blocks = [torch.log(pred[:, a:a + k].clamp(1e-4, 1.0)) for (a, _), k in zip(self.col_slices[self.n_num:], self.cat_sizes)]
+        logits = torch.cat(blocks, dim=1).to(values.dtype) if blocks else values.new_zeros(len(values), 0)
+        return mu, logvar, logits, values.new_zeros(len(values), 0)
+
+    blank = MaskedAutoencoder.blank
+    split_logits = MaskedAutoencoder.split_logits
+
+
+@torch.no_grad()
+def fit_gaussian(member: GaussianMember, values: np.ndarray, observed: np.ndarray, *, max_iter: int = 50,
+                 shrink: float = 1e-3, tol: float = 1e-5, chunk: int = 4096) -> int:
+    """EM for a multivariate normal on the encoded rows' observed features (``observed``: per
+    column). Each variance gets ``shrink`` times itself added (and a small floor), so the
+    covariance stays well conditioned when columns are collinear or constant. Sets the
+    member's buffers; returns the iterations run. Deterministic (no randomness)."""
+    X = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+    M = torch.from_numpy(np.ascontiguousarray(observed))[:, member.feature_col].to(torch.float64)
+    n, dim = X.shape
+    count = M.sum(0)
+    mean = (X * M).sum(0) / count.clamp(min=1)
+    filled = torch.where(M > 0, X, mean)
+    cov = _regularised(torch.cov(filled.T, correction=0).reshape(dim, dim), shrink)
+    it = 0
+    for it in range(1, max_iter + 1):
+        member.mean.copy_(mean)
+        member.cov.copy_(cov)
+        total, outer, cond = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64), \
+            torch.zeros(dim, dim, dtype=torch.float64)
+        for s in range(0, n, chunk):
+            x, m = X[s:s + chunk], M[s:s + chunk]
+            d = (x - mean) * m
+            a = cov * m[:, :, None] * m[:, None, :] + torch.diag_embed(1 - m)
+            chol, _ = torch.linalg.cholesky_ex(a)
+            sol = torch.cholesky_solve(torch.cat([d[:, :, None], m[:, :, None] * cov], dim=2), chol)
+            xh = torch.where(m > 0, x, mean + sol[:, :, 0] @ cov)
+            # conditional covariance of the missing features: cov - cov P cov, P = M A^-1 M
+            miss = 1 - m
+            c = (cov - (m[:, :, None] * cov).transpose(1, 2) @ sol[:, :, 1:]) * miss[:, :, None] * miss[:, None, :]
+            total += xh.sum(0)
+            outer += xh.T @ xh
+            cond += c.sum(0)
+        new_mean = total / n
+        new_cov = _regularised((outer + cond) / n - torch.outer(new_mean, new_mean), shrink)
+        delta = max(float((new_mean - mean).abs().max()), float((new_cov - cov).abs().max() / cov.diagonal().max()))
+        mean, cov = new_mean, new_cov
+        if delta < tol:
+            break
+    member.mean.copy_(mean)
+    member.cov.copy_(cov)
+    return it
+
+
+def _regularised(cov: torch.Tensor, shrink: float) -> torch.Tensor:
+    cov = (cov + cov.T) / 2
+    diag = cov.diagonal()
+    floor = 1e-6 * float(diag.mean()) if float(diag.mean()) > 0 else 1e-6
+    return cov + torch.diag(shrink * diag + floor)
+
+
 class Ensemble(nn.Module):
-    """Networks of different sizes trained on the same table, used as one model with the
-    network's interface: a mixture with fixed weights (fitted on held-out cells, see
-    ``train_ensemble``). Numeric mean = the members' weighted mean, variance = the mixture's
+    """Networks of different sizes trained on the same table (and, where it earns a weight, a
+    ``GaussianMember``), used as one model with the network's interface: a mixture with fixed
+    weights (fitted on held-out cells, see ``train_ensemble``). Numeric mean = the members' weighted mean, variance = the mixture's
     (their variances plus their means' spread: disagreement lowers confidence), category
     probabilities = the weighted mean (returned as log-probabilities: softmax gives them back),
     bottleneck code = the members' codes side by side. One member is that member, unchanged."""
 
-    def __init__(self, members: list[MaskedAutoencoder], weights: list[float] | None = None):
+    def __init__(self, members: list[MaskedAutoencoder | GaussianMember], weights: list[float] | None = None):
         super().__init__()
-        if not members:
+        if not any(isinstance(m, MaskedAutoencoder) for m in members):
             raise ValueError("an Ensemble needs at least one network")
         first = members[0]
         for m in members[1:]:
@@ -119,7 +235,12 @@ class Ensemble(nn.Module):
 
     @property
     def sizes(self) -> list[tuple[int, int, int]]:
-        return [m.size for m in self.members]
+        """The networks' sizes (the Gaussian member, if any, is not a network)."""
+        return [m.size for m in self.members if isinstance(m, MaskedAutoencoder)]
+
+    @property
+    def has_gaussian(self) -> bool:
+        return any(isinstance(m, GaussianMember) for m in self.members)
 
     @property
     def dropout_width(self) -> int:
@@ -187,6 +308,7 @@ class TrainResult:
     val_idx: np.ndarray | None = None  # the held-out rows (None: too few rows to hold any out)
     val_hide: np.ndarray | None = None  # their observed cells hidden for the held-out loss
     members: list[dict] = field(default_factory=list)  # an ensemble's networks: size, held-out loss, epochs
+    gaussian: dict | None = None  # the Gaussian candidate: weight, held-out loss, EM iterations (None: not fitted)
 
 
 def _loss_weights(cfg: AEConfig, num_weights: np.ndarray | None, n_num: int) -> torch.Tensor | None:
@@ -308,17 +430,30 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
                    col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int], config: AEConfig,
                    num_weights: np.ndarray | None = None, progress: bool = False) -> TrainResult:
     """Train one network per size of ``config`` (``config.member_configs()``: same seed, same
-    held-out rows and hidden cells, each exactly as it would train alone), then fit the mixture
+    held-out rows and hidden cells, each exactly as it would train alone) and, with
+    ``config.gaussian``, fit a ``GaussianMember`` on the same training rows; then fit the mixture
     weights that minimise the loss on the held-out hidden cells (a grid of step 1/20 over the
-    weight simplex); a network whose weight is 0 is left out of the model. Returns the
-    Ensemble with its own held-out loss and confidence scale."""
+    weight simplex; the networks together always keep a share). A member whose weight is 0 is
+    left out of the model. Returns the Ensemble with its own held-out loss and confidence scale."""
     results = [train_autoencoder(values, observed, t_num, t_cat, col_slices=col_slices, n_num=n_num,
                                  cat_sizes=cat_sizes, config=cfg, num_weights=num_weights, progress=progress)
                for cfg in config.member_configs()]
     first = results[0]
-    weights = [1.0] + [0.0] * (len(results) - 1)
+    candidates = [r.model for r in results]
+    losses = [r.val_loss for r in results]
+    gaussian = None
+    if config.gaussian and first.val_idx is not None and values.shape[1] <= GAUSSIAN_MAX_FEATURES:
+        train_rows = np.setdiff1d(np.arange(len(values)), first.val_idx)
+        if len(train_rows) > GAUSSIAN_MAX_ROWS:  # a covariance is well estimated long before that
+            pick = np.random.default_rng(config.random_state).choice(len(train_rows), GAUSSIAN_MAX_ROWS, replace=False)
+            train_rows = train_rows[np.sort(pick)]
+        member = GaussianMember(n_inputs=values.shape[1], col_slices=col_slices, n_num=n_num, cat_sizes=cat_sizes)
+        iterations = fit_gaussian(member, values[train_rows], observed[train_rows])
+        candidates.append(member.eval())
+        gaussian = {"em_iterations": iterations}
+    weights = [1.0] + [0.0] * (len(candidates) - 1)
     val_loss, ref = first.val_loss, first.error_reference
-    if len(results) > 1 and first.val_idx is not None:  # too few rows to hold out: the first network alone
+    if len(candidates) > 1 and first.val_idx is not None:  # too few rows to hold out: the first network alone
         vi, vh = first.val_idx, first.val_hide
         X = torch.from_numpy(np.ascontiguousarray(values[vi], dtype=np.float32))
         G = torch.from_numpy(observed[vi] & ~vh).float()
@@ -327,9 +462,14 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
         H = torch.from_numpy(vh).float()
         num_w = _loss_weights(config, num_weights, n_num)
         with torch.no_grad():
-            outs = [r.model.eval()(r.model.blank(X, G), G) for r in results]
+            outs = [m.eval()(m.blank(X, G), G) for m in candidates]
+            if gaussian is not None:
+                loss, _ = cell_losses(first.model, outs[-1][0], outs[-1][1], outs[-1][2], TN, TC, H, num_w)
+                losses.append(float(loss.sum() / H.sum().clamp(min=1)))
             best = math.inf
-            for w in _simplex(len(results), 20):
+            for w in _simplex(len(candidates), 20):
+                if not any(w[: len(results)]):  # the networks always keep a share
+                    continue
                 mu, logvar, log_p = mix(first.model, [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs],
                                         torch.tensor(w))
                 loss, _ = cell_losses(first.model, mu, logvar, log_p, TN, TC, H, num_w)
@@ -338,7 +478,7 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
                     best, weights = total, list(w)
         val_loss = best
     keep = [k for k, w in enumerate(weights) if w > 0]
-    ensemble = Ensemble([results[k].model for k in keep], [weights[k] for k in keep]).eval()
+    ensemble = Ensemble([candidates[k] for k in keep], [weights[k] for k in keep]).eval()
     if len(keep) > 1:
         ref = _error_reference(ensemble, values[first.val_idx], observed[first.val_idx] & ~first.val_hide,
                                first.val_hide, num_weights)
@@ -347,8 +487,10 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
     members = [{"hidden": r.model.size[0], "depth": r.model.size[1], "code": r.model.size[2], "weight": w,
                 "val_loss": r.val_loss, "epochs_run": r.epochs_run, "best_epoch": r.best_epoch}
                for r, w in zip(results, weights)]
+    if gaussian is not None:
+        gaussian.update(weight=weights[-1], val_loss=losses[-1])
     return TrainResult(ensemble, max(r.epochs_run for r in results), first.best_epoch, val_loss,
-                       first.history, ref, first.val_idx, first.val_hide, members)
+                       first.history, ref, first.val_idx, first.val_hide, members, gaussian)
 
 
 def _simplex(k: int, steps: int):

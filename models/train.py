@@ -25,7 +25,8 @@ class FittedModel:
     def metrics(self) -> dict:
         r = self.result
         return {"epochs_run": r.epochs_run, "best_epoch": r.best_epoch, "val_loss": r.val_loss,
-                "train_seconds": round(self.seconds, 3), "rows": int(self.rows), "networks": r.members}
+                "train_seconds": round(self.seconds, 3), "rows": int(self.rows), "networks": r.members,
+                "gaussian": r.gaussian}
 
 
 def fit_model(table: pa.Table, schema: TableSchema, *, config: AEConfig = AEConfig(), progress: bool = False) -> FittedModel:

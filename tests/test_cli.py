@@ -101,11 +101,16 @@ def test_train_then_impute_cli(tmp_path, capsys):
     nets = manifest["metrics"]["networks"]  # the default sizes, mixed by weights fitted on held-out cells
     assert [[n["hidden"], n["depth"], n["code"]] for n in nets] == [[256, 3, 64], [128, 2, 16]]
     assert manifest["architecture"]["sizes"] == [[n["hidden"], n["depth"], n["code"]] for n in nets if n["weight"] > 0]
+    gaussian = manifest["metrics"]["gaussian"]  # offered to the mixture by default, kept if it earns a weight
+    assert manifest["architecture"]["gaussian"] == (gaussian["weight"] > 0)
+    assert sum(n["weight"] for n in nets) + gaussian["weight"] == pytest.approx(1.0)
     # a size on the command line is the one network trained, and the manifest says so
     assert main(["train", "--input", str(data), "--schema", str(EXAMPLES / "customers.schema.yaml"),
-                 "--out", str(tmp_path / "m2"), "--epochs", "5", "--hidden", "16", "--depth", "1", "--quiet"]) == 0
+                 "--out", str(tmp_path / "m2"), "--epochs", "5", "--hidden", "16", "--depth", "1", "--no-gaussian",
+                 "--quiet"]) == 0
     manifest = json.loads((tmp_path / "m2" / "manifest.json").read_text())
     assert manifest["architecture"]["sizes"] == [[16, 1, 64]]
+    assert manifest["architecture"]["gaussian"] is False and manifest["metrics"]["gaussian"] is None
     assert (manifest["config"]["hidden"], manifest["config"]["depth"]) == (16, 1)
 
 

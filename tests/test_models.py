@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from models.artifact import load_artifact, save_artifact
-from models.autoencoder import (AEConfig, Ensemble, MaskedAutoencoder, _loss_weights, cell_losses,
-                                direct_fill_inputs, predict)
+from models.autoencoder import (AEConfig, Ensemble, GaussianMember, MaskedAutoencoder, _loss_weights, cell_losses,
+                                direct_fill_inputs, fit_gaussian, predict)
 from models.codec import TableCodec
 from models.reverse import ReverseConfig, reverse_impute
 from models.train import fit_model
@@ -142,12 +142,21 @@ def test_manifest_is_json_and_not_a_pickle(trained, tmp_path):
     d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
                       config=SMALL, metrics={"a": 1}, error_reference=1.0)
     m = json.loads((d / "manifest.json").read_text())
-    assert m["format"] == "lakefill-model/2" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
+    assert m["format"] == "lakefill-model/3" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
     assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "weights.safetensors"]
 
 
-def test_reverse_training_does_not_worsen_rows_and_runs_under_no_grad(trained):
-    full, masked, hide, fitted = trained
+@pytest.fixture(scope="module")
+def trained_network():
+    """The network alone (no Gaussian member): on this linear table the Gaussian makes the
+    direct fill near-exact (squared error 0.006 against 0.055), which leaves reverse training
+    nothing to show on the truth; its rule is checked with the Gaussian in the mixture test."""
+    full, masked, hide = make_table()
+    return full, masked, hide, fit_model(masked, SCHEMA, config=AEConfig(**{**SMALL.__dict__, "gaussian": False}))
+
+
+def test_reverse_training_does_not_worsen_rows_and_runs_under_no_grad(trained_network):
+    full, masked, hide, fitted = trained_network
     codec, model = fitted.codec, fitted.model
     enc = codec.encode(masked)
     pred = predict(model, enc.values, enc.observed)
@@ -256,7 +265,7 @@ def test_early_stopping_waits_until_the_rate_anneals():
 
 def test_the_model_mixes_its_sizes_with_weights_fitted_on_held_out_cells(tmp_path):
     _, masked, hide = make_table(n=300)
-    base = dict(epochs=15, min_steps=0, patience=5, random_state=0)
+    base = dict(epochs=15, min_steps=0, patience=5, random_state=0, gaussian=False)  # networks only here
     cfg = AEConfig(hidden=32, depth=2, code=8, extra_sizes=((8, 1, 2), [32, 2, 8]), **base)  # a repeat trains once
     fitted = fit_model(masked, SCHEMA, config=cfg)
     nets = fitted.metrics["networks"]
@@ -301,6 +310,67 @@ def test_the_model_mixes_its_sizes_with_weights_fitted_on_held_out_cells(tmp_pat
     with pytest.raises(ModelError, match="sizes"):
         save_artifact(tmp_path / "bad", model=ens, codec=fitted.codec, schema=SCHEMA, policy=None,
                       config=AEConfig(hidden=32, depth=2, code=8, extra_sizes=()), metrics={}, error_reference=1.0)
+
+
+def test_the_gaussian_member_is_the_conditional_normal_fitted_by_em():
+    rng = np.random.default_rng(3)
+    mu = np.array([1.0, -2.0, 0.5, 3.0])
+    a = rng.normal(size=(4, 4))
+    sigma = a @ a.T + 0.5 * np.eye(4)
+    x = rng.multivariate_normal(mu, sigma, size=4000)
+    observed = rng.random(x.shape) >= 0.25
+    observed[:, 0] |= ~observed.any(1)
+    member = GaussianMember(n_inputs=4, col_slices=[(j, j + 1) for j in range(4)], n_num=4, cat_sizes=[])
+    iterations = fit_gaussian(member, np.where(observed, x, 0.0), observed)
+    assert 1 < iterations < 50
+    # EM on the observed cells recovers the distribution the rows were drawn from
+    np.testing.assert_allclose(member.mean.numpy(), mu, atol=0.1)
+    np.testing.assert_allclose(member.cov.numpy(), sigma, atol=0.25 * np.abs(sigma).max())
+    # each row's prediction is its conditional mean and variance under the fitted normal
+    m, s = member.mean.numpy(), member.cov.numpy()
+    given = observed[:50]
+    out_mu, out_logvar, logits, code = member(torch.from_numpy(np.where(given, x[:50], 0.0)).float(),
+                                              torch.from_numpy(given).float())
+    assert logits.shape == (50, 0) and code.shape == (50, 0)
+    for i in range(50):
+        o, h = given[i], ~given[i]
+        k = s[np.ix_(h, o)] @ np.linalg.inv(s[np.ix_(o, o)])
+        want = m[h] + k @ (x[i, o] - m[o])
+        np.testing.assert_allclose(out_mu[i, h].numpy(), want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(out_mu[i, o].numpy(), x[i, o], rtol=1e-5, atol=1e-5)  # given cells come back
+        var = np.diag(s[np.ix_(h, h)] - k @ s[np.ix_(o, h)])
+        np.testing.assert_allclose(np.exp(out_logvar[i, h].numpy()), var, rtol=1e-3)
+
+
+def test_the_mixture_offers_a_gaussian_member_and_weighs_it_on_held_out_cells(trained, tmp_path):
+    _, masked, hide, fitted = trained  # SMALL: one network + the Gaussian candidate
+    g = fitted.metrics["gaussian"]
+    assert g["em_iterations"] >= 1 and round(g["weight"] * 20, 6).is_integer()
+    # y and k are linear in x: the Gaussian earns a share, and the mixture beats each member alone
+    assert 0 < g["weight"] < 1 and fitted.model.has_gaussian
+    assert fitted.result.val_loss <= min(g["val_loss"], fitted.metrics["networks"][0]["val_loss"]) + 1e-6
+    assert fitted.model.sizes == [SMALL.size]
+    # saved and loaded with its Gaussian member: the same predictions
+    enc = fitted.codec.encode(masked)
+    d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None, config=SMALL,
+                      metrics=fitted.metrics, error_reference=fitted.result.error_reference)
+    assert json.loads((d / "manifest.json").read_text())["architecture"]["gaussian"] is True
+    art = load_artifact(d, schema=SCHEMA)
+    assert art.model.has_gaussian
+    np.testing.assert_array_equal(predict(art.model, enc.values, enc.observed).num,
+                                  predict(fitted.model, enc.values, enc.observed).num)
+    # reverse training works through it and keeps its rule
+    rows = np.flatnonzero(hide.any(1))[:40]
+    pred = predict(fitted.model, enc.values, enc.observed)
+    init = direct_fill_inputs(fitted.model, enc.values, enc.observed, pred)
+    res = reverse_impute(fitted.model, enc.values[rows], enc.observed[rows], enc.targets_num[rows],
+                         enc.targets_cat[rows], init[rows], config=ReverseConfig(steps=20))
+    assert np.all(res.holdout_error_after <= res.holdout_error_before + 1e-9)
+    # switched off: no candidate, no member
+    off = fit_model(masked, SCHEMA, config=AEConfig(**{**SMALL.__dict__, "gaussian": False}))
+    assert off.metrics["gaussian"] is None and not off.model.has_gaussian
+    with pytest.raises(ValueError, match="at least one network"):
+        Ensemble([GaussianMember(n_inputs=3, col_slices=[(0, 1), (1, 3)], n_num=1, cat_sizes=[1])])
 
 
 def test_an_ensemble_of_one_is_its_network():
