@@ -125,7 +125,7 @@ class GaussianMember(nn.Module):
                 generator: torch.Generator | None = None, dropout_noise: torch.Tensor | None = None):
         m = mask[:, self.feature_col].to(torch.float64)
         x, mean = values.to(torch.float64), self.mean
-        n, dim = x.shape
+        n = len(x)
         pred, var = torch.where(m > 0, x, mean), torch.zeros_like(x)
         counts = (1 - m).sum(1).long()
         if n and int(counts.max()):
@@ -144,7 +144,8 @@ class GaussianMember(nn.Module):
                 r = torch.gather(r_all[rows], 1, order)
                 chol, _ = torch.linalg.cholesky_ex(prec[order[:, :, None], order[:, None, :]])
                 shift = torch.cholesky_solve(r[:, :, None], chol)[:, :, 0]
-                inv_l = torch.linalg.solve_triangular(chol, torch.eye(k, dtype=x.dtype).expand(len(rows), k, k), upper=False)
+                eye = torch.eye(k, dtype=x.dtype, device=x.device).expand(len(rows), k, k)
+                inv_l = torch.linalg.solve_triangular(chol, eye, upper=False)
                 pred = pred.index_put((rows[:, None], order), mean[order] - shift)
                 var = var.index_put((rows[:, None], order), (inv_l ** 2).sum(1))  # the block inverse's diagonal
         var = var.clamp(min=math.exp(-12))
