@@ -36,6 +36,14 @@ GAUSSIAN_MAX_FEATURES = 128  # wider inputs: no Gaussian candidate (its cost gro
 GAUSSIAN_MAX_ROWS = 20_000  # EM runs on at most this many training rows (a seeded draw)
 
 
+def _feature_col(n_inputs: int, col_slices: list[tuple[int, int]]) -> torch.Tensor:
+    """Each input feature's column: expands a per-column mask to the input features."""
+    index = torch.zeros(n_inputs, dtype=torch.long)
+    for j, (a, b) in enumerate(col_slices):
+        index[a:b] = j
+    return index
+
+
 class MaskedAutoencoder(nn.Module):
     def __init__(self, *, n_inputs: int, col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int],
                  hidden: int, depth: int, code: int):
@@ -61,11 +69,7 @@ class MaskedAutoencoder(nn.Module):
         # a linear path from the input to the outputs: linear relations between columns are
         # learned at once, the deep path learns the rest (helps small tables most)
         self.skip = nn.Linear(n_inputs + n_cols, n_num + sum(cat_sizes))
-        # expands a per-column mask to the input features
-        index = torch.zeros(n_inputs, dtype=torch.long)
-        for j, (a, b) in enumerate(self.col_slices):
-            index[a:b] = j
-        self.register_buffer("feature_col", index, persistent=False)
+        self.register_buffer("feature_col", _feature_col(n_inputs, self.col_slices), persistent=False)
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor, *, input_dropout: float = 0.0,
                 generator: torch.Generator | None = None, dropout_noise: torch.Tensor | None = None):
@@ -116,10 +120,7 @@ class GaussianMember(nn.Module):
         self.col_slices = [tuple(s) for s in col_slices]
         self.register_buffer("mean", torch.zeros(n_inputs, dtype=torch.float64))
         self.register_buffer("cov", torch.eye(n_inputs, dtype=torch.float64))
-        index = torch.zeros(n_inputs, dtype=torch.long)
-        for j, (a, b) in enumerate(self.col_slices):
-            index[a:b] = j
-        self.register_buffer("feature_col", index, persistent=False)
+        self.register_buffer("feature_col", _feature_col(n_inputs, self.col_slices), persistent=False)
 
     def forward(self, values: torch.Tensor, mask: torch.Tensor, *, input_dropout: float = 0.0,
                 generator: torch.Generator | None = None, dropout_noise: torch.Tensor | None = None):
