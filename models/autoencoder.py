@@ -176,8 +176,6 @@ def fit_gaussian(member: GaussianMember, values: np.ndarray, observed: np.ndarra
     cov = _regularised(torch.cov(filled.T, correction=0).reshape(dim, dim), shrink)
     it = 0
     for it in range(1, max_iter + 1):
-        member.mean.copy_(mean)
-        member.cov.copy_(cov)
         total, outer, cond = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64), \
             torch.zeros(dim, dim, dtype=torch.float64)
         for s in range(0, n, chunk):
@@ -214,8 +212,9 @@ def _regularised(cov: torch.Tensor, shrink: float) -> torch.Tensor:
 class Ensemble(nn.Module):
     """Networks of different sizes trained on the same table (and, where it earns a weight, a
     ``GaussianMember``), used as one model with the network's interface: a mixture with fixed
-    weights (fitted on held-out cells, see ``train_ensemble``). Numeric mean = the members' weighted mean, variance = the mixture's
-    (their variances plus their means' spread: disagreement lowers confidence), category
+    weights (fitted on held-out cells, see ``train_ensemble``). Numeric mean = the members'
+    weighted mean, variance = the mixture's (their variances plus their means' spread:
+    disagreement lowers confidence), category
     probabilities = the weighted mean (returned as log-probabilities: softmax gives them back),
     bottleneck code = the members' codes side by side. One member is that member, unchanged."""
 
@@ -442,7 +441,6 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
                for cfg in config.member_configs()]
     first = results[0]
     candidates = [r.model for r in results]
-    losses = [r.val_loss for r in results]
     gaussian = None
     if config.gaussian and first.val_idx is not None and values.shape[1] <= GAUSSIAN_MAX_FEATURES:
         train_rows = np.setdiff1d(np.arange(len(values)), first.val_idx)
@@ -467,7 +465,7 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
             outs = [m.eval()(m.blank(X, G), G) for m in candidates]
             if gaussian is not None:
                 loss, _ = cell_losses(first.model, outs[-1][0], outs[-1][1], outs[-1][2], TN, TC, H, num_w)
-                losses.append(float(loss.sum() / H.sum().clamp(min=1)))
+                gaussian["val_loss"] = float(loss.sum() / H.sum().clamp(min=1))
             best = math.inf
             for w in _simplex(len(candidates), 20):
                 if not any(w[: len(results)]):  # the networks always keep a share
@@ -490,7 +488,7 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
                 "val_loss": r.val_loss, "epochs_run": r.epochs_run, "best_epoch": r.best_epoch}
                for r, w in zip(results, weights)]
     if gaussian is not None:
-        gaussian.update(weight=weights[-1], val_loss=losses[-1])
+        gaussian["weight"] = weights[-1]
     return TrainResult(ensemble, max(r.epochs_run for r in results), first.best_epoch, val_loss,
                        first.history, ref, first.val_idx, first.val_hide, members, gaussian)
 
