@@ -1,5 +1,6 @@
 """The model artifact: ``weights.safetensors`` + ``manifest.json``. Never pickle.
 
+The weights file also holds the donor rows when the model keeps them (``models.donors``).
 The manifest carries the schema the model was trained on, the codec state, the fitted null
 policy, the hyperparameters, training metrics, library versions and the sha256 of the weights.
 Loading verifies the hash (a tampered file is refused) and, when the caller names its schema,
@@ -18,14 +19,15 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from models.autoencoder import AEConfig, Ensemble, GaussianMember, MaskedAutoencoder
+from models.donors import DonorIndex
 from models.codec import TableCodec
 from transforms._errors import ModelError
 from transforms.schema import TableSchema
 
 __all__ = ["ModelArtifact", "save_artifact", "load_artifact", "artifact_format", "FORMAT"]
 
-FORMAT = "lakefill-model/3"  # /2: the weights are an ensemble's (members.N.*); /3: it may hold a Gaussian member
-READABLE = ("lakefill-model/2", FORMAT)  # a /2 model is a /3 one without the Gaussian member
+FORMAT = "lakefill-model/4"  # /2: an ensemble's weights (members.N.*); /3: a Gaussian member; /4: donor rows (donors.*)
+READABLE = ("lakefill-model/2", "lakefill-model/3", FORMAT)  # an older model is a /4 one without what came later
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 
@@ -95,7 +97,8 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
         "null_policy": policy,
         "architecture": {"n_inputs": model.n_inputs, "col_slices": [list(s) for s in model.col_slices],
                          "n_num": model.n_num, "cat_sizes": model.cat_sizes, "sizes": [list(z) for z in model.sizes],
-                         "gaussian": model.has_gaussian},
+                         "gaussian": model.has_gaussian,
+                         "donors": model.donors.n_rows if model.donors is not None else 0},
         "config": config.__dict__,
         "error_reference": error_reference,
         "metrics": metrics,
@@ -142,7 +145,9 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
         members = [MaskedAutoencoder(**layout, hidden=hidden, depth=depth, code=code) for hidden, depth, code in arch["sizes"]]
         if arch.get("gaussian", False):
             members.append(GaussianMember(**layout))
-        model = Ensemble(members)
+        donors = DonorIndex(int(arch["donors"]), layout["col_slices"], layout["n_num"], layout["cat_sizes"]) \
+            if arch.get("donors") else None
+        model = Ensemble(members, donors=donors)
         state = load_file(str(weights))
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

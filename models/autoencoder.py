@@ -12,7 +12,8 @@ the per-cell uncertainty that row confidence is built from.
 The model is an ensemble of networks of different sizes (``AEConfig.extra_sizes``) trained on
 the same split, plus a multivariate normal fitted by EM (``GaussianMember``, ``AEConfig.gaussian``);
 their means and probabilities are mixed with weights fitted on held-out cells (``Ensemble``,
-``train_ensemble``).
+``train_ensemble``). Where a row to fill is a copy of a training row (``models.donors``,
+``AEConfig.donors``), ``predict`` blends the copy's cells in, with a weight fitted the same way.
 """
 
 from __future__ import annotations
@@ -28,9 +29,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from models._config import AEConfig
+from models.donors import BANDS as DONOR_BANDS
+from models.donors import MAX_ROWS as DONOR_MAX_ROWS
+from models.donors import MIN_BITS as DONOR_MIN_BITS
+from models.donors import DonorFill, DonorIndex
 
 __all__ = ["AEConfig", "MaskedAutoencoder", "GaussianMember", "TrainResult", "train_autoencoder", "train_ensemble",
-           "Ensemble", "fit_gaussian", "predict", "Prediction", "direct_fill_inputs"]
+           "Ensemble", "fit_gaussian", "predict", "Prediction", "direct_fill_inputs", "blend_donors"]
 
 GAUSSIAN_MAX_FEATURES = 128  # wider inputs: no Gaussian candidate (its cost grows with the cube of the width)
 GAUSSIAN_MAX_ROWS = 20_000  # EM runs on at most this many training rows (a seeded draw)
@@ -216,9 +221,12 @@ class Ensemble(nn.Module):
     weighted mean, variance = the mixture's (their variances plus their means' spread:
     disagreement lowers confidence), category
     probabilities = the weighted mean (returned as log-probabilities: softmax gives them back),
-    bottleneck code = the members' codes side by side. One member is that member, unchanged."""
+    bottleneck code = the members' codes side by side. One member is that member, unchanged.
+    ``donors`` (a fitted ``DonorIndex``, or None) is not part of the forward pass: ``predict``
+    blends it into the mixture's fill."""
 
-    def __init__(self, members: list[MaskedAutoencoder | GaussianMember], weights: list[float] | None = None):
+    def __init__(self, members: list[MaskedAutoencoder | GaussianMember], weights: list[float] | None = None,
+                 donors: DonorIndex | None = None):
         super().__init__()
         if not any(isinstance(m, MaskedAutoencoder) for m in members):
             raise ValueError("an Ensemble needs at least one network")
@@ -233,6 +241,7 @@ class Ensemble(nn.Module):
         self.n_inputs, self.n_num, self.cat_sizes, self.col_slices = first.n_inputs, first.n_num, first.cat_sizes, first.col_slices
         self.register_buffer("weights", w)  # saved with the weights file
         self.register_buffer("feature_col", first.feature_col.clone(), persistent=False)
+        self.donors = donors
 
     @property
     def sizes(self) -> list[tuple[int, int, int]]:
@@ -310,6 +319,7 @@ class TrainResult:
     val_hide: np.ndarray | None = None  # their observed cells hidden for the held-out loss
     members: list[dict] = field(default_factory=list)  # an ensemble's networks: size, held-out loss, epochs
     gaussian: dict | None = None  # the Gaussian candidate: weight, held-out loss, EM iterations (None: not fitted)
+    donors: dict | None = None  # the donor index: rows, weight, held-out cells it had, loss without / with it
 
 
 def _loss_weights(cfg: AEConfig, num_weights: np.ndarray | None, n_num: int) -> torch.Tensor | None:
@@ -489,8 +499,70 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
                for r, w in zip(results, weights)]
     if gaussian is not None:
         gaussian["weight"] = weights[-1]
+    donors = None
+    if config.donors and first.val_idx is not None:
+        donors = _fit_donors(ensemble, values, observed, t_num, t_cat, first.val_idx, first.val_hide,
+                             num_weights=num_weights, loss_weights=_loss_weights(config, num_weights, n_num),
+                             seed=config.random_state)
     return TrainResult(ensemble, max(r.epochs_run for r in results), first.best_epoch, val_loss,
-                       first.history, ref, first.val_idx, first.val_hide, members, gaussian)
+                       first.history, ref, first.val_idx, first.val_hide, members, gaussian, donors)
+
+
+def _fit_donors(ensemble: Ensemble, values, observed, t_num, t_cat, val_idx, val_hide, *, num_weights, loss_weights,
+                seed: int) -> dict:
+    """Build the donor index on the training rows and fit its blend weights on the held-out
+    rows' hidden cells (a row is never its own donor): per evidence band, the weight in steps of
+    1/20 with the lowest loss on that band's cells (squared error / cross-entropy as in
+    training); a band with no held-out cell takes the weight of the band below (its evidence is
+    stronger). The index joins the model only if a weight is above 0. The confidence scale
+    stays the networks'."""
+    rows = np.arange(len(values))
+    if len(rows) > DONOR_MAX_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(len(values), DONOR_MAX_ROWS, replace=False))
+    position = np.full(len(values), -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    index = DonorIndex.build(values[rows], observed[rows], col_slices=ensemble.col_slices, n_num=ensemble.n_num,
+                             cat_sizes=ensemble.cat_sizes)
+    given = observed[val_idx] & ~val_hide
+    pred = predict(ensemble, values[val_idx], given, num_weights=num_weights)
+    fill = index.lookup(values[val_idx], given, exclude=position[val_idx])
+    n_num = ensemble.n_num
+    lw = np.ones(n_num) if loss_weights is None else loss_weights.numpy().astype(np.float64)
+    nw = np.ones(n_num) if num_weights is None else np.asarray(num_weights, dtype=np.float64)
+    truth_num = t_num[val_idx].astype(np.float64)
+    truth_cat = t_cat[val_idx]
+    bands = []
+    for band in range(len(index.weight)):
+        rows = (fill.band == band)[:, None]
+        h_num = val_hide[:, :n_num] & fill.num_has & rows
+        h_cat = val_hide[:, n_num:] & fill.cat_has & (truth_cat >= 0) & rows
+
+        def loss(w: float) -> float:
+            total = float((lw * ((1 - w) * pred.num + w * fill.num - truth_num) ** 2)[h_num].sum())
+            for k, (p, q) in enumerate(zip(pred.cat_probs, fill.cat_probs)):
+                r = np.nonzero(h_cat[:, k])[0]
+                total -= float(np.log(np.maximum((1 - w) * p[r, truth_cat[r, k]] + w * q[r, truth_cat[r, k]], 1e-12)).sum())
+            return total
+
+        weight, before = 0.0, loss(0.0)
+        best = before
+        for step in range(1, 21):
+            value = loss(step / 20)
+            if value < best - 1e-9:
+                weight, best = step / 20, value
+        error = float(((fill.num - truth_num) ** 2 * nw)[h_num].mean()) if h_num.any() else 0.0
+        cells = int(h_num.sum() + h_cat.sum())
+        if not cells and band > 0:  # nothing held out to measure: the evidence is stronger than the band below's
+            weight, error = float(index.weight[band - 1]), float(index.error[band - 1])
+        index.weight[band] = weight
+        index.error[band] = error
+        bands.append({"min_bits": ([DONOR_MIN_BITS] + list(DONOR_BANDS))[band], "weight": weight,
+                      "val_cells": cells, "val_loss_without": before, "val_loss_with": best,
+                      "error": error})
+    if float(index.weight.max()) > 0:
+        ensemble.donors = index
+    return {"rows": index.n_rows, "val_cells_hidden": int(val_hide.sum()), "bands": bands,
+            "used": ensemble.donors is not None}
 
 
 def _simplex(k: int, steps: int):
@@ -530,6 +602,7 @@ class Prediction:
     cat_probs: list[np.ndarray]  # per categorical column (n, k)
     cell_error: np.ndarray  # (n, n_cols) expected error of each cell's prediction (see below)
     code: np.ndarray  # (n, code) bottleneck
+    donor_rows: np.ndarray | None = None  # (n,) bool: a copy of the row (models.donors) weighed on its fill
 
 
 @torch.no_grad()
@@ -554,9 +627,28 @@ def predict(model: MaskedAutoencoder | Ensemble, values: np.ndarray, given: np.n
     err = np.zeros((len(values), len(model.col_slices)), dtype=np.float64)
     if model.n_num:
         err[:, : model.n_num] = var * (num_weights if num_weights is not None else 1.0)
+    donors = getattr(model, "donors", None)
+    donor_rows = None
+    if donors is not None and len(values):
+        fill = donors.lookup(values, given)
+        donor_rows = (donors.row_weights(fill)[:, 0] > 0) & (fill.num_has.any(axis=1) | fill.cat_has.any(axis=1))
+        mu, probs = blend_donors(donors, fill, mu, probs)
+        w, e = donors.row_weights(fill), donors.row_errors(fill)
+        nw = num_weights if num_weights is not None else 1.0
+        var = np.where(fill.num_has, (1 - w) ** 2 * var + w ** 2 * e / np.maximum(nw, 1e-12), var).astype(np.float32)
+        err[:, : model.n_num] = var * nw
     for k, p in enumerate(probs):
         err[:, model.n_num + k] = 1.0 - p.max(axis=1)
-    return Prediction(mu, var, probs, err, code)
+    return Prediction(mu, var, probs, err, code, donor_rows)
+
+
+def blend_donors(donors: DonorIndex, fill: DonorFill, num: np.ndarray, cat_probs: list[np.ndarray]):
+    """The networks' fill blended with the donors' where a row has donors: (num, cat_probs)."""
+    w = donors.row_weights(fill)
+    num = np.where(fill.num_has, (1 - w) * num + w * fill.num, num).astype(np.float32)
+    cat_probs = [np.where(fill.cat_has[:, k:k + 1], (1 - w) * p + w * q, p).astype(p.dtype)
+                 for k, (p, q) in enumerate(zip(cat_probs, fill.cat_probs))]
+    return num, cat_probs
 
 
 def direct_fill_inputs(model: MaskedAutoencoder | Ensemble, values: np.ndarray, observed: np.ndarray, pred: Prediction) -> np.ndarray:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.autoencoder import Ensemble, MaskedAutoencoder, cell_losses
+from models.autoencoder import Ensemble, MaskedAutoencoder, blend_donors, cell_losses
 
 __all__ = ["ReverseConfig", "ReverseResult", "reverse_impute"]
 
@@ -127,7 +127,11 @@ def reverse_impute(model: MaskedAutoencoder | Ensemble, values: np.ndarray, obse
     for p in model.parameters():
         p.requires_grad_(False)
     with torch.enable_grad():  # callers often run inference under no_grad
-        return _run(model, values, observed, t_num, t_cat, init, cfg, gen)
+        result = _run(model, values, observed, t_num, t_cat, init, cfg, gen)
+    donors = getattr(model, "donors", None)
+    if donors is not None and len(values):  # a row's copies weigh on its refined fill as on its direct one
+        result.num, result.cat_probs = blend_donors(donors, donors.lookup(values, observed), result.num, result.cat_probs)
+    return result
 
 
 def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult:

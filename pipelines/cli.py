@@ -105,7 +105,8 @@ def _train(args) -> int:
         schema = infer_schema(raw.table, name=Path(args.input).stem, policy=NullPolicy().fit(raw.table))
     sizes = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("code", args.code)) if v is not None}
     # a size given on the command line is the one network trained; else the default ensemble
-    cfg = AEConfig(epochs=args.epochs, random_state=args.seed, gaussian=not args.no_gaussian, **sizes,
+    cfg = AEConfig(epochs=args.epochs, random_state=args.seed, gaussian=not args.no_gaussian,
+                   donors=not args.no_donors, **sizes,
                    **({"extra_sizes": ()} if sizes else {}))
     out = train_to_dir(args.input, schema, Path(args.out), config=cfg, progress=not args.quiet)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -344,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-gaussian", action="store_true",
                    help="do not offer the mixture a multivariate normal fitted by EM (by default it gets the weight "
                         "the held-out cells give it, often 0 on large nonlinear tables)")
+    p.add_argument("--no-donors", action="store_true",
+                   help="do not keep training rows in the model: by default a row that is a copy of a training row "
+                        "(a duplicate record with other holes) takes that row's cells, with the weight the held-out "
+                        "cells give them, and the model file holds up to 200,000 training rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)

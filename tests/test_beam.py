@@ -54,7 +54,7 @@ def test_every_row_lands_once_in_the_table_or_the_quarantine(beam_run):
     assert set(quarantine.column("_lf_run_id").to_pylist()) == {"r1"}
     # provenance, and every imputable hole filled
     assert set(table.column("_lf_run_id").to_pylist()) == {"r1"}
-    assert set(table.column("_lf_method").to_pylist()) <= {"none", "ae", "reverse"}
+    assert set(table.column("_lf_method").to_pylist()) <= {"none", "ae", "donor", "reverse"}
     for col in SCHEMA.columns:
         if col.impute and col.type != "id":
             assert table.column(col.name).null_count == 0, col.name

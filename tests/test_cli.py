@@ -70,7 +70,7 @@ def test_local_run_end_to_end_and_idempotent_rerun(tmp_path, capsys):
     for col in ("age", "income", "blood_pressure", "weight_kg", "segment"):
         assert table.column(col).null_count == 0, col
     assert counts["disguised_nulls_replaced"]["blood_pressure"] == 30
-    assert set(table.column("_lf_method").unique().to_pylist()) <= {"none", "ae", "reverse"}
+    assert set(table.column("_lf_method").unique().to_pylist()) <= {"none", "ae", "donor", "reverse"}
     assert pc.all(pc.equal(table.column("_lf_run_id"), "r1")).as_py()
     assert (out / "reports" / "r1" / "data_docs").exists()
     version = DeltaTable(str(out / "table")).version()
@@ -104,13 +104,16 @@ def test_train_then_impute_cli(tmp_path, capsys):
     gaussian = manifest["metrics"]["gaussian"]  # offered to the mixture by default, kept if it earns a weight
     assert manifest["architecture"]["gaussian"] == (gaussian["weight"] > 0)
     assert sum(n["weight"] for n in nets) + gaussian["weight"] == pytest.approx(1.0)
+    donors = manifest["metrics"]["donors"]  # offered by default; kept only if a band's held-out cells give it a weight
+    assert donors["rows"] > 0 and manifest["architecture"]["donors"] == (donors["rows"] if donors["used"] else 0)
     # a size on the command line is the one network trained, and the manifest says so
     assert main(["train", "--input", str(data), "--schema", str(EXAMPLES / "customers.schema.yaml"),
                  "--out", str(tmp_path / "m2"), "--epochs", "5", "--hidden", "16", "--depth", "1", "--no-gaussian",
-                 "--quiet"]) == 0
+                 "--no-donors", "--quiet"]) == 0
     manifest = json.loads((tmp_path / "m2" / "manifest.json").read_text())
     assert manifest["architecture"]["sizes"] == [[16, 1, 64]]
     assert manifest["architecture"]["gaussian"] is False and manifest["metrics"]["gaussian"] is None
+    assert manifest["architecture"]["donors"] == 0 and manifest["metrics"]["donors"] is None
     assert (manifest["config"]["hidden"], manifest["config"]["depth"]) == (16, 1)
 
 

@@ -10,6 +10,7 @@ from models.artifact import load_artifact, save_artifact
 from models.autoencoder import (AEConfig, Ensemble, GaussianMember, MaskedAutoencoder, _loss_weights, cell_losses,
                                 direct_fill_inputs, fit_gaussian, predict)
 from models.codec import TableCodec
+from models.donors import DonorIndex
 from models.reverse import ReverseConfig, reverse_impute
 from models.train import fit_model
 from transforms._errors import ModelError
@@ -142,7 +143,7 @@ def test_manifest_is_json_and_not_a_pickle(trained, tmp_path):
     d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
                       config=SMALL, metrics={"a": 1}, error_reference=1.0)
     m = json.loads((d / "manifest.json").read_text())
-    assert m["format"] == "lakefill-model/3" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
+    assert m["format"] == "lakefill-model/4" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
     assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "weights.safetensors"]
 
 
@@ -410,3 +411,107 @@ def test_row_draws_are_the_int64_hash_whatever_the_arithmetic_width():
         want = [np.float32(mix((base + j * 0x9e3779b1) & m31) / 2**31) for j in range(width)]
         assert got[i].tolist() == want, f"row key {k}"
     assert 0.0 <= got.min() and got.max() < 1.0
+
+
+# ------------------------------------------------------------------------------------ donors
+DUP_SCHEMA = TableSchema.model_validate({"name": "d", "columns": [
+    *[{"name": f"x{j}", "type": "numeric", "impute": True} for j in range(6)],
+    {"name": "c", "type": "categorical", "impute": True, "categories": ["p", "q"]},
+]})
+
+
+def make_duplicated_table(n=300, copies=100, seed=0, missing=0.2):
+    """n distinct rows (continuous values: no two agree by chance) plus copies of the first
+    ``copies`` rows; every row, copy or not, gets its own missing cells."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    X = np.column_stack([z[:, 0], z[:, 1], z[:, 0] * z[:, 1], np.sin(3 * z[:, 0]), z[:, 1] ** 2, rng.normal(size=n)])
+    X = np.round(X, 4)
+    c = np.where(z[:, 0] + rng.normal(0, 1, n) > 0, "p", "q")
+    X, c = np.concatenate([X, X[:copies]]), np.concatenate([c, c[:copies]])
+    twin = np.concatenate([np.arange(n, n + copies), np.full(n - copies, -1), np.arange(copies)])
+    hide = rng.random((len(X), 7)) < missing
+    cols = {f"x{j}": pa.array(np.where(hide[:, j], np.nan, X[:, j])) for j in range(6)}
+    cols = {k: pc.if_else(pc.is_nan(v), pa.scalar(None, pa.float64()), v) for k, v in cols.items()}
+    cols["c"] = pc.if_else(pa.array(hide[:, 6]), pa.scalar(None, pa.string()), pa.array(c.tolist()))
+    return pa.table(cols), X, c, hide, twin
+
+
+def test_the_donor_index_finds_a_rows_copies_and_nothing_else():
+    table, X, c, hide, twin = make_duplicated_table()
+    codec = TableCodec(schema=DUP_SCHEMA).fit(table)
+    enc = codec.encode(table)
+    slices = [(s.start, s.stop) for s in codec.input_slices()]
+    index = DonorIndex.build(enc.values, enc.observed, col_slices=slices, n_num=6, cat_sizes=codec.cat_sizes)
+    fill = index.lookup(enc.values, enc.observed)  # the training rows themselves: each is its own match, never its donor
+    truth = (X - np.array([codec.center_[f"x{j}"] for j in range(6)])) / np.array([codec.scale_[f"x{j}"] for j in range(6)])
+    # precision: a filled cell is its copy's value; rows without a copy get nothing
+    assert fill.num_has.any() and not fill.num_has[twin < 0].any() and np.all(fill.band[twin < 0] == -1)
+    np.testing.assert_allclose(fill.num[fill.num_has], truth[fill.num_has].astype(np.float32), rtol=0, atol=1e-6)
+    cats = np.asarray(codec.categories_["c"])
+    got = fill.cat_has[:, 0]
+    assert got.any() and np.all(cats[fill.cat_probs[0][got].argmax(1)] == c[got])
+    # recall: a hole whose copy has the cell, in a pair that shares 4+ given numbers, is filled
+    rows = np.flatnonzero(twin >= 0)
+    shared = ((~hide[rows, :6]) & (~hide[twin[rows], :6])).sum(1)
+    fillable = hide[rows, :6] & ~hide[twin[rows], :6] & (shared >= 4)[:, None]
+    assert fillable.sum() >= 20 and fill.num_has[rows][fillable].mean() >= 0.9
+    # a row's result does not depend on its batch; a row may be barred from a donor (itself, in validation)
+    part = np.arange(0, len(X), 3)
+    sub = index.lookup(enc.values[part], enc.observed[part])
+    np.testing.assert_array_equal(sub.num, fill.num[part])
+    np.testing.assert_array_equal(sub.band, fill.band[part])
+    r = int(rows[np.argmax(fill.num_has[rows].sum(1))])
+    barred = index.lookup(enc.values[[r]], enc.observed[[r]], exclude=np.array([twin[r]]))
+    assert fill.num_has[r].any() and not barred.num_has.any()
+
+
+def test_the_model_takes_a_copys_cells_where_the_held_out_cells_say_so(tmp_path):
+    table, X, c, hide, twin = make_duplicated_table()
+    fitted = fit_model(table, DUP_SCHEMA, config=SMALL)
+    d = fitted.metrics["donors"]
+    assert d["used"] and fitted.model.donors is not None and d["rows"] == table.num_rows
+    assert any(b["weight"] > 0 and b["val_cells"] > 0 for b in d["bands"])
+    for b in d["bands"]:
+        assert round(b["weight"] * 20, 6).is_integer() and b["val_loss_with"] <= b["val_loss_without"]
+    enc = fitted.codec.encode(table)
+    with_donors = predict(fitted.model, enc.values, enc.observed, num_weights=fitted.codec.error_weights())
+    index, fitted.model.donors = fitted.model.donors, None
+    without = predict(fitted.model, enc.values, enc.observed, num_weights=fitted.codec.error_weights())
+    fitted.model.donors = index
+    truth = (X - np.array([fitted.codec.center_[f"x{j}"] for j in range(6)])) / np.array(
+        [fitted.codec.scale_[f"x{j}"] for j in range(6)])
+    holes = hide[:, :6] & index.lookup(enc.values, enc.observed).num_has
+    err_with = ((with_donors.num - truth) ** 2)[holes].mean()
+    err_without = ((without.num - truth) ** 2)[holes].mean()
+    assert err_with < 0.1 * err_without
+    # rows without a copy keep the networks' fill and confidence exactly
+    alone = twin < 0
+    np.testing.assert_array_equal(with_donors.num[alone], without.num[alone])
+    np.testing.assert_array_equal(with_donors.cell_error[alone], without.cell_error[alone])
+    assert with_donors.cell_error[:, :6][holes].mean() < without.cell_error[:, :6][holes].mean()  # a copy's cell is trusted more
+    # saved with the model (under the weights' hash) and loaded back: the same fills
+    out = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=DUP_SCHEMA, policy=None,
+                        config=SMALL, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
+    assert json.loads((out / "manifest.json").read_text())["architecture"]["donors"] == table.num_rows
+    art = load_artifact(out, schema=DUP_SCHEMA)
+    np.testing.assert_array_equal(predict(art.model, enc.values, enc.observed).num,
+                                  predict(fitted.model, enc.values, enc.observed).num)
+    # provenance: a row filled with its copy's help says so
+    methods = np.asarray(Imputer(art).impute(table).column(METHOD).to_pylist())
+    assert set(methods[twin < 0]) <= {"ae", "none"} and "donor" in set(methods[twin >= 0])
+    # reverse training keeps a copy's cells (blended in after its clean pass)
+    rows = np.flatnonzero(holes.any(1))[:30]
+    init = direct_fill_inputs(fitted.model, enc.values, enc.observed, with_donors)
+    res = reverse_impute(fitted.model, enc.values[rows], enc.observed[rows], enc.targets_num[rows],
+                         enc.targets_cat[rows], init[rows], config=ReverseConfig(steps=10))
+    assert ((res.num - truth[rows]) ** 2)[holes[rows]].mean() < 0.1 * err_without
+    # switched off: no index; a table without copies never keeps one
+    off = fit_model(table, DUP_SCHEMA, config=AEConfig(**{**SMALL.__dict__, "donors": False}))
+    assert off.metrics["donors"] is None and off.model.donors is None
+
+
+def test_a_table_without_copies_keeps_no_donors(trained):
+    fitted = trained[3]
+    assert fitted.metrics["donors"]["used"] is False and fitted.model.donors is None
+    assert all(b["val_cells"] == 0 and b["weight"] == 0 for b in fitted.metrics["donors"]["bands"])

@@ -2,7 +2,8 @@
 
 ``Imputer.impute`` fills every null cell of the model's columns with one pass of the masked
 autoencoder and adds provenance: ``_lf_imputed`` (the columns filled in the row), ``_lf_method``
-(``none`` / ``ae`` / ``reverse``) and ``_lf_confidence`` in [0, 1]. ``Imputer.refine`` re-works
+(``none``; ``ae``; ``donor``: the model's fill blended with a copy of the row found among the
+training rows, see ``models.donors``; ``reverse``) and ``_lf_confidence`` in [0, 1]. ``Imputer.refine`` re-works
 rows by reverse training; a row whose held-back cells do not get better keeps its direct fill.
 
 Row confidence = 1 / (1 + e / e_ref): e is the mean predicted error of the row's imputed cells
@@ -66,6 +67,8 @@ class Imputer:
         err = np.where(n_fill > 0, (pred.cell_error * fill).sum(axis=1) / np.maximum(n_fill, 1), 0.0)
         confidence = np.where(n_fill > 0, 1.0 / (1.0 + err / self.artifact.error_reference), 1.0)
         method = np.where(n_fill > 0, "ae", "none")
+        if pred.donor_rows is not None:  # a copy of the row (a duplicate record) weighed on its fill
+            method = np.where((n_fill > 0) & pred.donor_rows, "donor", method)
         names = np.asarray(self.columns, dtype=object)[self._schema_order]
         return _with_provenance(out, fill[:, self._schema_order], names, method, confidence)
 
