@@ -533,9 +533,9 @@ def _fit_donors(ensemble: Ensemble, values, observed, t_num, t_cat, val_idx, val
     truth_cat = t_cat[val_idx]
     bands = []
     for band in range(len(index.weight)):
-        rows = (fill.band == band)[:, None]
-        h_num = val_hide[:, :n_num] & fill.num_has & rows
-        h_cat = val_hide[:, n_num:] & fill.cat_has & (truth_cat >= 0) & rows
+        in_band = (fill.band == band)[:, None]
+        h_num = val_hide[:, :n_num] & fill.num_has & in_band
+        h_cat = val_hide[:, n_num:] & fill.cat_has & (truth_cat >= 0) & in_band
 
         def loss(w: float) -> float:
             total = float((lw * ((1 - w) * pred.num + w * fill.num - truth_num) ** 2)[h_num].sum())
