@@ -631,9 +631,9 @@ def predict(model: MaskedAutoencoder | Ensemble, values: np.ndarray, given: np.n
     donor_rows = None
     if donors is not None and len(values):
         fill = donors.lookup(values, given)
-        donor_rows = (donors.row_weights(fill)[:, 0] > 0) & (fill.num_has.any(axis=1) | fill.cat_has.any(axis=1))
-        mu, probs = blend_donors(donors, fill, mu, probs)
         w, e = donors.row_weights(fill), donors.row_errors(fill)
+        donor_rows = (w[:, 0] > 0) & (fill.num_has.any(axis=1) | fill.cat_has.any(axis=1))
+        mu, probs = blend_donors(donors, fill, mu, probs)
         nw = num_weights if num_weights is not None else 1.0
         var = np.where(fill.num_has, (1 - w) ** 2 * var + w ** 2 * e / np.maximum(nw, 1e-12), var).astype(np.float32)
         err[:, : model.n_num] = var * nw

@@ -185,9 +185,13 @@ class DonorIndex(nn.Module):
 
     def row_weights(self, fill: DonorFill) -> np.ndarray:
         """(n, 1) each row's blend weight (its band's; 0 without donors)."""
-        w = self.weight.detach().cpu().numpy().astype(np.float64)
-        return np.where(fill.band >= 0, w[np.maximum(fill.band, 0)], 0.0)[:, None]
+        return _per_row(self.weight, fill)
 
     def row_errors(self, fill: DonorFill) -> np.ndarray:
-        e = self.error.detach().cpu().numpy().astype(np.float64)
-        return np.where(fill.band >= 0, e[np.maximum(fill.band, 0)], 0.0)[:, None]
+        """(n, 1) each row's donor error (its band's held-out error; 0 without donors)."""
+        return _per_row(self.error, fill)
+
+
+def _per_row(per_band: torch.Tensor, fill: DonorFill) -> np.ndarray:
+    values = per_band.detach().cpu().numpy().astype(np.float64)
+    return np.where(fill.band >= 0, values[np.maximum(fill.band, 0)], 0.0)[:, None]
