@@ -56,7 +56,6 @@ class DonorFill:
     num_has: np.ndarray  # (n, n_num) bool: a donor had the cell
     cat_probs: list[np.ndarray]  # per categorical column (n, k): donors' vote shares
     cat_has: np.ndarray  # (n, n_cat) bool
-    donors: np.ndarray  # (n,) how many donors each row uses
     band: np.ndarray  # (n,) the evidence band of the row's donors (0 = lowest), -1: none
 
 
@@ -181,7 +180,7 @@ class DonorIndex(nn.Module):
             np.add.at(votes, (r[g], V[d[g], j].astype(np.int64)), 1.0)
             cat_probs.append(votes / np.maximum(votes.sum(axis=1, keepdims=True), 1))
         cat_has = np.stack([p.sum(axis=1) > 0 for p in cat_probs], axis=1) if cat_probs else np.zeros((n, 0), bool)
-        return DonorFill(num, num_has, cat_probs, cat_has, np.bincount(r, minlength=n), band)
+        return DonorFill(num, num_has, cat_probs, cat_has, band)
 
     def row_weights(self, fill: DonorFill) -> np.ndarray:
         """(n, 1) each row's blend weight (its band's; 0 without donors)."""
