@@ -26,8 +26,9 @@ from transforms.schema import TableSchema
 
 __all__ = ["ModelArtifact", "save_artifact", "load_artifact", "artifact_format", "FORMAT"]
 
-FORMAT = "lakefill-model/4"  # /2: an ensemble's weights (members.N.*); /3: a Gaussian member; /4: donor rows (donors.*)
-READABLE = ("lakefill-model/2", "lakefill-model/3", FORMAT)  # an older model is a /4 one without what came later
+FORMAT = "lakefill-model/5"  # /2: an ensemble's weights (members.N.*); /3: a Gaussian member; /4: donor rows
+# (donors.*); /5: the networks' input squash (architecture "squash"; an older version would ignore it)
+READABLE = ("lakefill-model/2", "lakefill-model/3", "lakefill-model/4", FORMAT)  # an older model is a /5 one without what came later
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 
@@ -97,7 +98,7 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
         "null_policy": policy,
         "architecture": {"n_inputs": model.n_inputs, "col_slices": [list(s) for s in model.col_slices],
                          "n_num": model.n_num, "cat_sizes": model.cat_sizes, "sizes": [list(z) for z in model.sizes],
-                         "gaussian": model.has_gaussian,
+                         "gaussian": model.has_gaussian, "squash": _squash(model),
                          "donors": model.donors.n_rows if model.donors is not None else 0},
         "config": config.__dict__,
         "error_reference": error_reference,
@@ -106,6 +107,14 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
     return out_dir
+
+
+def _squash(model: Ensemble) -> float:
+    """The networks' input squash (one value for the model: they are trained with one config)."""
+    values = {m.squash for m in model.members if isinstance(m, MaskedAutoencoder)}
+    if len(values) != 1:
+        raise ModelError(f"the model's networks differ in their input squash ({sorted(values)}); a model has one")
+    return values.pop()
 
 
 def artifact_format(model_dir: str | Path) -> str | None:
@@ -139,10 +148,12 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
         trained_schema = TableSchema.model_validate(manifest["schema"])
         codec = TableCodec.from_state(manifest["codec"], schema=trained_schema)
         arch = manifest["architecture"]
-        config = AEConfig(**manifest["config"])
+        squash = float(arch.get("squash", 0.0))  # before /5: none
+        config = AEConfig(**{"squash": squash, **manifest["config"]})  # an older config lacks the field
         layout = dict(n_inputs=arch["n_inputs"], col_slices=[tuple(s) for s in arch["col_slices"]], n_num=arch["n_num"],
                       cat_sizes=arch["cat_sizes"])
-        members = [MaskedAutoencoder(**layout, hidden=hidden, depth=depth, code=code) for hidden, depth, code in arch["sizes"]]
+        members = [MaskedAutoencoder(**layout, hidden=hidden, depth=depth, code=code, squash=squash)
+                   for hidden, depth, code in arch["sizes"]]
         if arch.get("gaussian", False):
             members.append(GaussianMember(**layout))
         donors = DonorIndex(int(arch["donors"]), layout["col_slices"], layout["n_num"], layout["cat_sizes"]) \

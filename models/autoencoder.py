@@ -6,7 +6,8 @@ known values. Training hides extra observed cells at random and scores only thos
 error for numerics, cross-entropy for categories): the loss never touches a missing cell.
 Inputs are robust-scaled (median, IQR); each numeric column's squared error is weighted so that
 it counts on the column's min-max scale (``loss_scale="range"``): a heavy-tailed column's
-outliers, huge in robust units, do not drive the training.
+outliers, huge in robust units, do not drive the training. Opt-in, ``AEConfig.squash``
+log-compresses the numeric inputs beyond +-squash before the first layer (outputs unchanged).
 The log-variance head is trained on the detached mean (it does not pull the mean), and gives
 the per-cell uncertainty that row confidence is built from.
 The model is an ensemble of networks of different sizes (``AEConfig.extra_sizes``) trained on
@@ -51,10 +52,11 @@ def _feature_col(n_inputs: int, col_slices: list[tuple[int, int]]) -> torch.Tens
 
 class MaskedAutoencoder(nn.Module):
     def __init__(self, *, n_inputs: int, col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int],
-                 hidden: int, depth: int, code: int):
+                 hidden: int, depth: int, code: int, squash: float = 0.0):
         super().__init__()
         self.n_inputs, self.n_num, self.cat_sizes = n_inputs, n_num, list(cat_sizes)
         self.size = (hidden, depth, code)
+        self.squash = float(squash)  # numeric inputs beyond +-squash are log-compressed (0: off)
         self.col_slices = [tuple(s) for s in col_slices]
         n_cols = len(col_slices)
         layers: list[nn.Module] = [nn.Linear(n_inputs + n_cols, hidden), nn.SiLU()]
@@ -80,7 +82,7 @@ class MaskedAutoencoder(nn.Module):
                 generator: torch.Generator | None = None, dropout_noise: torch.Tensor | None = None):
         """values (n, n_inputs) with hidden cells zeroed by the caller; mask (n, n_cols) 1 = given.
         ``dropout_noise``: uniforms of the hidden layer's shape to draw the dropout from (else ``generator``)."""
-        x = torch.cat([values, mask], dim=1)
+        x = torch.cat([self.squash_inputs(values), mask], dim=1)
         h = self.input_layer(x)
         if input_dropout > 0:
             u = dropout_noise if dropout_noise is not None else torch.rand(h.shape, generator=generator, device=h.device)
@@ -98,6 +100,17 @@ class MaskedAutoencoder(nn.Module):
     def dropout_width(self) -> int:
         """Width of the layer the input dropout acts on (the shape of ``dropout_noise``'s rows)."""
         return self.input_layer[0].out_features
+
+    def squash_inputs(self, values: torch.Tensor) -> torch.Tensor:
+        """The numeric features as the first layer sees them: z within +-c as it is, beyond it
+        c + log(1 + |z| - c) with z's sign (continuous, differentiable, monotone)."""
+        c = self.squash
+        if not c or not self.n_num:
+            return values
+        z = values[:, : self.n_num]
+        excess = (z.abs() - c).clamp(min=0)
+        z = torch.where(excess > 0, torch.sign(z) * (c + torch.log1p(excess)), z)
+        return torch.cat([z, values[:, self.n_num:]], dim=1)
 
     def blank(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Zero the input features of every column whose mask is 0."""
@@ -362,7 +375,7 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(cfg.random_state)
         model = MaskedAutoencoder(n_inputs=values.shape[1], col_slices=col_slices, n_num=n_num, cat_sizes=cat_sizes,
-                                  hidden=cfg.hidden, depth=cfg.depth, code=cfg.code)
+                                  hidden=cfg.hidden, depth=cfg.depth, code=cfg.code, squash=cfg.squash)
     X = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
     M = torch.from_numpy(np.ascontiguousarray(observed, dtype=bool))
     TN = torch.from_numpy(np.ascontiguousarray(t_num, dtype=np.float32))

@@ -143,7 +143,7 @@ def test_manifest_is_json_and_not_a_pickle(trained, tmp_path):
     d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
                       config=SMALL, metrics={"a": 1}, error_reference=1.0)
     m = json.loads((d / "manifest.json").read_text())
-    assert m["format"] == "lakefill-model/4" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
+    assert m["format"] == "lakefill-model/5" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
     assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "weights.safetensors"]
 
 
@@ -515,3 +515,52 @@ def test_a_table_without_copies_keeps_no_donors(trained):
     fitted = trained[3]
     assert fitted.metrics["donors"]["used"] is False and fitted.model.donors is None
     assert all(b["val_cells"] == 0 and b["weight"] == 0 for b in fitted.metrics["donors"]["bands"])
+
+
+def test_the_input_squash_compresses_only_a_numeric_inputs_tail():
+    kw = dict(n_inputs=4, col_slices=[(0, 1), (1, 4)], n_num=1, cat_sizes=[2], hidden=8, depth=1, code=2)
+    torch.manual_seed(0)
+    plain = MaskedAutoencoder(**kw)
+    squashed = MaskedAutoencoder(**kw, squash=3.0)
+    squashed.load_state_dict(plain.state_dict())
+    values = torch.tensor([[-2.5, 1.0, 0.0, 0.0], [50.0, 0.0, 1.0, 0.0], [-50.0, 0.0, 0.0, 1.0]])
+    mask = torch.ones(3, 2)
+    seen = squashed.squash_inputs(values)
+    assert torch.equal(seen[0], values[0])  # within +-3: as it is
+    assert float(seen[1, 0]) == pytest.approx(3 + np.log(48)) and float(seen[2, 0]) == pytest.approx(-3 - np.log(48))
+    assert torch.equal(seen[:, 1:], values[:, 1:])  # a category's one-hot block is never touched
+    assert torch.equal(plain.squash_inputs(values), values)  # 0: off
+    mu_plain, mu_sq = plain(values, mask)[0], squashed(values, mask)[0]
+    assert torch.allclose(mu_plain[0], mu_sq[0], atol=1e-6) and not torch.allclose(mu_plain[1], mu_sq[1], atol=1e-3)
+    knee = squashed.squash_inputs(torch.tensor([[3 - 1e-4, 0.0, 0.0, 0.0], [3 + 1e-4, 0.0, 0.0, 0.0]]))
+    assert abs(float(knee[1, 0] - knee[0, 0])) < 1e-3  # continuous where the compression starts
+    v = values.clone().requires_grad_(True)  # reverse training optimises the inputs through it
+    squashed(v, mask)[0].sum().backward()
+    assert torch.isfinite(v.grad).all() and float(v.grad[1, 0].abs()) > 0
+    with pytest.raises(ValueError, match="squash"):
+        AEConfig(squash=-1)
+
+
+def test_the_artifact_keeps_the_input_squash_and_reads_older_models_without_it(trained, tmp_path):
+    full, masked, _, plain = trained
+    assert AEConfig().squash == 0 and all(m.squash == 0 for m in plain.model.members if isinstance(m, MaskedAutoencoder))
+    cfg = AEConfig(**{**SMALL.__dict__, "squash": 3.0})
+    fitted = fit_model(masked, SCHEMA, config=cfg)
+    assert all(m.squash == 3.0 for m in fitted.model.members if isinstance(m, MaskedAutoencoder))
+    d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
+                      config=cfg, metrics={}, error_reference=1.0)
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["architecture"]["squash"] == 3.0
+    loaded = load_artifact(d).model
+    assert [m.squash for m in loaded.members if isinstance(m, MaskedAutoencoder)] == [3.0]
+    enc = fitted.codec.encode(masked)
+    enc.values[:5, 0] = 40.0  # outliers, where the squash matters
+    a, b = predict(fitted.model, enc.values, enc.observed), predict(loaded, enc.values, enc.observed)
+    assert np.allclose(a.num, b.num, atol=1e-6)
+    # a /4 model (before the squash) has no such key: its networks read their inputs as they are
+    manifest["format"] = "lakefill-model/4"
+    del manifest["architecture"]["squash"], manifest["config"]["squash"]
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    old = load_artifact(d)
+    assert [m.squash for m in old.model.members if isinstance(m, MaskedAutoencoder)] == [0.0] and old.config.squash == 0
+    assert not np.allclose(predict(old.model, enc.values, enc.observed).num, a.num, atol=1e-3)
