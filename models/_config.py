@@ -42,6 +42,11 @@ class AEConfig:
     # other holes) takes the copy's cells, blended with the networks' by a weight the held-out
     # cells decide (0 leaves them out). The artifact then holds up to 200,000 training rows.
     donors: bool = True
+    # fit scikit-learn's boosted trees for each numeric column (100 rounds) and blend them into
+    # the fill with one weight fitted on the held-out cells (0 leaves them out; models.trees).
+    # They catch sharp rules between columns (a count that is 0 wherever its twin is) that the
+    # networks smooth over.
+    trees: bool = True
     # opt-in: a network's numeric inputs (robust z) beyond +-squash grow only logarithmically
     # from there on, so a heavy-tailed column's outliers (spam's z reach 700) do not swamp the
     # first layer and the linear path; outputs and loss stay on the z scale. 0 (the default)

@@ -1,6 +1,7 @@
 """The model artifact: ``weights.safetensors`` + ``manifest.json``. Never pickle.
 
-The weights file also holds the donor rows when the model keeps them (``models.donors``).
+The weights file also holds the donor rows when the model keeps them (``models.donors``) and the
+boosted trees' node arrays when it has trees (``models.trees``).
 The manifest carries the schema the model was trained on, the codec state, the fitted null
 policy, the hyperparameters, training metrics, library versions and the sha256 of the weights.
 Loading verifies the hash (a tampered file is refused) and, when the caller names its schema,
@@ -20,15 +21,18 @@ from safetensors.torch import load_file, save_file
 
 from models.autoencoder import AEConfig, Ensemble, GaussianMember, MaskedAutoencoder
 from models.donors import DonorIndex
+from models.trees import TreeFill
 from models.codec import TableCodec
 from transforms._errors import ModelError
 from transforms.schema import TableSchema
 
 __all__ = ["ModelArtifact", "save_artifact", "load_artifact", "artifact_format", "FORMAT"]
 
-FORMAT = "lakefill-model/5"  # /2: an ensemble's weights (members.N.*); /3: a Gaussian member; /4: donor rows
-# (donors.*); /5: the networks' input squash (architecture "squash"; an older version would ignore it)
-READABLE = ("lakefill-model/2", "lakefill-model/3", "lakefill-model/4", FORMAT)  # an older model is a /5 one without what came later
+FORMAT = "lakefill-model/6"  # /2: an ensemble's weights (members.N.*); /3: a Gaussian member; /4: donor rows
+# (donors.*); /5: the networks' input squash (architecture "squash"; an older version would ignore it);
+# /6: boosted trees (trees.*, architecture "trees")
+READABLE = ("lakefill-model/2", "lakefill-model/3", "lakefill-model/4", "lakefill-model/5", FORMAT)  # an older
+# model is a /6 one without what came later
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 
@@ -62,7 +66,7 @@ class ModelArtifact:
 
 def _versions() -> dict:
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "numpy", "pyarrow", "safetensors", "lakefill"):
+    for pkg in ("torch", "numpy", "pyarrow", "safetensors", "scikit-learn", "lakefill"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -99,7 +103,8 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
         "architecture": {"n_inputs": model.n_inputs, "col_slices": [list(s) for s in model.col_slices],
                          "n_num": model.n_num, "cat_sizes": model.cat_sizes, "sizes": [list(z) for z in model.sizes],
                          "gaussian": model.has_gaussian, "squash": _squash(model),
-                         "donors": model.donors.n_rows if model.donors is not None else 0},
+                         "donors": model.donors.n_rows if model.donors is not None else 0,
+                         "trees": model.trees.sizes if model.trees is not None else None},
         "config": config.__dict__,
         "error_reference": error_reference,
         "metrics": metrics,
@@ -158,9 +163,13 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
             members.append(GaussianMember(**layout))
         donors = DonorIndex(int(arch["donors"]), layout["col_slices"], layout["n_num"], layout["cat_sizes"]) \
             if arch.get("donors") else None
-        model = Ensemble(members, donors=donors)
+        trees = TreeFill(int(arch["trees"]["nodes"]), int(arch["trees"]["trees"]), int(arch["trees"]["columns"]),
+                         col_slices=layout["col_slices"], n_num=layout["n_num"]) if arch.get("trees") else None
+        model = Ensemble(members, donors=donors, trees=trees)
         state = load_file(str(weights))
         model.load_state_dict(state)
+        if trees is not None:
+            trees.check()
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ModelError(f"{model_dir}: the manifest and weights do not make a valid model: {err}") from err
     model.eval()

@@ -14,7 +14,9 @@ The model is an ensemble of networks of different sizes (``AEConfig.extra_sizes`
 the same split, plus a multivariate normal fitted by EM (``GaussianMember``, ``AEConfig.gaussian``);
 their means and probabilities are mixed with weights fitted on held-out cells (``Ensemble``,
 ``train_ensemble``). Where a row to fill is a copy of a training row (``models.donors``,
-``AEConfig.donors``), ``predict`` blends the copy's cells in, with a weight fitted the same way.
+``AEConfig.donors``), ``predict`` blends the copy's cells in, with a weight fitted the same way;
+before that, the numeric columns' boosted trees (``models.trees``, ``AEConfig.trees``) with a
+weight fitted the same way.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from models.donors import BANDS as DONOR_BANDS
 from models.donors import MAX_ROWS as DONOR_MAX_ROWS
 from models.donors import MIN_BITS as DONOR_MIN_BITS
 from models.donors import DonorFill, DonorIndex
+from models.trees import MAX_COLUMNS as TREES_MAX_COLUMNS
+from models.trees import TreeBlend, TreeFill, fit_trees, fit_weight, with_weight
 
 __all__ = ["AEConfig", "MaskedAutoencoder", "GaussianMember", "TrainResult", "train_autoencoder", "train_ensemble",
-           "Ensemble", "fit_gaussian", "predict", "Prediction", "direct_fill_inputs", "blend_donors"]
+           "Ensemble", "fit_gaussian", "predict", "Prediction", "direct_fill_inputs", "blend_donors", "blend_trees"]
 
 GAUSSIAN_MAX_FEATURES = 128  # wider inputs: no Gaussian candidate (its cost grows with the cube of the width)
 GAUSSIAN_MAX_ROWS = 20_000  # EM runs on at most this many training rows (a seeded draw)
@@ -235,11 +239,12 @@ class Ensemble(nn.Module):
     disagreement lowers confidence), category
     probabilities = the weighted mean (returned as log-probabilities: softmax gives them back),
     bottleneck code = the members' codes side by side. One member is that member, unchanged.
-    ``donors`` (a fitted ``DonorIndex``, or None) is not part of the forward pass: ``predict``
-    blends it into the mixture's fill."""
+    ``trees`` (a fitted ``models.trees.TreeFill``, or None) and ``donors`` (a fitted
+    ``DonorIndex``, or None) are not part of the forward pass: ``predict`` blends them into the
+    mixture's fill, the trees first."""
 
     def __init__(self, members: list[MaskedAutoencoder | GaussianMember], weights: list[float] | None = None,
-                 donors: DonorIndex | None = None):
+                 donors: DonorIndex | None = None, trees: TreeFill | None = None):
         super().__init__()
         if not any(isinstance(m, MaskedAutoencoder) for m in members):
             raise ValueError("an Ensemble needs at least one network")
@@ -254,6 +259,7 @@ class Ensemble(nn.Module):
         self.n_inputs, self.n_num, self.cat_sizes, self.col_slices = first.n_inputs, first.n_num, first.cat_sizes, first.col_slices
         self.register_buffer("weights", w)  # saved with the weights file
         self.register_buffer("feature_col", first.feature_col.clone(), persistent=False)
+        self.trees = trees
         self.donors = donors
 
     @property
@@ -333,6 +339,7 @@ class TrainResult:
     members: list[dict] = field(default_factory=list)  # an ensemble's networks: size, held-out loss, epochs
     gaussian: dict | None = None  # the Gaussian candidate: weight, held-out loss, EM iterations (None: not fitted)
     donors: dict | None = None  # the donor index: rows, weight, held-out cells it had, loss without / with it
+    trees: dict | None = None  # the boosted trees: weight, held-out cells, loss without / with them (None: not fitted)
 
 
 def _loss_weights(cfg: AEConfig, num_weights: np.ndarray | None, n_num: int) -> torch.Tensor | None:
@@ -512,13 +519,45 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
                for r, w in zip(results, weights)]
     if gaussian is not None:
         gaussian["weight"] = weights[-1]
+    trees = None
+    if config.trees and first.val_idx is not None and n_num:
+        trees = _fit_trees(ensemble, values, observed, t_num, first.val_idx, first.val_hide,
+                           loss_weights=_loss_weights(config, num_weights, n_num), seed=config.random_state)
     donors = None
     if config.donors and first.val_idx is not None:
         donors = _fit_donors(ensemble, values, observed, t_num, t_cat, first.val_idx, first.val_hide,
                              num_weights=num_weights, loss_weights=_loss_weights(config, num_weights, n_num),
                              seed=config.random_state)
+    if ensemble.trees is not None:  # kept: fitted again on all rows, now that nothing else is weighed
+        ensemble.trees = with_weight(fit_trees(values, observed, t_num, col_slices=ensemble.col_slices,
+                                               n_num=ensemble.n_num, rows=np.arange(len(values)),
+                                               seed=config.random_state), trees["weight"])
+        trees["nodes"] = ensemble.trees.sizes["nodes"]
     return TrainResult(ensemble, max(r.epochs_run for r in results), first.best_epoch, val_loss,
-                       first.history, ref, first.val_idx, first.val_hide, members, gaussian, donors)
+                       first.history, ref, first.val_idx, first.val_hide, members, gaussian, donors, trees)
+
+
+def _fit_trees(ensemble: Ensemble, values, observed, t_num, val_idx, val_hide, *, loss_weights, seed: int) -> dict:
+    """Fit the numeric columns' boosted trees on the training rows and their blend weight on the
+    held-out rows' hidden cells (``models.trees.fit_weight``); with a weight above 0 they join
+    the model as ``ensemble.trees`` (the donors are weighed with these, which never saw a
+    held-out cell; ``train_ensemble`` then fits them again on all rows)."""
+    if len(ensemble.col_slices) > TREES_MAX_COLUMNS:
+        return {"weight": 0.0, "columns": 0, "used": False,
+                "skipped": f"{len(ensemble.col_slices)} columns, more than {TREES_MAX_COLUMNS}"}
+    train_rows = np.setdiff1d(np.arange(len(values)), val_idx)
+    fill = fit_trees(values, observed, t_num, col_slices=ensemble.col_slices, n_num=ensemble.n_num, rows=train_rows,
+                     seed=seed)
+    if fill is None:
+        return {"weight": 0.0, "columns": 0, "used": False}
+    given = observed[val_idx] & ~val_hide
+    pred = predict(ensemble, values[val_idx], given)
+    lw = np.ones(ensemble.n_num) if loss_weights is None else loss_weights.numpy().astype(np.float64)
+    weight, report = fit_weight(fill, pred.num, fill.lookup(values[val_idx], given), t_num[val_idx],
+                                val_hide[:, :ensemble.n_num], lw)
+    if weight > 0:
+        ensemble.trees = with_weight(fill, weight)
+    return {**report, "used": weight > 0}
 
 
 def _fit_donors(ensemble: Ensemble, values, observed, t_num, t_cat, val_idx, val_hide, *, num_weights, loss_weights,
@@ -640,6 +679,9 @@ def predict(model: MaskedAutoencoder | Ensemble, values: np.ndarray, given: np.n
     err = np.zeros((len(values), len(model.col_slices)), dtype=np.float64)
     if model.n_num:
         err[:, : model.n_num] = var * (num_weights if num_weights is not None else 1.0)
+    trees = getattr(model, "trees", None)
+    if trees is not None and len(values):
+        mu = blend_trees(trees, trees.lookup(values, given), mu)  # the variance stays the networks'
     donors = getattr(model, "donors", None)
     donor_rows = None
     if donors is not None and len(values):
@@ -653,6 +695,12 @@ def predict(model: MaskedAutoencoder | Ensemble, values: np.ndarray, given: np.n
     for k, p in enumerate(probs):
         err[:, model.n_num + k] = 1.0 - p.max(axis=1)
     return Prediction(mu, var, probs, err, code, donor_rows)
+
+
+def blend_trees(trees: TreeFill, blend: TreeBlend, num: np.ndarray) -> np.ndarray:
+    """The networks' numeric fill blended with the boosted trees' where a column has them."""
+    w = trees.row_weights(blend)
+    return ((1 - w) * num + w * blend.num).astype(np.float32)
 
 
 def blend_donors(donors: DonorIndex, fill: DonorFill, num: np.ndarray, cat_probs: list[np.ndarray]):

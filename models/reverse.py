@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.autoencoder import Ensemble, MaskedAutoencoder, blend_donors, cell_losses
+from models.autoencoder import Ensemble, MaskedAutoencoder, blend_donors, blend_trees, cell_losses
 
 __all__ = ["ReverseConfig", "ReverseResult", "reverse_impute"]
 
@@ -128,6 +128,9 @@ def reverse_impute(model: MaskedAutoencoder | Ensemble, values: np.ndarray, obse
         p.requires_grad_(False)
     with torch.enable_grad():  # callers often run inference under no_grad
         result = _run(model, values, observed, t_num, t_cat, init, cfg, gen)
+    trees = getattr(model, "trees", None)
+    if trees is not None and len(values):  # the trees weigh on the refined fill as on the direct one
+        result.num = blend_trees(trees, trees.lookup(values, observed), result.num)
     donors = getattr(model, "donors", None)
     if donors is not None and len(values):  # a row's copies weigh on its refined fill as on its direct one
         result.num, result.cat_probs = blend_donors(donors, donors.lookup(values, observed), result.num, result.cat_probs)

@@ -106,7 +106,7 @@ def _train(args) -> int:
     sizes = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("code", args.code)) if v is not None}
     # a size given on the command line is the one network trained; else the default ensemble
     cfg = AEConfig(epochs=args.epochs, random_state=args.seed, gaussian=not args.no_gaussian,
-                   donors=not args.no_donors, squash=args.squash, **sizes,
+                   donors=not args.no_donors, trees=not args.no_trees, squash=args.squash, **sizes,
                    **({"extra_sizes": ()} if sizes else {}))
     out = train_to_dir(args.input, schema, Path(args.out), config=cfg, progress=not args.quiet)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -349,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not keep training rows in the model: by default a row that is a copy of a training row "
                         "(a duplicate record with other holes) takes that row's cells, with the weight the held-out "
                         "cells give them, and the model file holds up to 200,000 training rows")
+    p.add_argument("--no-trees", action="store_true",
+                   help="do not fit boosted trees (scikit-learn, 100 rounds per numeric column): by default they are "
+                        "blended into the numeric fill with the weight the held-out cells give them (0 leaves them out)")
     p.add_argument("--squash", type=float, default=AEConfig.squash, metavar="C",
                    help="opt-in for tables with heavy-tailed numeric columns: the networks read a robust z beyond "
                         "+-C as C + log(1 + |z| - C) (3 is the value measured in the README; default 0, off)")

@@ -107,15 +107,18 @@ def test_train_then_impute_cli(tmp_path, capsys):
     donors = manifest["metrics"]["donors"]  # offered by default; kept only if a band's held-out cells give it a weight
     assert donors["rows"] > 0 and manifest["architecture"]["donors"] == (donors["rows"] if donors["used"] else 0)
     assert manifest["architecture"]["squash"] == 0.0  # the input squash is opt-in
+    trees = manifest["metrics"]["trees"]  # offered by default; kept only with a held-out weight above 0
+    assert (manifest["architecture"]["trees"] is not None) == trees["used"] == (trees["weight"] > 0)
     # a size on the command line is the one network trained, and the manifest says so
     assert main(["train", "--input", str(data), "--schema", str(EXAMPLES / "customers.schema.yaml"),
                  "--out", str(tmp_path / "m2"), "--epochs", "5", "--hidden", "16", "--depth", "1", "--no-gaussian",
-                 "--no-donors", "--squash", "3", "--quiet"]) == 0
+                 "--no-donors", "--no-trees", "--squash", "3", "--quiet"]) == 0
     manifest = json.loads((tmp_path / "m2" / "manifest.json").read_text())
     assert manifest["architecture"]["sizes"] == [[16, 1, 64]]
     assert manifest["architecture"]["squash"] == 3.0 and manifest["config"]["squash"] == 3.0
     assert manifest["architecture"]["gaussian"] is False and manifest["metrics"]["gaussian"] is None
     assert manifest["architecture"]["donors"] == 0 and manifest["metrics"]["donors"] is None
+    assert manifest["architecture"]["trees"] is None and manifest["metrics"]["trees"] is None
     assert (manifest["config"]["hidden"], manifest["config"]["depth"]) == (16, 1)
 
 

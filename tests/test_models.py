@@ -143,7 +143,7 @@ def test_manifest_is_json_and_not_a_pickle(trained, tmp_path):
     d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
                       config=SMALL, metrics={"a": 1}, error_reference=1.0)
     m = json.loads((d / "manifest.json").read_text())
-    assert m["format"] == "lakefill-model/5" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
+    assert m["format"] == "lakefill-model/6" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
     assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "weights.safetensors"]
 
 
@@ -564,3 +564,149 @@ def test_the_artifact_keeps_the_input_squash_and_reads_older_models_without_it(t
     old = load_artifact(d)
     assert [m.squash for m in old.model.members if isinstance(m, MaskedAutoencoder)] == [0.0] and old.config.squash == 0
     assert not np.allclose(predict(old.model, enc.values, enc.observed).num, a.num, atol=1e-3)
+
+
+TWIN_SCHEMA = TableSchema.model_validate({"name": "w", "columns": [
+    *[{"name": f"w{j}", "type": "numeric", "impute": True} for j in range(4)],
+    {"name": "c", "type": "categorical", "impute": True, "categories": ["p", "q"]},
+]})
+
+
+def make_twin_table(n=1000, seed=0, missing=0.2):
+    """Word-count twins, as in spam: w1 is w0 wherever w2 is set and 0 elsewhere (a sharp rule
+    a smooth network blurs, a tree's split states exactly)."""
+    rng = np.random.default_rng(seed)
+    w0 = np.round(rng.exponential(1.0, n), 2)
+    w2 = np.where(rng.random(n) < 0.5, 0.0, np.round(rng.exponential(1.0, n), 2))
+    X = np.column_stack([w0, np.where(w2 > 0, w0, 0.0), w2, np.round(w0 + w2 + rng.normal(0, 0.1, n), 2)])
+    c = np.where(w2 > 0, "p", "q")
+    hide = rng.random((n, 5)) < missing
+    hide[:, [0, 2]] = False  # what the rule reads is there
+    cols = {f"w{j}": pc.if_else(pa.array(hide[:, j]), pa.scalar(None, pa.float64()), pa.array(X[:, j])) for j in range(4)}
+    cols["c"] = pc.if_else(pa.array(hide[:, 4]), pa.scalar(None, pa.string()), pa.array(c.tolist()))
+    return pa.table(cols), X, hide
+
+
+def test_the_tree_walk_is_scikit_learns_prediction_and_repeats():
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from models import trees as tree_module
+
+    table, X, hide = make_twin_table()
+    codec = TableCodec(schema=TWIN_SCHEMA).fit(table)
+    enc = codec.encode(table)
+    slices = [(s.start, s.stop) for s in codec.input_slices()]
+    rows = np.arange(400)
+    fill = tree_module.fit_trees(enc.values, enc.observed, enc.targets_num, col_slices=slices, n_num=4, rows=rows, seed=0)
+    again = tree_module.fit_trees(enc.values, enc.observed, enc.targets_num, col_slices=slices, n_num=4, rows=rows, seed=0)
+    assert fill.columns.tolist() == [0, 1, 2, 3] and len(fill.root) == 4 * tree_module.ROUNDS
+    for k, v in fill.state_dict().items():  # same rows, same seed: the same trees
+        assert torch.equal(v, again.state_dict()[k])
+    # column w1's trees, walked here, give what scikit-learn's regressor (fitted alike) predicts
+    from models.donors import column_values
+    V = column_values(enc.values, slices, 4).astype(np.float64)
+    V[~enc.observed] = np.nan
+    has = enc.observed[rows, 1]
+    inputs = [0, 2, 3, 4]  # every other column varies
+    reg = HistGradientBoostingRegressor(max_iter=tree_module.ROUNDS, learning_rate=0.1, early_stopping=False,
+                                        random_state=0).fit(V[rows][has][:, inputs], enc.targets_num[rows, 1][has])
+    given = enc.observed.copy()
+    given[:, 1] = False  # every row's w1 is a hole to predict
+    expected = reg.predict(V[:, inputs])
+    compiled = fill.lookup(enc.values, given)
+    assert compiled.has[:, 1].all() and not compiled.has[given[:, :4]].any()  # holes only
+    np.testing.assert_allclose(compiled.num[:, 1], expected, rtol=0, atol=1e-9)
+    fill.compiled, fill._arrays = False, None  # the numpy walk (no scikit-learn internals) agrees
+    np.testing.assert_allclose(fill.lookup(enc.values, given).num, compiled.num, rtol=0, atol=1e-9)
+    # node arrays that make no trees are refused before a walk reads them: a child in the next
+    # tree, a child pointing back up (a cycle), roots that do not start at node 0
+    left, root = fill.left.clone(), fill.root.clone()
+    assert int(left[0]) != 0  # the first tree's root splits
+    for broken, message in ((int(root[1]), "outside its tree"), (0, "not below its node")):
+        fill.left[0] = broken
+        with pytest.raises(ValueError, match=message):
+            fill.check()
+        fill.left.copy_(left)
+    fill.root[0] = 1
+    with pytest.raises(ValueError, match="roots"):
+        fill.check()
+    fill.root.copy_(root)
+    fill.check()
+    # a weight: the grid step with the lowest held-out loss, 0 when the trees only add error
+    truth = enc.targets_num[:, :4].astype(np.float64)
+    holes = ~given[:, :4] & enc.observed[:, :4]  # holes whose truth is known
+    w, report = tree_module.fit_weight(fill, truth + 1.0, compiled, truth, holes, np.ones(4))
+    assert w > 0.5 and report["val_loss_with"] < report["val_loss_without"]
+    w, _ = tree_module.fit_weight(fill, truth, compiled, truth, holes, np.ones(4))
+    assert w == 0
+    # trees that save less than MIN_GAIN of the held-out loss are not worth their time: with the
+    # fill off by a and the trees by +-1, the loss at weight w is (1 - w)^2 a^2 + w^2 per cell
+    sign = np.where(np.arange(100) % 2 == 0, 1.0, -1.0)[:, None] * np.ones((1, 4))
+    trees_off = tree_module.TreeBlend(sign, np.ones((100, 4), dtype=bool))
+    zero, every = np.zeros((100, 4)), np.ones((100, 4), dtype=bool)
+    w, report = tree_module.fit_weight(fill, zero + 0.2, trees_off, zero, every, np.ones(4))  # 3.5% saved at 0.05
+    assert w == report["best_weight"] == 0.05
+    w, report = tree_module.fit_weight(fill, zero + 0.028 ** 0.5, trees_off, zero, every, np.ones(4))  # 0.8% saved
+    assert report["best_weight"] == 0.05 and w == 0 and tree_module.MIN_GAIN == 0.01
+
+
+def test_the_model_blends_boosted_trees_where_the_held_out_cells_say_so(tmp_path, monkeypatch):
+    table, X, hide = make_twin_table()
+    fitted = fit_model(table, TWIN_SCHEMA, config=SMALL)
+    t = fitted.metrics["trees"]
+    assert t["used"] and 0 < t["weight"] <= 1 and round(t["weight"] * 20, 6).is_integer()
+    assert t["val_loss_with"] < t["val_loss_without"] and fitted.model.trees is not None
+    enc = fitted.codec.encode(table)
+    w = fitted.codec.error_weights()
+    with_trees = predict(fitted.model, enc.values, enc.observed, num_weights=w)
+    trees, fitted.model.trees = fitted.model.trees, None
+    without = predict(fitted.model, enc.values, enc.observed, num_weights=w)
+    fitted.model.trees = trees
+    truth = (X - np.array([fitted.codec.center_[f"w{j}"] for j in range(4)])) / np.array(
+        [fitted.codec.scale_[f"w{j}"] for j in range(4)])
+    holes = hide[:, 1]
+    assert ((with_trees.num[:, 1] - truth[:, 1]) ** 2)[holes].mean() < 0.7 * ((without.num[:, 1] - truth[:, 1]) ** 2)[holes].mean()
+    # observed cells are not predicted by the trees; the confidence is the networks'
+    np.testing.assert_array_equal(with_trees.cell_error, without.cell_error)
+    # saved in the weights file (no pickle) and loaded back: the same fills, through the Imputer too
+    out = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=TWIN_SCHEMA, policy=None,
+                        config=SMALL, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["architecture"]["trees"] == trees.sizes and manifest["format"] == "lakefill-model/6"
+    art = load_artifact(out, schema=TWIN_SCHEMA)
+    np.testing.assert_array_equal(predict(art.model, enc.values, enc.observed, num_weights=w).num, with_trees.num)
+    filled = Imputer(art).impute(table)
+    got = np.asarray(filled.column("w1").to_pylist(), dtype=np.float64)
+    seen = X[~hide[:, 1], 1]
+    expect = np.clip(fitted.codec.unscale("w1", with_trees.num[:, 1]), seen.min(), seen.max())  # the codec's range
+    np.testing.assert_allclose(got[holes], expect[holes], rtol=1e-5, atol=1e-9)
+    # reverse training: the refined fill gets the same blend
+    rows = np.flatnonzero(holes)[:30]
+    init = direct_fill_inputs(fitted.model, enc.values, enc.observed, with_trees)
+    res = reverse_impute(fitted.model, enc.values[rows], enc.observed[rows], enc.targets_num[rows],
+                         enc.targets_cat[rows], init[rows], config=ReverseConfig(steps=10))
+    fitted.model.trees = None
+    bare = reverse_impute(fitted.model, enc.values[rows], enc.observed[rows], enc.targets_num[rows],
+                          enc.targets_cat[rows], init[rows], config=ReverseConfig(steps=10))
+    fitted.model.trees = trees
+    blend = trees.lookup(enc.values[rows], enc.observed[rows])
+    wt = trees.row_weights(blend)
+    np.testing.assert_allclose(res.num, (1 - wt) * bare.num + wt * blend.num, rtol=1e-5, atol=1e-6)
+    # node arrays that make no trees are refused at load, even under a matching hash
+    from safetensors.torch import load_file, save_file
+    state = load_file(str(out / "weights.safetensors"))
+    state["trees.left"][0] = 10 ** 9
+    save_file(state, str(out / "weights.safetensors"))
+    manifest["weights_sha256"] = __import__("hashlib").sha256((out / "weights.safetensors").read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="left index"):
+        load_artifact(out)
+    # switched off: no trees
+    off = fit_model(table, TWIN_SCHEMA, config=AEConfig(**{**SMALL.__dict__, "trees": False}))
+    assert off.metrics["trees"] is None and off.model.trees is None
+    # a table wider than MAX_COLUMNS gets none (their cost grows with the square of the width)
+    import models.autoencoder as ae_module
+    monkeypatch.setattr(ae_module, "TREES_MAX_COLUMNS", 3)
+    wide = fit_model(table, TWIN_SCHEMA, config=SMALL)
+    assert wide.model.trees is None and not wide.metrics["trees"]["used"]
+    assert "more than 3" in wide.metrics["trees"]["skipped"]
