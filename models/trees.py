@@ -196,6 +196,16 @@ def _compiled():
     needed = {"value", "feature_idx", "num_threshold", "missing_go_to_left", "left", "right", "is_leaf", "is_categorical"}
     if not needed <= set(PREDICTOR_RECORD_DTYPE.names or ()):
         return None
+    try:  # and called as this code calls it: a one-leaf tree must give its leaf's value
+        leaf = np.zeros(1, dtype=PREDICTOR_RECORD_DTYPE)
+        leaf["value"], leaf["is_leaf"] = 0.5, 1
+        no_bitsets = np.zeros((0, 8), dtype=np.uint32)
+        got = TreePredictor(leaf, no_bitsets, no_bitsets).predict(np.zeros((2, 1)), no_bitsets,
+                                                                    np.zeros(1, dtype=np.uint32), 1)
+        if not np.array_equal(got, [0.5, 0.5]):
+            return None
+    except Exception:  # any failure of a private API means: use the numpy walk
+        return None
     return TreePredictor, PREDICTOR_RECORD_DTYPE
 
 
