@@ -89,6 +89,9 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
     if any(size not in config.sizes for size in model.sizes):
         raise ModelError(f"the model's network sizes {model.sizes} (hidden, depth, code) are not among the config's "
                          f"{config.sizes}: save the config the model was trained with")
+    if _squash(model) != config.squash:
+        raise ModelError(f"the model's networks squash their inputs at {_squash(model)}, the config says "
+                         f"{config.squash}: save the config the model was trained with")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS

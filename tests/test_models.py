@@ -551,6 +551,10 @@ def test_the_artifact_keeps_the_input_squash_and_reads_older_models_without_it(t
                       config=cfg, metrics={}, error_reference=1.0)
     manifest = json.loads((d / "manifest.json").read_text())
     assert manifest["architecture"]["squash"] == 3.0
+    with pytest.raises(ModelError, match="squash"):  # a config that does not match the networks is refused at save
+        save_artifact(tmp_path / "bad", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
+                      config=SMALL, metrics={}, error_reference=1.0)
+    assert not (tmp_path / "bad").exists()
     loaded = load_artifact(d).model
     assert [m.squash for m in loaded.members if isinstance(m, MaskedAutoencoder)] == [3.0]
     enc = fitted.codec.encode(masked)
