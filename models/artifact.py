@@ -89,8 +89,9 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
     if any(size not in config.sizes for size in model.sizes):
         raise ModelError(f"the model's network sizes {model.sizes} (hidden, depth, code) are not among the config's "
                          f"{config.sizes}: save the config the model was trained with")
-    if _squash(model) != config.squash:
-        raise ModelError(f"the model's networks squash their inputs at {_squash(model)}, the config says "
+    squash = _squash(model)
+    if squash != config.squash:
+        raise ModelError(f"the model's networks squash their inputs at {squash}, the config says "
                          f"{config.squash}: save the config the model was trained with")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,7 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
         "null_policy": policy,
         "architecture": {"n_inputs": model.n_inputs, "col_slices": [list(s) for s in model.col_slices],
                          "n_num": model.n_num, "cat_sizes": model.cat_sizes, "sizes": [list(z) for z in model.sizes],
-                         "gaussian": model.has_gaussian, "squash": _squash(model),
+                         "gaussian": model.has_gaussian, "squash": squash,
                          "donors": model.donors.n_rows if model.donors is not None else 0,
                          "trees": model.trees.sizes if model.trees is not None else None},
         "config": config.__dict__,

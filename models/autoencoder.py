@@ -519,15 +519,15 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
                for r, w in zip(results, weights)]
     if gaussian is not None:
         gaussian["weight"] = weights[-1]
+    loss_weights = _loss_weights(config, num_weights, n_num)
     trees = None
     if config.trees and first.val_idx is not None and n_num:
         trees = _fit_trees(ensemble, values, observed, t_num, first.val_idx, first.val_hide,
-                           loss_weights=_loss_weights(config, num_weights, n_num), seed=config.random_state)
+                           loss_weights=loss_weights, seed=config.random_state)
     donors = None
     if config.donors and first.val_idx is not None:
         donors = _fit_donors(ensemble, values, observed, t_num, t_cat, first.val_idx, first.val_hide,
-                             num_weights=num_weights, loss_weights=_loss_weights(config, num_weights, n_num),
-                             seed=config.random_state)
+                             num_weights=num_weights, loss_weights=loss_weights, seed=config.random_state)
     if ensemble.trees is not None:  # kept: fitted again on all rows, now that nothing else is weighed
         ensemble.trees = with_weight(fit_trees(values, observed, t_num, col_slices=ensemble.col_slices,
                                                n_num=ensemble.n_num, rows=np.arange(len(values)),

@@ -151,8 +151,9 @@ class TreeFill(nn.Module):
 
     def row_weights(self, blend: TreeBlend) -> np.ndarray:
         """(n, n_num): each cell's blend weight (0 where the trees have no prediction)."""
+        a = self._numpy()
         w = np.zeros(self.n_num, dtype=np.float64)
-        w[self._numpy()["columns"]] = self._numpy()["weight"]
+        w[a["columns"]] = a["weight"]
         return np.where(blend.has, w, 0.0)
 
 
@@ -338,32 +339,8 @@ def fit_weight(fill: TreeFill, pred_num: np.ndarray, blend: TreeBlend, truth: np
 
 
 def with_weight(fill: TreeFill, weight: float) -> TreeFill:
-    """Every column's trees blended with ``weight``."""
-    return _subset(fill, [(c, weight) for c in range(len(fill.columns))])
-
-
-def _subset(fill: TreeFill, keep: list[tuple[int, float]]) -> TreeFill:
-    """A TreeFill of the kept columns' trees only (position in ``fill.columns``, blend weight)."""
-    a = fill._numpy()
-    positions = [c for c, _ in keep]
-    trees = np.nonzero(np.isin(a["tree_column"], positions))[0]
-    # a column's trees are contiguous in the node arrays: gather their node ranges in order
-    starts = a["root"][trees]
-    ends = np.append(a["root"][1:], len(a["feature"]))[trees]
-    nodes = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)])
-    remap = np.full(len(a["feature"]), -1, dtype=np.int64)
-    remap[nodes] = np.arange(len(nodes))
-    out = TreeFill(len(nodes), len(trees), len(keep), col_slices=fill.col_slices, n_num=fill.n_num)
-    new_position = {c: k for k, c in enumerate(positions)}
+    """``fill`` with every column's trees blended with ``weight`` (set in place)."""
     with torch.no_grad():
-        for k in ("feature", "threshold", "missing_left", "value"):
-            getattr(out, k).copy_(torch.from_numpy(a[k][nodes]))
-        out.left.copy_(torch.from_numpy(remap[a["left"][nodes]]))
-        out.right.copy_(torch.from_numpy(remap[a["right"][nodes]]))
-        out.root.copy_(torch.from_numpy(remap[a["root"][trees]]))
-        out.tree_column.copy_(torch.tensor([new_position[c] for c in a["tree_column"][trees]], dtype=torch.int64))
-        out.columns.copy_(torch.from_numpy(a["columns"][positions]))
-        out.baseline.copy_(torch.from_numpy(a["baseline"][positions]))
-        out.weight.copy_(torch.tensor([w for _, w in keep], dtype=torch.float32))
-    out.check()
-    return out
+        fill.weight.fill_(weight)
+    fill._arrays = None  # the cached arrays hold the old weight
+    return fill
