@@ -30,10 +30,17 @@ def load_truth(path: Path) -> set[tuple[str, str, str]]:
     return truth
 
 
-def detect_table(path: Path) -> set[tuple[str, str, str]]:
+def detect_findings(path: Path) -> dict[tuple[str, str, str], dict]:
+    """Every finding of the table, keyed by (table, column, value), with its detector and kind."""
     raw = read_raw(path)
     policy = NullPolicy().fit(raw.table)
-    return {(path.stem, c.strip(), f.value) for c, fs in policy.findings_.items() for f in fs}
+    return {(path.stem, c.strip(), f.value): {"detector": f.detector, "kind": f.kind, "share": f.share,
+                                               "suspect": f.suspect}
+            for c, fs in policy.findings_.items() for f in fs}
+
+
+def detect_table(path: Path) -> set[tuple[str, str, str]]:
+    return set(detect_findings(path))
 
 
 def _prf(found: set, truth: set) -> dict:
@@ -52,18 +59,26 @@ def main(argv: list[str] | None = None) -> int:
     truth = load_truth(args.data / "ground_truth.txt")
     per_table, all_found = {}, set()
     t0 = time.perf_counter()
+    kinds: dict[str, int] = {}
     for path in sorted((args.data / "tables").glob("*.csv")):
-        found = detect_table(path)
+        findings = detect_findings(path)
+        found = set(findings)
         all_found |= found
+        for f in findings.values():
+            key = f["kind"] + (" (suspect)" if f["suspect"] else "")
+            kinds[key] = kinds.get(key, 0) + 1
         per_table[path.stem] = _prf(found, {t for t in truth if t[0] == path.stem})
         per_table[path.stem]["false_positives"] = sorted(f"{c}::{v}" for _, c, v in found - truth)
         per_table[path.stem]["false_negatives"] = sorted(f"{c}::{v}" for t, c, v in truth - found if t == path.stem)
+        per_table[path.stem]["findings"] = {f"{c}::{v}": f for (_, c, v), f in sorted(findings.items())}
     overall = _prf(all_found, truth)
+    overall["findings_by_kind"] = dict(sorted(kinds.items()))
     overall["seconds"] = round(time.perf_counter() - t0, 3)
     print(f"{'table':<24} {'found':>5} {'truth':>5} {'prec':>6} {'recall':>6} {'F1':>6}")
     for name, m in per_table.items():
         print(f"{name:<24} {m['found']:>5} {m['truth']:>5} {m['precision']:>6.3f} {m['recall']:>6.3f} {m['f1']:>6.3f}")
     print(f"{'overall':<24} {overall['found']:>5} {overall['truth']:>5} {overall['precision']:>6.3f} {overall['recall']:>6.3f} {overall['f1']:>6.3f}")
+    print("findings by kind: " + ", ".join(f"{k} {n}" for k, n in overall["findings_by_kind"].items()))
     for name, m in per_table.items():
         for fp in m["false_positives"]:
             print(f"  false positive  {name}::{fp}")

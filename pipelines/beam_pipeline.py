@@ -27,19 +27,26 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.config import JobConfig
-from pipelines.local_job import Prepared, RunOutcome, config_summary, prepare, write_docs
+from pipelines.local_job import Prepared, RunOutcome, config_summary, prepare, record_detection, write_docs
 from pipelines.report import render_report
 from transforms.beam import (NAMESPACE, QUARANTINE, DetectDisguisedNulls, FinalizeRun, Finish, Impute,
                              LakefillModelHandler, ReadRaw, Refine, RouteByConfidence, Validate, WriteQuarantine,
                              WriteToLake)
+from transforms._errors import ConfigError
 from transforms.stage import QuarantineExceeded, RowsLost
 
 __all__ = ["build_pipeline", "run_beam", "pipeline_options"]
 
 
 def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
-    """Unknown command-line flags are Beam pipeline options; the default runner is the Direct runner."""
+    """The command line's other flags are Beam pipeline options (a flag Beam does not know is
+    refused by name, not dropped); the default runner is the Direct runner."""
     options = PipelineOptions(list(beam_args or []))
+    unknown = sorted(set(options.get_all_options(retain_unknown_options=True)) - set(options.get_all_options()))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {['--' + u for u in unknown]}: neither lakefill's nor a Beam pipeline "
+                          f"option; see `lakefill run --help` (Beam's options: --runner, --project, --region, "
+                          f"--temp_location, --setup_file, --direct_num_workers ...)")
     if not options.view_as(StandardOptions).runner:
         options.view_as(StandardOptions).runner = "DirectRunner"
     return options
@@ -93,11 +100,11 @@ def beam_metrics(result) -> dict:
 
 def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: LakefillModelHandler | None = None,
              log=print) -> RunOutcome:
+    options = pipeline_options(beam_args)  # a bad flag is refused before any work
     prep = prepare(config, log=log)
     out = Path(config.output)
     report_dir = out / "reports" / prep.run_id
     started = time.time()
-    options = pipeline_options(beam_args)
     p = beam.Pipeline(options=options)
     build_pipeline(p, prep, handler=handler, started=started)
     try:
@@ -116,6 +123,7 @@ def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: 
     report["runner"] = options.view_as(StandardOptions).runner
     report["timings_seconds"]["total"] = round(time.time() - started, 4)
     report_path.write_text(json.dumps(report, indent=2, default=str))
+    record_detection(prep, report_dir)
     write_docs(prep, report_dir)
     render_report(report_dir)
     return RunOutcome(prep.run_id, str(out / "table"), str(out / "quarantine"), str(report_path), report["counts"],

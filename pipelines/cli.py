@@ -26,7 +26,8 @@ def _detect(args) -> int:
     print(policy.report())
     if args.json:
         out = {"table": Path(args.path).stem, "rows": raw.rows_in,
-               "columns": {c: [{"value": f.value, "count": f.count, "detector": f.detector, "evidence": f.evidence}
+               "columns": {c: [{"value": f.value, "count": f.count, "detector": f.detector, "evidence": f.evidence,
+                                "kind": f.kind, "share": f.share, "suspect": f.suspect}
                                for f in fs] for c, fs in policy.findings_.items() if fs}}
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
@@ -105,7 +106,9 @@ def _train(args) -> int:
         schema = infer_schema(raw.table, name=Path(args.input).stem, policy=NullPolicy().fit(raw.table))
     sizes = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("code", args.code)) if v is not None}
     # a size given on the command line is the one network trained; else the default ensemble
-    cfg = AEConfig(epochs=args.epochs, random_state=args.seed, gaussian=not args.no_gaussian,
+    # --epochs given: honoured as given (no floor of optimiser steps raises it)
+    epochs = {} if args.epochs is None else {"epochs": args.epochs, "min_steps": 0}
+    cfg = AEConfig(**epochs, random_state=args.seed, gaussian=not args.no_gaussian,
                    donors=not args.no_donors, trees=not args.no_trees, squash=args.squash, **sizes,
                    **({"extra_sizes": ()} if sizes else {}))
     out = train_to_dir(args.input, schema, Path(args.out), config=cfg, progress=not args.quiet)
@@ -136,10 +139,10 @@ def _impute(args) -> int:
             out = pa.concat_tables([out.filter(pc.invert(low)), imputer.refine(out.filter(low))]).sort_by("_lf_row_id")
     path = Path(args.out)
     if path.suffix.lower() == ".csv":
-        flat = out.set_column(out.column_names.index("_lf_imputed"), "_lf_imputed",
-                              pc.binary_join(out.column("_lf_imputed"), ";"))
-        flat = flat.set_column(flat.column_names.index("_lf_disguised"), "_lf_disguised",
-                               pc.binary_join(flat.column("_lf_disguised"), ";"))
+        flat = out
+        for i, field in enumerate(out.schema):  # the provenance lists (_lf_imputed ...) as "a;b" cells
+            if pa.types.is_list(field.type):
+                flat = flat.set_column(i, field.name, pc.binary_join(out.column(field.name), ";"))
         pcsv.write_csv(flat, path)
     else:
         pq.write_table(out, path)
@@ -262,6 +265,12 @@ def check_report(report: dict) -> list[str]:
         problems.append(f"quarantined share {share:.1%} is over max_quarantine_share {limit:.1%}")
     if not report.get("committed") and not report.get("already_committed"):
         problems.append("the run committed nothing to the table")
+    for col, v in (report.get("column_shares") or {}).items():
+        if v.get("over"):
+            found = ", ".join(f"{f['value']!r} ({f['detector']})" for f in v.get("found", [])) or "real nulls only"
+            problems.append(f"column {col!r}: {v['imputed']} of {v['cells']} written cells ({v['imputed_share']:.0%}) were "
+                            f"imputed, over its max_imputed_share of {v['max_imputed_share']:.0%} (replaced values: "
+                            f"{found}); if that is intended, raise max_imputed_share for the column in the schema")
     return problems
 
 
@@ -306,36 +315,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("detect", help="find disguised nulls in a CSV/Parquet file")
-    p.add_argument("path")
+    p.add_argument("path", help="the table: CSV, Parquet or JSON Lines")
     p.add_argument("--json", help="write findings as JSON (BENCHMARKS.md section C)")
     p.add_argument("--schema", help="schema.yaml with pinned values / detectors switched off")
-    p.add_argument("--sample-rows", type=int, default=200_000)
+    p.add_argument("--sample-rows", type=int, default=200_000, help="rows the detectors look at (from the top of the file)")
     p.set_defaults(func=_detect)
 
     p = sub.add_parser("schema", help="schema commands")
     ss = p.add_subparsers(dest="schema_command", required=True)
     pi = ss.add_parser("infer", help="infer a schema.yaml from a file (printed, or --out)")
-    pi.add_argument("path")
-    pi.add_argument("--out")
-    pi.add_argument("--name")
-    pi.add_argument("--sample-rows", type=int, default=200_000)
+    pi.add_argument("path", help="the table: CSV, Parquet or JSON Lines")
+    pi.add_argument("--out", help="write the schema here instead of printing it")
+    pi.add_argument("--name", help="the schema's table name (default: the file name)")
+    pi.add_argument("--sample-rows", type=int, default=200_000, help="rows inference looks at (from the top of the file)")
     pi.set_defaults(func=_schema_infer)
 
     p = sub.add_parser("validate", help="detect + type + validate a file against a schema (GX)")
-    p.add_argument("path")
-    p.add_argument("--schema", required=True)
+    p.add_argument("path", help="the table: CSV, Parquet or JSON Lines")
+    p.add_argument("--schema", required=True, help="schema.yaml to validate against")
     p.add_argument("--out", help="folder for valid rows, quarantine and Data Docs")
     p.add_argument("--show", type=int, default=10, help="quarantined rows to print")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("train", help="train a model artifact")
-    p.add_argument("--input")
-    p.add_argument("--schema")
-    p.add_argument("--out")
+    p.add_argument("--input", help="the table to train on (CSV, Parquet or JSON Lines)")
+    p.add_argument("--schema", help="schema.yaml (inferred from the input when absent)")
+    p.add_argument("--out", help="the model folder to write (manifest.json + weights.safetensors)")
     p.add_argument("--job", help="take input, schema and model folder (--out) from a job config")
     p.add_argument("--if-missing", action="store_true", help="do nothing if the model folder has a model")
     p.add_argument("--check-only", action="store_true", help="fail if the model is missing; never train")
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"train for exactly this many epochs at most (early stopping may end sooner); by default "
+                        f"{AEConfig.epochs}, raised on small tables to reach {AEConfig.min_steps} optimiser steps")
     sizes = " and ".join("x".join(map(str, size)) for size in AEConfig().sizes)
     p.add_argument("--hidden", type=int, help="network width. Giving --hidden, --depth or --code trains one network "
                    f"of that size (the others at their defaults); by default the model is the ensemble of {sizes} "
@@ -355,41 +366,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--squash", type=float, default=AEConfig.squash, metavar="C",
                    help="opt-in for tables with heavy-tailed numeric columns: the networks read a robust z beyond "
                         "+-C as C + log(1 + |z| - C) (3 is the value measured in the README; default 0, off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (same data and seed give the same model)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("impute", help="impute a file with a model (single machine)")
-    p.add_argument("--input", required=True)
-    p.add_argument("--model", required=True)
+    p.add_argument("--input", required=True, help="the table to impute (CSV, Parquet or JSON Lines)")
+    p.add_argument("--model", required=True, help="the model folder (from lakefill train)")
     p.add_argument("--out", required=True, help=".parquet or .csv")
     p.add_argument("--refine-below", type=float, default=0.0, help="reverse-train rows with confidence below this")
     p.set_defaults(func=_impute)
 
     p = sub.add_parser("evaluate", help="benchmark protocol A: accuracy against scikit-learn baselines")
-    p.add_argument("--data", required=True)
-    p.add_argument("--schema")
-    p.add_argument("--missing-rate", type=float, default=0.2)
-    p.add_argument("--mechanism", choices=["mcar", "mar", "mnar"], default="mcar")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default="lakefill,lakefill-reverse,mean,knn,mice,missforest")
-    p.add_argument("--json")
+    p.add_argument("--data", required=True, help="a complete CSV table; cells are hidden by the protocol")
+    p.add_argument("--schema", help="schema.yaml (inferred when absent); it says which columns are categorical")
+    p.add_argument("--missing-rate", type=float, default=0.2, help="share of cells hidden (default 0.2)")
+    p.add_argument("--mechanism", choices=["mcar", "mar", "mnar"], default="mcar", help="how cells are hidden (docs: protocol A)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds of the masks and models")
+    p.add_argument("--methods", default="lakefill,lakefill-reverse,mean,knn,mice,missforest", help="comma-separated methods to compare")
+    p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--ae-config", help="JSON overrides of the autoencoder settings (for experiments)")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("run", help="run the whole stage from a job config")
-    p.add_argument("config")
+    p = sub.add_parser("run", help="run the whole stage from a job config",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="engine options (any other flag is refused by name):\n"
+                              "  beam   Beam pipeline options, e.g. --runner DataflowRunner --project P --region R\n"
+                              "         --temp_location gs://b/tmp --setup_file ./setup.py --direct_num_workers 2\n"
+                              "         (every option of apache_beam.options.pipeline_options.PipelineOptions)\n"
+                              "  spark  --master URL (local[*] by default), --conf key=value (repeatable)\n"
+                              "  local  none")
+    p.add_argument("config", help="the job config (YAML), validated before any work")
     p.add_argument("--engine", choices=["local", "beam", "spark"], default="beam",
                    help="beam (default: Direct runner unless --runner is given), spark (local[*] unless --master), "
                         "or local (one process, no engine)")
-    p.add_argument("--run-id")
+    p.add_argument("--run-id", help="the run's id (overrides the job config's): a re-run of a committed id writes "
+                                     "nothing twice and completes a run whose quarantine commit failed")
     p.add_argument("--output", help="output folder (overrides the job config's)")
     p.set_defaults(func=_run, passthrough=True)
 
     p = sub.add_parser("report", help="render and print a run's report (report.html beside report.json)")
     p.add_argument("run_dir", nargs="?", help="OUTPUT/reports/RUN_ID")
     p.add_argument("--job", help="find the run through its job config (with --run-id)")
-    p.add_argument("--run-id")
+    p.add_argument("--run-id", help="the run whose report to read (with --job)")
     p.add_argument("--output", help="the run's output folder, if not the job config's")
     p.add_argument("--check", action="store_true",
                    help="exit 1 unless the run is committed with no row lost and the quarantine under its share")
@@ -397,9 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="run the demo job end to end on the bundled example")
-    p.add_argument("--out", default="out/demo")
-    p.add_argument("--engine", choices=["local", "beam", "spark"], default="beam")
-    p.add_argument("--run-id")
+    p.add_argument("--out", default="out/demo", help="output folder of the demo (table, quarantine, reports, model)")
+    p.add_argument("--engine", choices=["local", "beam", "spark"], default="beam", help="engine to run the demo on")
+    p.add_argument("--run-id", help="run id (default: the demo config's)")
     p.set_defaults(func=_demo)
     return ap
 

@@ -7,6 +7,7 @@ run the same core functions on their workers.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,15 +25,15 @@ from transforms._errors import ConfigError
 from transforms.detect import NullPolicy
 from transforms.impute import IMPUTED, Imputer, resolve_device
 from transforms.io import ROW_ID, RawRead, iter_raw, read_raw
-from transforms.lake import write_part
-from transforms.parse import detect_and_parse
+from transforms.lake import check_writable, write_part
+from transforms.parse import detect_and_parse, parse_table
 from transforms.schema import TableSchema, infer_schema, load_schema
 from transforms.stage import (RUN_ID, QuarantineExceeded, RowsLost, RunTotals, clean, confidence_histogram, finalize,
                               finish, quarantine_batch, reason_counts, refined_rows, split_by_confidence)
 from transforms.validate import Validator
 
 __all__ = ["RunOutcome", "Prepared", "prepare", "run_local", "RUN_ID", "QuarantineExceeded", "RowsLost",
-           "write_docs", "config_summary"]
+           "write_docs", "record_detection", "config_summary"]
 
 
 @dataclass
@@ -69,6 +70,11 @@ def prepare(config: JobConfig, *, log=print) -> Prepared:
     """
     if "://" not in config.input and not Path(config.input).exists():
         raise ConfigError(f"input {config.input} does not exist")
+    run_id = config.run_id or _default_run_id()
+    try:  # mode 'error' and a table that has other runs: refused now, not after all the work
+        check_writable(Path(config.output) / "table", run_id=run_id, mode=config.mode)
+    except FileExistsError as err:
+        raise ConfigError(str(err)) from err
     sample = read_raw(config.input, limit=config.sample_rows)
     if config.schema_path:
         schema = load_schema(config.schema_path)
@@ -85,7 +91,7 @@ def prepare(config: JobConfig, *, log=print) -> Prepared:
         train_to_dir(config.input, schema, model_dir, sample_rows=config.sample_rows)
     artifact = load_artifact(model_dir, schema=schema)
     resolve_device(config.device)
-    return Prepared(config, schema, artifact, policy, config.run_id or _default_run_id(), sample)
+    return Prepared(config, schema, artifact, policy, run_id, sample)
 
 
 def train_to_dir(input_path: str, schema: TableSchema, out_dir: Path, *, sample_rows: int = 200_000,
@@ -101,13 +107,27 @@ def config_summary(cfg: JobConfig) -> dict:
     return cfg.model_dump(by_alias=True)
 
 
+def record_detection(prep: Prepared, report_dir: Path) -> None:
+    """Add the run's disguised-null findings (value, detector, kind, share, suspect, evidence) and
+    the schema's ``max_imputed_share`` per imputed column to its report.json (``report.html``
+    and ``lakefill report --check`` read them)."""
+    path = Path(report_dir) / "report.json"
+    report = json.loads(path.read_text())
+    report["detection"] = prep.policy.to_dict()
+    report["max_imputed_share"] = {c.name: c.max_imputed_share for c in prep.schema.columns if c.impute}
+    path.write_text(json.dumps(report, indent=2, default=str))
+
+
 def write_docs(prep: Prepared, report_dir: Path, rows: int = 10_000) -> Path | None:
-    """GX Data Docs of the pre-validation suite on the run's first rows."""
-    pre = Validator(prep.schema, stage="pre")
-    cleaned = clean(prep.sample.table.slice(0, rows), prep.policy, prep.schema, pre)
-    if cleaned.table.num_rows == 0:
+    """GX Data Docs of the pre-validation suite on the run's first ``rows`` records, as typed
+    before the suite filters them: the expectations' failures (and the rows that broke them)
+    show, under the table's name and the run id."""
+    applied, _ = prep.policy.apply(prep.sample.table.slice(0, rows))
+    typed, _ = parse_table(applied, prep.schema)
+    if typed.num_rows == 0:
         return None
-    return pre.write_data_docs(cleaned.table, Path(report_dir) / "data_docs")
+    return Validator(prep.schema, stage="pre").write_data_docs(typed, Path(report_dir) / "data_docs",
+                                                               run_id=prep.run_id, asset=prep.schema.name)
 
 
 def run_local(config: JobConfig, *, log=print) -> RunOutcome:
@@ -159,6 +179,7 @@ def run_local(config: JobConfig, *, log=print) -> RunOutcome:
                     max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,
                     timings=timings, metrics={"cells_imputed": cells_imputed}, log=log,
                     validation={"pre": pre.summary.to_dict(), "post": post.summary.to_dict()})
+    record_detection(prep, report_dir)
     write_docs(prep, report_dir)
     render_report(report_dir)
     return RunOutcome(run_id, str(table_uri), str(quarantine_uri), str(done.report), done.counts, done.committed)

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["refine_check", "render_report"]
+__all__ = ["refine_check", "render_report", "not_applicable_cells", "column_shares"]
 
 MAX_COLUMNS_PLOTTED = 12
 
@@ -182,12 +182,82 @@ def _table(rows: dict, head: tuple[str, str]) -> str:
     return f"<table><tr><th>{head[0]}</th><th>{head[1]}</th></tr>{body}</table>"
 
 
+def _findings_table(report: dict) -> str:
+    """The run's disguised-null findings: each value with its detector, kind and evidence."""
+    columns = (report.get("detection") or {}).get("columns") or {}
+    rows = [(c, f) for c, fs in columns.items() for f in fs]
+    if not rows:
+        return "<p>No disguised nulls were found.</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("column", "value", "cells (sample)", "share", "detector", "kind", "evidence"))
+    body = "".join(
+        f"<tr><td>{html.escape(c)}</td><td><code>{html.escape(f['value'])}</code></td><td class=n>{f['count']}</td>"
+        f"<td class=n>{f.get('share', 0):.1%}</td><td>{html.escape(f['detector'])}</td>"
+        f"<td class=\"{'bad' if f.get('suspect') else ''}\">{html.escape(f.get('kind', 'missing'))}"
+        f"{' (suspect: kept as a value)' if f.get('suspect') else ''}</td><td>{html.escape(f['evidence'])}</td></tr>"
+        for c, f in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def not_applicable_cells(table: pa.Table | None) -> dict[str, int]:
+    """Cells per column that this run's rows list in ``_lf_not_applicable``."""
+    if table is None or table.num_rows == 0 or "_lf_not_applicable" not in table.column_names:
+        return {}
+    flat = pc.list_flatten(table.column("_lf_not_applicable").combine_chunks())
+    return {v["values"]: int(v["counts"]) for v in pc.value_counts(flat).to_pylist()}
+
+
+def column_shares(table: pa.Table | None, report: dict) -> dict[str, dict]:
+    """Per column of this run's rows: cells written, replaced as disguised nulls, imputed, not
+    applicable; the imputed share against the schema's ``max_imputed_share`` (``over`` when it
+    is above), and the findings (value, detector) behind the replacements."""
+    if table is None or table.num_rows == 0 or "_lf_imputed" not in table.column_names:
+        return {}
+    limits = report.get("max_imputed_share") or {}
+    findings = (report.get("detection") or {}).get("columns") or {}
+
+    def counts(name):
+        if name not in table.column_names:
+            return {}
+        flat = pc.list_flatten(table.column(name).combine_chunks())
+        return {v["values"]: int(v["counts"]) for v in pc.value_counts(flat).to_pylist()}
+
+    imputed, replaced, na = counts("_lf_imputed"), counts("_lf_disguised"), counts("_lf_not_applicable")
+    out = {}
+    for col in sorted(set(imputed) | set(replaced) | set(na)):
+        share = imputed.get(col, 0) / table.num_rows
+        limit = limits.get(col, 0.5)
+        out[col] = {"cells": table.num_rows, "replaced": replaced.get(col, 0), "imputed": imputed.get(col, 0),
+                    "not_applicable": na.get(col, 0), "imputed_share": round(share, 6), "max_imputed_share": limit,
+                    "over": share > limit,
+                    "found": [{"value": f["value"], "detector": f["detector"], "kind": f.get("kind", "missing")}
+                              for f in findings.get(col, []) if not f.get("suspect")]}
+    return out
+
+
+def _shares_table(shares: dict[str, dict]) -> str:
+    if not shares:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("column", "cells", "replaced", "imputed", "not applicable",
+                                              "imputed share", "allowed", "values (detector)"))
+    body = "".join(
+        f"<tr><td>{html.escape(c)}</td><td class=n>{v['cells']}</td><td class=n>{v['replaced']}</td>"
+        f"<td class=n>{v['imputed']}</td><td class=n>{v['not_applicable']}</td>"
+        f"<td class=\"n{' bad' if v['over'] else ''}\">{v['imputed_share']:.1%}</td><td class=n>{v['max_imputed_share']:.0%}</td>"
+        f"<td>{html.escape(', '.join(repr(f['value']) + ' (' + f['detector'] + ')' for f in v['found']))}</td></tr>"
+        for c, v in shares.items())
+    return f"<h2>Cells replaced and imputed per column</h2><table><tr>{head}</tr>{body}</table>"
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` into ``run_dir`` (the folder holding ``report.json``); return its path."""
     run_dir = Path(run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     counts = report.get("counts", {})
     table = _run_rows(report)
+    shares = column_shares(table, report)
+    if shares != report.get("column_shares"):  # kept in report.json for `lakefill report --check`
+        report["column_shares"] = shares
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     check = refine_check(table)
     plots = _plots(report, table, check)
     check_rows = ({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in check.items() if not k.startswith("_")}
@@ -220,6 +290,10 @@ model <code>{html.escape(str(report.get('model')))}</code> &mdash;
 {_table(main, ("", "rows / cells"))}
 {_table(counts.get("quarantined_by_reason", {}), ("quarantined by reason", "rows"))}
 {_table(counts.get("disguised_nulls_replaced", {}), ("disguised nulls replaced", "cells"))}
+{_table(not_applicable_cells(table), ("not applicable (never imputed)", "cells"))}
+{_shares_table(shares)}
+<h2>Disguised nulls found</h2>
+{_findings_table(report)}
 {_table(check_rows, ("reverse training check (held-back cells)", "")) if check_rows else ""}
 <h2>Plots</h2>
 {figures or "<p>No rows were written, so there is nothing to plot.</p>"}

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from pipelines.config import JobConfig, load_config
-from pipelines.local_job import RunOutcome, config_summary, prepare, write_docs
+from pipelines.local_job import RunOutcome, config_summary, prepare, record_detection, write_docs
 from pipelines.report import render_report
 from transforms.impute import Imputer
 from transforms.lake import action_from_dict
@@ -116,6 +116,7 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
     done = finalize(totals, run_id=run_id, engine="spark", output=out, config=config_summary(cfg),
                     max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,
                     timings={"spark_job": job_seconds, "total": time.perf_counter() - t0}, metrics=metrics, log=log)
+    record_detection(prep, out / "reports" / run_id)
     write_docs(prep, out / "reports" / run_id)
     render_report(out / "reports" / run_id)
     return RunOutcome(run_id, str(out / "table"), str(out / "quarantine"), str(done.report), done.counts,

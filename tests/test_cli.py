@@ -20,7 +20,8 @@ def test_detect_json_follows_the_protocol(shared_data, tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["table"] == "pima-indians-diabetes" and data["rows"] == 768
     finding = data["columns"]["Diastolic blood pressure"][0]
-    assert set(finding) == {"value", "count", "detector", "evidence"} and finding["value"] == "0"
+    assert set(finding) == {"value", "count", "detector", "evidence", "kind", "share", "suspect"}
+    assert finding["value"] == "0" and finding["kind"] == "missing" and finding["suspect"] is False
     assert finding["count"] == 35
     assert "Diastolic blood pressure" in capsys.readouterr().out
 
@@ -78,6 +79,25 @@ def test_local_run_end_to_end_and_idempotent_rerun(tmp_path, capsys):
     assert "already committed" in capsys.readouterr().out
     assert DeltaTable(str(out / "table")).version() == version
     assert DeltaTable(str(out / "table")).to_pyarrow_table().num_rows == table.num_rows
+
+
+def test_an_unknown_flag_is_refused_before_any_work(tmp_path, capsys):
+    job = _job(tmp_path)
+    assert main(["run", str(job), "--ouptut", "elsewhere"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option(s) ['--ouptut']" in err and "lakefill run --help" in err
+    assert not (tmp_path / "model").exists() and not (tmp_path / "out").exists()  # no training, no output
+    assert main(["run", str(job), "--engine", "spark", "--ouptut", "elsewhere"]) == 2
+    assert "unknown option(s) for the Spark engine" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_epochs_on_the_command_line_are_honoured(tmp_path):
+    assert main(["train", "--input", str(EXAMPLES / "customers.csv"), "--schema", str(EXAMPLES / "customers.schema.yaml"),
+                 "--out", str(tmp_path / "m"), "--epochs", "3", "--hidden", "16", "--depth", "1", "--no-gaussian",
+                 "--no-donors", "--no-trees", "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["metrics"]["epochs_run"] <= 3 and manifest["config"]["epochs"] == 3
 
 
 @pytest.mark.slow

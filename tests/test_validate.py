@@ -65,3 +65,24 @@ def test_data_docs_are_written(validator, tmp_path):
     good, _ = validator.validate(_batch())
     index = validator.write_data_docs(good, tmp_path / "docs")
     assert index.exists() and "<html" in index.read_text().lower()
+
+
+def test_data_docs_show_the_failures_the_table_and_the_run_and_need_no_network(validator, tmp_path):
+    import re
+
+    index = validator.write_data_docs(_batch(), tmp_path / "docs", run_id="run-42", asset="patients")
+    site = index.parent
+    pages = list(site.rglob("*.html"))
+    run_pages = [p for p in pages if "run-42" in p.as_posix()]
+    assert run_pages, "the validation page is filed under the run id"
+    text = run_pages[0].read_text()
+    assert "Data asset: patients (run run-42)" in text and "Data asset: None" not in text
+    assert "green" in text and "300" in text  # the values that broke the set and the range expectations
+    assert "Failed" in text
+    for page in pages:  # no request leaves the machine: styles come from the site itself
+        body = page.read_text()
+        assert not re.search(r'<(link|script|img)\b[^>]*(href|src)="https?://', body), page
+        for href in re.findall(r'<link rel="stylesheet" href="([^"]+)"', body):
+            if "bootstrap" in href:
+                assert (page.parent / href).resolve().exists(), href
+    assert (site / "static" / "offline" / "bootstrap.min.css").stat().st_size > 100_000

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-__all__ = ["flags_to_lists"]
+__all__ = ["flags_to_lists", "lists_to_flags"]
 
 
 def flags_to_lists(flags: np.ndarray, names: np.ndarray) -> pa.Array:
@@ -15,3 +16,16 @@ def flags_to_lists(flags: np.ndarray, names: np.ndarray) -> pa.Array:
     np.cumsum(np.bincount(rows, minlength=flags.shape[0]), out=offsets[1:])
     values = pa.array(names[cols].tolist() if len(cols) else [], pa.string())
     return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def lists_to_flags(col, names: list[str]) -> np.ndarray:
+    """(rows, len(names)) bool: which of ``names`` each row's list<string> cell holds (the
+    inverse of ``flags_to_lists``; names a row lists that are not in ``names`` are ignored)."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    flat = pc.list_flatten(col)
+    parents = np.asarray(pc.list_parent_indices(col))
+    index = np.asarray(pc.index_in(flat, value_set=pa.array(names, pa.string())).fill_null(-1))
+    mask = np.zeros((len(col), len(names)), dtype=bool)
+    ok = index >= 0
+    mask[parents[ok], index[ok]] = True
+    return mask

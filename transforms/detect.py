@@ -11,6 +11,26 @@ Detectors (each can be switched off per column in the schema; pinned values alwa
                  pressure is not. See ``_sentinel_evidence`` for the exact shapes.
 ``co_missing``   a categorical value whose rows are, nearly all of them, empty elsewhere (a
                  geocoder's "U"nmatched status next to zero coordinates).
+``structural``   a 0 that means "this does not apply to this row" (a school's pupils in a grade it
+                 does not teach): in a column of counts (integers, or percentages written with
+                 "%") whose other values sit far from 0 (median >= 10), the 0 is common (>= 10%
+                 of the numbers), at least 10x as frequent as all values in (0, 2] together (a
+                 gap between 0 and the bulk), and the same rows are 0 in a sibling column of the
+                 same shape (one column's zeros fall on the other's well beyond chance: score
+                 >= 0.8, see ``_co_zero``). See ``_structural``.
+
+Each finding has a ``kind``: ``missing`` (the value is there but unknown: the cell is nulled and
+imputed) or ``not_applicable`` (the value does not exist: the cell is nulled, listed in the
+row's ``_lf_not_applicable`` and never imputed; the schema's ``not_applicable`` per column can
+keep the original value with the flag, or impute it anyway). Only ``structural`` findings are
+``not_applicable``.
+
+A value that covers most of a column (more than ``MAX_REPLACED_SHARE`` of its non-empty cells)
+is never turned into invented values on the detector's word alone: a ``missing`` finding that
+large is a *suspect*: reported with its evidence, left in the data as a value, unless the
+schema pins it in ``null_values`` (a value that is the only one the column holds is replaced:
+there is no column of values to protect, and a column with nothing observed is not imputed). (On the dev tables the largest share of a labelled disguised
+null is pima's insulin 0, 48.7%; UCI adult's capital_loss 0, a real zero, covers 95%.)
 
 Empty and whitespace-only cells are plain nulls, not disguised ones: they are not reported.
 """
@@ -30,9 +50,15 @@ import pyarrow.compute as pc
 from transforms._arrow import flags_to_lists
 from transforms._values import NULL_TOKENS, parse_number
 
-__all__ = ["Finding", "NullPolicy", "DISGUISED", "NotFittedError"]
+__all__ = ["Finding", "NullPolicy", "DISGUISED", "NOT_APPLICABLE", "NotFittedError", "MAX_REPLACED_SHARE"]
 
 DISGUISED = "_lf_disguised"
+NOT_APPLICABLE = "_lf_not_applicable"
+MAX_REPLACED_SHARE = 0.5
+_NA_MIN_SHARE = 0.10       # a structural 0 is common ...
+_NA_MIN_MEDIAN = 10.0      # ... in a column whose other values are tens of units from it ...
+_NA_MIN_GAP_RATIO = 10.0   # ... and at least 10x as frequent as all values in (0, 2] together
+_NA_MIN_CO_ZERO = 0.8      # ... with a sibling whose zeros fall on the same rows
 _SENTINEL = re.compile(r"^-?9{2,}(\.0+)?$|^-9(\.0+)?$|^-?0*1(\.0+)?$|^0+(\.0+)?$")
 _MIN_DISTINCT_NUMBERS = 20
 _MAX_NON_NUMERIC = 3
@@ -52,6 +78,9 @@ class Finding:
     count: int
     detector: str
     evidence: str
+    kind: str = "missing"  # "missing" (unknown: imputed) or "not_applicable" (does not exist: never imputed)
+    share: float = 0.0     # of the column's non-empty cells in the sample
+    suspect: bool = False  # reported, but left in the data as a value (see MAX_REPLACED_SHARE)
 
 
 def _is_sentinel(value: str, number: float) -> bool:
@@ -90,10 +119,81 @@ class NullPolicy:
         co = self._co_missing(sample, columns, counters, findings)
         for c, extra in co.items():
             findings[c].extend(extra)
+        for c, extra in self._structural(sample, columns, counters, findings).items():
+            findings[c].extend(extra)
+        findings = {c: [self._weighed(f, counters[c]) for f in fs] for c, fs in findings.items()}
         self.findings_ = {c: sorted(f, key=lambda x: (-x.count, x.value)) for c, f in findings.items()}
         self.columns_ = columns
         self.rows_seen_ = sample.num_rows
         return self
+
+    def _weighed(self, finding: Finding, counts: Counter) -> Finding:
+        """The finding with its share of the column's non-empty cells, and whether it is a suspect."""
+        filled = sum(k for v, k in counts.items() if v)
+        share = finding.count / filled if filled else 0.0
+        # a value that is all the column holds is no column of values to protect: it is replaced
+        # (and a column with nothing observed is never imputed)
+        suspect = (finding.kind == "missing" and finding.detector != "pinned"
+                   and MAX_REPLACED_SHARE < share < 1.0)
+        evidence = finding.evidence
+        if suspect:
+            evidence += (f"; it covers {share:.0%} of the column's non-empty cells, so it is reported as a suspect and "
+                         f"kept as a value (list it in the schema's null_values to replace it)")
+        return Finding(finding.column, finding.value, finding.count, finding.detector, evidence, finding.kind,
+                       round(share, 6), suspect)
+
+    def _structural(self, sample: pa.Table, columns: list[str], counters: dict[str, Counter],
+                    findings: dict[str, list[Finding]]) -> dict[str, list[Finding]]:
+        """Zeros that mean "not applicable": common, apart from the bulk, in blocks across siblings.
+
+        A column qualifies when it holds counts (all its other numbers are integers, or all are
+        written as percentages), none negative, with at least 20 distinct numbers and 20 that
+        are not 0, their median >= 10; its 0 (any spelling: "0", "0.0", "0%") covers >= 10% of
+        the numbers and occurs >= 10x as often as all values in (0, 2] together. Such a 0 is a
+        structural "not applicable" when a sibling column that qualifies too has its zeros on
+        the same rows (``_co_zero`` >= 0.8). A lone zero-heavy column is not enough (a count
+        that is often really 0); a 0 already found by another detector keeps that finding.
+        """
+        shapes = {}
+        for c in columns:
+            shape = _zero_spike(counters[c], taken={f.value for f in findings[c]})
+            if shape is not None:
+                shapes[c] = shape
+        if len(shapes) < 2:
+            return {}
+        zero_rows = {}
+        filled_rows = {}
+        for c in shapes:
+            values = pc.utf8_trim_whitespace(sample.column(c))
+            zero_rows[c] = np.asarray(pc.fill_null(pc.is_in(values, value_set=pa.array(sorted(shapes[c]["zeros"]), pa.string())), False))
+            filled_rows[c] = np.asarray(pc.fill_null(pc.not_equal(values, ""), False))
+        out: dict[str, list[Finding]] = {}
+        for c, shape in shapes.items():
+            if not self._on(c, "structural"):
+                continue
+            siblings = []
+            for o in shapes:
+                if o == c:
+                    continue
+                score = _co_zero(zero_rows[c], zero_rows[o], filled_rows[c] & filled_rows[o])
+                if score >= _NA_MIN_CO_ZERO:
+                    siblings.append((score, o))
+            if not siblings:
+                continue
+            siblings.sort(key=lambda t: (-t[0], t[1]))
+            names = ", ".join(f"{o!r} ({score:.2f})" for score, o in siblings[:5])
+            more = f" and {len(siblings) - 5} more" if len(siblings) > 5 else ""
+            rows = np.flatnonzero(zero_rows[c])
+            first = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            known = {f.value for f in findings[c]}
+            for v in sorted(shape["zeros"] - known):  # a 0 another detector found keeps that finding
+                evidence = (f"0 covers {shape['share']:.0%} of the column's numbers ({len(rows)} rows of the sample: "
+                            f"{first}) and occurs "
+                            f"{shape['gap_ratio']:.3g}x as often as all values in (0, 2] together; the other values "
+                            f"have median {shape['median']:.6g} (a gap between 0 and the bulk); the same rows are 0 in "
+                            f"{len(siblings)} sibling column(s): {names}{more} (co-zero score); 0 reads as 'does not apply'")
+                out.setdefault(c, []).append(Finding(c, v, counters[c][v], "structural", evidence, "not_applicable"))
+        return out
 
     def _rules(self, column: str):
         if self.schema is None or column not in self.schema.names:
@@ -190,21 +290,52 @@ class NullPolicy:
             raise NotFittedError("this NullPolicy is not fitted yet: call fit(table) on a sample first")
 
     def null_values(self, column: str) -> set[str]:
+        """The values that ``apply`` turns into nulls in this column (suspects and kept
+        "not applicable" values stay)."""
         self._check_fitted()
-        return {f.value for f in self.findings_.get(column, [])}
+        return self._replaced(column) | (self._not_applicable(column) if self._na_action(column) != "keep" else set())
+
+    def _replaced(self, column: str) -> set[str]:
+        """Values nulled as missing (imputed): missing findings that are not suspects, plus
+        not-applicable ones where the schema says to impute them anyway."""
+        out = {f.value for f in self.findings_.get(column, []) if f.kind == "missing" and not f.suspect}
+        if self._na_action(column) == "impute":
+            out |= self._not_applicable(column)
+        return out
+
+    def _not_applicable(self, column: str) -> set[str]:
+        return {f.value for f in self.findings_.get(column, []) if f.kind == "not_applicable"}
+
+    def _flagged_na(self, column: str) -> set[str]:
+        """Values listed in ``_lf_not_applicable`` (nulled or kept, never imputed)."""
+        return set() if self._na_action(column) == "impute" else self._not_applicable(column)
+
+    def _na_action(self, column: str) -> str:
+        rules = self._rules(column)
+        return rules.not_applicable if rules is not None else "null"
+
+    def suspects(self) -> list[Finding]:
+        self._check_fitted()
+        return [f for c in self.columns_ for f in self.findings_[c] if f.suspect]
 
     def rules_for(self, column: str) -> dict:
-        """The schema fields that record this column's findings (for ``infer_schema``)."""
-        values = sorted(self.null_values(column) - self._token_values(column))
+        """The schema fields that record this column's findings (for ``infer_schema``): the
+        missing values found by a detector other than the token list. Suspects and structural
+        "not applicable" values are not pinned: the detector finds them again on every run."""
+        values = sorted(v for v in self._replaced(column) - self._token_values(column))
         return {"null_values": values} if values else {}
 
     def _token_values(self, column: str) -> set[str]:
         return {f.value for f in self.findings_.get(column, []) if f.detector == "token"}
 
     def null_mask(self, column: str, values: pa.ChunkedArray | pa.Array) -> pa.Array:
+        """Where ``apply`` leaves a null in this column (blank cells included)."""
         self._check_fitted()
         return _null_mask_from_values(values, self.null_values(column), tokens=self._on(column, "token"),
-                                      keep=self._pinned_values(column))
+                                      keep=self._pinned_values(column) | self._suspect_values(column))
+
+    def _suspect_values(self, column: str) -> set[str]:
+        return {f.value for f in self.findings_.get(column, []) if f.suspect}
 
     def _pinned_values(self, column: str) -> set[str]:
         rules = self._rules(column)
@@ -214,30 +345,46 @@ class NullPolicy:
         """Replace disguised nulls (and blank cells) with real nulls.
 
         Returns the table, with a ``_lf_disguised`` list column naming the cells replaced as
-        disguised nulls in each row, and the per-column count of those replacements.
+        disguised nulls in each row and a ``_lf_not_applicable`` list column naming the cells
+        found to be "not applicable" (nulled, or kept where the schema says so; never imputed),
+        and the per-column count of the disguised-null replacements.
         """
         self._check_fitted()
         missing = [c for c in self.columns_ if c not in table.column_names]
         if missing:
             raise KeyError(f"the batch lacks column(s) {missing} that the policy was fitted on")
         counts: dict[str, int] = {}
-        flags = []
+        flags, na_flags = [], []
         arrays = {}
         for c in table.column_names:
             col = table.column(c)
+            if c in (DISGUISED, NOT_APPLICABLE):
+                continue
             if c not in self.columns_:
                 arrays[c] = col
                 continue
             trimmed = pc.utf8_trim_whitespace(col)
             blank = pc.fill_null(pc.equal(trimmed, ""), True)
-            disguised = pc.and_not(self.null_mask(c, col), blank)
-            disguised = pc.fill_null(disguised, False)
+            na_values = self._flagged_na(c)
+            na = _in(trimmed, na_values)
+            nulled = pc.and_not(self.null_mask(c, col), blank)
+            disguised = pc.fill_null(pc.and_not(nulled, na), False)
             counts[c] = int(pc.sum(disguised).as_py() or 0)
-            flags.append(np.asarray(disguised.combine_chunks() if isinstance(disguised, pa.ChunkedArray) else disguised))
-            arrays[c] = pc.if_else(pc.or_(blank, disguised), pa.scalar(None, pa.string()), col)
+            flags.append(_numpy(disguised))
+            na_flags.append(_numpy(na))
+            arrays[c] = pc.if_else(pc.or_(blank, nulled), pa.scalar(None, pa.string()), col)
         names = np.asarray(self.columns_, dtype=object)
-        arrays[DISGUISED] = flags_to_lists(np.stack(flags, axis=1) if flags else np.zeros((table.num_rows, 0), bool), names)
+        empty = np.zeros((table.num_rows, 0), bool)
+        arrays[DISGUISED] = flags_to_lists(np.stack(flags, axis=1) if flags else empty, names)
+        arrays[NOT_APPLICABLE] = flags_to_lists(np.stack(na_flags, axis=1) if na_flags else empty, names)
         return pa.table(arrays), counts
+
+    def not_applicable_counts(self, table: pa.Table) -> dict[str, int]:
+        """Cells per column listed in an applied batch's ``_lf_not_applicable``."""
+        if NOT_APPLICABLE not in table.column_names or table.num_rows == 0:
+            return {}
+        flat = pc.list_flatten(table.column(NOT_APPLICABLE))
+        return {v["values"]: int(v["counts"]) for v in pc.value_counts(flat).to_pylist()}
 
     # ---------------------------------------------------------------------------- reporting
     def to_dict(self) -> dict:
@@ -246,6 +393,8 @@ class NullPolicy:
 
     @classmethod
     def from_dict(cls, data: dict, *, schema=None) -> "NullPolicy":
+        """A fitted policy from ``to_dict``'s output (findings written before ``kind``,
+        ``share`` and ``suspect`` existed read as missing, replaced)."""
         policy = cls(schema=schema)
         policy.findings_ = {c: [Finding(**f) for f in fs] for c, fs in data["columns"].items()}
         policy.columns_ = list(data["columns"])
@@ -254,13 +403,75 @@ class NullPolicy:
 
     def report(self) -> str:
         self._check_fitted()
-        lines = [f"{'column':<32} {'value':<12} {'count':>7}  {'detector':<12} evidence"]
+        lines = [f"{'column':<32} {'value':<12} {'count':>7} {'share':>6}  {'detector':<12} {'kind':<18} evidence"]
         for c in self.columns_:
             for f in self.findings_[c]:
-                lines.append(f"{c[:32]:<32} {f.value[:12]:<12} {f.count:>7}  {f.detector:<12} {f.evidence}")
+                kind = f.kind + (" (suspect)" if f.suspect else "")
+                lines.append(f"{c[:32]:<32} {f.value[:12]:<12} {f.count:>7} {f.share:>6.1%}  {f.detector:<12} {kind:<18} {f.evidence}")
         if len(lines) == 1:
             lines.append("(no disguised nulls found)")
         return "\n".join(lines)
+
+
+def _numpy(mask) -> np.ndarray:
+    return np.asarray(mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask)
+
+
+def _in(trimmed, values: set[str]):
+    if not values:
+        return pa.array(np.zeros(len(trimmed), dtype=bool))
+    return pc.fill_null(pc.is_in(trimmed, value_set=pa.array(sorted(values), pa.string())), False)
+
+
+def _zero_spike(counts: Counter, *, taken: set[str]) -> dict | None:
+    """The shape ``_structural`` needs of a column of counts with a common, apart 0, or None."""
+    numbers = {}
+    text = 0
+    for v, k in counts.items():
+        if not v:
+            continue
+        x = parse_number(v)
+        if x is None:
+            text += 1
+            if text > _MAX_NON_NUMERIC:
+                return None
+            continue
+        if math.isnan(x) or math.isinf(x) or (x < 0 and v not in taken):
+            return None
+        numbers[v] = (x, k)
+    zeros = {v for v, (x, _) in numbers.items() if x == 0}
+    rest = [(x, k) for v, (x, k) in numbers.items() if x != 0 and v not in taken]
+    if not zeros or len(numbers) < _MIN_DISTINCT_NUMBERS or sum(k for _, k in rest) < 20:
+        return None
+    percent = all(v.endswith("%") for v in numbers)
+    if not percent and any(x != round(x) for x, _ in rest):
+        return None
+    n_zero = sum(numbers[v][1] for v in zeros)
+    n_rest = sum(k for _, k in rest)
+    share = n_zero / (n_zero + n_rest)
+    median = _weighted_quantiles(rest, (0.5,))[0]
+    near = sum(k for x, k in rest if 0 < x <= 2)
+    gap_ratio = n_zero / max(near, 1)
+    if share < _NA_MIN_SHARE or median < _NA_MIN_MEDIAN or gap_ratio < _NA_MIN_GAP_RATIO:
+        return None
+    return {"zeros": zeros, "share": share, "median": median, "gap_ratio": gap_ratio}
+
+
+def _co_zero(a: np.ndarray, b: np.ndarray, both: np.ndarray) -> float:
+    """How far one column's zeros fall on the other's beyond chance, on rows where both have a
+    value: (c - p) / (1 - p), c the share of the smaller zero set inside the larger, p the
+    larger set's share of the rows (what c would be if the two were independent). 1: one set
+    of zero rows lies inside the other; 0: no more overlap than chance."""
+    n = int(both.sum())
+    if n == 0:
+        return 0.0
+    za, zb = a & both, b & both
+    na, nb = int(za.sum()), int(zb.sum())
+    if min(na, nb) == 0 or max(na, nb) == n:
+        return 0.0
+    contained = int((za & zb).sum()) / min(na, nb)
+    p = max(na, nb) / n
+    return (contained - p) / (1 - p)
 
 
 def _trimmed(values: pa.ChunkedArray) -> list[str]:

@@ -1,6 +1,7 @@
 """Imputation and refinement of Arrow batches with a loaded model (the engine-agnostic core).
 
-``Imputer.impute`` fills every null cell of the model's columns with one pass of the masked
+``Imputer.impute`` fills every null cell of the model's columns (except the cells that
+``_lf_not_applicable`` lists: a value that does not exist is never invented) with one pass of the masked
 autoencoder and adds provenance: ``_lf_imputed`` (the columns filled in the row), ``_lf_method``
 (``none``; ``ae``; ``donor``: the model's fill blended with a copy of the row found among the
 training rows, see ``models.donors``; ``reverse``) and ``_lf_confidence`` in [0, 1]. ``Imputer.refine`` re-works
@@ -21,7 +22,8 @@ import pyarrow.compute as pc
 from models.artifact import ModelArtifact
 from models.autoencoder import predict
 from models.reverse import ReverseConfig, reverse_impute
-from transforms._arrow import flags_to_lists
+from transforms._arrow import flags_to_lists, lists_to_flags
+from transforms.detect import NOT_APPLICABLE
 from transforms.io import ROW_ID
 
 __all__ = ["Imputer", "resolve_device", "IMPUTED", "METHOD", "CONFIDENCE", "CHECK_BEFORE", "CHECK_AFTER",
@@ -62,6 +64,8 @@ class Imputer:
         enc = codec.encode(table)
         pred = predict(model, enc.values, enc.observed, num_weights=self._weights)
         fill = ~enc.observed
+        if NOT_APPLICABLE in table.column_names:  # a value that does not exist is never invented
+            fill &= ~imputed_mask(table.column(NOT_APPLICABLE), self.columns)
         out = codec.decode_into(table, pred.num, pred.cat_probs, fill)
         n_fill = fill.sum(axis=1)
         err = np.where(n_fill > 0, (pred.cell_error * fill).sum(axis=1) / np.maximum(n_fill, 1), 0.0)
@@ -130,14 +134,7 @@ def _with_provenance(table: pa.Table, fill: np.ndarray, names: np.ndarray, metho
 
 def imputed_mask(col, columns: list[str]) -> np.ndarray:
     """(rows, len(columns)) bool: which of ``columns`` each row's ``_lf_imputed`` list names."""
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    flat = pc.list_flatten(col)
-    parents = np.asarray(pc.list_parent_indices(col))
-    index = np.asarray(pc.index_in(flat, value_set=pa.array(columns, pa.string())).fill_null(-1))
-    mask = np.zeros((len(col), len(columns)), dtype=bool)
-    ok = index >= 0
-    mask[parents[ok], index[ok]] = True
-    return mask
+    return lists_to_flags(col, columns)
 
 
 def _blank(table: pa.Table, fill: np.ndarray, columns: list[str]) -> pa.Table:

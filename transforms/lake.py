@@ -22,7 +22,8 @@ from deltalake import CommitProperties, DeltaTable, Schema, Transaction
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
-__all__ = ["write_part", "commit", "CommitResult", "APP_ID_PREFIX", "read_lake", "action_to_dict", "action_from_dict"]
+__all__ = ["write_part", "commit", "CommitResult", "APP_ID_PREFIX", "read_lake", "action_to_dict", "action_from_dict",
+           "check_writable", "has_run"]
 
 APP_ID_PREFIX = "lakefill:"
 Mode = Literal["error", "append", "overwrite", "overwrite_partitions"]
@@ -108,6 +109,24 @@ def _open(table_uri: str) -> DeltaTable | None:
         return DeltaTable(table_uri)
     except TableNotFoundError:
         return None
+
+
+def has_run(table_uri: str | Path, run_id: str) -> bool:
+    """Whether the Delta table at ``table_uri`` exists and has committed ``run_id``."""
+    dt = _open(str(table_uri))
+    return dt is not None and dt.transaction_version(APP_ID_PREFIX + run_id) is not None
+
+
+def check_writable(table_uri: str | Path, *, run_id: str, mode: Mode) -> None:
+    """Refuse, before any work, a run that ``commit`` would refuse at the end: mode 'error' and
+    a table that exists without this run id (a re-run of a committed run id is fine: it
+    commits nothing twice and completes a half-committed run)."""
+    if mode != "error":
+        return
+    dt = _open(str(table_uri))
+    if dt is not None and dt.transaction_version(APP_ID_PREFIX + run_id) is None:
+        raise FileExistsError(f"Delta table {table_uri} already exists and mode is 'error' (never clobber); use mode "
+                              f"append, overwrite or overwrite_partitions to write into it, or another output")
 
 
 def commit(table_uri: str | Path, actions: list[AddAction], schema: pa.Schema, *, run_id: str,

@@ -39,7 +39,7 @@ __all__ = [
 
 ColumnType = Literal["numeric", "integer", "boolean", "categorical", "datetime", "text", "id"]
 IMPUTABLE_TYPES = frozenset({"numeric", "integer", "boolean", "categorical", "datetime"})
-DETECTORS = ("token", "non_numeric", "sentinel", "co_missing")
+DETECTORS = ("token", "non_numeric", "sentinel", "co_missing", "structural")
 MAX_CATEGORIES = 200
 
 
@@ -77,6 +77,14 @@ class ColumnSchema(_Strict):
     null_values: list[str] = Field(default_factory=list)
     not_null_values: list[str] = Field(default_factory=list)
     detectors: dict[str, bool] = Field(default_factory=lambda: {d: True for d in DETECTORS})
+    # what happens to a cell found to be "not applicable" (detector ``structural``): ``null``
+    # (default) makes it null and never imputes it; ``keep`` keeps the original value; both list
+    # it in the row's ``_lf_not_applicable``. ``impute`` treats it as an unknown value.
+    not_applicable: Literal["null", "keep", "impute"] = "null"
+    # the share of the column's written cells that a run may impute before ``lakefill report
+    # --check`` fails the run (a tool must not silently invent most of a column); raise it for a
+    # column you know is mostly missing
+    max_imputed_share: float = Field(default=0.5, ge=0.0, le=1.0)
     expectations: list[Expectation] = Field(default_factory=list)
 
     @field_validator("detectors")

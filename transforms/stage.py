@@ -143,8 +143,11 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path,
              metrics: dict | None = None, validation: dict | None = None, log=print) -> Finalized:
     """The end of a run, on one process (the driver, or one Beam worker holding all the actions).
 
-    Refuses to commit when rows went missing or the quarantine is over its share; commits the
-    quarantine table, then the result table, each in one transaction keyed by the run id.
+    Refuses to commit when rows went missing or the quarantine is over its share (then neither
+    table gets the run, the uncommitted Parquet parts are removed, and the quarantined rows are
+    kept in the report folder as ``quarantine.parquet``); commits the result table, then the
+    quarantine table, each in one transaction keyed by the run id, so that a retry of a run whose
+    second commit failed completes it and writes nothing twice.
     """
     out = Path(output)
     table_uri, quarantine_uri = out / "table", out / "quarantine"
@@ -166,29 +169,59 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path,
     if totals.rows_in != written + quarantined:
         report(False)
         _remove(table_uri, totals.table_actions)
-        raise RowsLost(f"run {run_id}: rows_in ({totals.rows_in}) != rows_written ({written}) + rows_quarantined "
-                       f"({quarantined}); nothing was committed to {table_uri}")
-    q_schema = quarantine_batch([], run_id).schema
-    q_result = commit(quarantine_uri, totals.quarantine_actions, q_schema, run_id=run_id, mode="append")
-    if not q_result.committed:
         _remove(quarantine_uri, totals.quarantine_actions)
+        raise RowsLost(f"run {run_id}: rows_in ({totals.rows_in}) != rows_written ({written}) + rows_quarantined "
+                       f"({quarantined}); nothing was committed to {table_uri} or {quarantine_uri}")
     share = quarantined / max(totals.rows_in, 1)
     if share > max_quarantine_share:
-        report(False)
+        rejected = _keep_rejected(quarantine_uri, totals.quarantine_actions, report_dir / "quarantine.parquet")
         _remove(table_uri, totals.table_actions)
+        _remove(quarantine_uri, totals.quarantine_actions)
+        report(False)
         raise QuarantineExceeded(f"{quarantined} of {totals.rows_in} rows ({share:.1%}) went to quarantine, over the "
                                  f"max_quarantine_share of {max_quarantine_share:.1%}; nothing was committed to "
-                                 f"{table_uri}. See {quarantine_uri} for the rows and their reasons.")
-    if totals.table_schema is None:  # every row quarantined, and the share allows it
+                                 f"{table_uri} or {quarantine_uri}. The quarantined rows and their reasons are in "
+                                 f"{rejected}.")
+    # the table first, then the quarantine, both keyed by the run id: a run is in both or, if a
+    # commit fails, the retry with the same run id completes the missing half and writes nothing twice
+    result = None
+    if totals.table_schema is not None:  # else every row was quarantined, and the share allows it
+        try:
+            result = commit(table_uri, totals.table_actions, totals.table_schema, run_id=run_id, mode=mode,
+                            partition_by=partition_by)
+        except Exception:
+            _remove(table_uri, totals.table_actions)
+            _remove(quarantine_uri, totals.quarantine_actions)
+            report(False)
+            raise
+        if not result.committed:
+            log(f"run {run_id} was already committed to {table_uri}: nothing written twice")
+            _remove(table_uri, totals.table_actions)
+    q_schema = quarantine_batch([], run_id).schema
+    try:
+        q_result = commit(quarantine_uri, totals.quarantine_actions, q_schema, run_id=run_id, mode="append")
+    except Exception as err:
+        _remove(quarantine_uri, totals.quarantine_actions)
+        report(result is not None and result.committed, result.version if result else None)
+        raise LakefillError(f"run {run_id}: the table {table_uri} has the run but committing its {quarantined} "
+                            f"quarantined rows to {quarantine_uri} failed ({type(err).__name__}: {err}); re-run the "
+                            f"job with the same run id to complete it (nothing is written twice)") from err
+    if not q_result.committed:
+        _remove(quarantine_uri, totals.quarantine_actions)
+    if result is None:
         report(False)
         return Finalized(counts, False, report_dir / "report.json", None)
-    result = commit(table_uri, totals.table_actions, totals.table_schema, run_id=run_id, mode=mode,
-                    partition_by=partition_by)
-    if not result.committed:
-        log(f"run {run_id} was already committed to {table_uri}: nothing written twice")
-        _remove(table_uri, totals.table_actions)
     path = report(result.committed, result.version, already=not result.committed)
     return Finalized(counts, result.committed, path, result.version)
+
+
+def _keep_rejected(quarantine_uri: Path, actions: list[AddAction], out: Path) -> Path:
+    """The quarantined rows of a run that commits nothing, kept as one Parquet file beside its report."""
+    import pyarrow.parquet as pq
+
+    parts = [pq.read_table(Path(quarantine_uri) / a.path) for a in actions]
+    pq.write_table(pa.concat_tables(parts) if parts else quarantine_batch([], "").slice(0, 0), out)
+    return out
 
 
 def _remove(root: Path, actions: list[AddAction]) -> None:

@@ -3,6 +3,11 @@
 Row-level failures (map expectations: ranges, allowed sets, uniqueness, not-null) come back as
 quarantine records naming the expectation and the column; a failed table-level expectation
 (row count, column mean ...) raises ``ValidationFailed`` for the whole run.
+
+A cell that detection found to be "not applicable" (listed in the row's ``_lf_not_applicable``)
+is no missing value and no out-of-range one: the schema's range, set and not-null expectations
+check the applicable cells only (a GX ``row_condition`` on a helper flag per column,
+``not_applicable_<j>_<name>``, computed from that list for each batch).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
+from transforms._arrow import lists_to_flags
 from transforms._errors import SchemaError, ValidationFailed
+from transforms.detect import NOT_APPLICABLE
 from transforms.io import ROW_ID, Quarantined
 from transforms.schema import Expectation, TableSchema
 
@@ -61,21 +68,38 @@ def build_suite(schema: TableSchema, *, stage: Stage = "pre"):
     gx = _gx()
     E = gx.expectations
     suite = gx.ExpectationSuite(name=f"lakefill_{schema.name}_{stage}")
-    for col in schema.columns:
+    for j, col in enumerate(schema.columns):
+        applicable = {"row_condition": f"`{_na_flag(j, col.name)}` == False", "condition_parser": "pandas"}
         if col.range is not None and col.type in ("numeric", "integer"):
-            suite.add_expectation(E.ExpectColumnValuesToBeBetween(column=col.name, min_value=col.range.min, max_value=col.range.max))
+            suite.add_expectation(E.ExpectColumnValuesToBeBetween(column=col.name, min_value=col.range.min, max_value=col.range.max,
+                                                                  **applicable))
         if col.type == "categorical" and col.categories and not col.categories_truncated:
-            suite.add_expectation(E.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.categories)))
+            suite.add_expectation(E.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.categories), **applicable))
         if col.unique:
             suite.add_expectation(E.ExpectColumnValuesToBeUnique(column=col.name))
         must_have_value = (not col.nullable and not col.impute) if stage == "pre" else (col.impute or not col.nullable)
         if must_have_value:
-            suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=col.name))
+            suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column=col.name, **applicable))
         for exp in col.expectations:
             suite.add_expectation(_user_expectation(gx, exp, col.name))
     for exp in schema.expectations:
         suite.add_expectation(_user_expectation(gx, exp, None))
     return suite
+
+
+def _na_flag(j: int, name: str) -> str:
+    """The helper column GX reads for "cell j is not applicable" (shown in the Data Docs)."""
+    return f"not_applicable_{j}_{re.sub(r'[^A-Za-z0-9_]', '_', name)[:40]}"
+
+
+def _frame(schema: TableSchema, table: pa.Table, names: list[str]):
+    """The pandas frame GX validates: ``names`` plus one 'not applicable' flag per schema column."""
+    frame = table.select(names).to_pandas(types_mapper=None, timestamp_as_object=False)
+    flags = (lists_to_flags(table.column(NOT_APPLICABLE), schema.names) if NOT_APPLICABLE in table.column_names
+             else np.zeros((table.num_rows, len(schema.names)), dtype=bool))
+    for j, name in enumerate(schema.names):
+        frame[_na_flag(j, name)] = flags[:, j]
+    return frame
 
 
 @dataclass
@@ -117,7 +141,7 @@ class Validator:
         if ROW_ID not in table.column_names:
             raise ValueError(f"the batch needs a {ROW_ID!r} column to name failing rows")
         names = [n for n in table.column_names if n == ROW_ID or not n.startswith("_lf_")]
-        frame = table.select(names).to_pandas(types_mapper=None, timestamp_as_object=False)
+        frame = _frame(self.schema, table, names)
         batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
         results = batch.validate(self.suite, result_format={
             "result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID],
@@ -157,12 +181,16 @@ class Validator:
                        for rid, rec in zip(row_ids[bad], originals.to_pylist())]
         return table.filter(pa.array(~bad)), quarantined
 
-    def write_data_docs(self, table: pa.Table, out_dir: str | Path) -> Path:
+    def write_data_docs(self, table: pa.Table, out_dir: str | Path, *, run_id: str | None = None,
+                        asset: str | None = None) -> Path:
         """Render GX Data Docs (HTML) for a validation of ``table`` into ``out_dir``; returns index.html."""
-        return write_data_docs(self.schema, self.stage, table, out_dir)
+        return write_data_docs(self.schema, self.stage, table, out_dir, run_id=run_id, asset=asset)
 
 
-def write_data_docs(schema: TableSchema, stage: Stage, table: pa.Table, out_dir: str | Path) -> Path:
+def write_data_docs(schema: TableSchema, stage: Stage, table: pa.Table, out_dir: str | Path, *,
+                    run_id: str | None = None, asset: str | None = None) -> Path:
+    """GX Data Docs of ``table`` (rows before the suite's filter, so that its failures show)
+    under the data asset ``asset`` (default: the schema's table name) and the run name ``run_id``."""
     gx = _gx()
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,13 +210,19 @@ def write_data_docs(schema: TableSchema, stage: Stage, table: pa.Table, out_dir:
         context.data_sources.delete(name)
     suite = context.suites.add(build_suite(schema, stage=stage))
     source = context.data_sources.add_pandas(name)
-    batch_definition = source.add_dataframe_asset("batch").add_batch_definition_whole_dataframe("whole")
+    batch_definition = source.add_dataframe_asset(asset or schema.name).add_batch_definition_whole_dataframe("whole")
     vd = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_definition, suite=suite))
     checkpoint = context.checkpoints.add(gx.Checkpoint(
         name=name, validation_definitions=[vd], actions=[gx.checkpoint.UpdateDataDocsAction(name="docs")],
         result_format={"result_format": "SUMMARY"}))
     names = [n for n in table.column_names if not n.startswith("_lf_")]
-    checkpoint.run(batch_parameters={"dataframe": table.select(names).to_pandas()})
+    run = {}
+    if run_id:
+        from great_expectations.core.run_identifier import RunIdentifier
+
+        run = {"run_id": RunIdentifier(run_name=run_id)}
+    checkpoint.run(batch_parameters={"dataframe": _frame(schema, table, names)}, **run)
+    _finish_site(out_dir / "gx" / "uncommitted" / "data_docs", asset or schema.name, run_id)
     index = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     if not index.exists():
         found = list(out_dir.rglob("index.html"))
@@ -196,6 +230,40 @@ def write_data_docs(schema: TableSchema, stage: Stage, table: pa.Table, out_dir:
             raise RuntimeError(f"Great Expectations wrote no Data Docs under {out_dir}")
         index = found[0]
     return index
+
+
+_STATIC = Path(__file__).resolve().parent / "_static"
+_REMOTE_TAG = re.compile(r'<(?:link|script)\b[^>]*(?:href|src)="https?://[^"]*"[^>]*>(?:\s*</script>)?', re.I)
+_REMOTE_IMG = re.compile(r'(<img\b[^>]*?)\ssrc="https?://[^"]*"', re.I)
+_REMOTE_CSS_URL = re.compile(r"url\('https?://[^']*'\)")
+
+
+def _finish_site(site: Path, asset: str, run_id: str | None) -> None:
+    """Make the GX site show what it is and render with no network.
+
+    GX 1.x leaves the data asset of an in-memory DataFrame unnamed ("Data asset: None"): the
+    table's name and the run id are written in. Its pages link Bootstrap, Font Awesome, jQuery
+    and images from CDNs: Bootstrap's stylesheet (the same version, shipped in
+    ``transforms/_static``) is copied into the site and linked relatively, and every other
+    remote reference is dropped, so that opening the docs makes no network request (the
+    interactive bits those scripts add, table sorting and icons, are lost offline).
+    """
+    import html
+    import os
+    import shutil
+
+    label = html.escape(asset) + (f" (run {html.escape(run_id)})" if run_id else "")
+    css = site / "local_site" / "static" / "offline" / "bootstrap.min.css"
+    css.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_STATIC / "bootstrap-4.3.1.min.css", css)
+    for page in site.rglob("*.html"):
+        text = page.read_text(encoding="utf-8").replace("Data asset: None", f"Data asset: {label}")
+        local = os.path.relpath(css, page.parent).replace(os.sep, "/")
+        text = _REMOTE_TAG.sub(lambda m: f'<link rel="stylesheet" href="{local}">'
+                               if "bootstrap.min.css" in m.group(0) and "<link" in m.group(0).lower() else "", text)
+        text = _REMOTE_IMG.sub(r"\1", text)
+        text = _REMOTE_CSS_URL.sub("none", text)
+        page.write_text(text, encoding="utf-8")
 
 
 def _plain(value):
