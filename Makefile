@@ -8,7 +8,7 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install airflow-venv demo test bench-dmv clean
+.PHONY: install airflow-venv chromium demo test bench-dmv clean
 
 install: $(STAMP)
 
@@ -26,10 +26,16 @@ $(AIRFLOW_STAMP): deploy/airflow/requirements.txt
 	$(AIRFLOW_VENV)/bin/pip install -q --disable-pip-version-check -r deploy/airflow/requirements.txt
 	touch $(AIRFLOW_STAMP)
 
+# Debian's chromium renders the run report in a test (root, or sudo, installs it)
+chromium:
+	@command -v chromium >/dev/null || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+
 demo: $(STAMP)
 	$(VENV)/bin/lakefill demo --out out/demo
 
-test: $(STAMP) $(AIRFLOW_STAMP)
+test: $(STAMP) $(AIRFLOW_STAMP) chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench-dmv: $(STAMP)
