@@ -400,7 +400,11 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
     steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
     patience = max(cfg.patience, math.ceil(cfg.patience * epochs / cfg.epochs))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=epochs * steps_per_epoch, pct_start=0.1)
+    # a short run (a few epochs on a small table, as --epochs allows) still needs a warm-up step and
+    # an annealing step, or the one-cycle schedule divides by zero; runs of 20+ steps are unchanged
+    total_steps = max(3, epochs * steps_per_epoch)
+    pct_start = 0.1 if total_steps >= 20 else min(0.5, max(0.1, 2.0 / total_steps))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start)
     best, best_state, best_epoch, bad_epochs, history = math.inf, None, 0, 0, []
     bar = _progress(epochs, progress)
     epoch = 0

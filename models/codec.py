@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms._arrow import normalize_array
 from transforms.parse import ARROW_TYPES
 from transforms.schema import TableSchema
 
@@ -68,7 +69,7 @@ class TableCodec:
             if spec.type == "boolean":
                 self.categories_[name] = ["false", "true"]
             else:
-                values = pc.unique(pc.drop_null(table.column(name))).to_pylist()
+                values = pc.unique(pc.drop_null(normalize_array(table.column(name)))).to_pylist()
                 known = list(spec.categories or [])
                 self.categories_[name] = known + sorted(v for v in values if v not in known)
                 if not self.categories_[name]:
@@ -126,6 +127,8 @@ class TableCodec:
             col = table.column(name)
             if self.types_[name] == "boolean":
                 col = pc.if_else(col, "true", "false") if pa.types.is_boolean(col.type) else col
+            else:
+                col = normalize_array(col)  # compared as the schema's categories are: trimmed, NFC
             idx = np.asarray(pc.fill_null(pc.index_in(col, value_set=pa.array(cats, pa.string())), -1).to_numpy(zero_copy_only=False))
             present = np.asarray(pc.is_valid(col).to_numpy(zero_copy_only=False), dtype=bool)
             known = idx >= 0

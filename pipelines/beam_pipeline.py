@@ -60,7 +60,7 @@ def build_pipeline(p: beam.Pipeline, prep: Prepared, *, handler: LakefillModelHa
     out = Path(cfg.output)
     handler = handler or LakefillModelHandler(cfg.model, schema, device=cfg.device, max_batches=cfg.inference_batches)
 
-    read = p | "ReadRaw" >> ReadRaw(cfg.input, batch_rows=cfg.batch_size)
+    read = p | "ReadRaw" >> ReadRaw(cfg.input, batch_rows=cfg.batch_size, csv_options=cfg.csv_options)
     detected = read.main | "DetectDisguisedNulls" >> beam.ParDo(DetectDisguisedNulls(prep.policy.to_dict(), schema)).with_outputs(
         QUARANTINE, "disguised", main="main")
     valid = detected.main | "ValidatePre" >> beam.ParDo(Validate(schema, "pre")).with_outputs(QUARANTINE, main="main")
@@ -147,6 +147,11 @@ def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
     given = {k: v for k, v in vars(args).items() if k != "job" and v not in (None, "")}
     if "partition_by" in given:
         given["partition_by"] = [c for c in given["partition_by"].split(",") if c]
+    if "csv" in given:  # a JSON object: {"delimiter": ";", "encoding": "latin-1"}
+        try:
+            given["csv"] = json.loads(given["csv"])
+        except ValueError as err:
+            raise ConfigError(f"--csv must be a JSON object such as {{\"delimiter\": \";\"}}: {err}") from err
     if args.job:
         base = load_config(args.job).model_dump(by_alias=True)
     else:

@@ -13,13 +13,24 @@ from transforms._errors import LakefillError
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 
+def _csv(args):
+    """The CSV dialect the command line asks for (the delimiter is sniffed when not given)."""
+    from transforms.io import CsvOptions
+
+    try:
+        return CsvOptions(delimiter=getattr(args, "delimiter", None), quotechar=getattr(args, "quotechar", '"'),
+                          encoding=getattr(args, "encoding", "utf-8-sig"))
+    except ValueError as err:
+        raise LakefillError(str(err)) from err
+
+
 def _detect(args) -> int:
     from transforms.detect import NullPolicy
     from transforms.io import read_raw
     from transforms.schema import load_schema
 
     schema = load_schema(args.schema) if args.schema else None
-    raw = read_raw(args.path)
+    raw = read_raw(args.path, csv_options=_csv(args))
     policy = NullPolicy(schema=schema, sample_rows=args.sample_rows).fit(raw.table)
     print(f"{args.path}: {raw.table.num_rows} rows, {raw.table.num_columns - 1} columns"
           + (f", {len(raw.quarantined)} unreadable rows" if raw.quarantined else ""))
@@ -39,7 +50,7 @@ def _schema_infer(args) -> int:
     from transforms.io import read_raw
     from transforms.schema import dump_schema, infer_schema
 
-    raw = read_raw(args.path, limit=args.sample_rows)
+    raw = read_raw(args.path, limit=args.sample_rows, csv_options=_csv(args))
     policy = NullPolicy(sample_rows=args.sample_rows).fit(raw.table)
     text = dump_schema(infer_schema(raw.table, name=args.name or Path(args.path).stem, policy=policy))
     if args.out:
@@ -57,7 +68,7 @@ def _validate(args) -> int:
     from transforms.validate import Validator
 
     schema = load_schema(args.schema)
-    raw = read_raw(args.path)
+    raw = read_raw(args.path, csv_options=_csv(args))
     typed = detect_and_parse(raw, schema)
     counts = typed.disguised
     validator = Validator(schema)
@@ -102,7 +113,7 @@ def _train(args) -> int:
     if args.schema:
         schema = load_schema(args.schema)
     else:
-        raw = read_raw(args.input, limit=200_000)
+        raw = read_raw(args.input, limit=200_000, csv_options=_csv(args))
         schema = infer_schema(raw.table, name=Path(args.input).stem, policy=NullPolicy().fit(raw.table))
     sizes = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("code", args.code)) if v is not None}
     # a size given on the command line is the one network trained; else the default ensemble
@@ -111,7 +122,7 @@ def _train(args) -> int:
     cfg = AEConfig(**epochs, random_state=args.seed, gaussian=not args.no_gaussian,
                    donors=not args.no_donors, trees=not args.no_trees, squash=args.squash, **sizes,
                    **({"extra_sizes": ()} if sizes else {}))
-    out = train_to_dir(args.input, schema, Path(args.out), config=cfg, progress=not args.quiet)
+    out = train_to_dir(args.input, schema, Path(args.out), config=cfg, progress=not args.quiet, csv_options=_csv(args))
     manifest = json.loads((out / "manifest.json").read_text())
     print(f"wrote model to {out} (weights sha256 {manifest['weights_sha256'][:12]}..., metrics {manifest['metrics']})")
     return 0
@@ -130,7 +141,7 @@ def _impute(args) -> int:
     from transforms.parse import detect_and_parse
 
     artifact = load_artifact(args.model)
-    typed = detect_and_parse(read_raw(args.input), artifact.schema)
+    typed = detect_and_parse(read_raw(args.input, csv_options=_csv(args)), artifact.schema)
     imputer = Imputer(artifact)
     out = imputer.impute(typed.table)
     if args.refine_below > 0:
@@ -311,10 +322,21 @@ def _report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="lakefill", description="Find disguised nulls, validate, impute with a masked autoencoder, write to Delta.")
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="on an error, show the Python traceback too")
+    ap = argparse.ArgumentParser(prog="lakefill", parents=[debug], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 description="Find disguised nulls, validate, impute with a masked autoencoder, write to Delta.",
+                                 epilog=EXIT_CODES)
     sub = ap.add_subparsers(dest="command", required=True)
+    csvp = argparse.ArgumentParser(add_help=False)
+    csvp.add_argument("--delimiter", help="CSV field delimiter, one character (default: sniffed from the file)")
+    csvp.add_argument("--quotechar", default='"', help='CSV quote character (default ")')
+    csvp.add_argument("--encoding", default="utf-8-sig", help="text encoding of a CSV file (default utf-8)")
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[debug, *k.pop("parents", [])], **k)
 
-    p = sub.add_parser("detect", help="find disguised nulls in a CSV/Parquet file")
+    p = sub.add_parser("detect", help="find disguised nulls in a CSV/Parquet file", parents=[csvp])
     p.add_argument("path", help="the table: CSV, Parquet or JSON Lines")
     p.add_argument("--json", help="write findings as JSON (BENCHMARKS.md section C)")
     p.add_argument("--schema", help="schema.yaml with pinned values / detectors switched off")
@@ -323,21 +345,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="schema commands")
     ss = p.add_subparsers(dest="schema_command", required=True)
-    pi = ss.add_parser("infer", help="infer a schema.yaml from a file (printed, or --out)")
+    pi = ss.add_parser("infer", help="infer a schema.yaml from a file (printed, or --out)", parents=[debug, csvp])
     pi.add_argument("path", help="the table: CSV, Parquet or JSON Lines")
     pi.add_argument("--out", help="write the schema here instead of printing it")
     pi.add_argument("--name", help="the schema's table name (default: the file name)")
     pi.add_argument("--sample-rows", type=int, default=200_000, help="rows inference looks at (from the top of the file)")
     pi.set_defaults(func=_schema_infer)
 
-    p = sub.add_parser("validate", help="detect + type + validate a file against a schema (GX)")
+    p = sub.add_parser("validate", help="detect + type + validate a file against a schema (GX)", parents=[csvp])
     p.add_argument("path", help="the table: CSV, Parquet or JSON Lines")
     p.add_argument("--schema", required=True, help="schema.yaml to validate against")
     p.add_argument("--out", help="folder for valid rows, quarantine and Data Docs")
     p.add_argument("--show", type=int, default=10, help="quarantined rows to print")
     p.set_defaults(func=_validate)
 
-    p = sub.add_parser("train", help="train a model artifact")
+    p = sub.add_parser("train", help="train a model artifact", parents=[csvp])
     p.add_argument("--input", help="the table to train on (CSV, Parquet or JSON Lines)")
     p.add_argument("--schema", help="schema.yaml (inferred from the input when absent)")
     p.add_argument("--out", help="the model folder to write (manifest.json + weights.safetensors)")
@@ -370,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("impute", help="impute a file with a model (single machine)")
+    p = sub.add_parser("impute", help="impute a file with a model (single machine)", parents=[csvp])
     p.add_argument("--input", required=True, help="the table to impute (CSV, Parquet or JSON Lines)")
     p.add_argument("--model", required=True, help="the model folder (from lakefill train)")
     p.add_argument("--out", required=True, help=".parquet or .csv")
@@ -423,19 +445,46 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+EXIT_CODES = """exit codes:
+  0  done
+  1  `lakefill report --check`: the run failed its check
+  2  a problem with the input, schema, job config, model or output: the message names the file,
+     row, column or URI, and what to change
+  3  an unexpected error inside lakefill (the message says so; --debug shows the traceback)"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = getattr(args, "debug", False)
     try:
         return args.func(args, extra) if getattr(args, "passthrough", False) else args.func(args)
-    except LakefillError as err:
-        print(f"lakefill: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("lakefill: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the output was piped into a reader that stopped (| head): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (LakefillError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError) as err:
+        if debug:
+            raise
+        text = str(err)
+        if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+            text = f"{err.filename}: {text}"
+        print(f"lakefill: error: {text}", file=sys.stderr)
         return 2
-    except FileExistsError as err:
-        print(f"lakefill: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # noqa: BLE001 - the last line of defence of a command line
+        if debug:
+            raise
+        print(f"lakefill: internal error: {type(err).__name__}: {err}\n"
+              f"  this is a bug in lakefill, not in your data: run the same command with --debug for the traceback "
+              f"and report it", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

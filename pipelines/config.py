@@ -11,9 +11,36 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from transforms._errors import ConfigError
 from transforms.schema import read_yaml_mapping
 
-__all__ = ["JobConfig", "load_config", "DEFAULT_CONFIG"]
+__all__ = ["JobConfig", "CsvConfig", "load_config", "DEFAULT_CONFIG"]
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
+
+
+class CsvConfig(BaseModel):
+    """How the input is read when it is a delimited text file (``transforms.io.CsvOptions``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1,
+                                  description="one character; sniffed from the file when absent")
+    quotechar: str = Field(default='"', min_length=1, max_length=1)
+    encoding: str = "utf-8-sig"
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError as err:
+            raise ValueError(f"unknown encoding {v!r} (e.g. utf-8, latin-1, cp1252)") from err
+        return v
+
+    def options(self):
+        from transforms.io import CsvOptions
+
+        return CsvOptions(delimiter=self.delimiter, quotechar=self.quotechar, encoding=self.encoding)
 
 
 class JobConfig(BaseModel):
@@ -35,6 +62,11 @@ class JobConfig(BaseModel):
     inference_batches: int = Field(default=2, ge=1, description="batches RunInference groups into one model call (Beam)")
     train_if_missing: bool = False
     device: Literal["auto", "cpu", "gpu"] = Field(default="auto", description="where the model runs: the GPU when torch sees one (auto)")
+    csv: CsvConfig = Field(default_factory=CsvConfig, description="delimiter, quotechar, encoding of a CSV input")
+
+    @property
+    def csv_options(self):
+        return self.csv.options()
 
     @field_validator("run_id")
     @classmethod

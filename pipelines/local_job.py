@@ -21,7 +21,7 @@ from models.autoencoder import AEConfig
 from models.train import fit_model
 from pipelines.config import JobConfig
 from pipelines.report import render_report
-from transforms._errors import ConfigError
+from transforms._errors import ConfigError, InputError
 from transforms.detect import NullPolicy
 from transforms.impute import IMPUTED, Imputer, resolve_device
 from transforms.io import ROW_ID, RawRead, iter_raw, read_raw
@@ -75,7 +75,7 @@ def prepare(config: JobConfig, *, log=print) -> Prepared:
         check_writable(Path(config.output) / "table", run_id=run_id, mode=config.mode)
     except FileExistsError as err:
         raise ConfigError(str(err)) from err
-    sample = read_raw(config.input, limit=config.sample_rows)
+    sample = read_raw(config.input, limit=config.sample_rows, csv_options=config.csv_options)
     if config.schema_path:
         schema = load_schema(config.schema_path)
     else:
@@ -88,17 +88,33 @@ def prepare(config: JobConfig, *, log=print) -> Prepared:
         if not config.train_if_missing:
             raise ConfigError(f"model {model_dir} does not exist; train one with `lakefill train` or set train_if_missing: true")
         log(f"training a model into {model_dir} (train_if_missing)")
-        train_to_dir(config.input, schema, model_dir, sample_rows=config.sample_rows)
+        train_to_dir(config.input, schema, model_dir, sample_rows=config.sample_rows, csv_options=config.csv_options)
     artifact = load_artifact(model_dir, schema=schema)
     resolve_device(config.device)
     return Prepared(config, schema, artifact, policy, run_id, sample)
 
 
 def train_to_dir(input_path: str, schema: TableSchema, out_dir: Path, *, sample_rows: int = 200_000,
-                 config: AEConfig = AEConfig(), progress: bool = False) -> Path:
-    typed = detect_and_parse(read_raw(input_path), schema, sample_rows=sample_rows)
-    good, _ = Validator(schema, stage="pre").validate(typed.table)
-    fitted = fit_model(good, schema, config=config, progress=progress)
+                 config: AEConfig = AEConfig(), progress: bool = False, csv_options=None) -> Path:
+    raw = read_raw(input_path, csv_options=csv_options)
+    typed = detect_and_parse(raw, schema, sample_rows=sample_rows)
+    good, bad = Validator(schema, stage="pre").validate(typed.table)
+    quarantined = typed.quarantined + bad
+
+    def why() -> str:
+        top = reason_counts(quarantined).most_common(3)
+        return (f"{len(quarantined)} of the {raw.rows_in} rows of {input_path} were quarantined"
+                + (" (top reasons: " + "; ".join(f"{k}: {n} rows" for k, n in top) + ")" if top else ""))
+
+    if good.num_rows == 0:
+        raise InputError(f"nothing to train on: {why()}. Check the schema against the file "
+                         f"(`lakefill validate {input_path} --schema SCHEMA` lists the rows and reasons)")
+    try:
+        fitted = fit_model(good, schema, config=config, progress=progress)
+    except ValueError as err:
+        if "no observed values" not in str(err):
+            raise
+        raise InputError(f"{err} ({good.num_rows} rows passed validation; {why()})") from err
     return save_artifact(out_dir, model=fitted.model, codec=fitted.codec, schema=schema, policy=typed.policy.to_dict(),
                          config=config, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
 
@@ -114,6 +130,8 @@ def record_detection(prep: Prepared, report_dir: Path) -> None:
     path = Path(report_dir) / "report.json"
     report = json.loads(path.read_text())
     report["detection"] = prep.policy.to_dict()
+    if prep.sample.dialect is not None:  # what the CSV reader used (sniffed or from the job's csv:)
+        report["csv_dialect"] = prep.sample.dialect
     report["max_imputed_share"] = {c.name: c.max_imputed_share for c in prep.schema.columns if c.impute}
     path.write_text(json.dumps(report, indent=2, default=str))
 
@@ -149,7 +167,7 @@ def run_local(config: JobConfig, *, log=print) -> RunOutcome:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
         return result
 
-    for chunk in iter_raw(cfg.input, batch_rows=cfg.batch_size):
+    for chunk in iter_raw(cfg.input, batch_rows=cfg.batch_size, csv_options=cfg.csv_options):
         totals.rows_in += chunk.rows_in
         quarantined = list(chunk.quarantined)
         cleaned = timed("detect_validate", clean, chunk.table, prep.policy, schema, pre)

@@ -84,7 +84,8 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
     counters = lf.Counters.create(spark)
     model = lf.broadcast_model(spark, cfg.model, prep.schema, device=cfg.device)
 
-    df = lf.read_raw(spark, cfg.input, schemas.raw, counters, batch_rows=cfg.batch_size)
+    df = lf.read_raw(spark, cfg.input, schemas.raw, counters, batch_rows=cfg.batch_size,
+                     csv_options=cfg.csv_options)
     steps = [lf.detect_step(prep.policy, prep.schema, counters), lf.validate_step(prep.schema, "pre"),
              lf.impute_step(model)]
     if cfg.refine:

@@ -6,7 +6,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["flags_to_lists", "lists_to_flags"]
+__all__ = ["flags_to_lists", "lists_to_flags", "normalize_array"]
+
+
+def normalize_array(values):
+    """``transforms._values.normalize_text`` on an Arrow string array (nulls stay null): each
+    distinct value is normalised once. (pyarrow 25's ``utf8_normalize`` gives NFD whatever form
+    it is asked for, so Python's ``unicodedata`` does the NFC step.)"""
+    import unicodedata
+
+    trimmed = pc.utf8_trim_whitespace(values)
+    if isinstance(trimmed, pa.ChunkedArray):
+        trimmed = trimmed.combine_chunks()
+    if len(trimmed) == 0 or pc.all(pc.string_is_ascii(trimmed)).as_py() in (True, None):
+        return trimmed
+    encoded = pc.dictionary_encode(trimmed)
+    words = pa.array([unicodedata.normalize("NFC", w) for w in encoded.dictionary.to_pylist()], pa.string())
+    return pc.take(words, encoded.indices)
 
 
 def flags_to_lists(flags: np.ndarray, names: np.ndarray) -> pa.Array:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 import pandas as pd
 
 NULL_TOKENS = frozenset({
@@ -15,6 +16,14 @@ _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?$")
 _TRUE = frozenset({"true", "t", "yes", "y"})
 _FALSE = frozenset({"false", "f", "no", "n"})
+
+
+def normalize_text(value: str) -> str:
+    """The one normalisation of a cell's text that detection, schema inference, validation and
+    the model compare with: surrounding white space trimmed, Unicode in NFC; case kept. The
+    output keeps a cell as the file had it unless the column's schema says ``normalize: true``.
+    (``transforms._arrow.normalize_array`` is the same on Arrow arrays.)"""
+    return unicodedata.normalize("NFC", value.strip())
 
 
 def is_blank(value: str) -> bool:

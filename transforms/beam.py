@@ -72,11 +72,11 @@ class _PlanReads(beam.DoFn):
 
 
 class _ReadUnit(beam.DoFn):
-    def __init__(self, batch_rows: int):
-        self.batch_rows = batch_rows
+    def __init__(self, batch_rows: int, csv_options=None):
+        self.batch_rows, self.csv_options = batch_rows, csv_options
 
     def process(self, unit):
-        for chunk in read_unit(unit, self.batch_rows):
+        for chunk in read_unit(unit, self.batch_rows, csv_options=self.csv_options):
             beam.metrics.Metrics.counter(NAMESPACE, "rows_in").inc(chunk.rows_in)
             yield beam.pvalue.TaggedOutput(ROWS_IN, chunk.rows_in)
             if chunk.quarantined:
@@ -94,9 +94,9 @@ class ReadRaw(beam.PTransform):
     workers read in parallel.
     """
 
-    def __init__(self, pattern: str, batch_rows: int = 200_000):
+    def __init__(self, pattern: str, batch_rows: int = 200_000, csv_options=None):
         super().__init__()
-        self.pattern, self.batch_rows = pattern, batch_rows
+        self.pattern, self.batch_rows, self.csv_options = pattern, batch_rows, csv_options
 
     def expand(self, pbegin):
         return (pbegin
@@ -104,7 +104,7 @@ class ReadRaw(beam.PTransform):
                 | "Open" >> fileio.ReadMatches()
                 | "Plan" >> beam.ParDo(_PlanReads(self.batch_rows))
                 | "Spread" >> beam.Reshuffle()
-                | "Read" >> beam.ParDo(_ReadUnit(self.batch_rows)).with_outputs(QUARANTINE, ROWS_IN, main="main"))
+                | "Read" >> beam.ParDo(_ReadUnit(self.batch_rows, self.csv_options)).with_outputs(QUARANTINE, ROWS_IN, main="main"))
 
 
 # -- detect, validate --------------------------------------------------------------------------

@@ -109,9 +109,10 @@ class NullPolicy:
         if self.sample_rows < 1:
             raise ValueError(f"sample_rows must be >= 1, got {self.sample_rows}")
         sample = table.slice(0, self.sample_rows)
-        columns = [c for c in sample.column_names if not c.startswith("_lf_")]
         if self.schema is not None:
-            self.schema.check_columns(columns, source="NullPolicy.fit")
+            self.schema.check_columns([c for c in sample.column_names if not c.startswith("_lf_")], source="NullPolicy.fit")
+        # text columns only: nested and binary columns pass through (see transforms.io)
+        columns = [c for c in sample.column_names if not c.startswith("_lf_") and pa.types.is_string(sample.schema.field(c).type)]
         counters = {c: Counter(_trimmed(sample.column(c))) for c in columns}
         findings: dict[str, list[Finding]] = {c: [] for c in columns}
         for c in columns:

@@ -1,6 +1,9 @@
 """Reading raw tables (CSV, Parquet, JSON Lines) into all-string Arrow tables.
 
-Every data row gets a stable ``_lf_row_id`` (its 0-based record number in the source). Rows
+Every column comes back as strings, except the nested and binary columns of a Parquet file
+(lists, structs, maps, binary), which come back as they are and pass through the stage untouched
+(schema type ``passthrough``). Every data row gets a stable ``_lf_row_id`` (its 0-based record
+number in the source). Rows
 that cannot be read as a row of the table (ragged, undecodable bytes, oversized cells) are not
 dropped: they come back as quarantine records with the reason and the raw text.
 """
@@ -19,7 +22,7 @@ import pyarrow.parquet as pq
 
 from transforms._errors import InputError
 
-__all__ = ["ROW_ID", "RawRead", "Quarantined", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
+__all__ = ["ROW_ID", "RawRead", "Quarantined", "CsvOptions", "is_passthrough_type", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
            "read_parquet_row_group", "plan_reads", "read_unit", "quarantine_table", "QUARANTINE_SCHEMA"]
 
 ROW_ID = "_lf_row_id"
@@ -40,11 +43,35 @@ class Quarantined:
     record: str  # the row as read, JSON (object of column -> raw string, or the raw text)
 
 
+@dataclass(frozen=True)
+class CsvOptions:
+    """How a delimited text file is read. ``delimiter`` None: sniffed from the file's first 64 KiB
+    (one of , ; tab | ); a .tsv file is tab-separated. Python's csv reader reads the records (it
+    keeps each record's line number exact for quarantine reasons, quoted newlines included)."""
+
+    delimiter: str | None = None
+    quotechar: str = '"'
+    encoding: str = "utf-8-sig"
+
+    def __post_init__(self):
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ValueError(f"csv delimiter must be one character, got {self.delimiter!r}")
+        if len(self.quotechar) != 1:
+            raise ValueError(f"csv quotechar must be one character, got {self.quotechar!r}")
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError as err:
+            raise ValueError(f"unknown csv encoding {self.encoding!r} (e.g. utf-8, latin-1, cp1252)") from err
+
+
 @dataclass
 class RawRead:
     path: str
     table: pa.Table  # all-string columns + ROW_ID
     quarantined: list[Quarantined] = field(default_factory=list)
+    dialect: dict | None = None  # for a text file: the delimiter, quote character and encoding used
 
     @property
     def rows_in(self) -> int:
@@ -72,7 +99,7 @@ def _check_path(path: str | Path) -> Path:
 
 
 def iter_raw(path: str | Path, *, batch_rows: int = 50_000, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS,
-             limit: int | None = None) -> Iterator[RawRead]:
+             limit: int | None = None, csv_options: CsvOptions | None = None) -> Iterator[RawRead]:
     """Read ``path`` as strings in chunks of about ``batch_rows`` records (row ids run on across chunks).
 
     The format follows the suffix: .csv/.tsv/.txt, .parquet, .jsonl/.json.
@@ -86,7 +113,7 @@ def iter_raw(path: str | Path, *, batch_rows: int = 50_000, max_cell_chars: int 
     elif suffix in (".jsonl", ".ndjson", ".json"):
         chunks = _iter_jsonl(path, max_cell_chars, limit, batch_rows)
     else:
-        chunks = _iter_csv(path, max_cell_chars, limit, batch_rows)
+        chunks = _iter_csv(path, max_cell_chars, limit, batch_rows, csv_options or CsvOptions())
     rows, width = 0, 0
     for chunk in chunks:
         rows += chunk.rows_in
@@ -96,12 +123,15 @@ def iter_raw(path: str | Path, *, batch_rows: int = 50_000, max_cell_chars: int 
         raise InputError(f"input file {path} has a header ({width} columns) but no data rows")
 
 
-def read_raw(path: str | Path, *, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS, limit: int | None = None) -> RawRead:
+def read_raw(path: str | Path, *, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS, limit: int | None = None,
+             csv_options: CsvOptions | None = None) -> RawRead:
     """Read all of ``path`` (or its first ``limit`` records) as strings; see ``iter_raw``."""
-    chunks = list(iter_raw(path, batch_rows=1 << 62, max_cell_chars=max_cell_chars, limit=limit))
+    chunks = list(iter_raw(path, batch_rows=1 << 62, max_cell_chars=max_cell_chars, limit=limit,
+                           csv_options=csv_options))
     if len(chunks) == 1:
         return chunks[0]
-    return RawRead(chunks[0].path, pa.concat_tables([c.table for c in chunks]), [q for c in chunks for q in c.quarantined])
+    return RawRead(chunks[0].path, pa.concat_tables([c.table for c in chunks]), [q for c in chunks for q in c.quarantined],
+                   chunks[0].dialect)
 
 
 def _check_header(path: Path, names: list[str]) -> list[str]:
@@ -123,13 +153,28 @@ def _check_header(path: Path, names: list[str]) -> list[str]:
     return names
 
 
-def _iter_csv(path: Path, max_cell_chars: int, limit: int | None, batch_rows: int) -> Iterator[RawRead]:
+def _sniff_delimiter(path: Path, sample: str) -> str:
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:  # one column, or nothing to tell by: the commonest candidate on the header line
+        header = sample.splitlines()[0] if sample else ""
+        counts = {d: header.count(d) for d in ",;\t|"}
+        best = max(counts, key=lambda d: counts[d])
+        return best if counts[best] else ","
+
+
+def _iter_csv(path: Path, max_cell_chars: int, limit: int | None, batch_rows: int,
+              options: CsvOptions) -> Iterator[RawRead]:
     csv.field_size_limit(sys.maxsize)
-    with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+    with path.open("r", encoding=options.encoding, errors="surrogateescape", newline="") as fh:
         sample = fh.read(65536)
         fh.seek(0)
-        delimiter = "\t" if path.suffix.lower() == ".tsv" or (sample.count("\t") > sample.count(",")) else ","
-        reader = csv.reader(fh, delimiter=delimiter)
+        delimiter = options.delimiter or _sniff_delimiter(path, sample)
+        dialect = {"delimiter": delimiter, "quotechar": options.quotechar, "encoding": options.encoding,
+                   "sniffed": options.delimiter is None}
+        reader = csv.reader(fh, delimiter=delimiter, quotechar=options.quotechar)
         try:
             header = next(reader)
         except StopIteration:
@@ -137,7 +182,8 @@ def _iter_csv(path: Path, max_cell_chars: int, limit: int | None, batch_rows: in
         except csv.Error as err:
             raise InputError(f"{path}: the header line cannot be parsed as CSV: {err}") from err
         if any(_has_bad_bytes(h) for h in header):
-            raise InputError(f"{path}: the header line has bytes that are not valid UTF-8; re-save the file as UTF-8")
+            raise InputError(f"{path}: the header line has bytes that are not valid {options.encoding}; re-save the file "
+                             f"as UTF-8 or give its encoding (csv: {{encoding: latin-1}} in the job, --encoding)")
         names = _check_header(path, header)
         width = len(names)
         columns: list[list[str]] = [[] for _ in names]
@@ -147,7 +193,7 @@ def _iter_csv(path: Path, max_cell_chars: int, limit: int | None, batch_rows: in
         emitted = False
         while True:
             if len(row_ids) + len(bad) >= batch_rows:
-                yield _csv_chunk(path, names, columns, row_ids, bad)
+                yield _csv_chunk(path, names, columns, row_ids, bad, dialect)
                 columns, row_ids, bad, emitted = [[] for _ in names], [], [], True
             try:
                 fields = next(reader)
@@ -171,13 +217,14 @@ def _iter_csv(path: Path, max_cell_chars: int, limit: int | None, batch_rows: in
             if limit is not None and record >= limit:
                 break
     if row_ids or bad or not emitted:
-        yield _csv_chunk(path, names, columns, row_ids, bad)
+        yield _csv_chunk(path, names, columns, row_ids, bad, dialect)
 
 
-def _csv_chunk(path: Path, names: list[str], columns: list[list[str]], row_ids: list[int], bad: list[Quarantined]) -> RawRead:
+def _csv_chunk(path: Path, names: list[str], columns: list[list[str]], row_ids: list[int], bad: list[Quarantined],
+               dialect: dict) -> RawRead:
     arrays = {n: pa.array(c, pa.string()) for n, c in zip(names, columns)}
     arrays[ROW_ID] = pa.array(row_ids, pa.int64())
-    return RawRead(str(path), pa.table(arrays), bad)
+    return RawRead(str(path), pa.table(arrays), bad, dialect)
 
 
 def _has_bad_bytes(value: str) -> bool:
@@ -208,11 +255,18 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
     return f
 
 
+def is_passthrough_type(t: pa.DataType) -> bool:
+    """Types the stage cannot model (lists, structs, maps, unions, binary): read, kept and
+    written as they are, never detected, validated or imputed."""
+    return (pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+            or pa.types.is_fixed_size_binary(t))
+
+
 def _as_strings(path: str, table: pa.Table | pa.RecordBatch, first_row: int) -> RawRead:
     cols = {}
     for name in table.column_names:
         col = table.column(name)
-        cols[name] = col if pa.types.is_string(col.type) else col.cast(pa.string())
+        cols[name] = col if pa.types.is_string(col.type) or is_passthrough_type(col.type) else col.cast(pa.string())
     cols[ROW_ID] = pa.array(range(first_row, first_row + table.num_rows), pa.int64())
     return RawRead(str(path), pa.table(cols), [])
 
@@ -281,13 +335,13 @@ def plan_reads(path: str, batch_rows: int, *, min_units: int = 1) -> list[tuple[
     return [(path, -1, 0, 0)]
 
 
-def read_unit(unit: tuple[str, int, int, int], batch_rows: int) -> Iterator[RawRead]:
+def read_unit(unit: tuple[str, int, int, int], batch_rows: int, *, csv_options: CsvOptions | None = None) -> Iterator[RawRead]:
     """The batches of one unit from ``plan_reads``."""
     path, index, first, count = unit
     if index >= 0:
         yield read_parquet_row_group(path, index, first, count)
     else:
-        yield from iter_raw(path, batch_rows=batch_rows)
+        yield from iter_raw(path, batch_rows=batch_rows, csv_options=csv_options)
 
 
 def _iter_jsonl(path: Path, max_cell_chars: int, limit: int | None, batch_rows: int) -> Iterator[RawRead]:

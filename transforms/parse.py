@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from transforms._arrow import normalize_array
 from transforms._values import parse_bool, parse_datetime_array, parse_number
 from transforms.detect import NullPolicy
 from transforms.io import ROW_ID, Quarantined, RawRead
@@ -20,7 +21,7 @@ from transforms.schema import TableSchema
 
 __all__ = ["ARROW_TYPES", "parse_table", "arrow_schema", "Typed", "detect_and_parse"]
 
-ARROW_TYPES = {
+ARROW_TYPES = {  # "passthrough" columns keep the type they were read with
     "numeric": pa.float64(),
     "integer": pa.int64(),
     "boolean": pa.bool_(),
@@ -32,7 +33,8 @@ ARROW_TYPES = {
 
 
 def arrow_schema(schema: TableSchema) -> pa.Schema:
-    return pa.schema([(c.name, ARROW_TYPES[c.type]) for c in schema.columns])
+    """The typed columns' Arrow types (passthrough columns, whose type comes from the file, left out)."""
+    return pa.schema([(c.name, ARROW_TYPES[c.type]) for c in schema.columns if c.type != "passthrough"])
 
 
 def parse_table(table: pa.Table, schema: TableSchema) -> tuple[pa.Table, list[Quarantined]]:
@@ -46,9 +48,14 @@ def parse_table(table: pa.Table, schema: TableSchema) -> tuple[pa.Table, list[Qu
             arrays[name] = col
             continue
         spec = schema.column(name)
+        if spec.type == "passthrough":
+            arrays[name] = col
+            continue
         typed, bad = _cast(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col, spec.type)
         for i in bad:
             bad_rows.setdefault(int(i), f"type: column {name!r}: value {col[int(i)].as_py()!r} is not {_a(spec.type)}")
+        if spec.normalize and pa.types.is_string(typed.type):
+            typed = normalize_array(typed)
         arrays[name] = typed
     typed = pa.table(arrays)
     if not bad_rows:

@@ -20,6 +20,7 @@ from transforms._errors import SchemaError
 from transforms._values import (
     is_blank,
     is_null_token,
+    normalize_text,
     parse_bool,
     parse_datetime_array,
     parse_number_array,
@@ -37,7 +38,7 @@ __all__ = [
     "IMPUTABLE_TYPES",
 ]
 
-ColumnType = Literal["numeric", "integer", "boolean", "categorical", "datetime", "text", "id"]
+ColumnType = Literal["numeric", "integer", "boolean", "categorical", "datetime", "text", "id", "passthrough"]
 IMPUTABLE_TYPES = frozenset({"numeric", "integer", "boolean", "categorical", "datetime"})
 DETECTORS = ("token", "non_numeric", "sentinel", "co_missing", "structural")
 MAX_CATEGORIES = 200
@@ -85,6 +86,9 @@ class ColumnSchema(_Strict):
     # --check`` fails the run (a tool must not silently invent most of a column); raise it for a
     # column you know is mostly missing
     max_imputed_share: float = Field(default=0.5, ge=0.0, le=1.0)
+    # categories, sets and the model compare cells after ``normalize_text`` (trimmed, NFC); true
+    # also writes the normalised text to the output (by default a cell stays as the file had it)
+    normalize: bool = False
     expectations: list[Expectation] = Field(default_factory=list)
 
     @field_validator("detectors")
@@ -201,6 +205,9 @@ def dump_schema(schema: TableSchema) -> str:
             del col["detectors"]
         if not col["unique"]:
             del col["unique"]
+        for key, default in (("not_applicable", "null"), ("max_imputed_share", 0.5), ("normalize", False)):
+            if col[key] == default:
+                del col[key]
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
@@ -219,6 +226,10 @@ def infer_schema(table: pa.Table, *, name: str = "table", policy=None, max_categ
         if col_name.startswith("_lf_"):
             continue
         values = table.column(col_name)
+        if not pa.types.is_string(values.type):  # a list, struct, map or binary column: kept as it is
+            columns.append(ColumnSchema(name=col_name, type="passthrough", nullable=True, impute=False,
+                                        detectors={d: False for d in DETECTORS}))
+            continue
         nulls = policy.null_mask(col_name, values) if policy is not None else _blank_mask(values)
         observed = pc.filter(values, pc.invert(nulls))
         columns.append(_infer_column(col_name, observed, n_rows=len(values), has_null=bool(pc.any(nulls).as_py()),
@@ -235,7 +246,7 @@ def _infer_column(name: str, observed: pa.ChunkedArray, *, n_rows: int, has_null
     n = len(observed)
     if n == 0:
         return ColumnSchema(name=name, type="text", nullable=True, impute=False, **rules)
-    strings = [s.strip() for s in observed.to_pylist()]
+    strings = [normalize_text(s) for s in observed.to_pylist()]
     distinct = set(strings)
     numbers, bad = parse_number_array(strings)
     if bad == 0:

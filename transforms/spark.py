@@ -90,13 +90,34 @@ def _envelope(schema: pa.Schema) -> pa.Schema:
     return pa.schema(list(schema) + Q_FIELDS)
 
 
+_ALIAS = "__lfx_"
+
+
+def spark_name(name: str) -> str:
+    """The name Spark sees for a column. ``mapInArrow`` resolves every column of its input by
+    name (``df[col]``), where a dot means a struct field and a backtick quotes: a name with
+    either travels through Spark under a reversible alias (``__lfx_`` + its UTF-8 in hex) and
+    the Arrow side, the Parquet parts and the Delta table keep the real name."""
+    return _ALIAS + name.encode("utf-8").hex() if ("." in name or "`" in name) else name
+
+
+def real_name(name: str) -> str:
+    return bytes.fromhex(name[len(_ALIAS):]).decode("utf-8") if name.startswith(_ALIAS) else name
+
+
+def _to_spark(t: pa.Table) -> pa.Table:
+    return t.rename_columns([spark_name(n) for n in t.column_names])
+
+
 def _spark_schema(arrow_schema: pa.Schema):
-    return from_arrow_schema(_envelope(arrow_schema))
+    env = _envelope(arrow_schema)
+    return from_arrow_schema(pa.schema([f.with_name(spark_name(f.name)) for f in env]))
 
 
 def _split(batch: pa.RecordBatch) -> tuple[pa.Table, pa.Table]:
     """(rows still in play, without the quarantine columns; rows already quarantined)."""
     t = pa.Table.from_batches([batch])
+    t = t.rename_columns([real_name(n) for n in t.column_names])
     held = pc.is_valid(t.column(Q_REASON))
     return t.filter(pc.invert(held)).drop_columns([Q_REASON, Q_STAGE, Q_RECORD]), t.filter(held)
 
@@ -108,7 +129,7 @@ def _emit(good: pa.Table, new_bad: list[Quarantined], held: pa.Table, schema: pa
         cols = [good.column(f.name).cast(f.type) if f.name in good.column_names else pa.nulls(good.num_rows, f.type)
                 for f in schema]
         n = good.num_rows
-        yield pa.Table.from_arrays(cols + [pa.nulls(n, pa.string())] * 3, schema=env).combine_chunks().to_batches()[0]
+        yield _to_spark(pa.Table.from_arrays(cols + [pa.nulls(n, pa.string())] * 3, schema=env)).combine_chunks().to_batches()[0]
     rows = [(q.row_id, q.reason, q.stage, q.record) for q in new_bad]
     if held.num_rows:
         rows += list(zip(held.column(ROW_ID).to_pylist(), held.column(Q_REASON).to_pylist(),
@@ -120,7 +141,7 @@ def _emit(good: pa.Table, new_bad: list[Quarantined], held: pa.Table, schema: pa
         arrays[Q_REASON] = pa.array([r[1] for r in rows], pa.string())
         arrays[Q_STAGE] = pa.array([r[2] for r in rows], pa.string())
         arrays[Q_RECORD] = pa.array([r[3] for r in rows], pa.string())
-        yield pa.Table.from_pydict(arrays, schema=env).combine_chunks().to_batches()[0]
+        yield _to_spark(pa.Table.from_pydict(arrays, schema=env)).combine_chunks().to_batches()[0]
 
 
 def _map(df: DataFrame, schema: pa.Schema, *steps):
@@ -220,7 +241,7 @@ def stage_schemas(columns: list[str], schema: TableSchema, policy: NullPolicy, i
 
 
 def read_raw(spark: SparkSession, path: str, raw_schema: pa.Schema, counters: Counters | None = None,
-             *, batch_rows: int = 200_000, min_tasks: int | None = None) -> DataFrame:
+             *, batch_rows: int = 200_000, min_tasks: int | None = None, csv_options=None) -> DataFrame:
     """The core reader on the executors: one task per read unit (consecutive Parquet row groups
     of about ``batch_rows`` rows; a text file is one unit). A Parquet file is split into at
     least ``min_tasks`` units where its row groups allow (default: four per task slot, Spark's
@@ -235,7 +256,7 @@ def read_raw(spark: SparkSession, path: str, raw_schema: pa.Schema, counters: Co
     def fn(batches):
         for b in batches:
             for unit in zip(*(b.column(i).to_pylist() for i in range(4))):
-                for chunk in read_unit(unit, batch_rows):
+                for chunk in read_unit(unit, batch_rows, csv_options=csv_options):
                     if counters is not None:
                         counters.rows_in.add(chunk.rows_in)
                     table = chunk.table.select(raw_schema.names)

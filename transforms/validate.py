@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from transforms._arrow import lists_to_flags
+from transforms._arrow import lists_to_flags, normalize_array
 from transforms._errors import SchemaError, ValidationFailed
 from transforms.detect import NOT_APPLICABLE
 from transforms.io import ROW_ID, Quarantined
@@ -94,7 +94,12 @@ def _na_flag(j: int, name: str) -> str:
 
 def _frame(schema: TableSchema, table: pa.Table, names: list[str]):
     """The pandas frame GX validates: ``names`` plus one 'not applicable' flag per schema column."""
-    frame = table.select(names).to_pandas(types_mapper=None, timestamp_as_object=False)
+    categorical = {c.name for c in schema.columns if c.type == "categorical"}
+    view = table.select(names)
+    for i, name in enumerate(view.column_names):  # sets compare the cells' normalised text
+        if name in categorical and pa.types.is_string(view.schema.field(i).type):
+            view = view.set_column(i, name, normalize_array(view.column(i)))
+    frame = view.to_pandas(types_mapper=None, timestamp_as_object=False)
     flags = (lists_to_flags(table.column(NOT_APPLICABLE), schema.names) if NOT_APPLICABLE in table.column_names
              else np.zeros((table.num_rows, len(schema.names)), dtype=bool))
     for j, name in enumerate(schema.names):
