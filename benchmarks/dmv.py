@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from transforms.detect import NullPolicy
-from transforms.io import read_raw
+from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.io import read_raw
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dmv"
 

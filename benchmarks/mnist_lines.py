@@ -1,4 +1,4 @@
-"""Protocol B (../shared/BENCHMARKS.md): the reverse-training source experiment on MNIST.
+"""Protocol B (docs/benchmarks.md): the reverse-training source experiment on MNIST.
 
     python -m benchmarks.mnist_lines --data ../shared/data/mnist/mnist_test10k.npz --json OUT.json
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.autoencoder import AEConfig, predict, train_autoencoder
-from models.reverse import ReverseConfig, reverse_impute
+from lakefill.models.autoencoder import AEConfig, predict, train_autoencoder
+from lakefill.models.reverse import ReverseConfig, reverse_impute
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist" / "mnist_test10k.npz"
 HIDDEN_LINES = 10

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.evaluate import _masked_table, load_problem, make_mask
-from models.autoencoder import AEConfig, direct_fill_inputs, predict
-from models.reverse import ReverseConfig, reverse_impute
-from models.train import fit_model
+from lakefill.pipelines.evaluate import _masked_table, load_problem, make_mask
+from lakefill.models.autoencoder import AEConfig, direct_fill_inputs, predict
+from lakefill.models.reverse import ReverseConfig, reverse_impute
+from lakefill.models.train import fit_model
 
 
 def run(data: Path, seed: int, steps: list[int], threshold: float) -> dict:
@@ -84,7 +84,7 @@ def format_table(out: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.config import JobConfig
+    from lakefill.pipelines.config import JobConfig
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)

@@ -1,4 +1,4 @@
-"""Protocol D (../shared/BENCHMARKS.md): rows per second of the stage, per engine.
+"""Protocol D (docs/benchmarks.md): rows per second of the stage, per engine.
 
     python -m benchmarks.throughput --engine beam|spark|core --rows N --json OUT.json
 
@@ -94,10 +94,10 @@ def make_input(rows: int, seed: int = 0) -> Path:
 
 def model_and_schema() -> tuple[Path, Path]:
     """The letter model (default settings) and its schema, trained once and cached."""
-    from pipelines.local_job import train_to_dir
-    from transforms.detect import NullPolicy
-    from transforms.io import read_raw
-    from transforms.schema import dump_schema, infer_schema, load_schema
+    from lakefill.pipelines.local_job import train_to_dir
+    from lakefill.transforms.detect import NullPolicy
+    from lakefill.transforms.io import read_raw
+    from lakefill.schema import dump_schema, infer_schema, load_schema
 
     model, schema_path = CACHE / "letter-model", CACHE / "letter.schema.yaml"
     if not schema_path.exists():
@@ -117,13 +117,13 @@ def model_and_schema() -> tuple[Path, Path]:
 
 def _stale(model: Path) -> bool:
     """No cached model, or one of an older artifact format (retrained, not refused)."""
-    from models.artifact import FORMAT, artifact_format
+    from lakefill.models.artifact import FORMAT, artifact_format
 
     return artifact_format(model) != FORMAT
 
 
 def job(input_path: Path, out: Path, run_id: str, **extra):
-    from pipelines.config import JobConfig
+    from lakefill.pipelines.config import JobConfig
 
     model, schema = model_and_schema()
     return JobConfig.model_validate({"input": str(input_path), "schema": str(schema), "model": str(model),
@@ -134,12 +134,12 @@ def job(input_path: Path, out: Path, run_id: str, **extra):
 def bench_core(path: Path, rows: int) -> dict:
     import torch
 
-    from models.artifact import load_artifact
-    from pipelines.local_job import prepare
-    from transforms.impute import Imputer
-    from transforms.io import iter_raw
-    from transforms.stage import clean, finish, split_by_confidence
-    from transforms.validate import Validator
+    from lakefill.models.artifact import load_artifact
+    from lakefill.pipelines.local_job import prepare
+    from lakefill.transforms.impute import Imputer
+    from lakefill.transforms.io import iter_raw
+    from lakefill.transforms.stage import clean, finish, split_by_confidence
+    from lakefill.transforms.validate import Validator
 
     cfg = job(path, CACHE / "core-out", "core")
     prep = prepare(cfg, log=lambda *_: None)
@@ -194,9 +194,9 @@ def bench_baselines(path: Path, n: int = 20_000) -> dict:
 def bench_beam(path: Path, rows: int, beam_args: list[str]) -> dict:
     import apache_beam as beam
 
-    from pipelines.beam_pipeline import pipeline_options, run_beam
-    from pipelines.config import JobConfig
-    from transforms.beam import FinalizeRun, ReadRaw, WriteToLake
+    from lakefill.pipelines.beam_pipeline import pipeline_options, run_beam
+    from lakefill.pipelines.config import JobConfig
+    from lakefill.transforms.beam import FinalizeRun, ReadRaw, WriteToLake
 
     out = CACHE / f"beam-out-{rows}"
     shutil.rmtree(out, ignore_errors=True)
@@ -221,7 +221,7 @@ def bench_beam(path: Path, rows: int, beam_args: list[str]) -> dict:
 
 
 def bench_spark(path: Path, rows: int, spark_args: list[str]) -> dict:
-    from pipelines.spark_job import run_spark, spark_session
+    from lakefill.pipelines.spark_job import run_spark, spark_session
 
     out = CACHE / f"spark-out-{rows}"
     shutil.rmtree(out, ignore_errors=True)

@@ -43,7 +43,7 @@ class AEConfig:
     # cells decide (0 leaves them out). The artifact then holds up to 200,000 training rows.
     donors: bool = True
     # fit scikit-learn's boosted trees for each numeric column (100 rounds) and blend them into
-    # the fill with one weight fitted on the held-out cells (0 leaves them out; models.trees).
+    # the fill with one weight fitted on the held-out cells (0 leaves them out; lakefill.models.trees).
     # They catch sharp rules between columns (a count that is 0 wherever its twin is) that the
     # networks smooth over.
     trees: bool = True

@@ -1,7 +1,7 @@
 """The model artifact: ``weights.safetensors`` + ``manifest.json``. Never pickle.
 
-The weights file also holds the donor rows when the model keeps them (``models.donors``) and the
-boosted trees' node arrays when it has trees (``models.trees``).
+The weights file also holds the donor rows when the model keeps them (``lakefill.models.donors``) and the
+boosted trees' node arrays when it has trees (``lakefill.models.trees``).
 The manifest carries the schema the model was trained on, the codec state, the fitted null
 policy, the hyperparameters, training metrics, library versions and the sha256 of the weights.
 Loading verifies the hash (a tampered file is refused) and, when the caller names its schema,
@@ -19,12 +19,12 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from models.autoencoder import AEConfig, Ensemble, GaussianMember, MaskedAutoencoder
-from models.donors import DonorIndex
-from models.trees import TreeFill
-from models.codec import TableCodec
-from transforms._errors import ModelError
-from transforms.schema import TableSchema
+from lakefill.models.autoencoder import AEConfig, Ensemble, GaussianMember, MaskedAutoencoder
+from lakefill.models.donors import DonorIndex
+from lakefill.models.trees import TreeFill
+from lakefill.models.codec import TableCodec
+from lakefill.errors import ModelError
+from lakefill.schema import TableSchema
 
 __all__ = ["ModelArtifact", "save_artifact", "load_artifact", "artifact_format", "FORMAT"]
 

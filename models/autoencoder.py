@@ -13,9 +13,9 @@ the per-cell uncertainty that row confidence is built from.
 The model is an ensemble of networks of different sizes (``AEConfig.extra_sizes``) trained on
 the same split, plus a multivariate normal fitted by EM (``GaussianMember``, ``AEConfig.gaussian``);
 their means and probabilities are mixed with weights fitted on held-out cells (``Ensemble``,
-``train_ensemble``). Where a row to fill is a copy of a training row (``models.donors``,
+``train_ensemble``). Where a row to fill is a copy of a training row (``lakefill.models.donors``,
 ``AEConfig.donors``), ``predict`` blends the copy's cells in, with a weight fitted the same way;
-before that, the numeric columns' boosted trees (``models.trees``, ``AEConfig.trees``) with a
+before that, the numeric columns' boosted trees (``lakefill.models.trees``, ``AEConfig.trees``) with a
 weight fitted the same way.
 """
 
@@ -31,13 +31,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models._config import AEConfig
-from models.donors import BANDS as DONOR_BANDS
-from models.donors import MAX_ROWS as DONOR_MAX_ROWS
-from models.donors import MIN_BITS as DONOR_MIN_BITS
-from models.donors import DonorFill, DonorIndex
-from models.trees import MAX_COLUMNS as TREES_MAX_COLUMNS
-from models.trees import TreeBlend, TreeFill, fit_trees, fit_weight, with_weight
+from lakefill.models._config import AEConfig
+from lakefill.models.donors import BANDS as DONOR_BANDS
+from lakefill.models.donors import MAX_ROWS as DONOR_MAX_ROWS
+from lakefill.models.donors import MIN_BITS as DONOR_MIN_BITS
+from lakefill.models.donors import DonorFill, DonorIndex
+from lakefill.models.trees import MAX_COLUMNS as TREES_MAX_COLUMNS
+from lakefill.models.trees import TreeBlend, TreeFill, fit_trees, fit_weight, with_weight
 
 __all__ = ["AEConfig", "MaskedAutoencoder", "GaussianMember", "TrainResult", "train_autoencoder", "train_ensemble",
            "Ensemble", "fit_gaussian", "predict", "Prediction", "direct_fill_inputs", "blend_donors", "blend_trees"]
@@ -239,7 +239,7 @@ class Ensemble(nn.Module):
     disagreement lowers confidence), category
     probabilities = the weighted mean (returned as log-probabilities: softmax gives them back),
     bottleneck code = the members' codes side by side. One member is that member, unchanged.
-    ``trees`` (a fitted ``models.trees.TreeFill``, or None) and ``donors`` (a fitted
+    ``trees`` (a fitted ``lakefill.models.trees.TreeFill``, or None) and ``donors`` (a fitted
     ``DonorIndex``, or None) are not part of the forward pass: ``predict`` blends them into the
     mixture's fill, the trees first."""
 
@@ -543,7 +543,7 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
 
 def _fit_trees(ensemble: Ensemble, values, observed, t_num, val_idx, val_hide, *, loss_weights, seed: int) -> dict:
     """Fit the numeric columns' boosted trees on the training rows and their blend weight on the
-    held-out rows' hidden cells (``models.trees.fit_weight``); with a weight above 0 they join
+    held-out rows' hidden cells (``lakefill.models.trees.fit_weight``); with a weight above 0 they join
     the model as ``ensemble.trees`` (the donors are weighed with these, which never saw a
     held-out cell; ``train_ensemble`` then fits them again on all rows)."""
     if len(ensemble.col_slices) > TREES_MAX_COLUMNS:
@@ -658,7 +658,7 @@ class Prediction:
     cat_probs: list[np.ndarray]  # per categorical column (n, k)
     cell_error: np.ndarray  # (n, n_cols) expected error of each cell's prediction (see below)
     code: np.ndarray  # (n, code) bottleneck
-    donor_rows: np.ndarray | None = None  # (n,) bool: a copy of the row (models.donors) weighed on its fill
+    donor_rows: np.ndarray | None = None  # (n,) bool: a copy of the row (lakefill.models.donors) weighed on its fill
 
 
 @torch.no_grad()

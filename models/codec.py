@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms._arrow import normalize_array
-from transforms.parse import ARROW_TYPES
-from transforms.schema import TableSchema
+from lakefill._arrow import normalize_array
+from lakefill.schema import ARROW_TYPES
+from lakefill.schema import TableSchema
 
 __all__ = ["TableCodec", "Encoded", "NotFittedError"]
 

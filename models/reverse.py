@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.autoencoder import Ensemble, MaskedAutoencoder, blend_donors, blend_trees, cell_losses
+from lakefill.models.autoencoder import Ensemble, MaskedAutoencoder, blend_donors, blend_trees, cell_losses
 
 __all__ = ["ReverseConfig", "ReverseResult", "reverse_impute"]
 
@@ -114,7 +114,7 @@ def reverse_impute(model: MaskedAutoencoder | Ensemble, values: np.ndarray, obse
     """Refine the missing cells of a batch of rows.
 
     values/observed/t_num/t_cat: the encoded rows (see TableCodec.encode); init: the same rows
-    with their missing cells filled by the direct pass (input space, see ``models.autoencoder.direct_fill_inputs``).
+    with their missing cells filled by the direct pass (input space, see ``lakefill.models.autoencoder.direct_fill_inputs``).
     row_keys: a stable integer per row (its row id) that seeds the row's random draws; by
     default the row's position in the batch.
     """

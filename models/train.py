@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from models.autoencoder import AEConfig, Ensemble, TrainResult, train_ensemble
-from models.codec import TableCodec
-from transforms.schema import TableSchema
+from lakefill.models.autoencoder import AEConfig, Ensemble, TrainResult, train_ensemble
+from lakefill.models.codec import TableCodec
+from lakefill.schema import TableSchema
 
 __all__ = ["FittedModel", "fit_model"]
 

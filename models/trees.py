@@ -6,7 +6,7 @@ wherever its "415" twin is 0, and equal to it elsewhere), where the networks ove
 tree's split on the twin is exact. ``fit_trees`` trains scikit-learn's
 ``HistGradientBoostingRegressor`` (missing cells as NaN, which its splits route on) for each
 numeric column on the training rows' observed cells, from the row's other columns (a numeric
-column's robust-scaled value, a category's slot index; ``models.donors.column_values``).
+column's robust-scaled value, a category's slot index; ``lakefill.models.donors.column_values``).
 ``fit_weight`` then finds the blend weight, in steps of 1/20 and one for all columns, with the
 lowest squared error on the held-out rows' hidden cells; unless that saves at least ``MIN_GAIN``
 of the held-out loss the weight is 0 and the trees are left out of the model (they cost time);
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.donors import column_values
+from lakefill.models.donors import column_values
 
 __all__ = ["TreeFill", "TreeBlend", "fit_trees", "fit_weight", "with_weight", "ROUNDS", "MAX_ROWS", "MAX_COLUMNS",
            "MIN_CELLS", "MIN_GAIN"]

@@ -26,14 +26,14 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.config import JobConfig
-from pipelines.local_job import Prepared, RunOutcome, config_summary, prepare, record_detection, write_docs
-from pipelines.report import render_report
-from transforms.beam import (NAMESPACE, QUARANTINE, DetectDisguisedNulls, FinalizeRun, Finish, Impute,
+from lakefill.pipelines.config import JobConfig
+from lakefill.pipelines.local_job import Prepared, RunOutcome, config_summary, prepare, record_detection, write_docs
+from lakefill.pipelines.report import render_report
+from lakefill.transforms.beam import (NAMESPACE, QUARANTINE, DetectDisguisedNulls, FinalizeRun, Finish, Impute,
                              LakefillModelHandler, ReadRaw, Refine, RouteByConfidence, Validate, WriteQuarantine,
                              WriteToLake)
-from transforms._errors import ConfigError
-from transforms.stage import QuarantineExceeded, RowsLost
+from lakefill.errors import ConfigError
+from lakefill.transforms.stage import QuarantineExceeded, RowsLost
 
 __all__ = ["build_pipeline", "run_beam", "pipeline_options"]
 
@@ -135,8 +135,8 @@ def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
     ``--partition_by=a,b``), as a Flex Template passes its parameters; the rest are Beam options."""
     import argparse
 
-    from pipelines.config import load_config
-    from transforms._errors import ConfigError
+    from lakefill.pipelines.config import load_config
+    from lakefill.errors import ConfigError
 
     ap = argparse.ArgumentParser(prog="beam_pipeline")
     ap.add_argument("--job")
@@ -164,7 +164,7 @@ def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.beam_pipeline [--job JOB.yaml] [--FIELD=VALUE ...] [Beam options]``:
+    """``python -m lakefill.pipelines.beam_pipeline [--job JOB.yaml] [--FIELD=VALUE ...] [Beam options]``:
     the entry point for Dataflow launches (Flex Template, BeamRunPythonPipelineOperator)."""
     config, beam_args = config_from_flags(argv)
     outcome = run_beam(config, beam_args)

@@ -7,15 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from models._config import AEConfig
-from transforms._errors import LakefillError
+from lakefill.models._config import AEConfig
+from lakefill.errors import LakefillError
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 
 def _csv(args):
     """The CSV dialect the command line asks for (the delimiter is sniffed when not given)."""
-    from transforms.io import CsvOptions
+    from lakefill.transforms.io import CsvOptions
 
     try:
         return CsvOptions(delimiter=getattr(args, "delimiter", None), quotechar=getattr(args, "quotechar", '"'),
@@ -25,9 +25,9 @@ def _csv(args):
 
 
 def _detect(args) -> int:
-    from transforms.detect import NullPolicy
-    from transforms.io import read_raw
-    from transforms.schema import load_schema
+    from lakefill.transforms.detect import NullPolicy
+    from lakefill.transforms.io import read_raw
+    from lakefill.schema import load_schema
 
     schema = load_schema(args.schema) if args.schema else None
     raw = read_raw(args.path, csv_options=_csv(args))
@@ -46,9 +46,9 @@ def _detect(args) -> int:
 
 
 def _schema_infer(args) -> int:
-    from transforms.detect import NullPolicy
-    from transforms.io import read_raw
-    from transforms.schema import dump_schema, infer_schema
+    from lakefill.transforms.detect import NullPolicy
+    from lakefill.transforms.io import read_raw
+    from lakefill.schema import dump_schema, infer_schema
 
     raw = read_raw(args.path, limit=args.sample_rows, csv_options=_csv(args))
     policy = NullPolicy(sample_rows=args.sample_rows).fit(raw.table)
@@ -62,10 +62,10 @@ def _schema_infer(args) -> int:
 
 
 def _validate(args) -> int:
-    from transforms.io import quarantine_table, read_raw
-    from transforms.parse import detect_and_parse
-    from transforms.schema import load_schema
-    from transforms.validate import Validator
+    from lakefill.transforms.io import quarantine_table, read_raw
+    from lakefill.transforms.parse import detect_and_parse
+    from lakefill.schema import load_schema
+    from lakefill.transforms.validate import Validator
 
     schema = load_schema(args.schema)
     raw = read_raw(args.path, csv_options=_csv(args))
@@ -91,13 +91,13 @@ def _validate(args) -> int:
 
 
 def _train(args) -> int:
-    from pipelines.local_job import train_to_dir
-    from transforms.detect import NullPolicy
-    from transforms.io import read_raw
-    from transforms.schema import infer_schema, load_schema
+    from lakefill.pipelines.local_job import train_to_dir
+    from lakefill.transforms.detect import NullPolicy
+    from lakefill.transforms.io import read_raw
+    from lakefill.schema import infer_schema, load_schema
 
     if args.job:
-        from pipelines.config import load_config
+        from lakefill.pipelines.config import load_config
 
         job = load_config(args.job)
         args.input = args.input or job.input
@@ -135,10 +135,10 @@ def _impute(args) -> int:
 
     import pyarrow as pa
 
-    from models.artifact import load_artifact
-    from transforms.impute import CONFIDENCE, Imputer
-    from transforms.io import read_raw
-    from transforms.parse import detect_and_parse
+    from lakefill.models.artifact import load_artifact
+    from lakefill.transforms.impute import CONFIDENCE, Imputer
+    from lakefill.transforms.io import read_raw
+    from lakefill.transforms.parse import detect_and_parse
 
     artifact = load_artifact(args.model)
     typed = detect_and_parse(read_raw(args.input, csv_options=_csv(args)), artifact.schema)
@@ -164,7 +164,7 @@ def _impute(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from benchmarks.evaluate import evaluate, format_table, write_json
+    from lakefill.pipelines.evaluate import evaluate, format_table, write_json
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -180,12 +180,26 @@ def _evaluate(args) -> int:
 
 
 def _run(args, extra: list[str]) -> int:
-    from pipelines.config import load_config
+    from lakefill.pipelines.config import load_config
 
-    config = load_config(args.config)
+    if args.config:
+        if args.input:
+            raise LakefillError("give a job config or --input, not both (the config names its input)")
+        config = load_config(args.config)
+    else:  # the shortest path: a file and an output folder; schema inferred, model trained there
+        if not (args.input and args.output):
+            raise LakefillError("run needs a job config (lakefill run JOB.yaml) or --input FILE and --output DIR")
+        from lakefill.pipelines.config import JobConfig
+
+        out = Path(args.output).resolve()
+        try:
+            config = JobConfig.model_validate({"input": str(Path(args.input).resolve()), "output": str(out),
+                                               "model": str(out / "model"), "train_if_missing": True})
+        except Exception as err:  # pydantic names the field
+            raise LakefillError(f"invalid run options: {err}") from err
     if args.run_id:
         config = config.model_copy(update={"run_id": args.run_id})
-    if args.output:
+    if args.output and args.config:
         config = config.model_copy(update={"output": str(Path(args.output).resolve())})
     _print_outcome(_run_engine(args.engine, config, extra))
     return 0
@@ -195,15 +209,15 @@ def _run_engine(engine: str, config, extra: list[str]):
     if engine == "local":
         if extra:
             raise LakefillError(f"unknown option(s) for the local engine: {extra}")
-        from pipelines.local_job import run_local
+        from lakefill.pipelines.local_job import run_local
 
         return run_local(config)
     if engine == "beam":
-        from pipelines.beam_pipeline import run_beam
+        from lakefill.pipelines.beam_pipeline import run_beam
 
         return run_beam(config, extra)
     if engine == "spark":
-        from pipelines.spark_job import run_spark
+        from lakefill.pipelines.spark_job import run_spark
 
         return run_spark(config, extra)
     raise LakefillError(f"unknown engine {engine!r}")
@@ -222,7 +236,7 @@ def _print_outcome(outcome) -> None:
 def _demo(args) -> int:
     from deltalake import DeltaTable
 
-    from pipelines.config import DEFAULT_CONFIG, load_config
+    from lakefill.pipelines.config import DEFAULT_CONFIG, load_config
 
     config = load_config(DEFAULT_CONFIG)
     out = Path(args.out).resolve()
@@ -234,7 +248,7 @@ def _demo(args) -> int:
     _print_outcome(outcome)
     import pyarrow.compute as pc
 
-    from transforms.stage import RUN_ID
+    from lakefill.transforms.stage import RUN_ID
 
     # the demo appends: show this run's rows, not an earlier demo's
     table = DeltaTable(outcome.table).to_pyarrow_table()
@@ -256,7 +270,7 @@ def _drop_stale_demo_model(model_dir: Path) -> None:
     version's demo) is deleted so that the demo trains a new one instead of refusing it."""
     import shutil
 
-    from models.artifact import FORMAT, artifact_format
+    from lakefill.models.artifact import FORMAT, artifact_format
 
     fmt = artifact_format(model_dir)
     if (model_dir / "manifest.json").exists() and fmt != FORMAT:
@@ -286,12 +300,12 @@ def check_report(report: dict) -> list[str]:
 
 
 def _report(args) -> int:
-    from pipelines.report import render_report
+    from lakefill.pipelines.report import render_report
 
     if args.run_dir:
         run_dir = Path(args.run_dir)
     elif args.job and args.run_id:
-        from pipelines.config import load_config
+        from lakefill.pipelines.config import load_config
 
         job = load_config(args.job)
         run_dir = Path(args.output or job.output) / "reports" / args.run_id
@@ -338,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="find disguised nulls in a CSV/Parquet file", parents=[csvp])
     p.add_argument("path", help="the table: CSV, Parquet or JSON Lines")
-    p.add_argument("--json", help="write findings as JSON (BENCHMARKS.md section C)")
+    p.add_argument("--json", help="write findings as JSON (docs/benchmarks.md, protocol C)")
     p.add_argument("--schema", help="schema.yaml with pinned values / detectors switched off")
     p.add_argument("--sample-rows", type=int, default=200_000, help="rows the detectors look at (from the top of the file)")
     p.set_defaults(func=_detect)
@@ -418,13 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
                               "         (every option of apache_beam.options.pipeline_options.PipelineOptions)\n"
                               "  spark  --master URL (local[*] by default), --conf key=value (repeatable)\n"
                               "  local  none")
-    p.add_argument("config", help="the job config (YAML), validated before any work")
+    p.add_argument("config", nargs="?", help="the job config (YAML), validated before any work")
+    p.add_argument("--input", help="without a job config: the file to run on (the schema is inferred and a model "
+                                   "trained into OUTPUT/model the first time)")
     p.add_argument("--engine", choices=["local", "beam", "spark"], default="beam",
                    help="beam (default: Direct runner unless --runner is given), spark (local[*] unless --master), "
                         "or local (one process, no engine)")
     p.add_argument("--run-id", help="the run's id (overrides the job config's): a re-run of a committed id writes "
                                      "nothing twice and completes a run whose quarantine commit failed")
-    p.add_argument("--output", help="output folder (overrides the job config's)")
+    p.add_argument("--output", help="output folder (overrides the job config's; with --input, where everything goes)")
     p.set_defaults(func=_run, passthrough=True)
 
     p = sub.add_parser("report", help="render and print a run's report (report.html beside report.json)")

@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from transforms._errors import ConfigError
-from transforms.schema import read_yaml_mapping
+from lakefill.errors import ConfigError
+from lakefill.schema import read_yaml_mapping
 
 __all__ = ["JobConfig", "CsvConfig", "load_config", "DEFAULT_CONFIG"]
 
@@ -17,7 +17,7 @@ EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 
 class CsvConfig(BaseModel):
-    """How the input is read when it is a delimited text file (``transforms.io.CsvOptions``)."""
+    """How the input is read when it is a delimited text file (``lakefill.transforms.io.CsvOptions``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -38,7 +38,7 @@ class CsvConfig(BaseModel):
         return v
 
     def options(self):
-        from transforms.io import CsvOptions
+        from lakefill.transforms.io import CsvOptions
 
         return CsvOptions(delimiter=self.delimiter, quotechar=self.quotechar, encoding=self.encoding)
 

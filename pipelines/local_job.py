@@ -16,21 +16,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.artifact import ModelArtifact, load_artifact, save_artifact
-from models.autoencoder import AEConfig
-from models.train import fit_model
-from pipelines.config import JobConfig
-from pipelines.report import render_report
-from transforms._errors import ConfigError, InputError
-from transforms.detect import NullPolicy
-from transforms.impute import IMPUTED, Imputer, resolve_device
-from transforms.io import ROW_ID, RawRead, iter_raw, read_raw
-from transforms.lake import check_writable, write_part
-from transforms.parse import detect_and_parse, parse_table
-from transforms.schema import TableSchema, infer_schema, load_schema
-from transforms.stage import (RUN_ID, QuarantineExceeded, RowsLost, RunTotals, clean, confidence_histogram, finalize,
+from lakefill.models.artifact import ModelArtifact, load_artifact, save_artifact
+from lakefill.models.autoencoder import AEConfig
+from lakefill.models.train import fit_model
+from lakefill.pipelines.config import JobConfig
+from lakefill.pipelines.report import render_report
+from lakefill.errors import ConfigError, InputError
+from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.impute import IMPUTED, Imputer, resolve_device
+from lakefill.transforms.io import ROW_ID, RawRead, iter_raw, read_raw
+from lakefill.transforms.lake import check_writable, write_part
+from lakefill.transforms.parse import detect_and_parse, parse_table
+from lakefill.schema import TableSchema, infer_schema, load_schema
+from lakefill.transforms.stage import (RUN_ID, QuarantineExceeded, RowsLost, RunTotals, clean, confidence_histogram, finalize,
                               finish, quarantine_batch, reason_counts, refined_rows, split_by_confidence)
-from transforms.validate import Validator
+from lakefill.transforms.validate import Validator
 
 __all__ = ["RunOutcome", "Prepared", "prepare", "run_local", "RUN_ID", "QuarantineExceeded", "RowsLost",
            "write_docs", "record_detection", "config_summary"]

@@ -51,7 +51,7 @@ def _run_rows(report: dict) -> pa.Table | None:
 
 def _imputed_masks(table: pa.Table) -> dict[str, np.ndarray]:
     """Per imputed column, which rows had it filled (from the ``_lf_imputed`` lists, in Arrow)."""
-    from transforms.impute import imputed_mask
+    from lakefill.transforms.impute import imputed_mask
 
     col = table.column("_lf_imputed").combine_chunks()
     names = pc.unique(pc.list_flatten(col)).drop_null().to_pylist()

@@ -7,7 +7,7 @@ The driver refuses a bad config, schema or model before any task, fits the null 
 first ``sample_rows`` records, broadcasts the model's bytes, and then runs one Spark job whose
 tasks read, detect, validate, impute, refine and write Parquet parts (``transforms/spark.py``).
 The driver collects the parts' AddActions and commits them in one Delta transaction per table
-(``transforms.stage.finalize``: the same code and checks as the Beam and local engines).
+(``lakefill.transforms.stage.finalize``: the same code and checks as the Beam and local engines).
 Spark's task retries are safe: a failed attempt's files are never committed.
 """
 
@@ -21,12 +21,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pipelines.config import JobConfig, load_config
-from pipelines.local_job import RunOutcome, config_summary, prepare, record_detection, write_docs
-from pipelines.report import render_report
-from transforms.impute import Imputer
-from transforms.lake import action_from_dict
-from transforms.stage import RunTotals, finalize
+from lakefill.pipelines.config import JobConfig, load_config
+from lakefill.pipelines.local_job import RunOutcome, config_summary, prepare, record_detection, write_docs
+from lakefill.pipelines.report import render_report
+from lakefill.transforms.impute import Imputer
+from lakefill.transforms.lake import action_from_dict
+from lakefill.transforms.stage import RunTotals, finalize
 
 __all__ = ["spark_session", "run_spark", "parse_spark_args", "main"]
 
@@ -38,13 +38,13 @@ def parse_spark_args(args: list[str] | None) -> tuple[str | None, dict[str, str]
     ap.add_argument("--conf", action="append", default=[])
     known, unknown = ap.parse_known_args(list(args or []))
     if unknown:
-        from transforms._errors import ConfigError
+        from lakefill.errors import ConfigError
 
         raise ConfigError(f"unknown option(s) for the Spark engine: {unknown} (use --master and --conf key=value)")
     conf = {}
     for kv in known.conf:
         if "=" not in kv:
-            from transforms._errors import ConfigError
+            from lakefill.errors import ConfigError
 
             raise ConfigError(f"--conf {kv!r}: expected key=value")
         k, v = kv.split("=", 1)
@@ -71,7 +71,7 @@ def spark_session(args: list[str] | None = None, *, app_name: str = "lakefill"):
 
 
 def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=None, log=print) -> RunOutcome:
-    from transforms import spark as lf
+    from lakefill.transforms import spark as lf
 
     prep = prepare(config, log=log)
     cfg, run_id = prep.config, prep.run_id

@@ -13,15 +13,15 @@ from apache_beam.testing.util import assert_that, equal_to
 from deltalake import DeltaTable
 
 from conftest import EXAMPLES, demo_job
-from pipelines.beam_pipeline import run_beam
-from pipelines.local_job import run_local
-from transforms.beam import LakefillModelHandler, DetectDisguisedNulls, Finish, QUARANTINE, Refine, Validate
-from transforms.detect import NullPolicy
-from transforms.impute import IMPUTED, Imputer
-from models.artifact import load_artifact
-from transforms.io import ROW_ID, read_raw
-from transforms.schema import load_schema
-from transforms.stage import QuarantineExceeded
+from lakefill.pipelines.beam_pipeline import run_beam
+from lakefill.pipelines.local_job import run_local
+from lakefill.transforms.beam import LakefillModelHandler, DetectDisguisedNulls, Finish, QUARANTINE, Refine, Validate
+from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.impute import IMPUTED, Imputer
+from lakefill.models.artifact import load_artifact
+from lakefill.transforms.io import ROW_ID, read_raw
+from lakefill.schema import load_schema
+from lakefill.transforms.stage import QuarantineExceeded
 
 pytestmark = pytest.mark.slow
 SCHEMA = load_schema(EXAMPLES / "customers.schema.yaml")

@@ -7,16 +7,16 @@ import yaml
 from deltalake import DeltaTable
 
 from conftest import ROOT, write
-from pipelines.cli import main
-from pipelines.config import load_config
-from transforms._errors import ConfigError
+from lakefill.pipelines.cli import main
+from lakefill.pipelines.config import load_config
+from lakefill.errors import ConfigError
 
 EXAMPLES = ROOT / "pipelines" / "examples"
 
 
-def test_detect_json_follows_the_protocol(shared_data, tmp_path, capsys):
+def test_detect_json_follows_the_protocol(data, tmp_path, capsys):
     out = tmp_path / "d.json"
-    assert main(["detect", str(shared_data / "dmv" / "tables" / "pima-indians-diabetes.csv"), "--json", str(out)]) == 0
+    assert main(["detect", str(data / "dmv" / "tables" / "pima-indians-diabetes.csv"), "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["table"] == "pima-indians-diabetes" and data["rows"] == 768
     finding = data["columns"]["Diastolic blood pressure"][0]
@@ -27,7 +27,7 @@ def test_detect_json_follows_the_protocol(shared_data, tmp_path, capsys):
 
 
 def test_schema_infer_writes_a_loadable_schema(messy_csv, tmp_path, capsys):
-    from transforms.schema import load_schema
+    from lakefill.schema import load_schema
 
     assert main(["schema", "infer", str(messy_csv)]) == 0
     text = capsys.readouterr().out
@@ -143,8 +143,8 @@ def test_train_then_impute_cli(tmp_path, capsys):
 
 
 def test_demo_replaces_a_model_of_an_older_format_but_keeps_a_current_one(tmp_path, capsys):
-    from models.artifact import FORMAT
-    from pipelines.cli import _drop_stale_demo_model
+    from lakefill.models.artifact import FORMAT
+    from lakefill.pipelines.cli import _drop_stale_demo_model
 
     old, current = tmp_path / "old", tmp_path / "current"
     for d, fmt in ((old, "lakefill-model/1"), (current, FORMAT)):
@@ -154,3 +154,20 @@ def test_demo_replaces_a_model_of_an_older_format_but_keeps_a_current_one(tmp_pa
     _drop_stale_demo_model(current)
     assert not old.exists() and (current / "manifest.json").exists()
     assert "lakefill-model/1" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_shortest_path_runs_a_file_with_no_config(tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lines = ["age,hours,group"] + [f"{a},{'?' if i % 17 == 0 else h},{g}" for i, (a, h, g) in enumerate(
+        zip(rng.integers(18, 80, 200), rng.integers(10, 60, 200), rng.choice(["a", "b"], 200)))]
+    data = write(tmp_path / "mine.csv", "\n".join(lines) + "\n")
+    assert main(["run", "--input", str(data), "--output", str(tmp_path / "out"), "--engine", "local", "--run-id", "one"]) == 0
+    table = DeltaTable(str(tmp_path / "out" / "table")).to_pyarrow_table()
+    assert table.num_rows == 200 and table.column("hours").null_count == 0
+    assert (tmp_path / "out" / "model" / "manifest.json").exists()
+    assert main(["run", "--input", str(data), "--output", str(tmp_path / "out"), "--engine", "local", "--run-id", "two"]) == 2
+    assert "already exists and mode is 'error'" in capsys.readouterr().err  # never clobber, refused before any work
+    assert main(["run", "--engine", "local"]) == 2

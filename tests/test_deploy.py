@@ -12,8 +12,8 @@ import apache_beam
 import pytest
 
 from conftest import EXAMPLES, ROOT, demo_job
-from pipelines.beam_pipeline import config_from_flags
-from pipelines.config import JobConfig
+from lakefill.pipelines.beam_pipeline import config_from_flags
+from lakefill.pipelines.config import JobConfig
 
 DEPLOY = ROOT / "deploy"
 AIRFLOW_VENV = ROOT / ".venv-airflow"

@@ -3,8 +3,8 @@ import pyarrow as pa
 import pytest
 
 from benchmarks.dmv import main as dmv_main
-from transforms.detect import DISGUISED, NotFittedError, NullPolicy
-from transforms.schema import ColumnSchema, TableSchema
+from lakefill.transforms.detect import DISGUISED, NotFittedError, NullPolicy
+from lakefill.schema import ColumnSchema, TableSchema
 
 
 def _table(**cols):
@@ -96,33 +96,47 @@ def test_policy_round_trips_through_dict():
     assert q.null_values("x") == p.null_values("x")
 
 
-def test_dmv_benchmark_meets_the_target(shared_data, capsys, tmp_path):
+@pytest.mark.parametrize("which", ["fixture", "full"])
+def test_dmv_benchmark_meets_the_target(which, data, request, capsys, tmp_path):
+    """Precision and recall >= 0.9 on the FAHES tables: the slices in tests/data (67 labels) and,
+    where it is beside the checkout, the full set (70 labels)."""
+    root = data if which == "fixture" else request.getfixturevalue("shared_data")
     out = tmp_path / "dmv.json"
-    dmv_main(["--data", str(shared_data / "dmv"), "--json", str(out)])
+    dmv_main(["--data", str(root / "dmv"), "--json", str(out)])
     import json
 
     result = json.loads(out.read_text())
     overall = result["overall"]
-    assert overall["truth"] == 70 and overall["precision"] >= 0.9 and overall["recall"] >= 0.9
+    assert overall["truth"] == (67 if which == "fixture" else 70)
+    assert overall["precision"] >= 0.9 and overall["recall"] >= 0.9
     assert result["tables"]["Mass2"]["recall"] >= 0.8  # the structural "not applicable" zeros
     assert "overall" in capsys.readouterr().out
 
 
-def test_complete_benchmark_tables_have_no_findings(shared_data):
-    from transforms.io import read_raw
+@pytest.mark.parametrize("which", ["fixture", "full"])
+def test_complete_benchmark_tables_have_no_findings(which, data, request):
+    from lakefill.transforms.io import read_raw
 
+    root = data if which == "fixture" else request.getfixturevalue("shared_data")
     for name in ("letter", "spam", "breast", "wine_red", "nursery"):
-        p = NullPolicy().fit(read_raw(shared_data / "tabular" / f"{name}.csv").table)
+        p = NullPolicy().fit(read_raw(root / "tabular" / f"{name}.csv").table)
         assert not any(p.findings_.values()), name
 
 
-def test_bank_findings_are_its_unknown_categories_and_never_contacted(shared_data):
-    """bank's own encodings: "unknown" categories and pdays = -1 ("never contacted": not applicable).
-    Both pdays' -1 and poutcome's "unknown" cover 82% of their columns: suspects, kept as values."""
-    from transforms.io import read_raw
+@pytest.mark.parametrize("which", ["fixture", "full"])
+def test_bank_findings_are_its_unknown_categories_and_never_contacted(which, data, request):
+    """bank's own encodings: "unknown" categories and pdays = -1 ("never contacted": not
+    applicable). On the full table pdays' -1 and poutcome's "unknown" cover 82% of their
+    columns: suspects, kept as values. (The slice's first 1,000 rows were never contacted: no
+    pdays but -1, so nothing to set it apart from; its poutcome and contact are all "unknown".)"""
+    from lakefill.transforms.io import read_raw
 
-    p = NullPolicy().fit(read_raw(shared_data / "tabular" / "bank.csv").table)
+    root = data if which == "fixture" else request.getfixturevalue("shared_data")
+    p = NullPolicy().fit(read_raw(root / "tabular" / "bank.csv").table)
     found = {(c, f.value) for c, fs in p.findings_.items() for f in fs}
-    assert found == {("job", "unknown"), ("education", "unknown"), ("contact", "unknown"), ("poutcome", "unknown"),
-                     ("pdays", "-1")}
-    assert {f.column for f in p.suspects()} == {"pdays", "poutcome"}
+    unknowns = {("job", "unknown"), ("education", "unknown"), ("contact", "unknown"), ("poutcome", "unknown")}
+    if which == "full":
+        assert found == unknowns | {("pdays", "-1")}
+        assert {f.column for f in p.suspects()} == {"pdays", "poutcome"}
+    else:
+        assert found == unknowns

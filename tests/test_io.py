@@ -5,8 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import write
-from transforms._errors import InputError
-from transforms.io import ROW_ID, read_raw, iter_raw, parquet_read_units, plan_reads, parquet_row_groups, read_parquet_row_group
+from lakefill.errors import InputError
+from lakefill.transforms.io import ROW_ID, read_raw, iter_raw, parquet_read_units, plan_reads, parquet_row_groups, read_parquet_row_group
 
 
 def test_reads_csv_as_strings_with_row_ids(tmp_path):

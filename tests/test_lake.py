@@ -2,7 +2,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from transforms.lake import commit, read_lake, write_part
+from lakefill.transforms.lake import commit, read_lake, write_part
 
 
 def _t(ids, part=None):

@@ -6,17 +6,17 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from models.artifact import load_artifact, save_artifact
-from models.autoencoder import (AEConfig, Ensemble, GaussianMember, MaskedAutoencoder, _loss_weights, cell_losses,
+from lakefill.models.artifact import load_artifact, save_artifact
+from lakefill.models.autoencoder import (AEConfig, Ensemble, GaussianMember, MaskedAutoencoder, _loss_weights, cell_losses,
                                 direct_fill_inputs, fit_gaussian, predict)
-from models.codec import TableCodec
-from models.donors import DonorIndex
-from models.reverse import ReverseConfig, reverse_impute
-from models.train import fit_model
-from transforms._errors import ModelError
-from transforms.impute import CONFIDENCE, IMPUTED, METHOD, Imputer
-from transforms.io import ROW_ID
-from transforms.schema import TableSchema
+from lakefill.models.codec import TableCodec
+from lakefill.models.donors import DonorIndex
+from lakefill.models.reverse import ReverseConfig, reverse_impute
+from lakefill.models.train import fit_model
+from lakefill.errors import ModelError
+from lakefill.transforms.impute import CONFIDENCE, IMPUTED, METHOD, Imputer
+from lakefill.transforms.io import ROW_ID
+from lakefill.schema import TableSchema
 
 SMALL = AEConfig(hidden=32, depth=2, code=8, epochs=30, min_steps=400, patience=10, extra_sizes=(), random_state=0)
 SCHEMA = TableSchema.model_validate({"name": "t", "columns": [
@@ -390,7 +390,7 @@ def test_config_refuses_bad_extra_sizes():
 
 def test_row_draws_are_the_int64_hash_whatever_the_arithmetic_width():
     """RowRandom computes its (rows, width) draws in int32; they must be the plain 31-bit hash."""
-    from models.reverse import RowRandom
+    from lakefill.models.reverse import RowRandom
 
     m31 = (1 << 31) - 1
 
@@ -594,7 +594,7 @@ def make_twin_table(n=1000, seed=0, missing=0.2):
 def test_the_tree_walk_is_scikit_learns_prediction_and_repeats():
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    from models import trees as tree_module
+    from lakefill.models import trees as tree_module
 
     table, X, hide = make_twin_table()
     codec = TableCodec(schema=TWIN_SCHEMA).fit(table)
@@ -607,7 +607,7 @@ def test_the_tree_walk_is_scikit_learns_prediction_and_repeats():
     for k, v in fill.state_dict().items():  # same rows, same seed: the same trees
         assert torch.equal(v, again.state_dict()[k])
     # column w1's trees, walked here, give what scikit-learn's regressor (fitted alike) predicts
-    from models.donors import column_values
+    from lakefill.models.donors import column_values
     V = column_values(enc.values, slices, 4).astype(np.float64)
     V[~enc.observed] = np.nan
     has = enc.observed[rows, 1]
@@ -709,7 +709,7 @@ def test_the_model_blends_boosted_trees_where_the_held_out_cells_say_so(tmp_path
     off = fit_model(table, TWIN_SCHEMA, config=AEConfig(**{**SMALL.__dict__, "trees": False}))
     assert off.metrics["trees"] is None and off.model.trees is None
     # a table wider than MAX_COLUMNS gets none (their cost grows with the square of the width)
-    import models.autoencoder as ae_module
+    import lakefill.models.autoencoder as ae_module
     monkeypatch.setattr(ae_module, "TREES_MAX_COLUMNS", 3)
     wide = fit_model(table, TWIN_SCHEMA, config=SMALL)
     assert wide.model.trees is None and not wide.metrics["trees"]["used"]

@@ -8,16 +8,16 @@ import pyarrow.compute as pc
 import pytest
 
 from conftest import write
-from models._config import AEConfig
-from models.artifact import load_artifact, save_artifact
-from models.train import fit_model
-from pipelines.cli import main
-from transforms.detect import DISGUISED, NOT_APPLICABLE, NullPolicy
-from transforms.impute import IMPUTED, Imputer
-from transforms.io import ROW_ID, read_raw
-from transforms.parse import parse_table
-from transforms.schema import ColumnSchema, TableSchema, infer_schema
-from transforms.validate import Validator
+from lakefill.models._config import AEConfig
+from lakefill.models.artifact import load_artifact, save_artifact
+from lakefill.models.train import fit_model
+from lakefill.pipelines.cli import main
+from lakefill.transforms.detect import DISGUISED, NOT_APPLICABLE, NullPolicy
+from lakefill.transforms.impute import IMPUTED, Imputer
+from lakefill.transforms.io import ROW_ID, read_raw
+from lakefill.transforms.parse import parse_table
+from lakefill.schema import ColumnSchema, TableSchema, infer_schema
+from lakefill.transforms.validate import Validator
 
 GRADES = [f"g{k}" for k in range(1, 13)]
 TYPES = {"elementary": range(1, 6), "middle": range(6, 9), "high": range(9, 13), "k8": range(1, 9)}
@@ -58,13 +58,20 @@ def test_zeros_of_grades_a_school_does_not_teach_are_not_applicable():
 
 
 def test_percentages_written_as_text_count_too():
+    """A grade's share of the school's pupils, written "12.5%", is "0%" where the grade is not
+    taught: structural, through the count columns it falls on. Percentages alone (a count's
+    derived twins) are no evidence."""
     rows = school_rows(seed=1)
     for r in rows:
+        total = sum(int(r[g]) for g in GRADES)
         for g in GRADES:
             v = int(r[g])
-            r[g] = "0%" if v == 0 else f"{min(100.0, v / 1.7):.1f}%"
+            r[f"share_{g}"] = "0%" if v == 0 else f"{100 * v / total:.1f}%"
     p = NullPolicy().fit(school_table(rows))
-    assert _found(p, "g3") == {"0%": ("structural", "not_applicable", False)}
+    assert _found(p, "share_g3") == {"0%": ("structural", "not_applicable", False)}
+    only_shares = [{k: v for k, v in r.items() if not k.startswith("g")} for r in rows]
+    p = NullPolicy().fit(school_table(only_shares))
+    assert _found(p, "share_g3") == {}
 
 
 def test_true_zeros_stay_values():
@@ -176,9 +183,9 @@ def test_detect_json_says_the_kind_share_and_suspect(tmp_path, capsys):
 def test_a_local_run_keeps_not_applicable_cells_null_and_reports_them(tmp_path):
     from deltalake import DeltaTable
 
-    from pipelines.config import JobConfig
-    from pipelines.local_job import run_local, train_to_dir
-    from transforms.schema import dump_schema
+    from lakefill.pipelines.config import JobConfig
+    from lakefill.pipelines.local_job import run_local, train_to_dir
+    from lakefill.schema import dump_schema
 
     rows = school_rows(300, seed=7)
     for i in range(0, 300, 11):

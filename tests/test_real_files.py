@@ -15,15 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import write
-from models._config import AEConfig
-from pipelines.cli import main
-from pipelines.config import JobConfig
-from pipelines.local_job import run_local, train_to_dir
-from transforms.detect import NullPolicy
-from transforms.io import ROW_ID, CsvOptions, read_raw
-from transforms.parse import detect_and_parse
-from transforms.schema import dump_schema, infer_schema, load_schema
-from transforms.validate import Validator
+from lakefill.models._config import AEConfig
+from lakefill.pipelines.cli import main
+from lakefill.pipelines.config import JobConfig
+from lakefill.pipelines.local_job import run_local, train_to_dir
+from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.io import ROW_ID, CsvOptions, read_raw
+from lakefill.transforms.parse import detect_and_parse
+from lakefill.schema import dump_schema, infer_schema, load_schema
+from lakefill.transforms.validate import Validator
 
 TINY = AEConfig(hidden=16, depth=1, code=8, epochs=5, min_steps=0, patience=5, extra_sizes=(), random_state=0,
                 trees=False, donors=False, gaussian=False)
@@ -60,7 +60,7 @@ def test_a_schema_inferred_from_a_comma_space_file_accepts_that_file(tmp_path):
 
 
 def test_the_model_reads_categories_as_the_schema_wrote_them(tmp_path):
-    from models.codec import TableCodec
+    from lakefill.models.codec import TableCodec
 
     path = adult_like(tmp_path / "adult.csv")
     schema, typed, good, _ = _infer_validate(path)
@@ -154,7 +154,7 @@ def test_nested_parquet_columns_pass_through_untouched(tmp_path, engine):
     if engine == "local":
         outcome = run_local(job, log=lambda *_: None)
     else:
-        from pipelines.beam_pipeline import run_beam
+        from lakefill.pipelines.beam_pipeline import run_beam
 
         outcome = run_beam(job, [], log=lambda *_: None)
     table = DeltaTable(outcome.table).to_pyarrow_table().sort_by(ROW_ID)
@@ -189,12 +189,12 @@ def test_awkward_column_names_work_on_every_engine(tmp_path, engine, request):
     if engine == "local":
         outcome = run_local(job, log=lambda *_: None)
     elif engine == "beam":
-        from pipelines.beam_pipeline import run_beam
+        from lakefill.pipelines.beam_pipeline import run_beam
 
         outcome = run_beam(job, [], log=lambda *_: None)
     else:
         request.getfixturevalue("spark")
-        from pipelines.spark_job import run_spark
+        from lakefill.pipelines.spark_job import run_spark
 
         outcome = run_spark(job, ["--master", "local[2]"], log=lambda *_: None)
     table = DeltaTable(outcome.table).to_pyarrow_table()
@@ -254,7 +254,7 @@ def test_an_internal_error_says_so_and_debug_shows_the_traceback(tmp_path, capsy
     def boom(*args, **kwargs):
         raise RuntimeError("something inside broke")
 
-    monkeypatch.setattr("transforms.detect.NullPolicy.fit", boom)
+    monkeypatch.setattr("lakefill.transforms.detect.NullPolicy.fit", boom)
     assert main(["detect", str(path)]) == 3
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: something inside broke" in err and "--debug" in err
@@ -357,8 +357,8 @@ def _write_messy(case, folder: Path) -> Path:
 def _run_both(path: Path, folder: Path):
     """infer -> train (tiny) -> the local and the Beam engine; a LakefillError before any commit
     is an allowed ending, anything else fails the test."""
-    from pipelines.beam_pipeline import run_beam
-    from transforms._errors import LakefillError
+    from lakefill.pipelines.beam_pipeline import run_beam
+    from lakefill.errors import LakefillError
 
     raw = read_raw(path)
     schema = infer_schema(raw.table, name="messy", policy=NullPolicy().fit(raw.table))
@@ -425,7 +425,7 @@ def test_fuzzed_tables_run_on_local_and_beam_alike_many(tmp_path_factory, case):
 def test_a_short_training_run_on_a_small_table_works(tmp_path):
     """--epochs is honoured as given: 1 to 10 epochs of one or two steps each (found by the fuzz
     test: the one-cycle schedule divided by zero on such runs)."""
-    from models.train import fit_model
+    from lakefill.models.train import fit_model
 
     path = adult_like(tmp_path / "a.csv", n=30)
     schema, _, good, _ = _infer_validate(path)

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 
 from conftest import demo_job
-from pipelines.cli import main
-from pipelines.local_job import run_local
+from lakefill.pipelines.cli import main
+from lakefill.pipelines.local_job import run_local
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def test_the_refinement_check_in_the_report_matches_the_rows(run):
     import pyarrow.compute as pc
     from deltalake import DeltaTable
 
-    from pipelines.report import refine_check
+    from lakefill.pipelines.report import refine_check
 
     t = DeltaTable(run.table).to_pyarrow_table()
     before = t.column("_lf_check_before").to_numpy(zero_copy_only=False)

@@ -2,11 +2,11 @@ import pyarrow as pa
 import pytest
 
 from conftest import write
-from transforms._errors import SchemaError
-from transforms.detect import NullPolicy
-from transforms.io import read_raw
-from transforms.parse import parse_table
-from transforms.schema import TableSchema, dump_schema, infer_schema, load_schema
+from lakefill.errors import SchemaError
+from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.io import read_raw
+from lakefill.transforms.parse import parse_table
+from lakefill.schema import TableSchema, dump_schema, infer_schema, load_schema
 
 
 def test_infer_types(messy_csv):

@@ -18,10 +18,10 @@ import yaml
 from deltalake import DeltaTable
 
 from conftest import EXAMPLES, ROOT, demo_job
-from pipelines.beam_pipeline import run_beam
-from pipelines.spark_job import parse_spark_args, run_spark
-from transforms._errors import ConfigError
-from transforms.io import ROW_ID, read_raw
+from lakefill.pipelines.beam_pipeline import run_beam
+from lakefill.pipelines.spark_job import parse_spark_args, run_spark
+from lakefill.errors import ConfigError
+from lakefill.transforms.io import ROW_ID, read_raw
 
 pytestmark = pytest.mark.slow
 ROWS = 602
@@ -189,7 +189,7 @@ def _parquet_job(tmp_path, model, run_id, rows_per_group=25):
 def _submit(job: Path, cluster: Cluster, tmp_path: Path):
     """The job as spark-submit would run it: its own driver process, against the cluster."""
     log = open(tmp_path / "driver.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "pipelines.spark_job", str(job), "--master", cluster.url,
+    return subprocess.Popen([sys.executable, "-m", "lakefill.pipelines.spark_job", str(job), "--master", cluster.url,
                              "--conf", "spark.executor.cores=1", "--conf", "spark.task.maxFailures=4",
                              "--conf", "spark.ui.enabled=false"],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=cluster.env)
@@ -228,9 +228,9 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster, demo_mode
 
 
 def test_the_dataframe_functions_one_by_one_give_what_the_fused_job_gives(spark, demo_model, tmp_path):
-    from pipelines.local_job import prepare
-    from transforms import spark as lf
-    from transforms.impute import Imputer
+    from lakefill.pipelines.local_job import prepare
+    from lakefill.transforms import spark as lf
+    from lakefill.transforms.impute import Imputer
 
     prep = prepare(demo_job(tmp_path, demo_model), log=lambda *_: None)
     columns = [c for c in prep.sample.table.column_names if c != ROW_ID]

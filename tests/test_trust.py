@@ -6,12 +6,12 @@ import pyarrow.compute as pc
 import pytest
 from deltalake import DeltaTable
 
-import transforms.stage as stage
+import lakefill.transforms.stage as stage
 from conftest import demo_job
-from pipelines.local_job import run_local
-from transforms._errors import ConfigError, LakefillError
-from transforms.io import ROW_ID
-from transforms.stage import QuarantineExceeded
+from lakefill.pipelines.local_job import run_local
+from lakefill.errors import ConfigError, LakefillError
+from lakefill.transforms.io import ROW_ID
+from lakefill.transforms.stage import QuarantineExceeded
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_mode_error_on_an_existing_table_is_refused_before_any_work(demo_model, 
     out = tmp_path / "out"
     versions = DeltaTable(str(out / "table")).version(), DeltaTable(str(out / "quarantine")).version()
     files = _parquet_files(out)
-    monkeypatch.setattr("pipelines.local_job.iter_raw", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr("lakefill.pipelines.local_job.iter_raw", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ConfigError, match="already exists and mode is 'error'"):
         run_local(demo_job(tmp_path, demo_model, run_id="second", mode="error"), log=lambda *_: None)
     assert (DeltaTable(str(out / "table")).version(), DeltaTable(str(out / "quarantine")).version()) == versions
@@ -84,7 +84,7 @@ def test_report_check_fails_on_a_column_imputed_over_its_allowed_share(demo_mode
     import yaml
 
     from conftest import EXAMPLES
-    from pipelines.cli import main
+    from lakefill.pipelines.cli import main
 
     schema = yaml.safe_load((EXAMPLES / "customers.schema.yaml").read_text())
     for col in schema["columns"]:

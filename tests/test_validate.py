@@ -1,9 +1,9 @@
 import pyarrow as pa
 import pytest
 
-from transforms._errors import SchemaError, ValidationFailed
-from transforms.schema import TableSchema
-from transforms.validate import Validator
+from lakefill.errors import SchemaError, ValidationFailed
+from lakefill.schema import TableSchema
+from lakefill.transforms.validate import Validator
 
 pytestmark = pytest.mark.gx
 

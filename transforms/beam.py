@@ -30,17 +30,17 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
-from models.artifact import load_artifact
-from models.reverse import ReverseConfig
-from transforms.detect import NullPolicy
-from transforms.impute import IMPUTED, Imputer
-from transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
-from transforms.lake import action_from_dict, action_to_dict, write_part
-from transforms.parse import parse_table
-from transforms.schema import TableSchema
-from transforms.stage import (HIST_BINS, RunTotals, confidence_histogram, finalize, finish, quarantine_batch,
+from lakefill.models.artifact import load_artifact
+from lakefill.models.reverse import ReverseConfig
+from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.impute import IMPUTED, Imputer
+from lakefill.transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
+from lakefill.transforms.lake import action_from_dict, action_to_dict, write_part
+from lakefill.transforms.parse import parse_table
+from lakefill.schema import TableSchema
+from lakefill.transforms.stage import (HIST_BINS, RunTotals, confidence_histogram, finalize, finish, quarantine_batch,
                               reason_counts, reason_key, refined_rows, split_by_confidence)
-from transforms.validate import Validator
+from lakefill.transforms.validate import Validator
 
 __all__ = ["ReadRaw", "DetectDisguisedNulls", "Validate", "LakefillModelHandler", "Impute", "RouteByConfidence",
            "Refine", "Finish", "WriteToLake", "WriteQuarantine", "FinalizeRun", "QUARANTINE", "NAMESPACE"]

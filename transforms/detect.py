@@ -17,7 +17,8 @@ Detectors (each can be switched off per column in the schema; pinned values alwa
                  of the numbers), at least 10x as frequent as all values in (0, 2] together (a
                  gap between 0 and the bulk), and the same rows are 0 in a sibling column of the
                  same shape (one column's zeros fall on the other's well beyond chance: score
-                 >= 0.8, see ``_co_zero``). See ``_structural``.
+                 >= 0.8, see ``_co_zero``; a percentage needs a sibling of counts). See
+                 ``_structural``.
 
 Each finding has a ``kind``: ``missing`` (the value is there but unknown: the cell is nulled and
 imputed) or ``not_applicable`` (the value does not exist: the cell is nulled, listed in the
@@ -47,8 +48,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms._arrow import flags_to_lists
-from transforms._values import NULL_TOKENS, parse_number
+from lakefill._arrow import flags_to_lists
+from lakefill._values import NULL_TOKENS, parse_number
 
 __all__ = ["Finding", "NullPolicy", "DISGUISED", "NOT_APPLICABLE", "NotFittedError", "MAX_REPLACED_SHARE"]
 
@@ -111,7 +112,7 @@ class NullPolicy:
         sample = table.slice(0, self.sample_rows)
         if self.schema is not None:
             self.schema.check_columns([c for c in sample.column_names if not c.startswith("_lf_")], source="NullPolicy.fit")
-        # text columns only: nested and binary columns pass through (see transforms.io)
+        # text columns only: nested and binary columns pass through (see lakefill.transforms.io)
         columns = [c for c in sample.column_names if not c.startswith("_lf_") and pa.types.is_string(sample.schema.field(c).type)]
         counters = {c: Counter(_trimmed(sample.column(c))) for c in columns}
         findings: dict[str, list[Finding]] = {c: [] for c in columns}
@@ -151,9 +152,11 @@ class NullPolicy:
         written as percentages), none negative, with at least 20 distinct numbers and 20 that
         are not 0, their median >= 10; its 0 (any spelling: "0", "0.0", "0%") covers >= 10% of
         the numbers and occurs >= 10x as often as all values in (0, 2] together. Such a 0 is a
-        structural "not applicable" when a sibling column that qualifies too has its zeros on
-        the same rows (``_co_zero`` >= 0.8). A lone zero-heavy column is not enough (a count
-        that is often really 0); a 0 already found by another detector keeps that finding.
+        structural "not applicable" when a sibling column of counts (not percentages: a
+        percentage derived from a count is 0 wherever the count is, a twin and no evidence) that
+        qualifies too has its zeros on the same rows (``_co_zero`` >= 0.8). A lone zero-heavy
+        column is not enough (a count that is often really 0); a 0 already found by another
+        detector keeps that finding.
         """
         shapes = {}
         for c in columns:
@@ -174,7 +177,9 @@ class NullPolicy:
                 continue
             siblings = []
             for o in shapes:
-                if o == c:
+                # a sibling is a column of counts: a percentage derived from this very count (its
+                # "0%" wherever the count is 0) is a twin, not a second piece of evidence
+                if o == c or shapes[o]["percent"]:
                     continue
                 score = _co_zero(zero_rows[c], zero_rows[o], filled_rows[c] & filled_rows[o])
                 if score >= _NA_MIN_CO_ZERO:
@@ -455,7 +460,7 @@ def _zero_spike(counts: Counter, *, taken: set[str]) -> dict | None:
     gap_ratio = n_zero / max(near, 1)
     if share < _NA_MIN_SHARE or median < _NA_MIN_MEDIAN or gap_ratio < _NA_MIN_GAP_RATIO:
         return None
-    return {"zeros": zeros, "share": share, "median": median, "gap_ratio": gap_ratio}
+    return {"zeros": zeros, "share": share, "median": median, "gap_ratio": gap_ratio, "percent": percent}
 
 
 def _co_zero(a: np.ndarray, b: np.ndarray, both: np.ndarray) -> float:

@@ -4,7 +4,7 @@
 ``_lf_not_applicable`` lists: a value that does not exist is never invented) with one pass of the masked
 autoencoder and adds provenance: ``_lf_imputed`` (the columns filled in the row), ``_lf_method``
 (``none``; ``ae``; ``donor``: the model's fill blended with a copy of the row found among the
-training rows, see ``models.donors``; ``reverse``) and ``_lf_confidence`` in [0, 1]. ``Imputer.refine`` re-works
+training rows, see ``lakefill.models.donors``; ``reverse``) and ``_lf_confidence`` in [0, 1]. ``Imputer.refine`` re-works
 rows by reverse training; a row whose held-back cells do not get better keeps its direct fill.
 
 Row confidence = 1 / (1 + e / e_ref): e is the mean predicted error of the row's imputed cells
@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.artifact import ModelArtifact
-from models.autoencoder import predict
-from models.reverse import ReverseConfig, reverse_impute
-from transforms._arrow import flags_to_lists, lists_to_flags
-from transforms.detect import NOT_APPLICABLE
-from transforms.io import ROW_ID
+from lakefill.models.artifact import ModelArtifact
+from lakefill.models.autoencoder import predict
+from lakefill.models.reverse import ReverseConfig, reverse_impute
+from lakefill._arrow import flags_to_lists, lists_to_flags
+from lakefill.transforms.detect import NOT_APPLICABLE
+from lakefill.transforms.io import ROW_ID
 
 __all__ = ["Imputer", "resolve_device", "IMPUTED", "METHOD", "CONFIDENCE", "CHECK_BEFORE", "CHECK_AFTER",
            "PROVENANCE_COLUMNS", "imputed_mask"]

@@ -13,23 +13,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms._arrow import normalize_array
-from transforms._values import parse_bool, parse_datetime_array, parse_number
-from transforms.detect import NullPolicy
-from transforms.io import ROW_ID, Quarantined, RawRead
-from transforms.schema import TableSchema
+from lakefill._arrow import normalize_array
+from lakefill._values import parse_bool, parse_datetime_array, parse_number
+from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.io import ROW_ID, Quarantined, RawRead
+from lakefill.schema import ARROW_TYPES, TableSchema
 
 __all__ = ["ARROW_TYPES", "parse_table", "arrow_schema", "Typed", "detect_and_parse"]
 
-ARROW_TYPES = {  # "passthrough" columns keep the type they were read with
-    "numeric": pa.float64(),
-    "integer": pa.int64(),
-    "boolean": pa.bool_(),
-    "categorical": pa.string(),
-    "datetime": pa.timestamp("us", tz="UTC"),
-    "text": pa.string(),
-    "id": pa.string(),
-}
 
 
 def arrow_schema(schema: TableSchema) -> pa.Schema:

@@ -5,7 +5,7 @@ DataFrame with its data columns null and the quarantine columns set (``_lf_q_rea
 ``_lf_q_stage``, ``_lf_q_record``: the reason, the step and the row as read, JSON), and later
 steps pass it through untouched. ``split_quarantine(df)`` gives (good rows, quarantined rows);
 ``write_lake`` writes both kinds as Parquet parts (table / quarantine) on the executors and
-returns their Delta AddActions, which the driver commits (``transforms.stage.finalize``).
+returns their Delta AddActions, which the driver commits (``lakefill.transforms.stage.finalize``).
 
     df = read_raw(spark, "in.parquet", columns)                 # strings + _lf_row_id
     df = detect_disguised_nulls(df, policy, schema)             # typed
@@ -40,17 +40,17 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from models.artifact import load_artifact
-from models.reverse import ReverseConfig
-from transforms.detect import NullPolicy
-from transforms.impute import IMPUTED, Imputer, resolve_device
-from transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
-from transforms.lake import action_to_dict, write_part
-from transforms.parse import parse_table
-from transforms.schema import TableSchema
-from transforms.stage import (confidence_histogram, quarantine_batch, reason_counts, refined_rows,
+from lakefill.models.artifact import load_artifact
+from lakefill.models.reverse import ReverseConfig
+from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.impute import IMPUTED, Imputer, resolve_device
+from lakefill.transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
+from lakefill.transforms.lake import action_to_dict, write_part
+from lakefill.transforms.parse import parse_table
+from lakefill.schema import TableSchema
+from lakefill.transforms.stage import (confidence_histogram, quarantine_batch, reason_counts, refined_rows,
                               split_by_confidence, with_run_id)
-from transforms.validate import Validator
+from lakefill.transforms.validate import Validator
 
 __all__ = ["Q_REASON", "Q_STAGE", "Q_RECORD", "ModelRef", "Counters", "broadcast_model", "read_raw",
            "detect_disguised_nulls", "validate", "impute", "refine", "with_run_id_df", "split_quarantine", "write_lake",

@@ -3,7 +3,7 @@
 The local job, the Beam DoFns and the Spark functions call these; they only move batches.
 
     clean    : disguised nulls -> typed columns -> pre-validation (bad rows to quarantine)
-    impute   : ``Imputer.impute`` (transforms.impute)
+    impute   : ``Imputer.impute`` (lakefill.transforms.impute)
     split    : confident rows / rows under the confidence threshold (these get ``Imputer.refine``)
     finish   : post-validation, the run id column, rows in row-id order
     finalize : the count check, the quarantine and table commits (one Delta transaction each,
@@ -22,14 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake.transaction import AddAction
 
-from transforms._errors import LakefillError
-from transforms.detect import NullPolicy
-from transforms.impute import CONFIDENCE, METHOD
-from transforms.io import ROW_ID, Quarantined, quarantine_table
-from transforms.lake import commit
-from transforms.parse import parse_table
-from transforms.schema import TableSchema
-from transforms.validate import Validator
+from lakefill.errors import LakefillError
+from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.impute import CONFIDENCE, METHOD
+from lakefill.transforms.io import ROW_ID, Quarantined, quarantine_table
+from lakefill.transforms.lake import commit
+from lakefill.transforms.parse import parse_table
+from lakefill.schema import TableSchema
+from lakefill.transforms.validate import Validator
 
 __all__ = ["RUN_ID", "RowsLost", "QuarantineExceeded", "Cleaned", "clean", "split_by_confidence", "finish",
            "confidence_histogram", "refined_rows", "reason_key", "reason_counts", "with_run_id", "quarantine_batch",

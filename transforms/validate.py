@@ -24,11 +24,11 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from transforms._arrow import lists_to_flags, normalize_array
-from transforms._errors import SchemaError, ValidationFailed
-from transforms.detect import NOT_APPLICABLE
-from transforms.io import ROW_ID, Quarantined
-from transforms.schema import Expectation, TableSchema
+from lakefill._arrow import lists_to_flags, normalize_array
+from lakefill.errors import SchemaError, ValidationFailed
+from lakefill.transforms.detect import NOT_APPLICABLE
+from lakefill.transforms.io import ROW_ID, Quarantined
+from lakefill.schema import Expectation, TableSchema
 
 __all__ = ["Validator", "ValidationSummary", "build_suite"]
 

@@ -22,7 +22,7 @@ def normalize_text(value: str) -> str:
     """The one normalisation of a cell's text that detection, schema inference, validation and
     the model compare with: surrounding white space trimmed, Unicode in NFC; case kept. The
     output keeps a cell as the file had it unless the column's schema says ``normalize: true``.
-    (``transforms._arrow.normalize_array`` is the same on Arrow arrays.)"""
+    (``lakefill._arrow.normalize_array`` is the same on Arrow arrays.)"""
     return unicodedata.normalize("NFC", value.strip())
 
 

@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from transforms._errors import SchemaError
-from transforms._values import (
+from lakefill.errors import SchemaError
+from lakefill._values import (
     is_blank,
     is_null_token,
     normalize_text,
@@ -36,9 +36,21 @@ __all__ = [
     "load_schema",
     "dump_schema",
     "IMPUTABLE_TYPES",
+    "ARROW_TYPES",
 ]
 
 ColumnType = Literal["numeric", "integer", "boolean", "categorical", "datetime", "text", "id", "passthrough"]
+# the Arrow type of each column type once typed ("passthrough" columns keep the type they were read with)
+ARROW_TYPES = {
+    "numeric": pa.float64(),
+    "integer": pa.int64(),
+    "boolean": pa.bool_(),
+    "categorical": pa.string(),
+    "datetime": pa.timestamp("us", tz="UTC"),
+    "text": pa.string(),
+    "id": pa.string(),
+}
+
 IMPUTABLE_TYPES = frozenset({"numeric", "integer", "boolean", "categorical", "datetime"})
 DETECTORS = ("token", "non_numeric", "sentinel", "co_missing", "structural")
 MAX_CATEGORIES = 200

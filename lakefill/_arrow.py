@@ -10,7 +10,7 @@ __all__ = ["flags_to_lists", "lists_to_flags", "normalize_array"]
 
 
 def normalize_array(values):
-    """``transforms._values.normalize_text`` on an Arrow string array (nulls stay null): each
+    """``lakefill._values.normalize_text`` on an Arrow string array (nulls stay null): each
     distinct value is normalised once. (pyarrow 25's ``utf8_normalize`` gives NFD whatever form
     it is asked for, so Python's ``unicodedata`` does the NFC step.)"""
     import unicodedata

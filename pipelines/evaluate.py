@@ -1,4 +1,4 @@
-"""Protocol A (../shared/BENCHMARKS.md): tabular imputation accuracy, lakefill against baselines.
+"""Protocol A (docs/benchmarks.md): tabular imputation accuracy, lakefill against baselines.
 
     lakefill evaluate --data PATH.csv [--schema schema.yaml] --missing-rate 0.2 \\
         --mechanism mcar|mar|mnar --seeds 0,1,2 \\
@@ -36,13 +36,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.autoencoder import AEConfig, direct_fill_inputs, predict
-from models.reverse import ReverseConfig, reverse_impute
-from models.train import fit_model
-from transforms.detect import NullPolicy
-from transforms.io import read_raw
-from transforms.parse import detect_and_parse
-from transforms.schema import infer_schema, load_schema
+from lakefill.models.autoencoder import AEConfig, direct_fill_inputs, predict
+from lakefill.models.reverse import ReverseConfig, reverse_impute
+from lakefill.models.train import fit_model
+from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.io import read_raw
+from lakefill.transforms.parse import detect_and_parse
+from lakefill.schema import infer_schema, load_schema
 
 METHODS = ("lakefill", "lakefill-reverse", "mean", "knn", "mice", "missforest")
 REVERSE_SHARE = 0.2  # lakefill-reverse re-works the least-confident 20% of the rows
