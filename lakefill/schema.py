@@ -37,9 +37,10 @@ __all__ = [
     "dump_schema",
     "IMPUTABLE_TYPES",
     "ARROW_TYPES",
+    "arrow_type",
 ]
 
-ColumnType = Literal["numeric", "integer", "boolean", "categorical", "datetime", "text", "id", "passthrough"]
+ColumnType = Literal["numeric", "integer", "decimal", "boolean", "categorical", "datetime", "text", "id", "passthrough"]
 # the Arrow type of each column type once typed ("passthrough" columns keep the type they were read with)
 ARROW_TYPES = {
     "numeric": pa.float64(),
@@ -51,7 +52,17 @@ ARROW_TYPES = {
     "id": pa.string(),
 }
 
-IMPUTABLE_TYPES = frozenset({"numeric", "integer", "boolean", "categorical", "datetime"})
+
+
+def arrow_type(col: "ColumnSchema") -> pa.DataType:
+    """The Arrow type of a typed column (a decimal column's carries its precision and scale)."""
+    if col.type == "decimal":
+        return pa.decimal128(col.precision, col.scale)
+    return ARROW_TYPES[col.type]
+
+
+IMPUTABLE_TYPES = frozenset({"numeric", "integer", "decimal", "boolean", "categorical", "datetime"})
+MAX_FLOAT_DIGITS = 15  # a number with more significant digits than this does not survive a float64: decimal
 DETECTORS = ("token", "non_numeric", "sentinel", "co_missing", "structural")
 MAX_CATEGORIES = 200
 
@@ -101,6 +112,10 @@ class ColumnSchema(_Strict):
     # categories, sets and the model compare cells after ``normalize_text`` (trimmed, NFC); true
     # also writes the normalised text to the output (by default a cell stays as the file had it)
     normalize: bool = False
+    # decimal columns only: kept exact (decimal128(precision, scale)) from the file to the table;
+    # the model imputes in float and writes its fill back rounded to the scale
+    precision: int | None = Field(default=None, ge=1, le=38)
+    scale: int | None = Field(default=None, ge=0, le=38)
     expectations: list[Expectation] = Field(default_factory=list)
 
     @field_validator("detectors")
@@ -120,6 +135,12 @@ class ColumnSchema(_Strict):
             )
         if self.type == "categorical" and self.impute and not self.categories:
             raise ValueError(f"categorical column {self.name!r} is imputed but lists no categories")
+        if self.type == "decimal":
+            if self.precision is None or self.scale is None or self.scale > self.precision:
+                raise ValueError(f"decimal column {self.name!r} needs precision (1-38) and scale (0-precision), "
+                                 f"got precision {self.precision}, scale {self.scale}")
+        elif self.precision is not None or self.scale is not None:
+            raise ValueError(f"column {self.name!r} is {self.type!r}: precision and scale are for decimal columns")
         return self
 
     def detector_on(self, name: str) -> bool:
@@ -217,7 +238,8 @@ def dump_schema(schema: TableSchema) -> str:
             del col["detectors"]
         if not col["unique"]:
             del col["unique"]
-        for key, default in (("not_applicable", "null"), ("max_imputed_share", 0.5), ("normalize", False)):
+        for key, default in (("not_applicable", "null"), ("max_imputed_share", 0.5), ("normalize", False),
+                             ("precision", None), ("scale", None)):
             if col[key] == default:
                 del col[key]
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
@@ -245,7 +267,8 @@ def infer_schema(table: pa.Table, *, name: str = "table", policy=None, max_categ
         nulls = policy.null_mask(col_name, values) if policy is not None else _blank_mask(values)
         observed = pc.filter(values, pc.invert(nulls))
         columns.append(_infer_column(col_name, observed, n_rows=len(values), has_null=bool(pc.any(nulls).as_py()),
-                                     policy=policy, max_categories=max_categories))
+                                     policy=policy, max_categories=max_categories,
+                                     source_decimal=_source_decimal(table.schema.field(col_name))))
     return TableSchema(name=name, columns=columns)
 
 
@@ -253,7 +276,29 @@ def _blank_mask(values: pa.ChunkedArray) -> pa.ChunkedArray:
     return pa.chunked_array([pa.array([v is None or is_blank(v) or is_null_token(v) for v in values.to_pylist()], pa.bool_())])
 
 
-def _infer_column(name: str, observed: pa.ChunkedArray, *, n_rows: int, has_null: bool, policy, max_categories: int) -> ColumnSchema:
+def _source_decimal(field: pa.Field) -> tuple[int, int] | None:
+    """(precision, scale) of a column the reader cast from a decimal type (its field metadata)."""
+    source = (field.metadata or {}).get(b"lakefill.source_type", b"").decode()
+    if source.startswith("decimal"):
+        digits = [int(x) for x in source[source.index("(") + 1:source.index(")")].split(",")]
+        return digits[0], digits[1]
+    return None
+
+
+def _decimal_shape(strings: list[str]) -> tuple[int, int]:
+    """(digits before the point, digits after it), the most of each, over plain decimal strings."""
+    whole = frac = 0
+    for s in strings:
+        body = s.lstrip("+-").replace(",", "")
+        if "e" in body.lower():
+            return 0, 0
+        head, _, tail = body.partition(".")
+        whole, frac = max(whole, len(head.lstrip("0"))), max(frac, len(tail))
+    return whole, frac
+
+
+def _infer_column(name: str, observed: pa.ChunkedArray, *, n_rows: int, has_null: bool, policy, max_categories: int,
+                  source_decimal: tuple[int, int] | None = None) -> ColumnSchema:
     rules = policy.rules_for(name) if policy is not None else {}
     n = len(observed)
     if n == 0:
@@ -268,6 +313,14 @@ def _infer_column(name: str, observed: pa.ChunkedArray, *, n_rows: int, has_null
             return ColumnSchema(name=name, type="id", nullable=has_null, unique=True, **rules)
         if is_int and distinct <= {"0", "1"} and len(distinct) == 2:
             return ColumnSchema(name=name, type="boolean", nullable=has_null, impute=True, **rules)
+        whole, frac = _decimal_shape(strings)
+        if source_decimal is not None or (whole + frac > MAX_FLOAT_DIGITS and whole + frac <= 38):
+            # a decimal in the file, or more digits than a float keeps: exact, as decimal(precision, scale);
+            # the range is widened to the next floats out, so that its edges hold the exact values
+            precision, scale = source_decimal or (whole + frac, frac)
+            rng = Range(min=math.nextafter(min(finite), -math.inf), max=math.nextafter(max(finite), math.inf))
+            return ColumnSchema(name=name, type="decimal", precision=precision, scale=scale, nullable=has_null,
+                                impute=True, range=rng, **rules)
         rng = Range(min=min(finite), max=max(finite))
         return ColumnSchema(name=name, type="integer" if is_int else "numeric", nullable=has_null, impute=True, range=rng, **rules)
     if all(parse_bool(s) is not None for s in distinct) and len(distinct) <= 4:

@@ -4,8 +4,11 @@ The weights file also holds the donor rows when the model keeps them (``lakefill
 boosted trees' node arrays when it has trees (``lakefill.models.trees``).
 The manifest carries the schema the model was trained on, the codec state, the fitted null
 policy, the hyperparameters, training metrics, library versions and the sha256 of the weights.
-Loading verifies the hash (a tampered file is refused) and, when the caller names its schema,
-that the model's columns and types match (a mismatch is an error naming the columns).
+Loading verifies the hashes: ``weights_sha256`` (the weights file) and ``artifact_sha256`` (the
+whole artifact: the manifest's every other field, codec, schema, policy and architecture
+included, with the weights' hash), so an edited manifest is refused like an edited weights file;
+it refuses non-finite weights, a weights file named outside the model folder and, when the
+caller names its schema, a model whose columns and types differ (the error names them).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from lakefill.models.autoencoder import AEConfig, Ensemble, GaussianMember, MaskedAutoencoder
@@ -28,11 +32,11 @@ from lakefill.schema import TableSchema
 
 __all__ = ["ModelArtifact", "save_artifact", "load_artifact", "artifact_format", "FORMAT"]
 
-FORMAT = "lakefill-model/6"  # /2: an ensemble's weights (members.N.*); /3: a Gaussian member; /4: donor rows
+FORMAT = "lakefill-model/7"  # /2: an ensemble's weights (members.N.*); /3: a Gaussian member; /4: donor rows
 # (donors.*); /5: the networks' input squash (architecture "squash"; an older version would ignore it);
-# /6: boosted trees (trees.*, architecture "trees")
-READABLE = ("lakefill-model/2", "lakefill-model/3", "lakefill-model/4", "lakefill-model/5", FORMAT)  # an older
-# model is a /6 one without what came later
+# /6: boosted trees (trees.*, architecture "trees"); /7: the whole artifact under one hash ("artifact_sha256")
+READABLE = ("lakefill-model/2", "lakefill-model/3", "lakefill-model/4", "lakefill-model/5", "lakefill-model/6",
+            FORMAT)  # an older model is a /7 one without what came later; before /7 only the weights were hashed
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 
@@ -114,8 +118,15 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
         "metrics": metrics,
         "versions": _versions(),
     }
+    manifest["artifact_sha256"] = _manifest_digest(manifest)
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
     return out_dir
+
+
+def _manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest without its own hash, as canonical JSON (it holds the weights' hash)."""
+    body = {k: v for k, v in manifest.items() if k != "artifact_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def _squash(model: Ensemble) -> float:
@@ -146,13 +157,23 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
     if manifest.get("format") not in READABLE:
         raise ModelError(f"{manifest_path}: format {manifest.get('format')!r} is not one this version reads ({', '.join(READABLE)}); "
                          "retrain it with this version's `lakefill train`")
-    weights = model_dir / manifest.get("weights", WEIGHTS)
+    name = manifest.get("weights", WEIGHTS)
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\\" in name:
+        raise ModelError(f"{manifest_path}: weights {name!r} must be a file name inside the model folder; refusing "
+                         "a path that leads elsewhere")
+    weights = model_dir / name
     if not weights.exists():
         raise ModelError(f"{model_dir}: weights file {weights.name} is missing")
     digest = _sha256(weights)
     if digest != manifest.get("weights_sha256"):
         raise ModelError(f"{weights}: sha256 {digest} does not match the manifest's {manifest.get('weights_sha256')}; "
                          "the weights were changed after training. Refusing to load.")
+    if manifest["format"] == FORMAT or "artifact_sha256" in manifest:
+        whole = _manifest_digest(manifest)
+        if whole != manifest.get("artifact_sha256"):
+            raise ModelError(f"{manifest_path}: the artifact's sha256 {whole} does not match its recorded "
+                             f"{manifest.get('artifact_sha256')}: the manifest (codec, schema, policy, architecture ...) "
+                             "was changed after training. Refusing to load; retrain with `lakefill train`.")
     try:
         trained_schema = TableSchema.model_validate(manifest["schema"])
         codec = TableCodec.from_state(manifest["codec"], schema=trained_schema)
@@ -171,6 +192,10 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
                          col_slices=layout["col_slices"], n_num=layout["n_num"]) if arch.get("trees") else None
         model = Ensemble(members, donors=donors, trees=trees)
         state = load_file(str(weights))
+        bad = sorted(k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all()))
+        if bad:
+            raise ModelError(f"{weights}: non-finite values (NaN or inf) in {bad[:5]}{' ...' if len(bad) > 5 else ''}; "
+                             "refusing a model that would impute garbage")
         model.load_state_dict(state)
         if trees is not None:
             trees.check()

@@ -20,7 +20,7 @@ from lakefill.schema import TableSchema
 
 __all__ = ["TableCodec", "Encoded", "NotFittedError"]
 
-NUMERIC = ("numeric", "integer", "datetime")
+NUMERIC = ("numeric", "integer", "decimal", "datetime")
 CATEGORICAL = ("categorical", "boolean")
 
 
@@ -204,6 +204,11 @@ def _fill_numeric(col, x: np.ndarray, fill: np.ndarray, type_: str, lo: float, h
         new = pa.array(np.round(x).astype(np.int64))
     elif type_ == "datetime":
         new = pa.array(np.round(x).astype(np.int64) * 1_000_000).cast(ARROW_TYPES["datetime"])  # whole seconds
+    elif type_ == "decimal" and pa.types.is_decimal(col.type):  # the fill rounded to the column's scale
+        from decimal import Decimal
+
+        step = Decimal(1).scaleb(-col.type.scale)
+        new = pa.array([Decimal(repr(float(v))).quantize(step) if f else None for v, f in zip(x, fill)], col.type)
     else:
         new = pa.array(x, pa.float64())
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col

@@ -110,6 +110,10 @@ def test_airflow_dag_imports_has_the_expected_graph_and_runs_end_to_end(tmp_path
     assert lines, out.stdout[-3000:] + out.stderr[-3000:]
     seen = json.loads(lines[-1])
     assert seen["import_errors"] == {} and seen["graph_ok"], seen
+    assert set(seen["rendered"]) == {"ensure_model", "run_beam_local"}
+    for task_id, command in seen["rendered"].items():  # no param becomes shell code
+        words = shlex.split(command)
+        assert seen["hostile"] in words and "touch" not in words, (task_id, command)
     assert seen["run_state"] == "success", seen
     assert seen["task_states"]["run_beam_local"] == "success" and seen["task_states"]["run_spark"] == "skipped"
     report = json.loads((tmp_path / "out" / "reports" / "airflow-test" / "report.json").read_text())

@@ -6,7 +6,7 @@ import pyarrow.compute as pc
 import pytest
 import torch
 
-from lakefill.models.artifact import load_artifact, save_artifact
+from lakefill.models.artifact import FORMAT, _manifest_digest, load_artifact, save_artifact
 from lakefill.models.autoencoder import (AEConfig, Ensemble, GaussianMember, MaskedAutoencoder, _loss_weights, cell_losses,
                                 direct_fill_inputs, fit_gaussian, predict)
 from lakefill.models.codec import TableCodec
@@ -143,7 +143,7 @@ def test_manifest_is_json_and_not_a_pickle(trained, tmp_path):
     d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
                       config=SMALL, metrics={"a": 1}, error_reference=1.0)
     m = json.loads((d / "manifest.json").read_text())
-    assert m["format"] == "lakefill-model/6" and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
+    assert m["format"] == FORMAT and len(m["weights_sha256"]) == 64 and "torch" in m["versions"]
     assert sorted(p.name for p in d.iterdir()) == ["manifest.json", "weights.safetensors"]
 
 
@@ -563,7 +563,7 @@ def test_the_artifact_keeps_the_input_squash_and_reads_older_models_without_it(t
     assert np.allclose(a.num, b.num, atol=1e-6)
     # a /4 model (before the squash) has no such key: its networks read their inputs as they are
     manifest["format"] = "lakefill-model/4"
-    del manifest["architecture"]["squash"], manifest["config"]["squash"]
+    del manifest["architecture"]["squash"], manifest["config"]["squash"], manifest["artifact_sha256"]
     (d / "manifest.json").write_text(json.dumps(manifest))
     old = load_artifact(d)
     assert [m.squash for m in old.model.members if isinstance(m, MaskedAutoencoder)] == [0.0] and old.config.squash == 0
@@ -676,7 +676,7 @@ def test_the_model_blends_boosted_trees_where_the_held_out_cells_say_so(tmp_path
     out = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=TWIN_SCHEMA, policy=None,
                         config=SMALL, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["architecture"]["trees"] == trees.sizes and manifest["format"] == "lakefill-model/6"
+    assert manifest["architecture"]["trees"] == trees.sizes and manifest["format"] == FORMAT
     art = load_artifact(out, schema=TWIN_SCHEMA)
     np.testing.assert_array_equal(predict(art.model, enc.values, enc.observed, num_weights=w).num, with_trees.num)
     filled = Imputer(art).impute(table)
@@ -702,6 +702,7 @@ def test_the_model_blends_boosted_trees_where_the_held_out_cells_say_so(tmp_path
     state["trees.left"][0] = 10 ** 9
     save_file(state, str(out / "weights.safetensors"))
     manifest["weights_sha256"] = __import__("hashlib").sha256((out / "weights.safetensors").read_bytes()).hexdigest()
+    manifest["artifact_sha256"] = _manifest_digest(manifest)  # the whole artifact re-hashed too
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="left index"):
         load_artifact(out)

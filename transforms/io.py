@@ -263,12 +263,20 @@ def is_passthrough_type(t: pa.DataType) -> bool:
 
 
 def _as_strings(path: str, table: pa.Table | pa.RecordBatch, first_row: int) -> RawRead:
-    cols = {}
-    for name in table.column_names:
-        col = table.column(name)
-        cols[name] = col if pa.types.is_string(col.type) or is_passthrough_type(col.type) else col.cast(pa.string())
-    cols[ROW_ID] = pa.array(range(first_row, first_row + table.num_rows), pa.int64())
-    return RawRead(str(path), pa.table(cols), [])
+    """Each column as strings (the type it was cast from in the field's metadata, so that schema
+    inference can keep a decimal a decimal); nested and binary columns as they are."""
+    arrays, fields = [], []
+    for field in table.schema:
+        col = table.column(field.name)
+        if pa.types.is_string(col.type) or is_passthrough_type(col.type):
+            arrays.append(col)
+            fields.append(pa.field(field.name, col.type))
+        else:
+            arrays.append(col.cast(pa.string()))
+            fields.append(pa.field(field.name, pa.string(), metadata={"lakefill.source_type": str(col.type)}))
+    arrays.append(pa.array(range(first_row, first_row + table.num_rows), pa.int64()))
+    fields.append(pa.field(ROW_ID, pa.int64()))
+    return RawRead(str(path), pa.Table.from_arrays(arrays, schema=pa.schema(fields)), [])
 
 
 def _iter_parquet(path: Path, batch_rows: int, limit: int | None) -> Iterator[RawRead]:

@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Schema, Transaction
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 __all__ = ["write_part", "commit", "CommitResult", "APP_ID_PREFIX", "read_lake", "action_to_dict", "action_from_dict",
-           "check_writable", "has_run"]
+           "check_writable", "has_run", "part_path"]
 
 APP_ID_PREFIX = "lakefill:"
 Mode = Literal["error", "append", "overwrite", "overwrite_partitions"]
@@ -39,8 +39,21 @@ class CommitResult:
     rows: int
 
 
+# escaped in partition folder names as Hive and Spark escape them (ExternalCatalogUtils):
+# a value is data, never a path ("../../x" stays one folder inside the table)
+_ESCAPE = set('"#%\'*/:=?\\\x7f{[]^') | {chr(c) for c in range(0x20)}
+
+
+def _escape_path_name(text: str) -> str:
+    out = "".join(f"%{ord(ch):02X}" if ch in _ESCAPE else ch for ch in text)
+    return "%2E%2E" if out == ".." else "%2E" if out == "." else out
+
+
 def _partition_path(values: dict[str, str | None]) -> str:
-    return "/".join(f"{k}={'__HIVE_DEFAULT_PARTITION__' if v is None else v}" for k, v in values.items())
+    """The folder of a partition: ``col=value`` per column, both escaped; Delta readers take the
+    values from the log's partitionValues, not from the path."""
+    return "/".join(f"{_escape_path_name(k)}={'__HIVE_DEFAULT_PARTITION__' if v is None else _escape_path_name(v)}"
+                    for k, v in values.items())
 
 
 def write_part(table: pa.Table, table_uri: str | Path, *, partition_by: list[str] = (), prefix: str = "part") -> list[AddAction]:
@@ -72,12 +85,21 @@ def write_part(table: pa.Table, table_uri: str | Path, *, partition_by: list[str
         if values:
             rel = f"{_partition_path(values)}/{rel}"
         path = root / rel
+        if not path.resolve().is_relative_to(root.resolve()):  # never outside the table, whatever the values
+            raise ValueError(f"partition path {rel!r} would leave the table folder {root}")
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(part, path)
+        # the file's own relative path: delta-rs URI-encodes it into the log (a folder named
+        # "p=a%2Fb" is "p=a%252Fb" there, as Spark writes it) and decodes it on reading
         actions.append(AddAction(path=rel, size=path.stat().st_size, partition_values=values,
                                  modification_time=int(time.time() * 1000), data_change=True,
                                  stats=json.dumps(_stats(part))))
     return actions
+
+
+def part_path(table_uri: str | Path, action: AddAction) -> Path:
+    """The local file of an AddAction that ``write_part`` returned."""
+    return Path(table_uri) / action.path
 
 
 def _stats(table: pa.Table) -> dict:
@@ -146,9 +168,21 @@ def commit(table_uri: str | Path, actions: list[AddAction], schema: pa.Schema, *
         return CommitResult(uri, run_id, False, dt.version(), 0, 0)
     partition_by = list(partition_by)
     if dt is None:
-        create_table_with_add_actions(uri, Schema.from_arrow(schema), actions, mode="error",
-                                      partition_by=partition_by or None, commit_properties=props)
-        return CommitResult(uri, run_id, True, DeltaTable(uri).version(), len(actions), rows)
+        try:
+            create_table_with_add_actions(uri, Schema.from_arrow(schema), actions, mode="error",
+                                          partition_by=partition_by or None, commit_properties=props)
+            return CommitResult(uri, run_id, True, _version_of(uri, app_id), len(actions), rows)
+        except DeltaError as err:
+            if "already exists" not in str(err) and _open(uri) is None:
+                raise
+            # another writer created the table first (concurrent first commits): commit into it
+            dt = _open(uri)
+            if dt is None:
+                raise
+            if dt.transaction_version(app_id) is not None:
+                return CommitResult(uri, run_id, False, dt.version(), 0, 0)
+            if mode == "error":
+                mode = "append"  # the table did not exist when this run started: it is this run's to write
     if mode == "error":
         raise FileExistsError(f"Delta table {uri} already exists and mode is 'error'; "
                               "use mode append, overwrite or overwrite_partitions to write into it")
@@ -159,8 +193,16 @@ def commit(table_uri: str | Path, actions: list[AddAction], schema: pa.Schema, *
     else:
         dt.create_write_transaction(actions, mode=mode, schema=Schema.from_arrow(schema),
                                     partition_by=partition_by or None, commit_properties=props)
+    return CommitResult(uri, run_id, True, _version_of(uri, app_id), len(actions), rows)
+
+
+def _version_of(uri: str, app_id: str) -> int:
+    """The table version that holds this run's commit (not a later writer's)."""
     dt = DeltaTable(uri)
-    return CommitResult(uri, run_id, True, dt.version(), len(actions), rows)
+    for entry in dt.history():  # newest first; each commit of lakefill carries its run id
+        if entry.get("lakefill.run_id") == app_id[len(APP_ID_PREFIX):]:
+            return int(entry["version"])
+    return dt.version()
 
 
 def _commit_overwrite_partitions(dt, actions, schema, partition_by, props) -> None:

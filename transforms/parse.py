@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakefill._arrow import normalize_array
-from lakefill._values import parse_bool, parse_datetime_array, parse_number
+from lakefill._values import _THOUSANDS, parse_bool, parse_datetime_array, parse_number
 from lakefill.transforms.detect import NullPolicy
 from lakefill.transforms.io import ROW_ID, Quarantined, RawRead
-from lakefill.schema import ARROW_TYPES, TableSchema
+from lakefill.schema import ARROW_TYPES, TableSchema, arrow_type
 
 __all__ = ["ARROW_TYPES", "parse_table", "arrow_schema", "Typed", "detect_and_parse"]
 
@@ -25,7 +25,7 @@ __all__ = ["ARROW_TYPES", "parse_table", "arrow_schema", "Typed", "detect_and_pa
 
 def arrow_schema(schema: TableSchema) -> pa.Schema:
     """The typed columns' Arrow types (passthrough columns, whose type comes from the file, left out)."""
-    return pa.schema([(c.name, ARROW_TYPES[c.type]) for c in schema.columns if c.type != "passthrough"])
+    return pa.schema([(c.name, arrow_type(c)) for c in schema.columns if c.type != "passthrough"])
 
 
 def parse_table(table: pa.Table, schema: TableSchema) -> tuple[pa.Table, list[Quarantined]]:
@@ -42,7 +42,7 @@ def parse_table(table: pa.Table, schema: TableSchema) -> tuple[pa.Table, list[Qu
         if spec.type == "passthrough":
             arrays[name] = col
             continue
-        typed, bad = _cast(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col, spec.type)
+        typed, bad = _cast(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col, spec)
         for i in bad:
             bad_rows.setdefault(int(i), f"type: column {name!r}: value {col[int(i)].as_py()!r} is not {_a(spec.type)}")
         if spec.normalize and pa.types.is_string(typed.type):
@@ -79,16 +79,20 @@ def detect_and_parse(raw: RawRead, schema: TableSchema, *, sample_rows: int = 20
 
 
 def _a(type_: str) -> str:
-    return {"numeric": "a number", "integer": "an integer", "boolean": "a boolean (true/false, yes/no, 1/0)",
+    return {"numeric": "a number", "integer": "an integer", "decimal": "an exact decimal of the column's scale",
+            "boolean": "a boolean (true/false, yes/no, 1/0)",
             "datetime": "a date/time"}.get(type_, f"a {type_}")
 
 
-def _cast(col: pa.Array, type_: str) -> tuple[pa.Array, np.ndarray]:
+def _cast(col: pa.Array, spec) -> tuple[pa.Array, np.ndarray]:
     """Returns the typed array (null where the input is null or bad) and the bad positions."""
-    target = ARROW_TYPES[type_]
+    type_ = spec.type
+    target = arrow_type(spec)
     if pa.types.is_string(target):
         return col.cast(pa.string()), np.empty(0, dtype=np.int64)
     trimmed = pc.utf8_trim_whitespace(col)
+    if type_ == "decimal":
+        return _cast_decimal(col, trimmed, target)
     if type_ in ("numeric", "integer"):
         try:  # fast path: plain numbers
             floats = pc.cast(trimmed, pa.float64())
@@ -120,6 +124,29 @@ def _cast(col: pa.Array, type_: str) -> tuple[pa.Array, np.ndarray]:
         out = pa.array(micros, pa.int64()).cast(target)
         return out, _bad_positions(col, out)
     raise ValueError(f"unknown column type {type_!r}")
+
+
+def _cast_decimal(col: pa.Array, trimmed: pa.Array, target: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """Exact: a value with more decimals than the scale, or more digits than the precision, is bad."""
+    try:
+        out = pc.cast(trimmed, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        from decimal import Decimal, InvalidOperation
+
+        step = Decimal(1).scaleb(-target.scale)
+        values = []
+        for v in trimmed.to_pylist():
+            if v is None:
+                values.append(None)
+                continue
+            try:
+                d = Decimal(v.replace(",", "") if _THOUSANDS.match(v) else v)
+                exact = d.quantize(step) == d and d.is_finite() and len(d.quantize(step).as_tuple().digits) <= target.precision
+                values.append(d.quantize(step) if exact else None)
+            except (InvalidOperation, ValueError):
+                values.append(None)
+        out = pa.array(values, target)
+    return out, _bad_positions(col, out)
 
 
 def _bad_positions(original: pa.Array, typed: pa.Array) -> np.ndarray:

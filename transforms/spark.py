@@ -175,7 +175,7 @@ def broadcast_model(spark: SparkSession, model_dir: str | Path, schema: TableSch
     model_dir = Path(model_dir)
     load_artifact(model_dir, schema=schema)  # refuse a bad model on the driver, before any task
     files = {p.name: p.read_bytes() for p in sorted(model_dir.iterdir()) if p.is_file()}
-    digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
+    digest = _files_digest(files)
     return ModelRef(spark.sparkContext.broadcast(files), digest, schema.model_dump(by_alias=True), device)
 
 
@@ -203,19 +203,39 @@ def _task_device(setting: str) -> str:
     return resolve_device(setting)
 
 
+def _files_digest(files: dict[str, bytes]) -> str:
+    return hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
+
+
+def _model_folder(ref: ModelRef) -> Path:
+    """The broadcast artifact written into a folder private to this Python worker (``mkdtemp``:
+    a fresh name, mode 0700), its bytes checked against the driver's hash before and after the
+    write, then loaded (which checks the artifact's own hashes). Nothing at a predictable path
+    that another user could plant a model in."""
+    files = ref.files.value
+    if _files_digest(files) != ref.sha256:
+        raise RuntimeError("the broadcast model's bytes do not match the driver's sha256")
+    folder = Path(tempfile.mkdtemp(prefix=f"lakefill-model-{ref.sha256[:16]}-"))
+    for name, data in files.items():
+        if Path(name).name != name:
+            raise RuntimeError(f"broadcast model file {name!r} is not a plain file name")
+        (folder / name).write_bytes(data)
+    if _files_digest({n: (folder / n).read_bytes() for n in files}) != ref.sha256:
+        raise RuntimeError(f"the model written to {folder} does not match the driver's sha256")
+    return folder
+
+
 def _imputer(ref: ModelRef) -> Imputer:
     device = _task_device(ref.device)
     key = (ref.sha256, device)
     if key not in _IMPUTERS:
-        folder = Path(tempfile.gettempdir()) / f"lakefill-model-{ref.sha256[:16]}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in ref.files.value.items():
-            target = folder / name
-            if not target.exists() or target.stat().st_size != len(data):
-                tmp = target.with_suffix(target.suffix + f".{id(data)}.tmp")
-                tmp.write_bytes(data)
-                tmp.replace(target)
-        artifact = load_artifact(folder, schema=TableSchema.model_validate(ref.schema))
+        folder = _model_folder(ref)
+        try:
+            artifact = load_artifact(folder, schema=TableSchema.model_validate(ref.schema))
+        finally:
+            for f in folder.iterdir():
+                f.unlink()
+            folder.rmdir()
         _IMPUTERS[key] = Imputer(artifact, device=device)
     return _IMPUTERS[key]
 

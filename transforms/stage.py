@@ -26,7 +26,7 @@ from lakefill.errors import LakefillError
 from lakefill.transforms.detect import NullPolicy
 from lakefill.transforms.impute import CONFIDENCE, METHOD
 from lakefill.transforms.io import ROW_ID, Quarantined, quarantine_table
-from lakefill.transforms.lake import commit
+from lakefill.transforms.lake import commit, part_path
 from lakefill.transforms.parse import parse_table
 from lakefill.schema import TableSchema
 from lakefill.transforms.validate import Validator
@@ -219,14 +219,14 @@ def _keep_rejected(quarantine_uri: Path, actions: list[AddAction], out: Path) ->
     """The quarantined rows of a run that commits nothing, kept as one Parquet file beside its report."""
     import pyarrow.parquet as pq
 
-    parts = [pq.read_table(Path(quarantine_uri) / a.path) for a in actions]
+    parts = [pq.read_table(part_path(quarantine_uri, a)) for a in actions]
     pq.write_table(pa.concat_tables(parts) if parts else quarantine_batch([], "").slice(0, 0), out)
     return out
 
 
 def _remove(root: Path, actions: list[AddAction]) -> None:
     for a in actions:
-        (Path(root) / a.path).unlink(missing_ok=True)
+        part_path(root, a).unlink(missing_ok=True)
 
 
 def write_report(report_dir: Path, *, run_id: str, engine: str, config: dict, counts: dict, hist: list[int],

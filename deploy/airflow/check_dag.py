@@ -3,7 +3,8 @@
     AIRFLOW_HOME=TMP python deploy/airflow/check_dag.py --lakefill-bin .venv/bin/lakefill --job JOB.yaml \\
         --output OUT [--run]
 
-1. the DagBag imports with no errors; 2. the task graph is the expected one; 3. (--run)
+1. the DagBag imports with no errors; 2. the task graph is the expected one; the shell commands
+rendered with hostile params (printed for the test to split); 3. (--run)
 ``dag.test()`` runs the DAG end to end with the local Beam Direct runner on the given job.
 Prints one JSON line with what it saw; exits non-zero on any failure.
 """
@@ -47,6 +48,14 @@ def main() -> int:
     if not out["graph_ok"]:
         print(json.dumps(out))
         return 1
+    # every shell command rendered by Airflow's own Jinja with hostile params: each must stay one word
+    hostile = "x; touch /tmp/pwned $(id) `id`"
+    env = dag.get_template_env()
+    params = {"job": hostile, "model": hostile, "output": hostile, "run_id": hostile, "lakefill_bin": "lakefill",
+              "train_if_needed": True, "workdir": "."}
+    out["rendered"] = {t.task_id: env.from_string(t.bash_command).render(params=params, ds_nodash="20260101")
+                       for t in dag.tasks if hasattr(t, "bash_command")}
+    out["hostile"] = hostile
     if args.run:
         conf = {"job": args.job, "output": args.output, "run_id": "airflow-test", "engine": "beam-local",
                 "lakefill_bin": args.lakefill_bin, "workdir": args.workdir, "train_if_needed": True}

@@ -10,6 +10,7 @@ Airflow runs in its own virtual environment; the pipeline runs in the pipeline's
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime
 
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
@@ -18,6 +19,8 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG, Param, task
 
 RUN_ID = "{{ params.run_id or ('lakefill-' + ds_nodash) }}"
+# in a shell command every param is quoted (the `sh` filter is shlex.quote): no param becomes shell code
+RUN_ID_SH = "{{ (params.run_id or ('lakefill-' + ds_nodash)) | sh }}"
 
 with DAG(
     dag_id="lakefill",
@@ -28,6 +31,7 @@ with DAG(
     max_active_runs=1,
     default_args={"retries": 2},
     tags=["lakefill", "data-quality"],
+    user_defined_filters={"sh": shlex.quote},
     params={
         "job": Param("pipelines/examples/demo.yaml", type="string", description="lakefill job config (YAML)"),
         "output": Param("", type="string", description="output folder; empty: the job config's"),
@@ -46,8 +50,8 @@ with DAG(
         task_id="ensure_model",
         cwd="{{ params.workdir }}",
         bash_command=(
-            "{{ params.lakefill_bin }} train --job {{ params.job }} --quiet"
-            "{% if params.model %} --out {{ params.model }}{% endif %}"
+            "{{ params.lakefill_bin | sh }} train --job {{ params.job | sh }} --quiet"
+            "{% if params.model %} --out {{ params.model | sh }}{% endif %}"
             "{% if params.train_if_needed %} --if-missing{% else %} --check-only{% endif %}"
         ),
     )
@@ -76,8 +80,8 @@ with DAG(
     run_beam_local = BashOperator(
         task_id="run_beam_local",
         cwd="{{ params.workdir }}",
-        bash_command="{{ params.lakefill_bin }} run {{ params.job }} --engine beam --run-id " + RUN_ID
-                     + "{% if params.output %} --output {{ params.output }}{% endif %}",
+        bash_command="{{ params.lakefill_bin | sh }} run {{ params.job | sh }} --engine beam --run-id " + RUN_ID_SH
+                     + "{% if params.output %} --output {{ params.output | sh }}{% endif %}",
     )
 
     @task(task_id="check_report", trigger_rule="none_failed_min_one_success")

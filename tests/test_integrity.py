@@ -1,0 +1,263 @@
+"""Integrity and security of what lakefill writes and loads (hostile and odd inputs)."""
+
+import json
+import os
+import shlex
+import stat
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from deltalake import DeltaTable
+
+import lakefill.transforms.lake as lake
+from lakefill.errors import ModelError
+from lakefill.models._config import AEConfig
+from lakefill.models.artifact import _manifest_digest, load_artifact, save_artifact
+from lakefill.models.train import fit_model
+from lakefill.schema import TableSchema
+from lakefill.transforms.lake import commit, write_part
+
+SCHEMA = TableSchema.model_validate({"name": "t", "columns": [
+    {"name": "x", "type": "numeric", "impute": True},
+    {"name": "y", "type": "numeric", "impute": True},
+    {"name": "c", "type": "categorical", "impute": True, "categories": ["a", "b"]},
+]})
+TINY = AEConfig(hidden=16, depth=1, code=8, epochs=3, min_steps=0, patience=5, extra_sizes=(), random_state=0,
+                trees=False, donors=False, gaussian=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    table = pa.table({"x": x, "y": pa.array([None if i % 7 == 0 else 2 * v for i, v in enumerate(x)]),
+                      "c": pa.array(["a" if v > 0 else "b" for v in x])})
+    fitted = fit_model(table, SCHEMA, config=TINY)
+    out = tmp_path_factory.mktemp("m") / "model"
+    save_artifact(out, model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None, config=TINY,
+                  metrics={}, error_reference=1.0)
+    return out
+
+
+def _copy(model_dir: Path, to: Path) -> Path:
+    to.mkdir()
+    for f in model_dir.iterdir():
+        (to / f.name).write_bytes(f.read_bytes())
+    return to
+
+
+# -- partitions -------------------------------------------------------------------------------
+
+def test_a_partition_value_never_writes_outside_the_table(tmp_path):
+    values = ["../../../../x", "a/b", "..", "\x01ctl", "50%", "naïve x"]
+    t = pa.table({"id": list(range(len(values))), "p": values})
+    root = tmp_path / "lake" / "t"
+    actions = write_part(t, root, partition_by=["p"])
+    files = [p for p in tmp_path.rglob("*.parquet")]
+    assert len(files) == len(values) and all(p.resolve().is_relative_to(root.resolve()) for p in files)
+    commit(root, actions, t.schema, run_id="r", partition_by=["p"])
+    back = DeltaTable(str(root)).to_pyarrow_table().sort_by("id")
+    assert back.column("p").to_pylist() == values  # the values come back exactly, and the table reads
+
+
+# -- the artifact -----------------------------------------------------------------------------
+
+def test_an_edited_manifest_is_refused(model_dir, tmp_path):
+    d = _copy(model_dir, tmp_path / "m")
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["codec"]["center"] = {k: v + 1.0 for k, v in manifest["codec"]["center"].items()} \
+        if "center" in manifest["codec"] else manifest["codec"]
+    manifest["error_reference"] = 0.5
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="manifest .* was changed after training"):
+        load_artifact(d)
+
+
+def test_a_renamed_codec_column_is_refused_with_a_clear_error(model_dir, tmp_path):
+    d = _copy(model_dir, tmp_path / "m")
+    text = (d / "manifest.json").read_text().replace('"x"', '"renamed"')
+    (d / "manifest.json").write_text(text)
+    with pytest.raises(ModelError, match="sha256"):
+        load_artifact(d)
+
+
+def test_non_finite_weights_are_refused_even_under_matching_hashes(model_dir, tmp_path):
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    d = _copy(model_dir, tmp_path / "m")
+    state = load_file(str(d / "weights.safetensors"))
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[key][0] = float("nan")
+    save_file(state, str(d / "weights.safetensors"))
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["weights_sha256"] = hashlib.sha256((d / "weights.safetensors").read_bytes()).hexdigest()
+    manifest["artifact_sha256"] = _manifest_digest(manifest)
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="non-finite"):
+        load_artifact(d)
+
+
+@pytest.mark.parametrize("weights", ["../elsewhere/w.safetensors", "/etc/passwd", "sub/w.safetensors", ".."])
+def test_the_weights_file_must_be_inside_the_model_folder(model_dir, tmp_path, weights):
+    d = _copy(model_dir, tmp_path / "m")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "w.safetensors").write_bytes((d / "weights.safetensors").read_bytes())
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["weights"] = weights
+    manifest["artifact_sha256"] = _manifest_digest(manifest)
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="must be a file name inside the model folder"):
+        load_artifact(d)
+
+
+# -- Spark workers' copy of the model ---------------------------------------------------------
+
+def test_a_spark_worker_writes_the_model_into_a_private_folder_and_checks_it(model_dir, tmp_path, monkeypatch):
+    import tempfile
+
+    from lakefill.transforms import spark as lf
+
+    class _Broadcast:
+        def __init__(self, value):
+            self.value = value
+
+    files = {p.name: p.read_bytes() for p in sorted(model_dir.iterdir())}
+    ref = lf.ModelRef(_Broadcast(files), lf._files_digest(files), SCHEMA.model_dump(by_alias=True), "cpu")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    planted = tmp_path / f"lakefill-model-{ref.sha256[:16]}"  # where the old code looked: refused now
+    planted.mkdir()
+    (planted / "manifest.json").write_text("{}")
+    folder = lf._model_folder(ref)
+    assert folder != planted and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
+    bad = lf.ModelRef(_Broadcast({**files, "manifest.json": b"{}"}), ref.sha256, ref.schema, "cpu")
+    with pytest.raises(RuntimeError, match="sha256"):
+        lf._model_folder(bad)
+    lf._IMPUTERS.clear()
+    before = set(tmp_path.glob("lakefill-model-*-*"))
+    imputer = lf._imputer(ref)
+    assert imputer.artifact.schema == SCHEMA
+    assert set(tmp_path.glob("lakefill-model-*-*")) == before  # loaded, then its private copy removed
+
+
+# -- concurrent first commits -----------------------------------------------------------------
+
+def test_concurrent_first_commits_both_land_and_report_their_versions(tmp_path, monkeypatch):
+    t1 = pa.table({"id": [1, 2]})
+    t2 = pa.table({"id": [3]})
+    uri = tmp_path / "t"
+    a1, a2 = write_part(t1, uri), write_part(t2, uri)
+    first = commit(uri, a1, t1.schema, run_id="one")
+    real_open = lake._open
+    calls = {"n": 0}
+
+    def racing_open(u):  # the second writer looked before the first had created the table
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real_open(u)
+
+    monkeypatch.setattr(lake, "_open", racing_open)
+    second = commit(uri, a2, t2.schema, run_id="two")
+    assert first.committed and second.committed and (first.version, second.version) == (0, 1)
+    assert sorted(DeltaTable(str(uri)).to_pyarrow_table().column("id").to_pylist()) == [1, 2, 3]
+
+
+# -- the Airflow DAG's params ------------------------------------------------------------------
+
+def test_dag_params_never_become_shell_code():
+    """Every param the DAG puts in a shell command goes through its `sh` filter (shlex.quote):
+    rendered with hostile values, each stays one word. (tests/test_deploy.py renders the same
+    commands with Airflow itself, in Airflow's venv.)"""
+    import ast
+    import re
+
+    import jinja2
+
+    source = (Path(__file__).resolve().parents[1] / "deploy" / "airflow" / "dags" / "lakefill_dag.py").read_text()
+    tree = ast.parse(source)
+    consts = {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body
+              if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and isinstance(n.value, ast.Constant)}
+    commands = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "bash_command":
+            parts = []
+            for piece in ast.walk(node.value):
+                if isinstance(piece, ast.Constant) and isinstance(piece.value, str):
+                    parts.append(piece.value)
+                elif isinstance(piece, ast.Name) and piece.id in consts:
+                    parts.append(consts[piece.id])
+            commands.append(ast.unparse(node.value))
+    env = jinja2.Environment()
+    env.filters["sh"] = shlex.quote
+    hostile = "x; touch /tmp/pwned $(id) `id` 'q' \"d\""
+    params = {"job": hostile, "model": hostile, "output": hostile, "run_id": hostile, "lakefill_bin": "lakefill",
+              "train_if_needed": True}
+    assert len(commands) == 2
+    for expr in commands:
+        template = eval(expr, {}, dict(consts))  # the command's string, as the DAG builds it
+        assert "{{ params." not in re.sub(r"\{\{ params\.\w+ \| sh \}\}", "", template), template
+        words = shlex.split(env.from_string(template).render(params=params, ds_nodash="20260101"))
+        assert words.count(hostile) >= 2 and "touch" not in words, words
+
+
+# -- exact decimals ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source, engine", [("parquet", "local"), ("csv", "local"), ("parquet", "beam"),
+                                            ("parquet", "spark")])
+def test_decimal_columns_stay_exact_end_to_end(tmp_path, source, engine, request):
+    """A Parquet decimal128(20, 2) column, or 17-digit numbers in a CSV, keep every given value
+    to the last digit through the stage, on the engines; the imputed cells are decimals too."""
+    from lakefill.pipelines.config import JobConfig
+    from lakefill.pipelines.local_job import run_local, train_to_dir
+    from lakefill.schema import dump_schema, infer_schema
+    from lakefill.transforms.detect import NullPolicy
+    from lakefill.transforms.io import read_raw
+
+    rng = np.random.default_rng(3)
+    amounts = [Decimal(f"{v:.2f}") for v in rng.uniform(1e14, 9e14, 150)]  # 17 significant digits
+    other = rng.normal(size=150)
+    if source == "parquet":
+        table = pa.table({"amount": pa.array([None if i % 10 == 0 else a for i, a in enumerate(amounts)],
+                                             pa.decimal128(20, 2)), "other": other})
+        path = tmp_path / "money.parquet"
+        pq.write_table(table, path)
+    else:
+        lines = ["amount,other"] + [f"{'' if i % 10 == 0 else a},{o:.6f}" for i, (a, o) in enumerate(zip(amounts, other))]
+        path = tmp_path / "money.csv"
+        path.write_text("\n".join(lines) + "\n")
+    raw = read_raw(path)
+    schema = infer_schema(raw.table, name="money", policy=NullPolicy().fit(raw.table))
+    amount = schema.column("amount")
+    assert amount.type == "decimal" and amount.scale == 2 and amount.precision == (20 if source == "parquet" else 17)
+    (tmp_path / "money.yaml").write_text(dump_schema(schema))
+    train_to_dir(str(path), schema, tmp_path / "model", config=TINY)
+    job = JobConfig.model_validate({"input": str(path), "schema": str(tmp_path / "money.yaml"),
+                                    "model": str(tmp_path / "model"), "output": str(tmp_path / "out"), "run_id": "d"})
+    if engine == "local":
+        outcome = run_local(job, log=lambda *_: None)
+    elif engine == "beam":
+        from lakefill.pipelines.beam_pipeline import run_beam
+
+        outcome = run_beam(job, [], log=lambda *_: None)
+    else:
+        request.getfixturevalue("spark")
+        from lakefill.pipelines.spark_job import run_spark
+
+        outcome = run_spark(job, ["--master", "local[2]"], log=lambda *_: None)
+    assert outcome.counts["rows_quarantined"] == 0
+    out = DeltaTable(outcome.table).to_pyarrow_table().sort_by("_lf_row_id")
+    assert pa.types.is_decimal(out.schema.field("amount").type) and out.schema.field("amount").type.scale == 2
+    got = out.column("amount").to_pylist()
+    for i, a in enumerate(amounts):
+        if i % 10:
+            assert got[i] == a, (i, got[i], a)  # every given value exact to the cent
+        else:
+            assert isinstance(got[i], Decimal) and got[i] == got[i].quantize(Decimal("0.01"))
