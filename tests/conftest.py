@@ -105,3 +105,51 @@ def spark():
     session = _spark_session()
     yield session
     session.stop()
+
+
+def tiny_config():
+    """A model small and short enough for tests that need one trained per table."""
+    from lakefill.models._config import AEConfig
+
+    return AEConfig(hidden=16, depth=1, code=8, epochs=5, min_steps=0, patience=5, extra_sizes=(), random_state=0,
+                    trees=False, donors=False, gaussian=False)
+
+
+def infer_schema_to(path: Path, folder: Path, name: str):
+    """The schema inferred from ``path`` (null policy fitted on it), written to ``folder/NAME.yaml``."""
+    from lakefill.schema import dump_schema, infer_schema
+    from lakefill.transforms.detect import NullPolicy
+    from lakefill.transforms.io import read_raw
+
+    raw = read_raw(path)
+    schema = infer_schema(raw.table, name=name, policy=NullPolicy().fit(raw.table))
+    write(folder / f"{name}.yaml", dump_schema(schema))
+    return schema
+
+
+def run_engine(engine: str, job, request=None):
+    """Run a job on ``engine`` (local, beam, or spark on local[2] with the session's Spark up)."""
+    if engine == "local":
+        from lakefill.pipelines.local_job import run_local
+
+        return run_local(job, log=lambda *_: None)
+    if engine == "beam":
+        from lakefill.pipelines.beam_pipeline import run_beam
+
+        return run_beam(job, [], log=lambda *_: None)
+    request.getfixturevalue("spark")
+    from lakefill.pipelines.spark_job import run_spark
+
+    return run_spark(job, ["--master", "local[2]"], log=lambda *_: None)
+
+
+def train_and_run(path: Path, folder: Path, engine: str, *, name: str, run_id: str, request=None, config=None):
+    """Infer the schema, train a tiny model, run the job on ``engine``; (outcome, schema)."""
+    from lakefill.pipelines.config import JobConfig
+    from lakefill.pipelines.local_job import train_to_dir
+
+    schema = infer_schema_to(path, folder, name)
+    train_to_dir(str(path), schema, folder / "model", config=config or tiny_config())
+    job = JobConfig.model_validate({"input": str(path), "schema": str(folder / f"{name}.yaml"), "model": str(folder / "model"),
+                                    "output": str(folder / "out"), "run_id": run_id})
+    return run_engine(engine, job, request), schema

@@ -1,7 +1,6 @@
 """Integrity and security of what lakefill writes and loads (hostile and odd inputs)."""
 
 import json
-import os
 import shlex
 import stat
 from decimal import Decimal
@@ -9,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
@@ -21,6 +19,7 @@ from lakefill.models.artifact import _manifest_digest, load_artifact, save_artif
 from lakefill.models.train import fit_model
 from lakefill.schema import TableSchema
 from lakefill.transforms.lake import commit, write_part
+from conftest import train_and_run
 
 SCHEMA = TableSchema.model_validate({"name": "t", "columns": [
     {"name": "x", "type": "numeric", "impute": True},
@@ -215,12 +214,6 @@ def test_dag_params_never_become_shell_code():
 def test_decimal_columns_stay_exact_end_to_end(tmp_path, source, engine, request):
     """A Parquet decimal128(20, 2) column, or 17-digit numbers in a CSV, keep every given value
     to the last digit through the stage, on the engines; the imputed cells are decimals too."""
-    from lakefill.pipelines.config import JobConfig
-    from lakefill.pipelines.local_job import run_local, train_to_dir
-    from lakefill.schema import dump_schema, infer_schema
-    from lakefill.transforms.detect import NullPolicy
-    from lakefill.transforms.io import read_raw
-
     rng = np.random.default_rng(3)
     amounts = [Decimal(f"{v:.2f}") for v in rng.uniform(1e14, 9e14, 150)]  # 17 significant digits
     other = rng.normal(size=150)
@@ -233,25 +226,9 @@ def test_decimal_columns_stay_exact_end_to_end(tmp_path, source, engine, request
         lines = ["amount,other"] + [f"{'' if i % 10 == 0 else a},{o:.6f}" for i, (a, o) in enumerate(zip(amounts, other))]
         path = tmp_path / "money.csv"
         path.write_text("\n".join(lines) + "\n")
-    raw = read_raw(path)
-    schema = infer_schema(raw.table, name="money", policy=NullPolicy().fit(raw.table))
+    outcome, schema = train_and_run(path, tmp_path, engine, name="money", run_id="d", request=request, config=TINY)
     amount = schema.column("amount")
     assert amount.type == "decimal" and amount.scale == 2 and amount.precision == (20 if source == "parquet" else 17)
-    (tmp_path / "money.yaml").write_text(dump_schema(schema))
-    train_to_dir(str(path), schema, tmp_path / "model", config=TINY)
-    job = JobConfig.model_validate({"input": str(path), "schema": str(tmp_path / "money.yaml"),
-                                    "model": str(tmp_path / "model"), "output": str(tmp_path / "out"), "run_id": "d"})
-    if engine == "local":
-        outcome = run_local(job, log=lambda *_: None)
-    elif engine == "beam":
-        from lakefill.pipelines.beam_pipeline import run_beam
-
-        outcome = run_beam(job, [], log=lambda *_: None)
-    else:
-        request.getfixturevalue("spark")
-        from lakefill.pipelines.spark_job import run_spark
-
-        outcome = run_spark(job, ["--master", "local[2]"], log=lambda *_: None)
     assert outcome.counts["rows_quarantined"] == 0
     out = DeltaTable(outcome.table).to_pyarrow_table().sort_by("_lf_row_id")
     assert pa.types.is_decimal(out.schema.field("amount").type) and out.schema.field("amount").type.scale == 2

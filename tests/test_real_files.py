@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import write
+from conftest import train_and_run, write
 from lakefill.models._config import AEConfig
 from lakefill.pipelines.cli import main
 from lakefill.pipelines.config import JobConfig
@@ -146,17 +146,9 @@ def test_nested_parquet_columns_pass_through_untouched(tmp_path, engine):
     raw = read_raw(tmp_path / "nested.parquet")
     schema = infer_schema(raw.table, name="nested", policy=NullPolicy().fit(raw.table))
     assert {c.name for c in schema.columns if c.type == "passthrough"} == {"tags", "meta", "blob"}
-    write(tmp_path / "nested.yaml", dump_schema(schema))
-    assert load_schema(tmp_path / "nested.yaml") == schema
-    train_to_dir(str(tmp_path / "nested.parquet"), schema, tmp_path / "model", config=TINY)
-    job = JobConfig.model_validate({"input": str(tmp_path / "nested.parquet"), "schema": str(tmp_path / "nested.yaml"),
-                                    "model": str(tmp_path / "model"), "output": str(tmp_path / "out"), "run_id": engine})
-    if engine == "local":
-        outcome = run_local(job, log=lambda *_: None)
-    else:
-        from lakefill.pipelines.beam_pipeline import run_beam
-
-        outcome = run_beam(job, [], log=lambda *_: None)
+    outcome, inferred = train_and_run(tmp_path / "nested.parquet", tmp_path, engine, name="nested", run_id=engine,
+                                      config=TINY)
+    assert inferred == schema and load_schema(tmp_path / "nested.yaml") == schema
     table = DeltaTable(outcome.table).to_pyarrow_table().sort_by(ROW_ID)
     assert outcome.counts["rows_in"] == 200 == table.num_rows
     for name in ("tags", "meta", "blob"):
@@ -179,24 +171,8 @@ def _odd_names_csv(tmp_path: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["local", "beam", "spark"])
 def test_awkward_column_names_work_on_every_engine(tmp_path, engine, request):
-    path = _odd_names_csv(tmp_path)
-    raw = read_raw(path)
-    schema = infer_schema(raw.table, name="odd", policy=NullPolicy().fit(raw.table))
-    write(tmp_path / "odd.yaml", dump_schema(schema))
-    train_to_dir(str(path), schema, tmp_path / "model", config=TINY)
-    job = JobConfig.model_validate({"input": str(path), "schema": str(tmp_path / "odd.yaml"), "model": str(tmp_path / "model"),
-                                    "output": str(tmp_path / "out"), "run_id": engine})
-    if engine == "local":
-        outcome = run_local(job, log=lambda *_: None)
-    elif engine == "beam":
-        from lakefill.pipelines.beam_pipeline import run_beam
-
-        outcome = run_beam(job, [], log=lambda *_: None)
-    else:
-        request.getfixturevalue("spark")
-        from lakefill.pipelines.spark_job import run_spark
-
-        outcome = run_spark(job, ["--master", "local[2]"], log=lambda *_: None)
+    outcome, _ = train_and_run(_odd_names_csv(tmp_path), tmp_path, engine, name="odd", run_id=engine, request=request,
+                               config=TINY)
     table = DeltaTable(outcome.table).to_pyarrow_table()
     assert table.num_rows == 120 and [n for n in NAMES if n not in table.column_names] == []
     for name in NAMES:

@@ -266,14 +266,14 @@ def _as_strings(path: str, table: pa.Table | pa.RecordBatch, first_row: int) -> 
     """Each column as strings (the type it was cast from in the field's metadata, so that schema
     inference can keep a decimal a decimal); nested and binary columns as they are."""
     arrays, fields = [], []
-    for field in table.schema:
-        col = table.column(field.name)
+    for source in table.schema:
+        col = table.column(source.name)
         if pa.types.is_string(col.type) or is_passthrough_type(col.type):
             arrays.append(col)
-            fields.append(pa.field(field.name, col.type))
+            fields.append(pa.field(source.name, col.type))
         else:
             arrays.append(col.cast(pa.string()))
-            fields.append(pa.field(field.name, pa.string(), metadata={"lakefill.source_type": str(col.type)}))
+            fields.append(pa.field(source.name, pa.string(), metadata={"lakefill.source_type": str(col.type)}))
     arrays.append(pa.array(range(first_row, first_row + table.num_rows), pa.int64()))
     fields.append(pa.field(ROW_ID, pa.int64()))
     return RawRead(str(path), pa.Table.from_arrays(arrays, schema=pa.schema(fields)), [])
