@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -469,7 +470,16 @@ EXIT_CODES = """exit codes:
   3  an unexpected error inside lakefill (the message says so; --debug shows the traceback)"""
 
 
+class _QuietImports(logging.Filter):
+    """Beam warns at import about GCP clients that a run without GCP I/O never uses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "apitools not found" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
+    if not any(isinstance(f, _QuietImports) for f in logging.getLogger().filters):
+        logging.getLogger().addFilter(_QuietImports())
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):

@@ -79,8 +79,7 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
     t0 = time.perf_counter()
     spark = spark or spark_session(spark_args)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.batch_size))
-    columns = [c for c in prep.sample.table.column_names if not c.startswith("_lf_")]
-    schemas = lf.stage_schemas(columns, prep.schema, prep.policy, Imputer(prep.artifact, device="cpu"))
+    schemas = lf.stage_schemas(prep.sample.table.schema, prep.schema, prep.policy, Imputer(prep.artifact, device="cpu"))
     counters = lf.Counters.create(spark)
     model = lf.broadcast_model(spark, cfg.model, prep.schema, device=cfg.device)
 

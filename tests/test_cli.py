@@ -164,7 +164,17 @@ def test_the_shortest_path_runs_a_file_with_no_config(tmp_path, capsys):
     lines = ["age,hours,group"] + [f"{a},{'?' if i % 17 == 0 else h},{g}" for i, (a, h, g) in enumerate(
         zip(rng.integers(18, 80, 200), rng.integers(10, 60, 200), rng.choice(["a", "b"], 200)))]
     data = write(tmp_path / "mine.csv", "\n".join(lines) + "\n")
-    assert main(["run", "--input", str(data), "--output", str(tmp_path / "out"), "--engine", "local", "--run-id", "one"]) == 0
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lakefill = Path(sys.executable).parent / "lakefill"  # as a user runs it: the console script, the Beam engine
+    run = subprocess.run([str(lakefill), "run", "--input", str(data), "--output", str(tmp_path / "out"), "--run-id", "one"],
+                         capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "run one: 200 rows in, 200 written" in run.stdout
+    noise = [line for line in run.stderr.splitlines() if "WARNING" in line or "INFO" in line]
+    assert not noise, noise  # a normal run is quiet: no Beam import warnings, no GX INFO lines
     table = DeltaTable(str(tmp_path / "out" / "table")).to_pyarrow_table()
     assert table.num_rows == 200 and table.column("hours").null_count == 0
     assert (tmp_path / "out" / "model" / "manifest.json").exists()

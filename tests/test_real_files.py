@@ -139,15 +139,15 @@ def _nested_table(n=200):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["local", "beam"])
-def test_nested_parquet_columns_pass_through_untouched(tmp_path, engine):
+@pytest.mark.parametrize("engine", ["local", "beam", "spark"])
+def test_nested_parquet_columns_pass_through_untouched(tmp_path, engine, request):
     source = _nested_table()
     pq.write_table(source, tmp_path / "nested.parquet")
     raw = read_raw(tmp_path / "nested.parquet")
     schema = infer_schema(raw.table, name="nested", policy=NullPolicy().fit(raw.table))
     assert {c.name for c in schema.columns if c.type == "passthrough"} == {"tags", "meta", "blob"}
     outcome, inferred = train_and_run(tmp_path / "nested.parquet", tmp_path, engine, name="nested", run_id=engine,
-                                      config=TINY)
+                                      request=request, config=TINY)
     assert inferred == schema and load_schema(tmp_path / "nested.yaml") == schema
     table = DeltaTable(outcome.table).to_pyarrow_table().sort_by(ROW_ID)
     assert outcome.counts["rows_in"] == 200 == table.num_rows

@@ -251,8 +251,13 @@ class StageSchemas:
     final: pa.Schema
 
 
-def stage_schemas(columns: list[str], schema: TableSchema, policy: NullPolicy, imputer: Imputer) -> StageSchemas:
-    raw = pa.schema([pa.field(c, pa.string()) for c in columns] + [pa.field(ROW_ID, pa.int64())])
+def stage_schemas(columns: list[str] | pa.Schema, schema: TableSchema, policy: NullPolicy, imputer: Imputer) -> StageSchemas:
+    """``columns``: the raw columns' names (all read as strings) or the raw sample's Arrow schema
+    (its nested and binary columns keep their types: they pass through)."""
+    if isinstance(columns, pa.Schema):
+        raw = pa.schema([pa.field(f.name, f.type) for f in columns if f.name != ROW_ID] + [pa.field(ROW_ID, pa.int64())])
+    else:
+        raw = pa.schema([pa.field(c, pa.string()) for c in columns] + [pa.field(ROW_ID, pa.int64())])
     empty = raw.empty_table()
     applied, _ = policy.apply(empty)
     typed, _ = parse_table(applied, schema)

@@ -39,7 +39,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 def _gx():
     import great_expectations as gx  # heavy import: only when a validator is built
 
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    for name in ["great_expectations", *logging.root.manager.loggerDict]:  # GX's modules log INFO lines
+        if name.startswith("great_expectations"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     return gx
 
 
