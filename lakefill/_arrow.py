@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["flags_to_lists", "lists_to_flags", "normalize_array"]
+__all__ = ["flags_to_lists", "lists_to_flags", "list_value_counts", "normalize_array"]
 
 
 def normalize_array(values):
@@ -32,6 +32,12 @@ def flags_to_lists(flags: np.ndarray, names: np.ndarray) -> pa.Array:
     np.cumsum(np.bincount(rows, minlength=flags.shape[0]), out=offsets[1:])
     values = pa.array(names[cols].tolist() if len(cols) else [], pa.string())
     return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def list_value_counts(col) -> dict[str, int]:
+    """How often each name appears in a list<string> column (``_lf_imputed``, ``_lf_disguised`` ...)."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return {v["values"]: int(v["counts"]) for v in pc.value_counts(pc.list_flatten(col)).to_pylist()}
 
 
 def lists_to_flags(col, names: list[str]) -> np.ndarray:

@@ -19,8 +19,7 @@ def _csv(args):
     from lakefill.transforms.io import CsvOptions
 
     try:
-        return CsvOptions(delimiter=getattr(args, "delimiter", None), quotechar=getattr(args, "quotechar", '"'),
-                          encoding=getattr(args, "encoding", "utf-8-sig"))
+        return CsvOptions(delimiter=args.delimiter, quotechar=args.quotechar, encoding=args.encoding)
     except ValueError as err:
         raise LakefillError(str(err)) from err
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lakefill.errors import ConfigError
 from lakefill.schema import read_yaml_mapping
@@ -21,21 +21,14 @@ class CsvConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    delimiter: str | None = Field(default=None, min_length=1, max_length=1,
-                                  description="one character; sniffed from the file when absent")
-    quotechar: str = Field(default='"', min_length=1, max_length=1)
+    delimiter: str | None = Field(default=None, description="one character; sniffed from the file when absent")
+    quotechar: str = '"'
     encoding: str = "utf-8-sig"
 
-    @field_validator("encoding")
-    @classmethod
-    def _encoding(cls, v: str) -> str:
-        import codecs
-
-        try:
-            codecs.lookup(v)
-        except LookupError as err:
-            raise ValueError(f"unknown encoding {v!r} (e.g. utf-8, latin-1, cp1252)") from err
-        return v
+    @model_validator(mode="after")
+    def _valid(self) -> "CsvConfig":
+        self.options()  # CsvOptions checks the characters and the encoding
+        return self
 
     def options(self):
         from lakefill.transforms.io import CsvOptions

@@ -30,7 +30,7 @@ from lakefill.transforms.parse import detect_and_parse, parse_table
 from lakefill.schema import TableSchema, infer_schema, load_schema
 from lakefill.transforms.stage import (RUN_ID, QuarantineExceeded, RowsLost, RunTotals, clean, confidence_histogram, finalize,
                               finish, quarantine_batch, reason_counts, refined_rows, split_by_confidence)
-from lakefill.transforms.validate import Validator
+from lakefill.transforms.validate import Validator, write_data_docs
 
 __all__ = ["RunOutcome", "Prepared", "prepare", "run_local", "RUN_ID", "QuarantineExceeded", "RowsLost",
            "write_docs", "record_detection", "config_summary"]
@@ -144,8 +144,8 @@ def write_docs(prep: Prepared, report_dir: Path, rows: int = 10_000) -> Path | N
     typed, _ = parse_table(applied, prep.schema)
     if typed.num_rows == 0:
         return None
-    return Validator(prep.schema, stage="pre").write_data_docs(typed, Path(report_dir) / "data_docs",
-                                                               run_id=prep.run_id, asset=prep.schema.name)
+    return write_data_docs(prep.schema, "pre", typed, Path(report_dir) / "data_docs", run_id=prep.run_id,
+                           asset=prep.schema.name)
 
 
 def run_local(config: JobConfig, *, log=print) -> RunOutcome:

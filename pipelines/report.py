@@ -22,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["refine_check", "render_report", "not_applicable_cells", "column_shares"]
+from lakefill._arrow import list_value_counts
+
+__all__ = ["refine_check", "render_report", "column_shares"]
 
 MAX_COLUMNS_PLOTTED = 12
 
@@ -198,14 +200,6 @@ def _findings_table(report: dict) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def not_applicable_cells(table: pa.Table | None) -> dict[str, int]:
-    """Cells per column that this run's rows list in ``_lf_not_applicable``."""
-    if table is None or table.num_rows == 0 or "_lf_not_applicable" not in table.column_names:
-        return {}
-    flat = pc.list_flatten(table.column("_lf_not_applicable").combine_chunks())
-    return {v["values"]: int(v["counts"]) for v in pc.value_counts(flat).to_pylist()}
-
-
 def column_shares(table: pa.Table | None, report: dict) -> dict[str, dict]:
     """Per column of this run's rows: cells written, replaced as disguised nulls, imputed, not
     applicable; the imputed share against the schema's ``max_imputed_share`` (``over`` when it
@@ -215,13 +209,8 @@ def column_shares(table: pa.Table | None, report: dict) -> dict[str, dict]:
     limits = report.get("max_imputed_share") or {}
     findings = (report.get("detection") or {}).get("columns") or {}
 
-    def counts(name):
-        if name not in table.column_names:
-            return {}
-        flat = pc.list_flatten(table.column(name).combine_chunks())
-        return {v["values"]: int(v["counts"]) for v in pc.value_counts(flat).to_pylist()}
-
-    imputed, replaced, na = counts("_lf_imputed"), counts("_lf_disguised"), counts("_lf_not_applicable")
+    imputed, replaced, na = (list_value_counts(table.column(name)) if name in table.column_names else {}
+                             for name in ("_lf_imputed", "_lf_disguised", "_lf_not_applicable"))
     out = {}
     for col in sorted(set(imputed) | set(replaced) | set(na)):
         share = imputed.get(col, 0) / table.num_rows
@@ -290,7 +279,7 @@ model <code>{html.escape(str(report.get('model')))}</code> &mdash;
 {_table(main, ("", "rows / cells"))}
 {_table(counts.get("quarantined_by_reason", {}), ("quarantined by reason", "rows"))}
 {_table(counts.get("disguised_nulls_replaced", {}), ("disguised nulls replaced", "cells"))}
-{_table(not_applicable_cells(table), ("not applicable (never imputed)", "cells"))}
+{_table({c: v["not_applicable"] for c, v in shares.items() if v["not_applicable"]}, ("not applicable (never imputed)", "cells"))}
 {_shares_table(shares)}
 <h2>Disguised nulls found</h2>
 {_findings_table(report)}

@@ -30,8 +30,9 @@ A value that covers most of a column (more than ``MAX_REPLACED_SHARE`` of its no
 is never turned into invented values on the detector's word alone: a ``missing`` finding that
 large is a *suspect*: reported with its evidence, left in the data as a value, unless the
 schema pins it in ``null_values`` (a value that is the only one the column holds is replaced:
-there is no column of values to protect, and a column with nothing observed is not imputed). (On the dev tables the largest share of a labelled disguised
-null is pima's insulin 0, 48.7%; UCI adult's capital_loss 0, a real zero, covers 95%.)
+there is no column of values to protect, and a column with nothing observed is not imputed).
+On the dev tables the largest share of a labelled disguised null is pima's insulin 0, 48.7%;
+UCI adult's capital_loss 0, a real zero, covers 95%.
 
 Empty and whitespace-only cells are plain nulls, not disguised ones: they are not reported.
 """
@@ -48,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakefill._arrow import flags_to_lists
+from lakefill._arrow import flags_to_lists, list_value_counts
 from lakefill._values import NULL_TOKENS, parse_number
 
 __all__ = ["Finding", "NullPolicy", "DISGUISED", "NOT_APPLICABLE", "NotFittedError", "MAX_REPLACED_SHARE"]
@@ -328,7 +329,7 @@ class NullPolicy:
         """The schema fields that record this column's findings (for ``infer_schema``): the
         missing values found by a detector other than the token list. Suspects and structural
         "not applicable" values are not pinned: the detector finds them again on every run."""
-        values = sorted(v for v in self._replaced(column) - self._token_values(column))
+        values = sorted(self._replaced(column) - self._token_values(column))
         return {"null_values": values} if values else {}
 
     def _token_values(self, column: str) -> set[str]:
@@ -389,8 +390,7 @@ class NullPolicy:
         """Cells per column listed in an applied batch's ``_lf_not_applicable``."""
         if NOT_APPLICABLE not in table.column_names or table.num_rows == 0:
             return {}
-        flat = pc.list_flatten(table.column(NOT_APPLICABLE))
-        return {v["values"]: int(v["counts"]) for v in pc.value_counts(flat).to_pylist()}
+        return list_value_counts(table.column(NOT_APPLICABLE))
 
     # ---------------------------------------------------------------------------- reporting
     def to_dict(self) -> dict:
@@ -447,13 +447,13 @@ def _zero_spike(counts: Counter, *, taken: set[str]) -> dict | None:
         numbers[v] = (x, k)
     zeros = {v for v, (x, _) in numbers.items() if x == 0}
     rest = [(x, k) for v, (x, k) in numbers.items() if x != 0 and v not in taken]
-    if not zeros or len(numbers) < _MIN_DISTINCT_NUMBERS or sum(k for _, k in rest) < 20:
+    n_rest = sum(k for _, k in rest)
+    if not zeros or len(numbers) < _MIN_DISTINCT_NUMBERS or n_rest < 20:
         return None
     percent = all(v.endswith("%") for v in numbers)
     if not percent and any(x != round(x) for x, _ in rest):
         return None
     n_zero = sum(numbers[v][1] for v in zeros)
-    n_rest = sum(k for _, k in rest)
     share = n_zero / (n_zero + n_rest)
     median = _weighted_quantiles(rest, (0.5,))[0]
     near = sum(k for x, k in rest if 0 < x <= 2)

@@ -3,9 +3,9 @@
 Every column comes back as strings, except the nested and binary columns of a Parquet file
 (lists, structs, maps, binary), which come back as they are and pass through the stage untouched
 (schema type ``passthrough``). Every data row gets a stable ``_lf_row_id`` (its 0-based record
-number in the source). Rows
-that cannot be read as a row of the table (ragged, undecodable bytes, oversized cells) are not
-dropped: they come back as quarantine records with the reason and the raw text.
+number in the source). Rows that cannot be read as a row of the table (ragged, undecodable
+bytes, oversized cells) are not dropped: they come back as quarantine records with the reason
+and the raw text.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
 __all__ = ["write_part", "commit", "CommitResult", "APP_ID_PREFIX", "read_lake", "action_to_dict", "action_from_dict",
-           "check_writable", "has_run", "part_path"]
+           "check_writable", "part_path"]
 
 APP_ID_PREFIX = "lakefill:"
 Mode = Literal["error", "append", "overwrite", "overwrite_partitions"]
@@ -133,12 +133,6 @@ def _open(table_uri: str) -> DeltaTable | None:
         return None
 
 
-def has_run(table_uri: str | Path, run_id: str) -> bool:
-    """Whether the Delta table at ``table_uri`` exists and has committed ``run_id``."""
-    dt = _open(str(table_uri))
-    return dt is not None and dt.transaction_version(APP_ID_PREFIX + run_id) is not None
-
-
 def check_writable(table_uri: str | Path, *, run_id: str, mode: Mode) -> None:
     """Refuse, before any work, a run that ``commit`` would refuse at the end: mode 'error' and
     a table that exists without this run id (a re-run of a committed run id is fine: it
@@ -163,26 +157,22 @@ def commit(table_uri: str | Path, actions: list[AddAction], schema: pa.Schema, *
     rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
     props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)],
                              custom_metadata={"lakefill.run_id": run_id})
-    dt = _open(uri)
-    if dt is not None and dt.transaction_version(app_id) is not None:
-        return CommitResult(uri, run_id, False, dt.version(), 0, 0)
     partition_by = list(partition_by)
+    dt = _open(uri)
     if dt is None:
         try:
             create_table_with_add_actions(uri, Schema.from_arrow(schema), actions, mode="error",
                                           partition_by=partition_by or None, commit_properties=props)
             return CommitResult(uri, run_id, True, _version_of(uri, app_id), len(actions), rows)
-        except DeltaError as err:
-            if "already exists" not in str(err) and _open(uri) is None:
-                raise
+        except DeltaError:
             # another writer created the table first (concurrent first commits): commit into it
             dt = _open(uri)
             if dt is None:
                 raise
-            if dt.transaction_version(app_id) is not None:
-                return CommitResult(uri, run_id, False, dt.version(), 0, 0)
             if mode == "error":
                 mode = "append"  # the table did not exist when this run started: it is this run's to write
+    if dt.transaction_version(app_id) is not None:
+        return CommitResult(uri, run_id, False, dt.version(), 0, 0)
     if mode == "error":
         raise FileExistsError(f"Delta table {uri} already exists and mode is 'error'; "
                               "use mode append, overwrite or overwrite_partitions to write into it")

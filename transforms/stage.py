@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from deltalake.transaction import AddAction
 
 from lakefill.errors import LakefillError
@@ -217,10 +218,8 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path,
 
 def _keep_rejected(quarantine_uri: Path, actions: list[AddAction], out: Path) -> Path:
     """The quarantined rows of a run that commits nothing, kept as one Parquet file beside its report."""
-    import pyarrow.parquet as pq
-
     parts = [pq.read_table(part_path(quarantine_uri, a)) for a in actions]
-    pq.write_table(pa.concat_tables(parts) if parts else quarantine_batch([], "").slice(0, 0), out)
+    pq.write_table(pa.concat_tables(parts) if parts else quarantine_batch([], ""), out)
     return out
 
 
