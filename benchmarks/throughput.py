@@ -132,46 +132,31 @@ def job(input_path: Path, out: Path, run_id: str, **extra):
 
 
 def bench_core(path: Path, rows: int) -> dict:
+    """The stage plan in this process, step by step (the local engine's loop without the write)."""
     import torch
 
-    from lakefill.models.artifact import load_artifact
-    from lakefill.pipelines.local_job import prepare
+    from lakefill.pipelines.launcher import plan_for, prepare
     from lakefill.transforms.impute import Imputer
     from lakefill.transforms.io import iter_raw
-    from lakefill.transforms.stage import clean, finish, split_by_confidence
-    from lakefill.transforms.validate import Validator
+    from lakefill.transforms.plan import Runtime, run_steps
 
     cfg = job(path, CACHE / "core-out", "core")
     prep = prepare(cfg, log=lambda *_: None)
-    pre, post = Validator(prep.schema, stage="pre"), Validator(prep.schema, stage="post")
-    imputer = Imputer(load_artifact(cfg.model, schema=prep.schema), device="cpu")
-    t_clean = t_impute = t_refine = t_finish = 0.0
+    imputer = Imputer(prep.artifact, device="cpu")
+    plan, rt = plan_for(prep), Runtime(lambda: imputer)
+    run_steps(plan.steps, prep.sample.table.slice(0, 100), rt)  # builds the validators once, as a worker does
+    steps: dict[str, float] = {}
     n_low = 0
     t0 = time.perf_counter()
     for chunk in iter_raw(path, batch_rows=cfg.batch_size):
-        t = time.perf_counter()
-        c = clean(chunk.table, prep.policy, prep.schema, pre)
-        t_clean += time.perf_counter() - t
-        t = time.perf_counter()
-        batch = imputer.impute(c.table)
-        t_impute += time.perf_counter() - t
-        t = time.perf_counter()
-        ok, low = split_by_confidence(batch, cfg.confidence_threshold)
-        if low.num_rows:
-            low = imputer.refine(low)
-            n_low += low.num_rows
-        t_refine += time.perf_counter() - t
-        t = time.perf_counter()
-        finish(pa.concat_tables([ok, low]), post, "core")
-        t_finish += time.perf_counter() - t
+        n_low += run_steps(plan.steps, chunk.table, rt, timings=steps).counters["rows_reverse_tried"]
     total = time.perf_counter() - t0
     threads = torch.get_num_threads()
     return {"stage_rows_per_s": rows / total, "seconds": total,
-            "steps_seconds": {"read_detect_validate": t_clean, "impute": t_impute, "refine": t_refine,
-                              "post_validate": t_finish},
-            "impute_rows_per_s": rows / t_impute, "impute_rows_per_s_per_core": rows / t_impute / threads,
+            "steps_seconds": {k: round(v, 4) for k, v in steps.items()},
+            "impute_rows_per_s": rows / steps["impute"], "impute_rows_per_s_per_core": rows / steps["impute"] / threads,
             "torch_threads": threads, "rows_refined": n_low,
-            "reverse_rows_per_s": (n_low / t_refine) if n_low else None,
+            "reverse_rows_per_s": (n_low / steps["refine"]) if n_low else None,
             "baselines_rows_per_s": bench_baselines(path)}
 
 
@@ -196,7 +181,7 @@ def bench_beam(path: Path, rows: int, beam_args: list[str]) -> dict:
 
     from lakefill.pipelines.beam_pipeline import pipeline_options, run_beam
     from lakefill.pipelines.config import JobConfig
-    from lakefill.transforms.beam import FinalizeRun, ReadRaw, WriteToLake
+    from lakefill.transforms.beam import COUNTERS, FinalizeRun, ReadRaw, WriteToLake
 
     out = CACHE / f"beam-out-{rows}"
     shutil.rmtree(out, ignore_errors=True)
@@ -207,9 +192,8 @@ def bench_beam(path: Path, rows: int, beam_args: list[str]) -> dict:
     parts = read.main | "Write" >> WriteToLake(str(out / "passthrough" / "table"))
     final = FinalizeRun(run_id="passthrough", output=str(out / "passthrough"), config={}, max_quarantine_share=1.0,
                         mode="overwrite", partition_by=[], started=time.time())
-    (p | beam.Create([None]) | beam.ParDo(final, parts=beam.pvalue.AsList(parts), quarantine_parts=beam.pvalue.AsList(
-        read.quarantine), rows_in=beam.pvalue.AsList(read.rows_in), disguised=beam.pvalue.AsList(
-        p | "NoDisguised" >> beam.Create([]))))
+    (p | beam.Create([None]) | beam.ParDo(final, parts=beam.pvalue.AsList(parts),
+                                          counters=beam.pvalue.AsList(read[COUNTERS])))
     p.run().wait_until_finish()
     passthrough = time.perf_counter() - t
     t = time.perf_counter()

@@ -4,16 +4,15 @@
                                          --temp_location gs://... --setup_file ./setup.py ...]
 
 Before the pipeline starts, the launcher refuses a bad config, schema or model, fits the null
-policy on the first ``sample_rows`` records and writes the GX Data Docs. The pipeline then runs
+policy on the first ``sample_rows`` records. The pipeline then runs
 
-    ReadRaw -> DetectDisguisedNulls -> Validate(pre) -> Impute (RunInference) -> RouteByConfidence
-      -> confident ---------------------------------------+
-      -> low -> Refine (reverse training) ----------------+-> Finish (Validate post, run id)
-                                                              -> WriteToLake (Parquet parts)
+    ReadRaw -> the stage plan, a pipeline step per plan step (detect -> validate_pre -> impute
+    (RunInference) -> refine -> validate_post -> finish) -> WriteToLake (Parquet parts)
     every quarantine output -> WriteQuarantine (Parquet parts)
     FinalizeRun: one Delta commit per table, keyed by the run id; count and quarantine checks
 
-and the launcher adds the Beam metrics to the run report when it finishes.
+and the launcher adds the Beam metrics, the detection findings and the GX Data Docs to the run
+report when it finishes.
 """
 
 from __future__ import annotations
@@ -21,18 +20,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from lakefill.pipelines.config import JobConfig
-from lakefill.pipelines.local_job import Prepared, RunOutcome, config_summary, prepare, record_detection, write_docs
-from lakefill.pipelines.report import render_report
-from lakefill.transforms.beam import (NAMESPACE, QUARANTINE, DetectDisguisedNulls, FinalizeRun, Finish, Impute,
-                             LakefillModelHandler, ReadRaw, Refine, RouteByConfidence, Validate, WriteQuarantine,
-                             WriteToLake)
 from lakefill.errors import ConfigError
+from lakefill.pipelines.config import JobConfig
+from lakefill.pipelines.launcher import Prepared, RunOutcome, config_summary, end_of_run, plan_for, prepare
+from lakefill.transforms.beam import (COUNTERS, NAMESPACE, QUARANTINE, FinalizeRun, LakefillModelHandler, ReadRaw,
+                                      RunPlan, WriteQuarantine, WriteToLake)
+from lakefill.transforms.plan import Step
 from lakefill.transforms.stage import QuarantineExceeded, RowsLost
 
 __all__ = ["build_pipeline", "run_beam", "pipeline_options"]
@@ -53,35 +52,27 @@ def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
 
 
 def build_pipeline(p: beam.Pipeline, prep: Prepared, *, handler: LakefillModelHandler | None = None,
-                   started: float | None = None):
+                   started: float | None = None, extra_steps: Sequence[Step] = ()):
     """Adds the stage to ``p``; returns the PCollection of the final step's summary."""
     cfg, run_id = prep.config, prep.run_id
     schema = prep.schema.model_dump(by_alias=True)
     out = Path(cfg.output)
+    plan = plan_for(prep, extra_steps)
     handler = handler or LakefillModelHandler(cfg.model, schema, device=cfg.device, max_batches=cfg.inference_batches)
 
     read = p | "ReadRaw" >> ReadRaw(cfg.input, batch_rows=cfg.batch_size, csv_options=cfg.csv_options)
-    detected = read.main | "DetectDisguisedNulls" >> beam.ParDo(DetectDisguisedNulls(prep.policy.to_dict(), schema)).with_outputs(
-        QUARANTINE, "disguised", main="main")
-    valid = detected.main | "ValidatePre" >> beam.ParDo(Validate(schema, "pre")).with_outputs(QUARANTINE, main="main")
-    imputed = valid.main | "Impute" >> Impute(handler)
-    routed = imputed["main"] | "RouteByConfidence" >> beam.ParDo(
-        RouteByConfidence(cfg.confidence_threshold, cfg.refine)).with_outputs(RouteByConfidence.LOW, main="confident")
-    refined = routed[RouteByConfidence.LOW] | "Refine" >> beam.ParDo(Refine(handler))
-    done = ((routed.confident, refined) | "Rejoin" >> beam.Flatten()
-            | "Finish" >> beam.ParDo(Finish(schema, run_id, cfg.batch_size)).with_outputs(QUARANTINE, main="main"))
-    parts = done.main | "WriteToLake" >> WriteToLake(str(out / "table"), cfg.partition_by)
-    quarantine = ((read[QUARANTINE], detected[QUARANTINE], valid[QUARANTINE], imputed[QUARANTINE], done[QUARANTINE])
-                  | "AllQuarantine" >> beam.Flatten()
+    done = read.main | "Stage" >> RunPlan(plan, handler)
+    parts = done["main"] | "WriteToLake" >> WriteToLake(str(out / "table"), cfg.partition_by)
+    quarantine = ((read[QUARANTINE], *done[QUARANTINE]) | "AllQuarantine" >> beam.Flatten()
                   | "WriteQuarantine" >> WriteQuarantine(str(out / "quarantine"), run_id))
+    all_parts = (parts, quarantine) | "AllParts" >> beam.Flatten()
+    counters = (read[COUNTERS], *done[COUNTERS]) | "AllCounters" >> beam.Flatten()
     final = FinalizeRun(run_id=run_id, output=str(out), config=config_summary(cfg),
                         max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,
-                        started=started or time.time())
+                        started=started or time.time(), steps=plan.names)
     return (p | "Start" >> beam.Create([None])
-            | "FinalizeRun" >> beam.ParDo(final, parts=beam.pvalue.AsList(parts),
-                                          quarantine_parts=beam.pvalue.AsList(quarantine),
-                                          rows_in=beam.pvalue.AsList(read.rows_in),
-                                          disguised=beam.pvalue.AsList(detected.disguised)))
+            | "FinalizeRun" >> beam.ParDo(final, parts=beam.pvalue.AsList(all_parts),
+                                          counters=beam.pvalue.AsList(counters)))
 
 
 def beam_metrics(result) -> dict:
@@ -99,14 +90,14 @@ def beam_metrics(result) -> dict:
 
 
 def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: LakefillModelHandler | None = None,
-             log=print) -> RunOutcome:
+             extra_steps: Sequence[Step] = (), log=print) -> RunOutcome:
     options = pipeline_options(beam_args)  # a bad flag is refused before any work
     prep = prepare(config, log=log)
     out = Path(config.output)
     report_dir = out / "reports" / prep.run_id
     started = time.time()
     p = beam.Pipeline(options=options)
-    build_pipeline(p, prep, handler=handler, started=started)
+    build_pipeline(p, prep, handler=handler, started=started, extra_steps=extra_steps)
     try:
         result = p.run()
         result.wait_until_finish()
@@ -118,14 +109,11 @@ def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: 
         raise
     report_path = report_dir / "report.json"
     report = json.loads(report_path.read_text())
-    report["metrics"] = beam_metrics(result)
-    report["counts"]["cells_imputed"] = report["metrics"].get("cells_imputed", 0)
+    report["metrics"] = {**report["metrics"], "beam": beam_metrics(result)}
     report["runner"] = options.view_as(StandardOptions).runner
     report["timings_seconds"]["total"] = round(time.time() - started, 4)
     report_path.write_text(json.dumps(report, indent=2, default=str))
-    record_detection(prep, report_dir)
-    write_docs(prep, report_dir)
-    render_report(report_dir)
+    end_of_run(prep, report_dir)
     return RunOutcome(prep.run_id, str(out / "table"), str(out / "quarantine"), str(report_path), report["counts"],
                       report["committed"], report["metrics"])
 
@@ -136,7 +124,6 @@ def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
     import argparse
 
     from lakefill.pipelines.config import load_config
-    from lakefill.errors import ConfigError
 
     ap = argparse.ArgumentParser(prog="beam_pipeline")
     ap.add_argument("--job")

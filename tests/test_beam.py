@@ -15,11 +15,12 @@ from deltalake import DeltaTable
 from conftest import EXAMPLES, demo_job
 from lakefill.pipelines.beam_pipeline import run_beam
 from lakefill.pipelines.local_job import run_local
-from lakefill.transforms.beam import LakefillModelHandler, DetectDisguisedNulls, Finish, QUARANTINE, Refine, Validate
+from lakefill.transforms.beam import COUNTERS, QUARANTINE, LakefillModelHandler, RunStep
 from lakefill.transforms.detect import NullPolicy
 from lakefill.transforms.impute import IMPUTED, Imputer
 from lakefill.models.artifact import load_artifact
 from lakefill.transforms.io import ROW_ID, read_raw
+from lakefill.transforms.plan import Detect, Refine, Validate
 from lakefill.schema import load_schema
 from lakefill.transforms.stage import QuarantineExceeded
 
@@ -64,6 +65,11 @@ def test_every_row_lands_once_in_the_table_or_the_quarantine(beam_run):
     assert report["engine"] == "beam" and report["metrics"]["cells_imputed"] == c["cells_imputed"] > 0
     assert sum(report["confidence_histogram"]["counts"]) == c["rows_written"]
     assert report["metrics"]["disguised_nulls:blood_pressure"] == c["disguised_nulls_replaced"]["blood_pressure"] > 0
+    # the counters the steps gave FinalizeRun are the ones Beam's metrics counted
+    beam_metrics = report["metrics"]["beam"]
+    assert beam_metrics["cells_imputed"] == c["cells_imputed"] and beam_metrics["rows_in"] == ROWS
+    assert beam_metrics["disguised_nulls:blood_pressure"] == c["disguised_nulls_replaced"]["blood_pressure"]
+    assert report["metrics"]["steps"] == ["detect", "validate_pre", "impute", "refine", "validate_post", "finish"]
 
 
 def test_beam_and_the_local_job_write_the_same_table(beam_run, demo_model, tmp_path):
@@ -123,47 +129,52 @@ def test_over_the_quarantine_share_fails_and_commits_no_table(demo_model, tmp_pa
     assert report["committed"] is False and report["counts"]["rows_quarantined"] == 2
 
 
-def test_detect_and_validate_dofns_route_bad_rows_with_reasons():
+def test_plan_steps_as_dofns_route_bad_rows_with_reasons_and_count():
     raw = read_raw(EXAMPLES / "customers.csv").table.slice(590, 12)
     policy = NullPolicy(schema=SCHEMA).fit(read_raw(EXAMPLES / "customers.csv").table)
     schema = SCHEMA.model_dump(by_alias=True)
     with BeamTestPipeline() as p:
-        typed = (p | beam.Create([raw]) | beam.ParDo(DetectDisguisedNulls(policy.to_dict(), schema)).with_outputs(
-            QUARANTINE, "disguised", main="main"))
-        checked = typed.main | beam.ParDo(Validate(schema, "pre")).with_outputs(QUARANTINE, main="main")
+        typed = (p | beam.Create([raw]) | "detect" >> beam.ParDo(RunStep(Detect(policy.to_dict(), schema))).with_outputs(
+            QUARANTINE, COUNTERS, main="main"))
+        checked = typed.main | "validate" >> beam.ParDo(RunStep(Validate(schema, "pre"))).with_outputs(QUARANTINE, COUNTERS, main="main")
         good_ids = checked.main | beam.FlatMap(lambda t: t.column(ROW_ID).to_pylist())
         bad = checked[QUARANTINE] | beam.FlatMap(lambda rows: [(q.row_id, q.reason.split(":")[0]) for q in rows])
+        counts = checked[COUNTERS] | beam.Map(lambda c: (c["validation:pre:rows"], c["validation:pre:rows_failed"]))
         assert_that(good_ids, equal_to([r for r in raw.column(ROW_ID).to_pylist() if r != 601]), label="good")
         assert_that(bad, equal_to([(601, "expect_column_values_to_be_in_set(region)")]), label="bad")
+        assert_that(counts, equal_to([(11, 1)]), label="counters")  # row 600 (ragged) never reached the step
 
 
-def test_finish_gathers_small_batches_and_quarantines_rows_that_fail_post_validation(beam_run):
-    """Small batches are validated together (at bundle end too); a post-validation failure
-    still lands in quarantine with its reason, and no row is lost or doubled."""
+def test_a_step_that_needs_the_model_refuses_to_run_without_one():
+    with pytest.raises(Exception, match="uses the model: give RunStep a LakefillModelHandler"):
+        with BeamTestPipeline() as p:
+            _ = p | beam.Create([read_raw(EXAMPLES / "customers.csv").table.slice(0, 5)]) | beam.ParDo(
+                RunStep(Refine(0.5)))
+
+
+def test_post_validation_quarantines_the_rows_that_fail_it(beam_run):
+    """A post-validation failure lands in quarantine with its reason; no row is lost or doubled."""
     cfg, outcome = beam_run
     done = _read(outcome.table).drop_columns(["_lf_run_id"])
     ids = done.column(ROW_ID).to_pylist()
-    broken_row = ids[-5]  # in the rows flushed at bundle end
+    broken_row = ids[-5]
     age = done.column("age")
     done = done.set_column(done.column_names.index("age"), "age",
                            pc.if_else(pc.equal(done.column(ROW_ID), broken_row), pa.scalar(None, age.type), age))
     batches = [done.slice(i, 50) for i in range(0, done.num_rows, 50)]
     with BeamTestPipeline() as p:
         out = (p | beam.Create(batches, reshuffle=False)
-               | beam.ParDo(Finish(SCHEMA.model_dump(by_alias=True), "t", batch_rows=250)).with_outputs(QUARANTINE, main="main"))
+               | beam.ParDo(RunStep(Validate(SCHEMA.model_dump(by_alias=True), "post"))).with_outputs(
+                   QUARANTINE, COUNTERS, main="main"))
         kept = out.main | beam.FlatMap(lambda t: t.column(ROW_ID).to_pylist())
-        sizes = out.main | beam.Map(lambda t: t.num_rows)
         bad = out[QUARANTINE] | beam.FlatMap(lambda rows: [(q.row_id, q.reason.split(":")[0]) for q in rows])
         assert_that(kept, equal_to([r for r in ids if r != broken_row]), label="kept")
         assert_that(bad, equal_to([(broken_row, "expect_column_values_to_not_be_null(age)")]), label="bad")
-        # gathered: fewer, larger batches than went in (the last one flushed at bundle end)
-        assert_that(sizes | beam.combiners.Count.Globally(),
-                    equal_to([(done.num_rows + 249) // 250]), label="batches")
 
 
-def test_refine_gathers_small_batches_and_gives_what_one_call_on_all_rows_gives(beam_run):
-    """The low-confidence rows arrive as small batches; Refine re-works them in fewer, larger
-    calls (the last at bundle end), and each row comes out as it would from one call on all."""
+def test_the_refine_step_gives_what_one_call_on_all_rows_gives(beam_run):
+    """Each row's refinement does not depend on the rows beside it: the step on small batches
+    in a DoFn (the model from the handler) gives what one call on all the rows gives."""
     cfg, outcome = beam_run
     rows = _read(outcome.table).drop_columns(["_lf_run_id"])
     rows = rows.filter(pc.greater(pc.list_value_length(rows.column(IMPUTED)), 0))
@@ -185,10 +196,11 @@ def test_refine_gathers_small_batches_and_gives_what_one_call_on_all_rows_gives(
                 assert a.to_pylist() == b.to_pylist(), name
 
     with BeamTestPipeline() as p:
-        out = p | beam.Create(batches, reshuffle=False) | beam.ParDo(Refine(handler, batch_rows=100))
-        assert_that(out, same_rows, label="rows")
-        assert_that(out | beam.Map(lambda t: t.num_rows) | beam.combiners.Count.Globally(),
-                    equal_to([-(-rows.num_rows // 120)]), label="calls")
+        out = (p | beam.Create(batches, reshuffle=False)
+               | beam.ParDo(RunStep(Refine(threshold=1.01), handler)).with_outputs(QUARANTINE, COUNTERS, main="main"))
+        assert_that(out.main, same_rows, label="rows")
+        assert_that(out[COUNTERS] | beam.Map(lambda c: c["rows_reverse_tried"]) | beam.CombineGlobally(sum),
+                    equal_to([rows.num_rows]), label="tried")
 
 
 def test_spark_reads_the_beam_table_back_with_the_same_rows(beam_run, spark):

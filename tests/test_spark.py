@@ -201,8 +201,8 @@ def test_standalone_cluster_runs_the_job_with_the_model_on_both_executors(cluste
     proc = _submit(job, cluster, tmp_path)
     assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-4000:]
     report = json.loads((tmp_path / "out" / "reports" / "c1" / "report.json").read_text())
-    folders = report["metrics"]["executor_folders"]
-    assert report["metrics"]["spark_master"] == cluster.url
+    folders = report["metrics"]["spark"]["executor_folders"]
+    assert report["metrics"]["spark"]["spark_master"] == cluster.url
     assert len({Path(f).parent.name for f in folders}) == 1 and len(folders) == 2, folders  # one app, two executors
     table, quarantine = _read(tmp_path / "out" / "table"), _read(tmp_path / "out" / "quarantine")
     assert table.num_rows + quarantine.num_rows == n == report["counts"]["rows_in"]
@@ -228,9 +228,10 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster, demo_mode
 
 
 def test_the_dataframe_functions_one_by_one_give_what_the_fused_job_gives(spark, demo_model, tmp_path):
-    from lakefill.pipelines.local_job import prepare
+    from lakefill.pipelines.launcher import prepare
     from lakefill.transforms import spark as lf
     from lakefill.transforms.impute import Imputer
+    from lakefill.transforms.plan import stage_plan
 
     prep = prepare(demo_job(tmp_path, demo_model), log=lambda *_: None)
     columns = [c for c in prep.sample.table.column_names if c != ROW_ID]
@@ -243,16 +244,18 @@ def test_the_dataframe_functions_one_by_one_give_what_the_fused_job_gives(spark,
     df = lf.refine(df, model, schemas.imputed, threshold=0.5)
     df = lf.validate(df, prep.schema, "post", schemas.imputed)
     good, bad = lf.split_quarantine(lf.with_run_id_df(df, "x", schemas.final))
-    fused = lf.fused(raw, schemas.final, lf.detect_step(prep.policy, prep.schema), lf.validate_step(prep.schema, "pre"),
-                     lf.impute_step(model), lf.refine_step(model, threshold=0.5),
-                     lf.validate_step(prep.schema, "post"), lf.run_id_step("x"))
-    good2, bad2 = lf.split_quarantine(fused)
+    plan = stage_plan(schema=prep.schema, policy=prep.policy, run_id="x", confidence_threshold=0.5)
+    good2, bad2 = lf.split_quarantine(lf.fused(raw, schemas.final, plan.steps, model=model))
     a = good.toPandas().sort_values(ROW_ID).reset_index(drop=True)
     b = good2.toPandas().sort_values(ROW_ID).reset_index(drop=True)
     assert len(a) == ROWS - len(BAD) and list(a[ROW_ID]) == list(b[ROW_ID])
     np.testing.assert_allclose(a["income"], b["income"], rtol=1e-6)
     assert a["_lf_method"].tolist() == b["_lf_method"].tolist() and "reverse" in set(a["_lf_method"])
     assert sorted(r[ROW_ID] for r in bad.collect()) == sorted(r[ROW_ID] for r in bad2.collect()) == sorted(BAD)
+    counters = lf.Counters.create(spark)  # counted once per action that computes the DataFrame: one here
+    assert lf.fused(raw, schemas.final, plan.steps, model=model, counters=counters).count() == ROWS
+    assert counters.value["validation:pre:rows_failed"] == 1 and counters.value["rows_in"] == 0  # read_raw had none
+    assert counters.value["cells_imputed"] == int(a["_lf_imputed"].map(len).sum()) > 0
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +282,7 @@ def test_the_packed_environment_runs_the_job_on_the_cluster(cluster, packed_env,
                           cwd=ROOT, capture_output=True, text=True, timeout=900, env=cluster.env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "reports" / "packed" / "report.json").read_text())
-    pythons, folders = report["metrics"]["executor_pythons"], report["metrics"]["executor_folders"]
+    pythons, folders = report["metrics"]["spark"]["executor_pythons"], report["metrics"]["spark"]["executor_folders"]
     assert pythons and all(Path(p).name == "environment" for p in pythons), pythons
     assert all(Path(p).parent in {Path(f) for f in folders} for p in pythons), (pythons, folders)
     assert sys.prefix not in pythons

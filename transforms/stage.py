@@ -1,17 +1,17 @@
-"""The stage's steps on one Arrow batch, and the end of a run: the code every engine shares.
+"""What the engines' workers produce, summed, and the end of a run: the code every engine shares.
 
-The local job, the Beam DoFns and the Spark functions call these; they only move batches.
+    write_outputs : a batch's rows (and its quarantined rows) as Parquet parts of the table (and
+                    of the quarantine table); their Delta AddActions, nothing visible yet
+    RunTotals     : counters and AddActions summed over the workers (``add``)
+    finalize      : the count check, the quarantine and table commits (one Delta transaction
+                    each, once per run id), the quarantine-share check and the JSON run report
 
-    clean    : disguised nulls -> typed columns -> pre-validation (bad rows to quarantine)
-    impute   : ``Imputer.impute`` (lakefill.transforms.impute)
-    split    : confident rows / rows under the confidence threshold (these get ``Imputer.refine``)
-    finish   : post-validation, the run id column, rows in row-id order
-    finalize : the count check, the quarantine and table commits (one Delta transaction each,
-               once per run id), the quarantine-share check and the JSON run report
+The steps themselves, on Arrow batches, are the stage plan (``lakefill.transforms.plan``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,25 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake.transaction import AddAction
 
 from lakefill.errors import LakefillError
-from lakefill.transforms.detect import NullPolicy
-from lakefill.transforms.impute import CONFIDENCE, METHOD
-from lakefill.transforms.io import ROW_ID, Quarantined, quarantine_table
-from lakefill.transforms.lake import commit, part_path
-from lakefill.transforms.parse import parse_table
-from lakefill.schema import TableSchema
-from lakefill.transforms.validate import Validator
+from lakefill.transforms.io import Quarantined, quarantine_table
+from lakefill.transforms.lake import action_from_dict, action_to_dict, commit, part_path, write_part
+from lakefill.transforms.plan import HIST_BINS, RUN_ID, StepOutput, bin_label, with_run_id
 
-__all__ = ["RUN_ID", "RowsLost", "QuarantineExceeded", "Cleaned", "clean", "split_by_confidence", "finish",
-           "confidence_histogram", "refined_rows", "reason_key", "reason_counts", "with_run_id", "quarantine_batch",
-           "RunTotals", "finalize", "HIST_BINS"]
-
-RUN_ID = "_lf_run_id"
-HIST_BINS = 10
+__all__ = ["RUN_ID", "RowsLost", "QuarantineExceeded", "reason_key", "reason_counts", "quarantine_batch", "Parts",
+           "write_outputs", "RunTotals", "finalize", "HIST_BINS"]
 
 
 class QuarantineExceeded(LakefillError):
@@ -48,50 +39,8 @@ class RowsLost(LakefillError):
     """rows_in != rows_written + rows_quarantined."""
 
 
-@dataclass
-class Cleaned:
-    table: pa.Table
-    quarantined: list[Quarantined]
-    disguised: dict[str, int]  # disguised nulls replaced per column
-
-
-def clean(batch: pa.Table, policy: NullPolicy, schema: TableSchema, pre: Validator) -> Cleaned:
-    """Raw string batch -> typed, pre-validated rows; rows that fail go to quarantine with the reason."""
-    batch, disguised = policy.apply(batch)
-    batch, bad = parse_table(batch, schema)
-    batch, bad_pre = pre.validate(batch)
-    return Cleaned(batch, bad + bad_pre, {k: int(v) for k, v in disguised.items() if v})
-
-
-def split_by_confidence(batch: pa.Table, threshold: float) -> tuple[pa.Table, pa.Table]:
-    """(rows at or above the threshold, rows under it)."""
-    low = pc.less(batch.column(CONFIDENCE), threshold)
-    return batch.filter(pc.invert(low)), batch.filter(low)
-
-
-def with_run_id(batch: pa.Table, run_id: str) -> pa.Table:
-    if RUN_ID in batch.column_names:
-        batch = batch.drop_columns([RUN_ID])
-    return batch.append_column(RUN_ID, pa.array([run_id] * batch.num_rows, pa.string()))
-
-
-def finish(batch: pa.Table, post: Validator, run_id: str) -> tuple[pa.Table, list[Quarantined]]:
-    """Post-validation, then the run id column; rows in row-id order."""
-    batch, bad = post.validate(batch)
-    return with_run_id(batch, run_id).sort_by(ROW_ID), bad
-
-
 def quarantine_batch(rows: list[Quarantined], run_id: str) -> pa.Table:
     return with_run_id(quarantine_table(rows), run_id)
-
-
-def confidence_histogram(batch: pa.Table) -> list[int]:
-    conf = batch.column(CONFIDENCE).to_numpy(zero_copy_only=False) if batch.num_rows else np.zeros(0)
-    return np.histogram(conf, bins=HIST_BINS, range=(0, 1))[0].tolist()
-
-
-def refined_rows(batch: pa.Table) -> int:
-    return int(pc.sum(pc.equal(batch.column(METHOD), "reverse")).as_py() or 0) if batch.num_rows else 0
 
 
 def reason_key(reason: str) -> str:
@@ -107,16 +56,74 @@ def reason_counts(rows: list[Quarantined]) -> Counter:
 
 
 @dataclass
-class RunTotals:
-    """What the workers of a run produced, summed up for the final step."""
-    rows_in: int = 0
+class Parts:
+    """The Parquet parts one worker wrote for one batch (not visible until ``finalize`` commits
+    them), with the counters of its quarantined rows (``rows_quarantined:<reason>``)."""
     table_actions: list[AddAction] = field(default_factory=list)
-    table_schema: pa.Schema | None = None
     quarantine_actions: list[AddAction] = field(default_factory=list)
-    quarantined_by_reason: Counter = field(default_factory=Counter)
-    disguised: Counter = field(default_factory=Counter)
-    rows_refined: int = 0
-    confidence_hist: list[int] = field(default_factory=lambda: [0] * HIST_BINS)
+    schema: pa.Schema | None = None
+    counters: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict:
+        """JSON-able (Beam elements, Spark rows)."""
+        return {"table": [action_to_dict(a) for a in self.table_actions],
+                "quarantine": [action_to_dict(a) for a in self.quarantine_actions],
+                "schema": base64.b64encode(self.schema.serialize().to_pybytes()).decode() if self.schema else None,
+                "counters": dict(self.counters)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Parts":
+        schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(d["schema"]))) if d.get("schema") else None
+        return cls([action_from_dict(a) for a in d["table"]], [action_from_dict(a) for a in d["quarantine"]],
+                   schema, Counter(d.get("counters") or {}))
+
+
+def write_outputs(batch: pa.Table | None, quarantined: list[Quarantined], *, table_uri: str | Path,
+                  quarantine_uri: str | Path, run_id: str, partition_by: list[str] = ()) -> Parts:
+    """A batch's kept rows as parts of the table, its quarantined rows as parts of the quarantine."""
+    parts = Parts()
+    if batch is not None and batch.num_rows:
+        parts.table_actions = write_part(batch, table_uri, partition_by=list(partition_by))
+        parts.schema = batch.schema
+    if quarantined:
+        parts.quarantine_actions = write_part(quarantine_batch(quarantined, run_id), quarantine_uri)
+        parts.counters.update({f"rows_quarantined:{k}": n for k, n in reason_counts(quarantined).items()})
+    return parts
+
+
+@dataclass
+class RunTotals:
+    """What the workers of a run produced, summed up for the final step (``add`` in any order)."""
+    counters: Counter = field(default_factory=Counter)
+    table_actions: list[AddAction] = field(default_factory=list)
+    quarantine_actions: list[AddAction] = field(default_factory=list)
+    table_schema: pa.Schema | None = None
+
+    def add(self, item: "Parts | StepOutput | Counter | dict") -> "RunTotals":
+        if isinstance(item, Parts):
+            self.table_actions += item.table_actions
+            self.quarantine_actions += item.quarantine_actions
+            if self.table_schema is None and item.table_actions:
+                self.table_schema = item.schema
+            self.counters.update(item.counters)
+        elif isinstance(item, StepOutput):
+            self.counters.update(item.counters)
+        else:
+            self.counters.update(item)
+        return self
+
+    def sort(self) -> "RunTotals":
+        """Actions in path order: the same commit whatever order the workers finished in."""
+        self.table_actions.sort(key=lambda a: a.path)
+        self.quarantine_actions.sort(key=lambda a: a.path)
+        return self
+
+    def _prefixed(self, prefix: str) -> dict[str, int]:
+        return {k[len(prefix):]: v for k, v in sorted(self.counters.items()) if k.startswith(prefix) and v}
+
+    @property
+    def rows_in(self) -> int:
+        return self.counters["rows_in"]
 
     @property
     def rows_written(self) -> int:
@@ -125,6 +132,29 @@ class RunTotals:
     @property
     def rows_quarantined(self) -> int:
         return _rows(self.quarantine_actions)
+
+    @property
+    def disguised(self) -> dict[str, int]:
+        return self._prefixed("disguised_nulls:")
+
+    @property
+    def quarantined_by_reason(self) -> dict[str, int]:
+        return self._prefixed("rows_quarantined:")
+
+    @property
+    def confidence_hist(self) -> list[int]:
+        return [self.counters[bin_label(k)] for k in range(HIST_BINS)]
+
+    @property
+    def validation(self) -> dict:
+        out = {}
+        for stage in ("pre", "post"):
+            p = f"validation:{stage}:"
+            if any(k.startswith(p) for k in self.counters):
+                out[stage] = {"batches": self.counters[p + "batches"], "rows": self.counters[p + "rows"],
+                              "rows_failed": self.counters[p + "rows_failed"],
+                              "failures_by_expectation": self._prefixed(p + "failed:")}
+        return out
 
 
 def _rows(actions: list[AddAction]) -> int:
@@ -137,18 +167,20 @@ class Finalized:
     committed: bool
     report: Path
     table_version: int | None
+    metrics: dict = field(default_factory=dict)
 
 
 def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path, config: dict,
              max_quarantine_share: float, mode: str, partition_by: list[str], timings: dict | None = None,
-             metrics: dict | None = None, validation: dict | None = None, log=print) -> Finalized:
+             metrics: dict | None = None, log=print) -> Finalized:
     """The end of a run, on one process (the driver, or one Beam worker holding all the actions).
 
     Refuses to commit when rows went missing or the quarantine is over its share (then neither
     table gets the run, the uncommitted Parquet parts are removed, and the quarantined rows are
     kept in the report folder as ``quarantine.parquet``); commits the result table, then the
     quarantine table, each in one transaction keyed by the run id, so that a retry of a run whose
-    second commit failed completes it and writes nothing twice.
+    second commit failed completes it and writes nothing twice. The report's ``metrics`` are the
+    run's counters (the same names on every engine) and the engine's own ``metrics``.
     """
     out = Path(output)
     table_uri, quarantine_uri = out / "table", out / "quarantine"
@@ -158,13 +190,13 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path,
     counts = {"rows_in": totals.rows_in, "rows_written": written, "rows_quarantined": quarantined,
               "quarantined_by_reason": dict(sorted(totals.quarantined_by_reason.items())),
               "disguised_nulls_replaced": dict(sorted(totals.disguised.items())),
-              "cells_imputed": (metrics or {}).get("cells_imputed"), "rows_refined": totals.rows_refined}
-    counts = {k: v for k, v in counts.items() if v is not None}
+              "cells_imputed": totals.counters["cells_imputed"], "rows_refined": totals.counters["rows_refined"]}
+    metrics = {**dict(sorted((+totals.counters).items())), **(metrics or {})}  # the counters above 0
 
     def report(committed: bool, version=None, already: bool = False) -> Path:
         return write_report(report_dir, run_id=run_id, engine=engine, config=config, counts=counts,
                             hist=totals.confidence_hist, committed=committed, table_version=version,
-                            timings=timings or {}, metrics=metrics or {}, validation=validation or {},
+                            timings=timings or {}, metrics=metrics, validation=totals.validation,
                             already_committed=already)
 
     if totals.rows_in != written + quarantined:
@@ -211,9 +243,9 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path,
         _remove(quarantine_uri, totals.quarantine_actions)
     if result is None:
         report(False)
-        return Finalized(counts, False, report_dir / "report.json", None)
+        return Finalized(counts, False, report_dir / "report.json", None, metrics)
     path = report(result.committed, result.version, already=not result.committed)
-    return Finalized(counts, result.committed, path, result.version)
+    return Finalized(counts, result.committed, path, result.version, metrics)
 
 
 def _keep_rejected(quarantine_uri: Path, actions: list[AddAction], out: Path) -> Path:

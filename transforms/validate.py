@@ -140,9 +140,11 @@ class Validator:
         self.suite = self._context.suites.add(build_suite(schema, stage=stage))
         self.summary = ValidationSummary()
         self.last_results = None
+        self.last_failures: Counter = Counter()  # the last batch's failing rows per expectation
 
     def validate(self, table: pa.Table) -> tuple[pa.Table, list[Quarantined]]:
         """Returns the rows that pass and the quarantine records of those that do not."""
+        self.last_failures = Counter()
         if table.num_rows == 0:
             return table, []
         if ROW_ID not in table.column_names:
@@ -156,6 +158,7 @@ class Validator:
         self.last_results = results
         reasons: dict[int, list[str]] = {}
         table_failures = []
+        self.last_failures = Counter()
         for r in results.results:
             if r.exception_info and r.exception_info.get("raised_exception"):
                 raise ValidationFailed(f"expectation {r.expectation_config.type} could not run: "
@@ -170,6 +173,7 @@ class Validator:
                 table_failures.append(f"{label}: observed {r.result.get('observed_value')!r}")
                 continue
             self.summary.by_expectation[label] += len(index)
+            self.last_failures[label] += len(index)
             for item in index:
                 rid = int(item[ROW_ID])
                 value = item.get(column) if column else None

@@ -1,0 +1,162 @@
+"""The launcher: what every engine does before the first row and after the last.
+
+    prepare      refuses a bad config, schema, model or output before any work; infers the
+                 schema and trains the model when the job says so; fits the null policy on
+                 the first ``sample_rows`` records (once, for every engine and worker)
+    plan_for     the stage plan (``lakefill.transforms.plan``) of a prepared run
+    end_of_run   the run report's detection findings, the GX Data Docs and ``report.html``
+
+The engines (``local_job``, ``beam_pipeline``, ``spark_job``) run the plan in between.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from lakefill.errors import ConfigError, InputError
+from lakefill.models.artifact import ModelArtifact, load_artifact, save_artifact
+from lakefill.models.autoencoder import AEConfig
+from lakefill.models.train import fit_model
+from lakefill.pipelines.config import JobConfig
+from lakefill.pipelines.report import render_report
+from lakefill.schema import TableSchema, infer_schema, load_schema
+from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.impute import resolve_device
+from lakefill.transforms.io import ROW_ID, RawRead, read_raw
+from lakefill.transforms.lake import check_writable
+from lakefill.transforms.parse import detect_and_parse, parse_table
+from lakefill.transforms.plan import StagePlan, Step, stage_plan
+from lakefill.transforms.stage import reason_counts
+from lakefill.transforms.validate import Validator, write_data_docs
+
+__all__ = ["Prepared", "RunOutcome", "prepare", "plan_for", "train_to_dir", "config_summary", "record_detection",
+           "write_docs", "end_of_run"]
+
+
+@dataclass
+class Prepared:
+    """What a run needs before it touches a row: refused here if anything is wrong."""
+    config: JobConfig
+    schema: TableSchema
+    artifact: ModelArtifact
+    policy: NullPolicy
+    run_id: str
+    sample: RawRead  # the first sample_rows records: the policy is fitted on them, Data Docs show them
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    table: str
+    quarantine: str
+    report: str
+    counts: dict
+    committed: bool
+    metrics: dict = field(default_factory=dict)
+
+
+def _default_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("run-%Y%m%dT%H%M%SZ")
+
+
+def prepare(config: JobConfig, *, log=print) -> Prepared:
+    """Everything that can be refused is refused here, before any row is processed.
+
+    The null policy is fitted on the first ``sample_rows`` records, once, so that every engine
+    (and every worker) applies the same policy.
+    """
+    if "://" not in config.input and not Path(config.input).exists():
+        raise ConfigError(f"input {config.input} does not exist")
+    run_id = config.run_id or _default_run_id()
+    try:  # mode 'error' and a table that has other runs: refused now, not after all the work
+        check_writable(Path(config.output) / "table", run_id=run_id, mode=config.mode)
+    except FileExistsError as err:
+        raise ConfigError(str(err)) from err
+    sample = read_raw(config.input, limit=config.sample_rows, csv_options=config.csv_options)
+    if config.schema_path:
+        schema = load_schema(config.schema_path)
+    else:
+        inferred = NullPolicy(sample_rows=config.sample_rows).fit(sample.table)
+        schema = infer_schema(sample.table, name=Path(config.input).stem, policy=inferred)
+    schema.check_columns([c for c in sample.table.column_names if c != ROW_ID], source=config.input)
+    policy = NullPolicy(schema=schema, sample_rows=config.sample_rows).fit(sample.table)
+    model_dir = Path(config.model)
+    if not (model_dir / "manifest.json").exists():
+        if not config.train_if_missing:
+            raise ConfigError(f"model {model_dir} does not exist; train one with `lakefill train` or set train_if_missing: true")
+        log(f"training a model into {model_dir} (train_if_missing)")
+        train_to_dir(config.input, schema, model_dir, sample_rows=config.sample_rows, csv_options=config.csv_options)
+    artifact = load_artifact(model_dir, schema=schema)
+    resolve_device(config.device)
+    return Prepared(config, schema, artifact, policy, run_id, sample)
+
+
+def train_to_dir(input_path: str, schema: TableSchema, out_dir: Path, *, sample_rows: int = 200_000,
+                 config: AEConfig = AEConfig(), progress: bool = False, csv_options=None) -> Path:
+    raw = read_raw(input_path, csv_options=csv_options)
+    typed = detect_and_parse(raw, schema, sample_rows=sample_rows)
+    good, bad = Validator(schema, stage="pre").validate(typed.table)
+    quarantined = typed.quarantined + bad
+
+    def why() -> str:
+        top = reason_counts(quarantined).most_common(3)
+        return (f"{len(quarantined)} of the {raw.rows_in} rows of {input_path} were quarantined"
+                + (" (top reasons: " + "; ".join(f"{k}: {n} rows" for k, n in top) + ")" if top else ""))
+
+    if good.num_rows == 0:
+        raise InputError(f"nothing to train on: {why()}. Check the schema against the file "
+                         f"(`lakefill validate {input_path} --schema SCHEMA` lists the rows and reasons)")
+    try:
+        fitted = fit_model(good, schema, config=config, progress=progress)
+    except ValueError as err:
+        if "no observed values" not in str(err):
+            raise
+        raise InputError(f"{err} ({good.num_rows} rows passed validation; {why()})") from err
+    return save_artifact(out_dir, model=fitted.model, codec=fitted.codec, schema=schema, policy=typed.policy.to_dict(),
+                         config=config, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
+
+
+def config_summary(cfg: JobConfig) -> dict:
+    return cfg.model_dump(by_alias=True)
+
+
+def record_detection(prep: Prepared, report_dir: Path) -> None:
+    """Add the run's disguised-null findings (value, detector, kind, share, suspect, evidence) and
+    the schema's ``max_imputed_share`` per imputed column to its report.json (``report.html``
+    and ``lakefill report --check`` read them)."""
+    path = Path(report_dir) / "report.json"
+    report = json.loads(path.read_text())
+    report["detection"] = prep.policy.to_dict()
+    if prep.sample.dialect is not None:  # what the CSV reader used (sniffed or from the job's csv:)
+        report["csv_dialect"] = prep.sample.dialect
+    report["max_imputed_share"] = {c.name: c.max_imputed_share for c in prep.schema.columns if c.impute}
+    path.write_text(json.dumps(report, indent=2, default=str))
+
+
+def write_docs(prep: Prepared, report_dir: Path, rows: int = 10_000) -> Path | None:
+    """GX Data Docs of the pre-validation suite on the run's first ``rows`` records, as typed
+    before the suite filters them: the expectations' failures (and the rows that broke them)
+    show, under the table's name and the run id."""
+    applied, _ = prep.policy.apply(prep.sample.table.slice(0, rows))
+    typed, _ = parse_table(applied, prep.schema)
+    if typed.num_rows == 0:
+        return None
+    return write_data_docs(prep.schema, "pre", typed, Path(report_dir) / "data_docs", run_id=prep.run_id,
+                           asset=prep.schema.name)
+
+
+def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
+    cfg = prep.config
+    return stage_plan(schema=prep.schema, policy=prep.policy, run_id=prep.run_id, refine=cfg.refine,
+                      confidence_threshold=cfg.confidence_threshold, extra_steps=extra_steps)
+
+
+def end_of_run(prep: Prepared, report_dir: Path) -> None:
+    """After the commit (or the refusal): findings into the report, Data Docs, report.html."""
+    record_detection(prep, report_dir)
+    write_docs(prep, report_dir)
+    render_report(report_dir)
