@@ -8,13 +8,13 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install airflow-venv chromium demo test bench-dmv clean
+.PHONY: install airflow-venv chromium azurite demo test bench-dmv clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml setup.py
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock -r requirements-dev.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -32,10 +32,17 @@ chromium:
 	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
 
+# Azurite (npm) serves Azure Blob on 127.0.0.1 for the object-store tests
+AZURITE := .node/node_modules/.bin/azurite-blob
+azurite: $(AZURITE)
+
+$(AZURITE):
+	npm install --prefix .node --no-audit --no-fund --silent azurite@3.37.0
+
 demo: $(STAMP)
 	$(VENV)/bin/lakefill demo --out out/demo
 
-test: $(STAMP) $(AIRFLOW_STAMP) chromium
+test: $(STAMP) $(AIRFLOW_STAMP) chromium $(AZURITE)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench-dmv: $(STAMP)

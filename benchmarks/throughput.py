@@ -14,6 +14,11 @@ The model is trained once on letter (default settings) and cached beside it.
 - spark: the whole stage (``run_spark``) against a pass-through Spark job that reads the same
          Parquet and writes Parquet.
 
+``--store s3`` (beam and spark): the stage also runs with its input, model and output on an S3
+server on 127.0.0.1 (moto's server mode, ``lakefill.testing.S3Server``), in the same run as the
+stage on local disk; the JSON adds ``store``, ``store_stage_rows_per_s`` and ``store_ratio``
+(store / local disk).
+
 Every figure is wall-clock on this machine and printed with the machine's description.
 """
 
@@ -131,6 +136,31 @@ def job(input_path: Path, out: Path, run_id: str, **extra):
                                      "max_quarantine_share": 1.0, **extra})
 
 
+def bench_store(engine: str, path: Path, rows: int, args: list[str]) -> dict:
+    """The whole stage with input, model and output on an S3 server on 127.0.0.1."""
+    from lakefill.testing import S3Server
+    from lakefill.transforms.storage import Location
+
+    model, schema = model_and_schema()
+    with S3Server() as s3:
+        root = s3.bucket("bench")
+        Location(f"{root}/in/{path.name}", s3.options).upload(path)
+        Location(f"{root}/model", s3.options).upload(model)
+        cfg = job(path, CACHE / "unused", "store", input=f"{root}/in/{path.name}", model=f"{root}/model",
+                  output=f"{root}/out", storage_options=s3.options)
+        t = time.perf_counter()
+        if engine == "beam":
+            from lakefill.pipelines.beam_pipeline import run_beam
+
+            outcome = run_beam(cfg, args, log=lambda *_: None)
+        else:
+            from lakefill.pipelines.spark_job import run_spark
+
+            outcome = run_spark(cfg, args, log=lambda *_: None)
+        seconds = time.perf_counter() - t
+    return {"store_stage_rows_per_s": rows / seconds, "store_stage_seconds": seconds, "store_counts": outcome.counts}
+
+
 def bench_core(path: Path, rows: int) -> dict:
     """The stage plan in this process, step by step (the local engine's loop without the write)."""
     import torch
@@ -226,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", choices=["beam", "spark", "core"], required=True)
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--json")
+    ap.add_argument("--store", choices=["local", "s3"], default="local",
+                    help="s3: also run the stage with every path on an S3 server on loopback (beam, spark)")
     args, extra = ap.parse_known_args(argv)
+    if args.store != "local" and args.engine == "core":
+        ap.error("--store s3 needs --engine beam or spark (the core benchmark writes no lake)")
     path = make_input(args.rows)
     model_and_schema()
     if args.engine == "core":
@@ -235,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         res = bench_beam(path, args.rows, extra)  # default: the Direct runner's defaults (in-memory, one worker)
     else:
         res = bench_spark(path, args.rows, extra)
+    if args.store != "local":
+        res.update(bench_store(args.engine, path, args.rows, extra))
+        res["store"] = args.store
+        res["store_ratio"] = round(res["store_stage_rows_per_s"] / res["stage_rows_per_s"], 3)
     passthrough = res.pop("passthrough_rows_per_s", None)
     out = {"engine": args.engine, "rows": args.rows, "stage_rows_per_s": round(res.pop("stage_rows_per_s"), 1),
            "passthrough_rows_per_s": None if passthrough is None else round(passthrough, 1),
@@ -247,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     if passthrough is not None:
         print(f"  pass-through : {passthrough:>12,.0f} rows/s")
         print(f"  ratio        : {out['ratio']:>12.3f}")
+    if out.get("store_stage_rows_per_s"):
+        print(f"  stage on {out['store']:<5}: {out['store_stage_rows_per_s']:>12,.0f} rows/s "
+              f"({out['store_ratio']:.2f}x the stage on local disk)")
     for k in ("impute_rows_per_s", "impute_rows_per_s_per_core", "reverse_rows_per_s"):
         if out.get(k):
             print(f"  {k:<27}: {out[k]:>12,.0f}")

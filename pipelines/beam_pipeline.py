@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Sequence
 
 import apache_beam as beam
@@ -56,18 +55,20 @@ def build_pipeline(p: beam.Pipeline, prep: Prepared, *, handler: LakefillModelHa
     """Adds the stage to ``p``; returns the PCollection of the final step's summary."""
     cfg, run_id = prep.config, prep.run_id
     schema = prep.schema.model_dump(by_alias=True)
-    out = Path(cfg.output)
+    out = cfg.out
     plan = plan_for(prep, extra_steps)
-    handler = handler or LakefillModelHandler(cfg.model, schema, device=cfg.device, max_batches=cfg.inference_batches)
+    handler = handler or LakefillModelHandler(cfg.model, schema, device=cfg.device, max_batches=cfg.inference_batches,
+                                              storage_options=cfg.storage_options)
 
-    read = p | "ReadRaw" >> ReadRaw(cfg.input, batch_rows=cfg.batch_size, csv_options=cfg.csv_options)
+    read = p | "ReadRaw" >> ReadRaw(cfg.input, batch_rows=cfg.batch_size, csv_options=cfg.csv_options,
+                                    options=cfg.storage_options)
     done = read.main | "Stage" >> RunPlan(plan, handler)
-    parts = done["main"] | "WriteToLake" >> WriteToLake(str(out / "table"), cfg.partition_by)
+    parts = done["main"] | "WriteToLake" >> WriteToLake(out / "table", cfg.partition_by)
     quarantine = ((read[QUARANTINE], *done[QUARANTINE]) | "AllQuarantine" >> beam.Flatten()
-                  | "WriteQuarantine" >> WriteQuarantine(str(out / "quarantine"), run_id))
+                  | "WriteQuarantine" >> WriteQuarantine(out / "quarantine", run_id))
     all_parts = (parts, quarantine) | "AllParts" >> beam.Flatten()
     counters = (read[COUNTERS], *done[COUNTERS]) | "AllCounters" >> beam.Flatten()
-    final = FinalizeRun(run_id=run_id, output=str(out), config=config_summary(cfg),
+    final = FinalizeRun(run_id=run_id, output=out, config=config_summary(cfg),
                         max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,
                         started=started or time.time(), steps=plan.names)
     return (p | "Start" >> beam.Create([None])
@@ -93,7 +94,7 @@ def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: 
              extra_steps: Sequence[Step] = (), log=print) -> RunOutcome:
     options = pipeline_options(beam_args)  # a bad flag is refused before any work
     prep = prepare(config, log=log)
-    out = Path(config.output)
+    out = config.out
     report_dir = out / "reports" / prep.run_id
     started = time.time()
     p = beam.Pipeline(options=options)
@@ -112,7 +113,7 @@ def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: 
     report["metrics"] = {**report["metrics"], "beam": beam_metrics(result)}
     report["runner"] = options.view_as(StandardOptions).runner
     report["timings_seconds"]["total"] = round(time.time() - started, 4)
-    report_path.write_text(json.dumps(report, indent=2, default=str))
+    report_path.write_text(json.dumps(report, indent=2, default=str))  # on the lake: the launcher reads it there
     end_of_run(prep, report_dir)
     return RunOutcome(prep.run_id, str(out / "table"), str(out / "quarantine"), str(report_path), report["counts"],
                       report["committed"], report["metrics"])
@@ -134,11 +135,12 @@ def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
     given = {k: v for k, v in vars(args).items() if k != "job" and v not in (None, "")}
     if "partition_by" in given:
         given["partition_by"] = [c for c in given["partition_by"].split(",") if c]
-    if "csv" in given:  # a JSON object: {"delimiter": ";", "encoding": "latin-1"}
-        try:
-            given["csv"] = json.loads(given["csv"])
-        except ValueError as err:
-            raise ConfigError(f"--csv must be a JSON object such as {{\"delimiter\": \";\"}}: {err}") from err
+    for key, example in (("csv", '{"delimiter": ";"}'), ("storage_options", '{"AWS_REGION": "eu-west-1"}')):
+        if key in given:  # a JSON object
+            try:
+                given[key] = json.loads(given[key])
+            except ValueError as err:
+                raise ConfigError(f"--{key} must be a JSON object such as {example}: {err}") from err
     if args.job:
         base = load_config(args.job).model_dump(by_alias=True)
     else:

@@ -56,6 +56,29 @@ class JobConfig(BaseModel):
     train_if_missing: bool = False
     device: Literal["auto", "cpu", "gpu"] = Field(default="auto", description="where the model runs: the GPU when torch sees one (auto)")
     csv: CsvConfig = Field(default_factory=CsvConfig, description="delimiter, quotechar, encoding of a CSV input")
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="object-store endpoints, regions and flags in deltalake's key names "
+        "(AWS_ENDPOINT_URL, AWS_REGION, AWS_ALLOW_HTTP, ...); credentials are best left to the environment")
+
+    def location(self, where: str):
+        """A path of the job (input, schema, model, output) as a storage ``Location``."""
+        from lakefill.transforms.storage import Location
+
+        return Location(where, self.storage_options)
+
+    @property
+    def out(self):
+        """The run's output folder: table/, quarantine/, reports/RUN_ID/."""
+        return self.location(self.output)
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _storage_options(cls, v):
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError("storage_options must be a mapping of option name to value")
+        return {str(k): ("true" if x is True else "false" if x is False else str(x)) for k, x in v.items()}
 
     @property
     def csv_options(self):

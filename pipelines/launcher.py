@@ -12,25 +12,27 @@ The engines (``local_job``, ``beam_pipeline``, ``spark_job``) run the plan in be
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 from lakefill.errors import ConfigError, InputError
-from lakefill.models.artifact import ModelArtifact, load_artifact, save_artifact
+from lakefill.models.artifact import ModelArtifact, save_artifact
 from lakefill.models.autoencoder import AEConfig
 from lakefill.models.train import fit_model
 from lakefill.pipelines.config import JobConfig
 from lakefill.pipelines.report import render_report
 from lakefill.schema import TableSchema, infer_schema, load_schema
 from lakefill.transforms.detect import NullPolicy
-from lakefill.transforms.impute import resolve_device
+from lakefill.transforms.impute import load_model_at, resolve_device, save_model_to
 from lakefill.transforms.io import ROW_ID, RawRead, read_raw
 from lakefill.transforms.lake import check_writable
 from lakefill.transforms.parse import detect_and_parse, parse_table
 from lakefill.transforms.plan import StagePlan, Step, stage_plan
 from lakefill.transforms.stage import reason_counts
+from lakefill.transforms.storage import Location, as_location, redact
 from lakefill.transforms.validate import Validator, write_data_docs
 
 __all__ = ["Prepared", "RunOutcome", "prepare", "plan_for", "train_to_dir", "config_summary", "record_detection",
@@ -66,37 +68,61 @@ def _default_run_id() -> str:
 def prepare(config: JobConfig, *, log=print) -> Prepared:
     """Everything that can be refused is refused here, before any row is processed.
 
-    The null policy is fitted on the first ``sample_rows`` records, once, so that every engine
-    (and every worker) applies the same policy.
+    Every path of the job may be a URI on an object store (``storage_options`` in the job):
+    the input's and the output's buckets are reached first, so that a missing bucket, refused
+    credentials or an output that holds something other than a Delta table stop the run with
+    an error that names the URI. The null policy is fitted on the first ``sample_rows``
+    records, once, so that every engine (and every worker) applies the same policy.
     """
-    if "://" not in config.input and not Path(config.input).exists():
-        raise ConfigError(f"input {config.input} does not exist")
+    source, out = config.location(config.input), config.out
+    source.check_reachable()
+    if not source.exists():
+        raise ConfigError(f"input {source} does not exist")
+    out.check_reachable()
     run_id = config.run_id or _default_run_id()
     try:  # mode 'error' and a table that has other runs: refused now, not after all the work
-        check_writable(Path(config.output) / "table", run_id=run_id, mode=config.mode)
+        check_writable(out / "table", run_id=run_id, mode=config.mode)
+        check_writable(out / "quarantine", run_id=run_id, mode="append")
     except FileExistsError as err:
         raise ConfigError(str(err)) from err
-    sample = read_raw(config.input, limit=config.sample_rows, csv_options=config.csv_options)
+    sample = read_raw(source, limit=config.sample_rows, csv_options=config.csv_options)
     if config.schema_path:
-        schema = load_schema(config.schema_path)
+        schema = _load_schema(config.location(config.schema_path))
     else:
         inferred = NullPolicy(sample_rows=config.sample_rows).fit(sample.table)
-        schema = infer_schema(sample.table, name=Path(config.input).stem, policy=inferred)
-    schema.check_columns([c for c in sample.table.column_names if c != ROW_ID], source=config.input)
+        schema = infer_schema(sample.table, name=source.stem, policy=inferred)
+    schema.check_columns([c for c in sample.table.column_names if c != ROW_ID], source=str(source))
     policy = NullPolicy(schema=schema, sample_rows=config.sample_rows).fit(sample.table)
-    model_dir = Path(config.model)
-    if not (model_dir / "manifest.json").exists():
+    model = config.location(config.model)
+    if not (model / "manifest.json").exists():
         if not config.train_if_missing:
-            raise ConfigError(f"model {model_dir} does not exist; train one with `lakefill train` or set train_if_missing: true")
-        log(f"training a model into {model_dir} (train_if_missing)")
-        train_to_dir(config.input, schema, model_dir, sample_rows=config.sample_rows, csv_options=config.csv_options)
-    artifact = load_artifact(model_dir, schema=schema)
+            raise ConfigError(f"model {model} does not exist; train one with `lakefill train` or set train_if_missing: true")
+        log(f"training a model into {model} (train_if_missing)")
+        train_to_dir(source, schema, model, sample_rows=config.sample_rows, csv_options=config.csv_options)
+    artifact = load_model_at(model, schema=schema)
     resolve_device(config.device)
     return Prepared(config, schema, artifact, policy, run_id, sample)
 
 
-def train_to_dir(input_path: str, schema: TableSchema, out_dir: Path, *, sample_rows: int = 200_000,
-                 config: AEConfig = AEConfig(), progress: bool = False, csv_options=None) -> Path:
+def _load_schema(loc: Location) -> TableSchema:
+    if loc.is_local:
+        return load_schema(loc.local_path)
+    with tempfile.TemporaryDirectory() as tmp:  # the same checks and messages as a local file
+        return load_schema(loc.download(Path(tmp) / loc.name))
+
+
+def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Path | Location", *,
+                 sample_rows: int = 200_000, config: AEConfig = AEConfig(), progress: bool = False,
+                 csv_options=None) -> "Path | Location":
+    """Train a model on ``input_path`` and write it to ``out_dir`` (a folder, local or on an
+    object store: written locally first, then copied)."""
+    out = as_location(out_dir)
+    if not out.is_local:
+        with tempfile.TemporaryDirectory() as tmp:
+            train_to_dir(input_path, schema, Path(tmp), sample_rows=sample_rows, config=config, progress=progress,
+                         csv_options=csv_options)
+            save_model_to(Path(tmp), out)
+        return out
     raw = read_raw(input_path, csv_options=csv_options)
     typed = detect_and_parse(raw, schema, sample_rows=sample_rows)
     good, bad = Validator(schema, stage="pre").validate(typed.table)
@@ -116,18 +142,19 @@ def train_to_dir(input_path: str, schema: TableSchema, out_dir: Path, *, sample_
         if "no observed values" not in str(err):
             raise
         raise InputError(f"{err} ({good.num_rows} rows passed validation; {why()})") from err
-    return save_artifact(out_dir, model=fitted.model, codec=fitted.codec, schema=schema, policy=typed.policy.to_dict(),
+    return save_artifact(out.local_path, model=fitted.model, codec=fitted.codec, schema=schema, policy=typed.policy.to_dict(),
                          config=config, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
 
 
 def config_summary(cfg: JobConfig) -> dict:
-    return cfg.model_dump(by_alias=True)
+    """The job's settings for the run report; storage options with their secrets masked."""
+    return {**cfg.model_dump(by_alias=True), "storage_options": redact(cfg.storage_options)}
 
 
 def record_detection(prep: Prepared, report_dir: Path) -> None:
     """Add the run's disguised-null findings (value, detector, kind, share, suspect, evidence) and
     the schema's ``max_imputed_share`` per imputed column to its report.json (``report.html``
-    and ``lakefill report --check`` read them)."""
+    and ``lakefill report --check`` read them). ``report_dir``: a local folder."""
     path = Path(report_dir) / "report.json"
     report = json.loads(path.read_text())
     report["detection"] = prep.policy.to_dict()
@@ -140,7 +167,7 @@ def record_detection(prep: Prepared, report_dir: Path) -> None:
 def write_docs(prep: Prepared, report_dir: Path, rows: int = 10_000) -> Path | None:
     """GX Data Docs of the pre-validation suite on the run's first ``rows`` records, as typed
     before the suite filters them: the expectations' failures (and the rows that broke them)
-    show, under the table's name and the run id."""
+    show, under the table's name and the run id. ``report_dir``: a local folder."""
     applied, _ = prep.policy.apply(prep.sample.table.slice(0, rows))
     typed, _ = parse_table(applied, prep.schema)
     if typed.num_rows == 0:
@@ -155,8 +182,21 @@ def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
                       confidence_threshold=cfg.confidence_threshold, extra_steps=extra_steps)
 
 
-def end_of_run(prep: Prepared, report_dir: Path) -> None:
-    """After the commit (or the refusal): findings into the report, Data Docs, report.html."""
-    record_detection(prep, report_dir)
-    write_docs(prep, report_dir)
-    render_report(report_dir)
+def end_of_run(prep: Prepared, report_dir: "Path | Location") -> None:
+    """After the commit (or the refusal): findings into the report, Data Docs, report.html. On
+    an object store the report folder is completed locally and copied back."""
+    loc = as_location(report_dir, prep.config.storage_options)
+    if loc.is_local:
+        _complete_report(prep, loc.local_path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp)
+        (local / "report.json").write_bytes((loc / "report.json").read_bytes())
+        _complete_report(prep, local)
+        loc.upload(local)
+
+
+def _complete_report(prep: Prepared, local: Path) -> None:
+    record_detection(prep, local)
+    write_docs(prep, local)
+    render_report(local, options=prep.config.storage_options)

@@ -9,7 +9,6 @@ The Beam and Spark engines run the same plan (``lakefill.transforms.plan``) on t
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Sequence
 
 from lakefill.pipelines.config import JobConfig
@@ -28,14 +27,14 @@ def run_local(config: JobConfig, *, extra_steps: Sequence[Step] = (), log=print)
     steps of your own, run after post-validation (see ``lakefill.transforms.plan``)."""
     prep = prepare(config, log=log)
     cfg, run_id = prep.config, prep.run_id
-    out = Path(cfg.output)
+    out = cfg.out
     plan = plan_for(prep, extra_steps)
     imputer = Imputer(prep.artifact, device=cfg.device)
     rt = Runtime(lambda: imputer)
     totals = RunTotals()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    for chunk in iter_raw(cfg.input, batch_rows=cfg.batch_size, csv_options=cfg.csv_options):
+    for chunk in iter_raw(cfg.location(cfg.input), batch_rows=cfg.batch_size, csv_options=cfg.csv_options):
         totals.add({"rows_in": chunk.rows_in})
         done = run_steps(plan.steps, chunk.table, rt, timings=timings)
         t = time.perf_counter()

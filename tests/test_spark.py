@@ -210,21 +210,39 @@ def test_standalone_cluster_runs_the_job_with_the_model_on_both_executors(cluste
 
 
 @pytest.mark.cluster
-def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster, demo_model, tmp_path):
-    job, n = _parquet_job(tmp_path, demo_model, "c2", rows_per_group=20)
+def test_a_worker_killed_mid_job_writing_to_s3_loses_and_duplicates_nothing(cluster, demo_model, tmp_path, s3):
+    """Input, model and output only on the S3 server (each worker has its own work folder, no
+    shared disk); one worker is killed while tasks write their parts: Spark's retry completes
+    the job, and every row is in the table or the quarantine once."""
+    from lakefill.transforms.lake import read_lake
+    from lakefill.transforms.storage import Location
+
+    local_job, n = _parquet_job(tmp_path, demo_model, "c2", rows_per_group=20)
+    lake = s3.bucket("cluster")
+    Location(f"{lake}/raw/customers.parquet", s3.options).upload(tmp_path / "customers.parquet")
+    Location(f"{lake}/models/customers", s3.options).upload(demo_model)
+    cfg = yaml.safe_load(local_job.read_text())
+    cfg.update({"input": f"{lake}/raw/customers.parquet", "model": f"{lake}/models/customers",
+                "output": f"{lake}/out", "storage_options": s3.options})
+    job = tmp_path / "s3-job.yaml"
+    job.write_text(yaml.safe_dump(cfg))
     proc = _submit(job, cluster, tmp_path)
-    parts = tmp_path / "out" / "table"
+    parts = Location(f"{lake}/out/table", s3.options)
     end = time.time() + 300
-    while time.time() < end and len(list(parts.glob("*.parquet"))) < 2:  # tasks are under way
+    while time.time() < end and sum(f.name.endswith(".parquet") for f in parts.walk()) < 2:  # tasks are under way
         assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-4000:]
         time.sleep(0.2)
     cluster.kill_worker(0)
     assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-4000:]
-    table, quarantine = _read(parts), _read(tmp_path / "out" / "quarantine")
+    table = read_lake(parts).sort_by(ROW_ID)
+    quarantine = read_lake(Location(f"{lake}/out/quarantine", s3.options))
     ids = sorted(table.column(ROW_ID).to_pylist() + quarantine.column(ROW_ID).to_pylist())
     assert ids == list(range(n))  # every row once: none lost, none twice
-    report = json.loads((tmp_path / "out" / "reports" / "c2" / "report.json").read_text())
+    report = json.loads(Location(f"{lake}/out/reports/c2/report.json", s3.options).read_text())
     assert report["committed"] and report["counts"]["rows_in"] == n
+    assert not (tmp_path / "out").exists()  # nothing of the run on local disk
+    folders = report["metrics"]["spark"]["executor_folders"]
+    assert all(str(cluster.root) in f for f in folders)  # the executors ran in the workers' own folders
 
 
 def test_the_dataframe_functions_one_by_one_give_what_the_fused_job_gives(spark, demo_model, tmp_path):

@@ -24,17 +24,16 @@ from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io import fileio
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.utils import shared
 
-from lakefill.models.artifact import load_artifact
 from lakefill.schema import TableSchema
-from lakefill.transforms.impute import Imputer
+from lakefill.transforms.impute import Imputer, load_model_at
 from lakefill.transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
 from lakefill.transforms.plan import Impute as ImputeStep
 from lakefill.transforms.plan import Runtime, StagePlan, Step, StepOutput, isolate, run_step
 from lakefill.transforms.stage import Parts, RunTotals, finalize, reason_counts, write_outputs
+from lakefill.transforms.storage import Location
 
 __all__ = ["ReadRaw", "RunStep", "RunPlan", "LakefillModelHandler", "Impute", "WriteToLake", "WriteQuarantine",
            "FinalizeRun", "QUARANTINE", "COUNTERS", "NAMESPACE"]
@@ -54,22 +53,22 @@ def _quarantine(rows: list[Quarantined]):
 # -- read ------------------------------------------------------------------------------------
 
 class _PlanReads(beam.DoFn):
-    """A matched file -> read units: consecutive Parquet row groups of about ``batch_rows`` rows
-    together; a text file is one unit."""
+    """The input file -> read units: consecutive Parquet row groups of about ``batch_rows`` rows
+    together (from the file's footer); a text file is one unit."""
 
-    def __init__(self, batch_rows: int):
-        self.batch_rows = batch_rows
+    def __init__(self, batch_rows: int, options: dict | None = None):
+        self.batch_rows, self.options = batch_rows, dict(options or {})
 
-    def process(self, readable: fileio.ReadableFile):
-        yield from plan_reads(readable.metadata.path, self.batch_rows)
+    def process(self, path: str):
+        yield from plan_reads(path, self.batch_rows, options=self.options)
 
 
 class _ReadUnit(beam.DoFn):
-    def __init__(self, batch_rows: int, csv_options=None):
-        self.batch_rows, self.csv_options = batch_rows, csv_options
+    def __init__(self, batch_rows: int, csv_options=None, options: dict | None = None):
+        self.batch_rows, self.csv_options, self.options = batch_rows, csv_options, dict(options or {})
 
     def process(self, unit):
-        for chunk in read_unit(unit, self.batch_rows, csv_options=self.csv_options):
+        for chunk in read_unit(unit, self.batch_rows, csv_options=self.csv_options, options=self.options):
             beam.metrics.Metrics.counter(NAMESPACE, "rows_in").inc(chunk.rows_in)
             yield beam.pvalue.TaggedOutput(COUNTERS, {"rows_in": chunk.rows_in})
             if chunk.quarantined:
@@ -82,22 +81,25 @@ class ReadRaw(beam.PTransform):
     """CSV / JSON Lines / Parquet -> all-string Arrow batches with ``_lf_row_id``.
 
     Outputs: main (batches), 'quarantine' (lists of unreadable records), 'counters' (rows_in).
-    Files are matched with Beam's fileio; Parquet is split into units of consecutive row groups
-    of about ``batch_rows`` rows (row ids from the row-group offsets) and reshuffled so that
-    workers read in parallel.
+    The file (a local path or a URI on an object store, read through
+    ``lakefill.transforms.storage`` with ``options``: no shared disk, no Beam filesystem) is
+    planned on a worker into read units: Parquet in units of consecutive row groups of about
+    ``batch_rows`` rows (row ids from the row-group offsets), reshuffled so that workers read
+    in parallel.
     """
 
-    def __init__(self, pattern: str, batch_rows: int = 200_000, csv_options=None):
+    def __init__(self, path: str, batch_rows: int = 200_000, csv_options=None, options: dict | None = None):
         super().__init__()
-        self.pattern, self.batch_rows, self.csv_options = pattern, batch_rows, csv_options
+        self.path, self.batch_rows, self.csv_options = str(path), batch_rows, csv_options
+        self.options = dict(options or {})
 
     def expand(self, pbegin):
         return (pbegin
-                | "Match" >> fileio.MatchFiles(self.pattern)
-                | "Open" >> fileio.ReadMatches()
-                | "Plan" >> beam.ParDo(_PlanReads(self.batch_rows))
+                | "Input" >> beam.Create([self.path])
+                | "Plan" >> beam.ParDo(_PlanReads(self.batch_rows, self.options))
                 | "Spread" >> beam.Reshuffle()
-                | "Read" >> beam.ParDo(_ReadUnit(self.batch_rows, self.csv_options)).with_outputs(QUARANTINE, COUNTERS, main="main"))
+                | "Read" >> beam.ParDo(_ReadUnit(self.batch_rows, self.csv_options, self.options)).with_outputs(
+                    QUARANTINE, COUNTERS, main="main"))
 
 
 # -- the plan's steps --------------------------------------------------------------------------
@@ -168,9 +170,10 @@ class LakefillModelHandler(ModelHandler[pa.Table, pa.Table, Imputer]):
     """
 
     def __init__(self, model_dir: str, schema: dict, *, device: str = "auto", max_batches: int = 4,
-                 step: Step | None = None):
+                 step: Step | None = None, storage_options: dict | None = None):
         super().__init__(min_batch_size=1, max_batch_size=max_batches)
-        self.model_dir, self.schema_dict, self.device = model_dir, schema, device
+        self.model_dir, self.schema_dict, self.device = str(model_dir), schema, device
+        self.storage_options = dict(storage_options or {})
         self.max_batches = max_batches
         self.step = step or ImputeStep()
 
@@ -183,7 +186,9 @@ class LakefillModelHandler(ModelHandler[pa.Table, pa.Table, Imputer]):
         return other
 
     def load_model(self) -> Imputer:
-        artifact = load_artifact(self.model_dir, schema=TableSchema.model_validate(self.schema_dict))
+        """The artifact from its folder or URI, checked by its hashes, once per worker process."""
+        artifact = load_model_at(Location(self.model_dir, self.storage_options),
+                                 schema=TableSchema.model_validate(self.schema_dict))
         return Imputer(artifact, device=self.device)
 
     def run_inference(self, batch: Sequence[pa.Table], model: Imputer,

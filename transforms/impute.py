@@ -19,14 +19,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakefill.models.artifact import ModelArtifact
+from lakefill.models.artifact import MANIFEST, ModelArtifact, load_artifact
 from lakefill.models.autoencoder import predict
 from lakefill.models.reverse import ReverseConfig, reverse_impute
 from lakefill._arrow import flags_to_lists, lists_to_flags
 from lakefill.transforms.detect import NOT_APPLICABLE
 from lakefill.transforms.io import ROW_ID
 
-__all__ = ["Imputer", "resolve_device", "IMPUTED", "METHOD", "CONFIDENCE", "CHECK_BEFORE", "CHECK_AFTER",
+__all__ = ["Imputer", "resolve_device", "load_model_at", "save_model_to", "IMPUTED", "METHOD", "CONFIDENCE", "CHECK_BEFORE", "CHECK_AFTER",
            "PROVENANCE_COLUMNS", "imputed_mask"]
 
 IMPUTED = "_lf_imputed"
@@ -144,3 +144,38 @@ def _blank(table: pa.Table, fill: np.ndarray, columns: list[str]) -> pa.Table:
             table = table.set_column(table.column_names.index(name), name,
                                      pc.if_else(pa.array(fill[:, j]), pa.scalar(None, col.type), col))
     return table
+
+
+def load_model_at(where, schema=None) -> ModelArtifact:
+    """The artifact at a ``Location`` (a local folder, or a folder on an object store: its files
+    copied into a folder private to this process, ``mkdtemp``, loaded and checked by their
+    hashes, then removed)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from lakefill.errors import ModelError
+    from lakefill.transforms.storage import as_location
+
+    loc = as_location(where)
+    if loc.is_local:
+        return load_artifact(loc.local_path, schema=schema)
+    if not (loc / MANIFEST).exists():
+        raise ModelError(f"{loc}: no {MANIFEST}; is this a lakefill model folder (made by `lakefill train`)?")
+    folder = Path(tempfile.mkdtemp(prefix="lakefill-model-"))
+    try:
+        for f in loc.listdir():
+            if f.is_file():
+                (folder / f.name).write_bytes(f.read_bytes())
+        return load_artifact(folder, schema=schema)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def save_model_to(local_dir, where) -> None:
+    """A model folder written locally, copied to its ``Location`` (nothing to do on local disk)."""
+    from lakefill.transforms.storage import as_location
+
+    loc = as_location(where)
+    if not loc.is_local:
+        loc.upload(local_dir)

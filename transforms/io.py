@@ -6,11 +6,16 @@ Every column comes back as strings, except the nested and binary columns of a Pa
 number in the source). Rows that cannot be read as a row of the table (ragged, undecodable
 bytes, oversized cells) are not dropped: they come back as quarantine records with the reason
 and the raw text.
+
+A path may be a local path or a URI on an object store (``s3://``, ``gs://``, ``abfss://``):
+every function that takes one also takes ``options`` (the job's storage options) and reads
+through ``lakefill.transforms.storage``.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lakefill.errors import InputError
+from lakefill.transforms.storage import Location, as_location
 
 __all__ = ["ROW_ID", "RawRead", "Quarantined", "CsvOptions", "is_passthrough_type", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
            "read_parquet_row_group", "plan_reads", "read_unit", "quarantine_table", "QUARANTINE_SCHEMA"]
@@ -87,27 +93,56 @@ def quarantine_table(rows: list[Quarantined]) -> pa.Table:
     }, schema=QUARANTINE_SCHEMA)
 
 
-def _check_path(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"input file not found: {path}")
-    if path.is_dir():
-        raise InputError(f"input {path} is a directory; pass a file (.csv, .parquet or .jsonl)")
-    if path.stat().st_size == 0:
-        raise InputError(f"input file {path} is empty (0 bytes): expected a header row and data rows")
-    return path
+def _check_path(path: "str | Path | Location", options: dict | None = None) -> Location:
+    loc = as_location(path, options)
+    if not loc.exists():
+        raise InputError(f"input file not found: {loc}")
+    if not loc.is_file():
+        raise InputError(f"input {loc} is a directory; pass a file (.csv, .parquet or .jsonl)")
+    if loc.size() == 0:
+        raise InputError(f"input file {loc} is empty (0 bytes): expected a header row and data rows")
+    return loc
 
 
-def iter_raw(path: str | Path, *, batch_rows: int = 50_000, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS,
-             limit: int | None = None, csv_options: CsvOptions | None = None) -> Iterator[RawRead]:
+def _text(loc: Location, encoding: str):
+    """A text stream over the file's bytes (read in large blocks: one request each on an object store)."""
+    if loc.is_local:
+        binary = open(loc.path, "rb")
+    else:
+        binary = io.BufferedReader(_Raw(loc.open_input()), 1 << 22)
+    return io.TextIOWrapper(binary, encoding=encoding, errors="surrogateescape", newline="")
+
+
+class _Raw(io.RawIOBase):
+    """A pyarrow input stream as a Python raw stream (what TextIOWrapper reads from)."""
+
+    def __init__(self, stream):
+        self._s = stream
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        data = self._s.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def close(self):
+        self._s.close()
+        super().close()
+
+
+def iter_raw(path: "str | Path | Location", *, batch_rows: int = 50_000, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS,
+             limit: int | None = None, csv_options: CsvOptions | None = None,
+             options: dict | None = None) -> Iterator[RawRead]:
     """Read ``path`` as strings in chunks of about ``batch_rows`` records (row ids run on across chunks).
 
     The format follows the suffix: .csv/.tsv/.txt, .parquet, .jsonl/.json.
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    path = _check_path(path)
-    suffix = path.suffix.lower()
+    path = _check_path(path, options)
+    suffix = path.suffix
     if suffix in (".parquet", ".pq"):
         chunks = _iter_parquet(path, batch_rows, limit)
     elif suffix in (".jsonl", ".ndjson", ".json"):
@@ -123,18 +158,18 @@ def iter_raw(path: str | Path, *, batch_rows: int = 50_000, max_cell_chars: int 
         raise InputError(f"input file {path} has a header ({width} columns) but no data rows")
 
 
-def read_raw(path: str | Path, *, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS, limit: int | None = None,
-             csv_options: CsvOptions | None = None) -> RawRead:
+def read_raw(path: "str | Path | Location", *, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS, limit: int | None = None,
+             csv_options: CsvOptions | None = None, options: dict | None = None) -> RawRead:
     """Read all of ``path`` (or its first ``limit`` records) as strings; see ``iter_raw``."""
     chunks = list(iter_raw(path, batch_rows=1 << 62, max_cell_chars=max_cell_chars, limit=limit,
-                           csv_options=csv_options))
+                           csv_options=csv_options, options=options))
     if len(chunks) == 1:
         return chunks[0]
     return RawRead(chunks[0].path, pa.concat_tables([c.table for c in chunks]), [q for c in chunks for q in c.quarantined],
                    chunks[0].dialect)
 
 
-def _check_header(path: Path, names: list[str]) -> list[str]:
+def _check_header(path, names: list[str]) -> list[str]:
     names = [n if n is not None else "" for n in names]
     if not names or all(not n.strip() for n in names):
         raise InputError(f"{path}: the first line has no column names")
@@ -153,7 +188,7 @@ def _check_header(path: Path, names: list[str]) -> list[str]:
     return names
 
 
-def _sniff_delimiter(path: Path, sample: str) -> str:
+def _sniff_delimiter(path: Location, sample: str) -> str:
     if path.suffix.lower() == ".tsv":
         return "\t"
     try:
@@ -165,12 +200,12 @@ def _sniff_delimiter(path: Path, sample: str) -> str:
         return best if counts[best] else ","
 
 
-def _iter_csv(path: Path, max_cell_chars: int, limit: int | None, batch_rows: int,
+def _iter_csv(path: Location, max_cell_chars: int, limit: int | None, batch_rows: int,
               options: CsvOptions) -> Iterator[RawRead]:
     csv.field_size_limit(sys.maxsize)
-    with path.open("r", encoding=options.encoding, errors="surrogateescape", newline="") as fh:
+    with _text(path, options.encoding) as fh:
         sample = fh.read(65536)
-        fh.seek(0)
+    with _text(path, options.encoding) as fh:
         delimiter = options.delimiter or _sniff_delimiter(path, sample)
         dialect = {"delimiter": delimiter, "quotechar": options.quotechar, "encoding": options.encoding,
                    "sniffed": options.delimiter is None}
@@ -220,7 +255,7 @@ def _iter_csv(path: Path, max_cell_chars: int, limit: int | None, batch_rows: in
         yield _csv_chunk(path, names, columns, row_ids, bad, dialect)
 
 
-def _csv_chunk(path: Path, names: list[str], columns: list[list[str]], row_ids: list[int], bad: list[Quarantined],
+def _csv_chunk(path: Location, names: list[str], columns: list[list[str]], row_ids: list[int], bad: list[Quarantined],
                dialect: dict) -> RawRead:
     arrays = {n: pa.array(c, pa.string()) for n, c in zip(names, columns)}
     arrays[ROW_ID] = pa.array(row_ids, pa.int64())
@@ -246,9 +281,9 @@ def _row_problem(fields: list[str], names: list[str], width: int, line: int, max
     return None
 
 
-def _open_parquet(path: Path) -> pq.ParquetFile:
+def _open_parquet(path: Location) -> pq.ParquetFile:
     try:
-        f = pq.ParquetFile(path)
+        f = pq.ParquetFile(path.path, filesystem=path.fs)
     except (pa.ArrowInvalid, OSError) as err:
         raise InputError(f"{path}: not a readable Parquet file: {err}") from err
     _check_header(path, f.schema_arrow.names)
@@ -279,7 +314,7 @@ def _as_strings(path: str, table: pa.Table | pa.RecordBatch, first_row: int) -> 
     return RawRead(str(path), pa.Table.from_arrays(arrays, schema=pa.schema(fields)), [])
 
 
-def _iter_parquet(path: Path, batch_rows: int, limit: int | None) -> Iterator[RawRead]:
+def _iter_parquet(path: Location, batch_rows: int, limit: int | None) -> Iterator[RawRead]:
     f = _open_parquet(path)
     first, emitted = 0, False
     for batch in f.iter_batches(batch_size=min(batch_rows, 1 << 30)):
@@ -295,17 +330,18 @@ def _iter_parquet(path: Path, batch_rows: int, limit: int | None) -> Iterator[Ra
         yield _as_strings(str(path), f.schema_arrow.empty_table(), 0)
 
 
-def parquet_row_groups(path: str | Path) -> list[tuple[int, int]]:
+def parquet_row_groups(path: "str | Path | Location", options: dict | None = None) -> list[tuple[int, int]]:
     """(row group index, row id of its first row) for each row group."""
-    return [(index, first) for index, _, first in parquet_read_units(path, 1)]
+    return [(index, first) for index, _, first in parquet_read_units(path, 1, options)]
 
 
-def parquet_read_units(path: str | Path, batch_rows: int) -> list[tuple[int, int, int]]:
+def parquet_read_units(path: "str | Path | Location", batch_rows: int,
+                       options: dict | None = None) -> list[tuple[int, int, int]]:
     """Read units of about ``batch_rows`` rows: (first row group, number of row groups, row id of
     the first row). Consecutive small row groups are read together, so that every later step
     (validation, inference, reverse training) gets full batches; a row group larger than
     ``batch_rows`` is a unit of its own (the reader slices it)."""
-    f = _open_parquet(_check_path(path))
+    f = _open_parquet(_check_path(path, options))
     units: list[tuple[int, int, int]] = []
     start = count = rows = first = 0
     for i in range(f.num_row_groups):
@@ -321,38 +357,43 @@ def parquet_read_units(path: str | Path, batch_rows: int) -> list[tuple[int, int
     return units
 
 
-def read_parquet_row_group(path: str | Path, index: int, first_row: int, count: int = 1) -> RawRead:
+def read_parquet_row_group(path: "str | Path | Location", index: int, first_row: int, count: int = 1,
+                           options: dict | None = None) -> RawRead:
     """Row groups ``index`` .. ``index + count - 1`` as one all-string batch; row ids from ``first_row``."""
-    f = _open_parquet(Path(path))
+    path = as_location(path, options)
+    f = _open_parquet(path)
     return _as_strings(str(path), f.read_row_groups(list(range(index, index + count))), first_row)
 
 
-def plan_reads(path: str, batch_rows: int, *, min_units: int = 1) -> list[tuple[str, int, int, int]]:
+def plan_reads(path: str, batch_rows: int, *, min_units: int = 1,
+               options: dict | None = None) -> list[tuple[str, int, int, int]]:
     """What an engine splits a file into: (path, first row group, row id of its first row,
     number of row groups) per unit of about ``batch_rows`` rows for Parquet; a text file is one
     unit (path, -1, 0, 0), read in batches by ``read_unit``.
 
     ``min_units``: a Parquet file with fewer units than this is split into smaller ones (down to
     one row group each), so that an engine with that many task slots keeps them all busy."""
+    path = str(path)
     if path.lower().endswith((".parquet", ".pq")):
-        units = parquet_read_units(path, batch_rows)
+        units = parquet_read_units(path, batch_rows, options)
         if len(units) < min_units:
-            rows = _open_parquet(_check_path(path)).metadata.num_rows
-            units = parquet_read_units(path, max(1, -(-rows // min_units)))
+            rows = _open_parquet(_check_path(path, options)).metadata.num_rows
+            units = parquet_read_units(path, max(1, -(-rows // min_units)), options)
         return [(path, index, first, count) for index, count, first in units]
     return [(path, -1, 0, 0)]
 
 
-def read_unit(unit: tuple[str, int, int, int], batch_rows: int, *, csv_options: CsvOptions | None = None) -> Iterator[RawRead]:
+def read_unit(unit: tuple[str, int, int, int], batch_rows: int, *, csv_options: CsvOptions | None = None,
+              options: dict | None = None) -> Iterator[RawRead]:
     """The batches of one unit from ``plan_reads``."""
     path, index, first, count = unit
     if index >= 0:
-        yield read_parquet_row_group(path, index, first, count)
+        yield read_parquet_row_group(path, index, first, count, options)
     else:
-        yield from iter_raw(path, batch_rows=batch_rows, csv_options=csv_options)
+        yield from iter_raw(path, batch_rows=batch_rows, csv_options=csv_options, options=options)
 
 
-def _iter_jsonl(path: Path, max_cell_chars: int, limit: int | None, batch_rows: int) -> Iterator[RawRead]:
+def _iter_jsonl(path: Location, max_cell_chars: int, limit: int | None, batch_rows: int) -> Iterator[RawRead]:
     # JSON Lines files are read whole (the column set is fixed by the first object), then chunked
     whole = _read_jsonl(path, max_cell_chars, limit)
     bad = sorted(whole.quarantined, key=lambda q: q.row_id)
@@ -367,9 +408,9 @@ def _iter_jsonl(path: Path, max_cell_chars: int, limit: int | None, batch_rows: 
         yield RawRead(whole.path, part, mine)
 
 
-def _read_jsonl(path: Path, max_cell_chars: int, limit: int | None) -> RawRead:
+def _read_jsonl(path: Location, max_cell_chars: int, limit: int | None) -> RawRead:
     rows, bad, names = [], [], None
-    with path.open("r", encoding="utf-8", errors="surrogateescape") as fh:
+    with _text(path, "utf-8") as fh:
         for record, line in enumerate(fh):
             if limit is not None and record >= limit:
                 break

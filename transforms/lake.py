@@ -4,11 +4,18 @@ Workers write Parquet files into the table's folder (``write_part``) and return 
 ``AddAction``s; one step commits all of them in a single transaction (``commit``) that carries
 the run id as an application transaction (``txn`` action). A run id that the table has already
 committed commits nothing: retried or repeated runs never write twice.
+
+A table is a ``Location`` (``lakefill.transforms.storage``): a local folder or a URI on an object
+store, with its storage options; the parts are written with ``pyarrow.fs``, the commit with
+``deltalake`` on the same URI and options. On S3, deltalake 1.x commits a log entry with a
+conditional put (``If-None-Match``), so two writers cannot both commit the same version; no
+unsafe-rename flag is set anywhere.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,13 +26,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Schema, Transaction
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
+
+from lakefill.transforms.storage import Location, as_location
 
 __all__ = ["write_part", "commit", "CommitResult", "APP_ID_PREFIX", "read_lake", "action_to_dict", "action_from_dict",
            "check_writable", "part_path"]
 
 APP_ID_PREFIX = "lakefill:"
+_PART = re.compile(r"part-[0-9a-f]{32}\.parquet")
+_LOG_ENTRY = re.compile(r"[0-9]{20}\.json")
+_COMMIT_TRIES = 8
 Mode = Literal["error", "append", "overwrite", "overwrite_partitions"]
 
 
@@ -56,13 +68,14 @@ def _partition_path(values: dict[str, str | None]) -> str:
                     for k, v in values.items())
 
 
-def write_part(table: pa.Table, table_uri: str | Path, *, partition_by: list[str] = (), prefix: str = "part") -> list[AddAction]:
+def write_part(table: pa.Table, table_uri: "str | Path | Location", *, partition_by: list[str] = (),
+               prefix: str = "part") -> list[AddAction]:
     """Write ``table`` as Parquet file(s) under the table folder; return their AddActions.
 
     Nothing is visible to readers until ``commit`` adds the files to the Delta log.
     """
-    root = Path(table_uri)
-    root.mkdir(parents=True, exist_ok=True)
+    root = as_location(table_uri)
+    root.mkdir()
     if table.num_rows == 0:
         return []
     partition_by = list(partition_by)
@@ -84,22 +97,23 @@ def write_part(table: pa.Table, table_uri: str | Path, *, partition_by: list[str
         rel = f"{prefix}-{uuid.uuid4().hex}.parquet"
         if values:
             rel = f"{_partition_path(values)}/{rel}"
-        path = root / rel
-        if not path.resolve().is_relative_to(root.resolve()):  # never outside the table, whatever the values
+        if any(p in ("", ".", "..") for p in rel.split("/")):  # never outside the table, whatever the values
             raise ValueError(f"partition path {rel!r} would leave the table folder {root}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(part, path)
+        buf = pa.BufferOutputStream()
+        pq.write_table(part, buf)
+        data = buf.getvalue()
+        root.join(*rel.split("/")).write_bytes(data.to_pybytes())
         # the file's own relative path: delta-rs URI-encodes it into the log (a folder named
         # "p=a%2Fb" is "p=a%252Fb" there, as Spark writes it) and decodes it on reading
-        actions.append(AddAction(path=rel, size=path.stat().st_size, partition_values=values,
+        actions.append(AddAction(path=rel, size=data.size, partition_values=values,
                                  modification_time=int(time.time() * 1000), data_change=True,
                                  stats=json.dumps(_stats(part))))
     return actions
 
 
-def part_path(table_uri: str | Path, action: AddAction) -> Path:
-    """The local file of an AddAction that ``write_part`` returned."""
-    return Path(table_uri) / action.path
+def part_path(table_uri: "str | Path | Location", action: AddAction) -> Location:
+    """The file of an AddAction that ``write_part`` returned."""
+    return as_location(table_uri).join(*action.path.split("/"))
 
 
 def _stats(table: pa.Table) -> dict:
@@ -126,73 +140,99 @@ def action_from_dict(d: dict) -> AddAction:
     return AddAction(**d)
 
 
-def _open(table_uri: str) -> DeltaTable | None:
+def _open(table: Location) -> DeltaTable | None:
+    uri, options = table.delta()
     try:
-        return DeltaTable(table_uri)
+        return DeltaTable(uri, storage_options=options)
     except TableNotFoundError:
         return None
 
 
-def check_writable(table_uri: str | Path, *, run_id: str, mode: Mode) -> None:
+def check_writable(table_uri: "str | Path | Location", *, run_id: str, mode: Mode) -> None:
     """Refuse, before any work, a run that ``commit`` would refuse at the end: mode 'error' and
     a table that exists without this run id (a re-run of a committed run id is fine: it
     commits nothing twice and completes a half-committed run)."""
+    table = as_location(table_uri)
+    if not table.join("_delta_log").is_dir():
+        foreign = [f for f in table.walk() if not _PART.fullmatch(f.name)]
+        if foreign:  # uncommitted parts of a crashed run are fine: they are never committed
+            raise FileExistsError(f"{table} holds files but is not a Delta table (no _delta_log; e.g. {foreign[0]}); "
+                                  f"lakefill will not mix its table with other files: choose another output")
     if mode != "error":
         return
-    dt = _open(str(table_uri))
+    dt = _open(table)
     if dt is not None and dt.transaction_version(APP_ID_PREFIX + run_id) is None:
         raise FileExistsError(f"Delta table {table_uri} already exists and mode is 'error' (never clobber); use mode "
                               f"append, overwrite or overwrite_partitions to write into it, or another output")
 
 
-def commit(table_uri: str | Path, actions: list[AddAction], schema: pa.Schema, *, run_id: str,
+def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema: pa.Schema, *, run_id: str,
            mode: Mode = "error", partition_by: list[str] = ()) -> CommitResult:
     """Commit the files of one run in one Delta transaction, once per run id.
 
     ``mode``: error (refuse to write into an existing table), append, overwrite (replace the
     table's rows), overwrite_partitions (replace only the partitions this run writes).
     """
-    uri = str(table_uri)
+    table = as_location(table_uri)
+    uri, options = table.delta()
     app_id = APP_ID_PREFIX + run_id
     rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
     props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)],
                              custom_metadata={"lakefill.run_id": run_id})
     partition_by = list(partition_by)
-    dt = _open(uri)
+    dt = _open(table)
     if dt is None:
         try:
             create_table_with_add_actions(uri, Schema.from_arrow(schema), actions, mode="error",
-                                          partition_by=partition_by or None, commit_properties=props)
-            return CommitResult(uri, run_id, True, _version_of(uri, app_id), len(actions), rows)
+                                          partition_by=partition_by or None, commit_properties=props,
+                                          storage_options=options)
+            return CommitResult(str(table), run_id, True, _version_of(table, app_id), len(actions), rows)
         except DeltaError:
             # another writer created the table first (concurrent first commits): commit into it
-            dt = _open(uri)
+            dt = _open(table)
             if dt is None:
                 raise
             if mode == "error":
                 mode = "append"  # the table did not exist when this run started: it is this run's to write
-    if dt.transaction_version(app_id) is not None:
-        return CommitResult(uri, run_id, False, dt.version(), 0, 0)
-    if mode == "error":
-        raise FileExistsError(f"Delta table {uri} already exists and mode is 'error'; "
+    if mode == "error" and dt.transaction_version(app_id) is None:
+        raise FileExistsError(f"Delta table {table} already exists and mode is 'error'; "
                               "use mode append, overwrite or overwrite_partitions to write into it")
-    if mode == "overwrite_partitions":
-        if not partition_by:
-            raise ValueError("mode overwrite_partitions needs partition_by")
-        _commit_overwrite_partitions(dt, actions, schema, partition_by, props)
-    else:
-        dt.create_write_transaction(actions, mode=mode, schema=Schema.from_arrow(schema),
-                                    partition_by=partition_by or None, commit_properties=props)
-    return CommitResult(uri, run_id, True, _version_of(uri, app_id), len(actions), rows)
+    for attempt in range(_COMMIT_TRIES):
+        if dt.transaction_version(app_id) is not None:
+            return CommitResult(str(table), run_id, False, dt.version(), 0, 0)
+        try:
+            if mode == "overwrite_partitions":
+                if not partition_by:
+                    raise ValueError("mode overwrite_partitions needs partition_by")
+                _commit_overwrite_partitions(dt, actions, schema, partition_by, props)
+            else:
+                dt.create_write_transaction(actions, mode=mode, schema=Schema.from_arrow(schema),
+                                            partition_by=partition_by or None, commit_properties=props)
+            break
+        except CommitFailedError:
+            # a concurrent writer took the version (and deltalake's own retries could not
+            # resolve it, e.g. the table was created meanwhile): read the table again and retry
+            if attempt == _COMMIT_TRIES - 1:
+                raise
+            time.sleep(min(0.05 * 2 ** attempt, 2.0))
+            dt = _open(table)
+    return CommitResult(str(table), run_id, True, _version_of(table, app_id), len(actions), rows)
 
 
-def _version_of(uri: str, app_id: str) -> int:
-    """The table version that holds this run's commit (not a later writer's)."""
-    dt = DeltaTable(uri)
-    for entry in dt.history():  # newest first; each commit of lakefill carries its run id
-        if entry.get("lakefill.run_id") == app_id[len(APP_ID_PREFIX):]:
-            return int(entry["version"])
-    return dt.version()
+def _version_of(table: Location, app_id: str) -> int | None:
+    """The table version that holds this run's commit (not a later writer's): the newest log
+    entry whose txn action carries the run's app id (read from the log itself; a store's
+    listing may lag a concurrent writer's commit for a moment, so it is read again a few
+    times, and None is said rather than a wrong version)."""
+    needle = json.dumps({"appId": app_id}, separators=(",", ":"))[1:-1]  # "appId":"lakefill:RUN"
+    log = table / "_delta_log"
+    for attempt in range(6):
+        entries = sorted((f for f in log.listdir() if _LOG_ENTRY.fullmatch(f.name)), key=lambda f: f.name, reverse=True)
+        for f in entries[:200]:
+            if needle in f.read_text():
+                return int(f.name[:20])
+        time.sleep(0.1 * 2 ** attempt)
+    return None
 
 
 def _commit_overwrite_partitions(dt, actions, schema, partition_by, props) -> None:
@@ -208,5 +248,6 @@ def _commit_overwrite_partitions(dt, actions, schema, partition_by, props) -> No
                                 partition_by=partition_by, partition_filters=filters, commit_properties=props)
 
 
-def read_lake(table_uri: str | Path) -> pa.Table:
-    return DeltaTable(str(table_uri)).to_pyarrow_table()
+def read_lake(table_uri: "str | Path | Location") -> pa.Table:
+    uri, options = as_location(table_uri).delta()
+    return DeltaTable(uri, storage_options=options).to_pyarrow_table()

@@ -48,10 +48,11 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from lakefill.models.artifact import load_artifact
 from lakefill.schema import TableSchema
 from lakefill.transforms.detect import NullPolicy
-from lakefill.transforms.impute import Imputer, resolve_device
+from lakefill.transforms.impute import Imputer, load_model_at, resolve_device
 from lakefill.transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
 from lakefill.transforms.plan import (Detect, Finish, Impute, Refine, Runtime, StagePlan, Step, Validate, run_steps)
 from lakefill.transforms.stage import write_outputs
+from lakefill.transforms.storage import Location, as_location
 
 __all__ = ["Q_REASON", "Q_STAGE", "Q_RECORD", "ModelRef", "Counters", "broadcast_model", "run_plan", "read_raw",
            "detect_disguised_nulls", "validate", "impute", "refine", "with_run_id_df", "split_quarantine", "write_lake",
@@ -182,10 +183,13 @@ class ModelRef:
     device: str = "auto"
 
 
-def broadcast_model(spark: SparkSession, model_dir: str | Path, schema: TableSchema, *, device: str = "auto") -> ModelRef:
-    model_dir = Path(model_dir)
-    load_artifact(model_dir, schema=schema)  # refuse a bad model on the driver, before any task
-    files = {p.name: p.read_bytes() for p in sorted(model_dir.iterdir()) if p.is_file()}
+def broadcast_model(spark: SparkSession, model_dir: "str | Path | Location", schema: TableSchema, *,
+                    device: str = "auto") -> ModelRef:
+    """The model folder's files (local or on an object store) read on the driver, checked, and
+    broadcast: no executor reads a shared disk or the store for the model."""
+    loc = as_location(model_dir)
+    load_model_at(loc, schema=schema)  # refuse a bad model on the driver, before any task
+    files = {f.name: f.read_bytes() for f in loc.listdir() if f.is_file()}
     digest = _files_digest(files)
     return ModelRef(spark.sparkContext.broadcast(files), digest, schema.model_dump(by_alias=True), device)
 
@@ -240,18 +244,20 @@ def _imputer(ref: ModelRef) -> Imputer:
 
 # -- the job: the plan from read to write in one pass --------------------------------------------
 
-def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *, table_uri: str,
-             quarantine_uri: str, run_id: str, partition_by: list[str] = (), batch_rows: int = 200_000,
-             min_tasks: int | None = None, csv_options=None) -> DataFrame:
+def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *, table_uri: "str | Location",
+             quarantine_uri: "str | Location", run_id: str, partition_by: list[str] = (), batch_rows: int = 200_000,
+             min_tasks: int | None = None, csv_options=None, options: dict | None = None) -> DataFrame:
     """One task per read unit (consecutive Parquet row groups of about ``batch_rows`` rows; a
     text file is one unit; a Parquet file is split into at least ``min_tasks`` units where its
     row groups allow, default four per task slot, so that a small input still keeps every core
     busy). Each task reads, runs the plan's steps on every batch and writes the parts; the
     DataFrame it returns holds one record per batch (``parts``: ``Parts.to_dict()`` as JSON).
-    Nothing is visible until the driver commits."""
+    Nothing is visible until the driver commits. ``options``: the storage options of the input
+    (the tables' ``Location``s carry their own)."""
     if min_tasks is None:
         min_tasks = 4 * spark.sparkContext.defaultParallelism
-    units = plan_reads(path, batch_rows, min_units=min_tasks)
+    options = dict(options or {})
+    units = plan_reads(str(path), batch_rows, min_units=min_tasks, options=options)
     todo = spark.createDataFrame(units, "path string, unit int, first long, groups int").repartition(len(units))
     steps, partition_by = list(plan.steps), list(partition_by)
     out = dict(table_uri=table_uri, quarantine_uri=quarantine_uri, run_id=run_id, partition_by=partition_by)
@@ -260,7 +266,7 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
         rt = Runtime(lambda: _imputer(model))
         for b in batches:
             for unit in zip(*(b.column(i).to_pylist() for i in range(4))):
-                for chunk in read_unit(unit, batch_rows, csv_options=csv_options):
+                for chunk in read_unit(unit, batch_rows, csv_options=csv_options, options=options):
                     done = run_steps(steps, chunk.table, rt)
                     parts = write_outputs(done.table, list(chunk.quarantined) + done.quarantined, **out)
                     parts.counters.update(done.counters)

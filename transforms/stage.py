@@ -26,6 +26,7 @@ from lakefill.errors import LakefillError
 from lakefill.transforms.io import Quarantined, quarantine_table
 from lakefill.transforms.lake import action_from_dict, action_to_dict, commit, part_path, write_part
 from lakefill.transforms.plan import HIST_BINS, RUN_ID, StepOutput, bin_label, with_run_id
+from lakefill.transforms.storage import Location, as_location, redact
 
 __all__ = ["RUN_ID", "RowsLost", "QuarantineExceeded", "reason_key", "reason_counts", "quarantine_batch", "Parts",
            "write_outputs", "RunTotals", "finalize", "HIST_BINS"]
@@ -78,8 +79,8 @@ class Parts:
                    schema, Counter(d.get("counters") or {}))
 
 
-def write_outputs(batch: pa.Table | None, quarantined: list[Quarantined], *, table_uri: str | Path,
-                  quarantine_uri: str | Path, run_id: str, partition_by: list[str] = ()) -> Parts:
+def write_outputs(batch: pa.Table | None, quarantined: list[Quarantined], *, table_uri: "str | Path | Location",
+                  quarantine_uri: "str | Path | Location", run_id: str, partition_by: list[str] = ()) -> Parts:
     """A batch's kept rows as parts of the table, its quarantined rows as parts of the quarantine."""
     parts = Parts()
     if batch is not None and batch.num_rows:
@@ -165,12 +166,12 @@ def _rows(actions: list[AddAction]) -> int:
 class Finalized:
     counts: dict
     committed: bool
-    report: Path
+    report: Location
     table_version: int | None
     metrics: dict = field(default_factory=dict)
 
 
-def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path, config: dict,
+def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path | Location", config: dict,
              max_quarantine_share: float, mode: str, partition_by: list[str], timings: dict | None = None,
              metrics: dict | None = None, log=print) -> Finalized:
     """The end of a run, on one process (the driver, or one Beam worker holding all the actions).
@@ -182,10 +183,10 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path,
     second commit failed completes it and writes nothing twice. The report's ``metrics`` are the
     run's counters (the same names on every engine) and the engine's own ``metrics``.
     """
-    out = Path(output)
+    out = as_location(output)
     table_uri, quarantine_uri = out / "table", out / "quarantine"
     report_dir = out / "reports" / run_id
-    report_dir.mkdir(parents=True, exist_ok=True)
+    report_dir.mkdir()
     written, quarantined = totals.rows_written, totals.rows_quarantined
     counts = {"rows_in": totals.rows_in, "rows_written": written, "rows_quarantined": quarantined,
               "quarantined_by_reason": dict(sorted(totals.quarantined_by_reason.items())),
@@ -193,7 +194,7 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path,
               "cells_imputed": totals.counters["cells_imputed"], "rows_refined": totals.counters["rows_refined"]}
     metrics = {**dict(sorted((+totals.counters).items())), **(metrics or {})}  # the counters above 0
 
-    def report(committed: bool, version=None, already: bool = False) -> Path:
+    def report(committed: bool, version=None, already: bool = False) -> Location:
         return write_report(report_dir, run_id=run_id, engine=engine, config=config, counts=counts,
                             hist=totals.confidence_hist, committed=committed, table_version=version,
                             timings=timings or {}, metrics=metrics, validation=totals.validation,
@@ -248,21 +249,25 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: str | Path,
     return Finalized(counts, result.committed, path, result.version, metrics)
 
 
-def _keep_rejected(quarantine_uri: Path, actions: list[AddAction], out: Path) -> Path:
+def _keep_rejected(quarantine_uri: Location, actions: list[AddAction], out: Location) -> Location:
     """The quarantined rows of a run that commits nothing, kept as one Parquet file beside its report."""
-    parts = [pq.read_table(part_path(quarantine_uri, a)) for a in actions]
-    pq.write_table(pa.concat_tables(parts) if parts else quarantine_batch([], ""), out)
-    return out
+    parts = [pq.read_table(pa.BufferReader(part_path(quarantine_uri, a).read_bytes())) for a in actions]
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.concat_tables(parts) if parts else quarantine_batch([], ""), buf)
+    return out.write_bytes(buf.getvalue().to_pybytes())
 
 
-def _remove(root: Path, actions: list[AddAction]) -> None:
+def _remove(root: Location, actions: list[AddAction]) -> None:
     for a in actions:
-        part_path(root, a).unlink(missing_ok=True)
+        part_path(root, a).remove()
 
 
-def write_report(report_dir: Path, *, run_id: str, engine: str, config: dict, counts: dict, hist: list[int],
+def write_report(report_dir: "Path | Location", *, run_id: str, engine: str, config: dict, counts: dict, hist: list[int],
                  committed: bool, table_version: int | None, timings: dict, metrics: dict, validation: dict,
                  already_committed: bool = False) -> Path:
+    report_dir = as_location(report_dir)
+    out = report_dir.parent.parent
+    config = {**config, "storage_options": redact(config.get("storage_options"))} if "storage_options" in config else config
     edges = np.linspace(0, 1, HIST_BINS + 1).round(6).tolist()
     report = {"run_id": run_id, "engine": engine, "input": config.get("input"), "model": config.get("model"),
               "committed": committed, "already_committed": already_committed, "table_version": table_version,
@@ -270,9 +275,6 @@ def write_report(report_dir: Path, *, run_id: str, engine: str, config: dict, co
               "confidence_histogram": {"edges": edges, "counts": list(hist)},
               "confidence_threshold": config.get("confidence_threshold"), "validation": validation,
               "metrics": metrics, "timings_seconds": {k: round(v, 4) for k, v in timings.items()},
-              "table": str(Path(report_dir).parents[1] / "table"),
-              "quarantine": str(Path(report_dir).parents[1] / "quarantine"),
-              "data_docs": str(Path(report_dir) / "data_docs")}
-    path = Path(report_dir) / "report.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
-    return path
+              "table": str(out / "table"), "quarantine": str(out / "quarantine"),
+              "data_docs": str(report_dir / "data_docs")}
+    return (report_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
