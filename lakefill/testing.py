@@ -60,9 +60,15 @@ class S3Server:
         return f"s3://{name}"
 
     def stop(self) -> None:
+        import subprocess
+
         if self._proc.poll() is None:
             self._proc.terminate()
-            self._proc.wait(timeout=30)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=30)
         if hasattr(self._log, "close"):
             self._log.close()
 

