@@ -27,7 +27,7 @@ from lakefill.pipelines.report import render_report
 from lakefill.schema import TableSchema, infer_schema, load_schema
 from lakefill.transforms.detect import NullPolicy
 from lakefill.transforms.impute import load_model_at, resolve_device, save_model_to
-from lakefill.transforms.io import ROW_ID, RawRead, read_raw
+from lakefill.transforms.io import ROW_ID, RawRead, input_files, read_raw
 from lakefill.transforms.lake import check_writable
 from lakefill.transforms.parse import detect_and_parse, parse_table
 from lakefill.transforms.plan import StagePlan, Step, stage_plan
@@ -76,8 +76,9 @@ def prepare(config: JobConfig, *, log=print) -> Prepared:
     """
     source, out = config.location(config.input), config.out
     source.check_reachable()
-    if not source.exists():
+    if not any(c in source.uri for c in "*?[") and not source.exists():
         raise ConfigError(f"input {source} does not exist")
+    files = input_files(source)  # a folder or a glob with no data file: refused, naming it
     out.check_reachable()
     run_id = config.run_id or _default_run_id()
     try:  # mode 'error' and a table that has other runs: refused now, not after all the work
@@ -90,7 +91,8 @@ def prepare(config: JobConfig, *, log=print) -> Prepared:
         schema = load_schema_at(config.location(config.schema_path))
     else:
         inferred = NullPolicy(sample_rows=config.sample_rows).fit(sample.table)
-        schema = infer_schema(sample.table, name=source.stem, policy=inferred)
+        name = files[0].stem if len(files) == 1 else (source.parent if "*" in source.uri else source).name
+        schema = infer_schema(sample.table, name=name, policy=inferred)
     schema.check_columns([c for c in sample.table.column_names if c != ROW_ID], source=str(source))
     policy = NullPolicy(schema=schema, sample_rows=config.sample_rows).fit(sample.table)
     model = config.location(config.model)

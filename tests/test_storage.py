@@ -282,3 +282,28 @@ def test_lakefill_run_on_the_command_line_with_every_path_on_s3(lakes, tmp_path)
     assert done.returncode == 0 and "check passed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     assert "report: s3://lake/out-cli/reports/cli/report.html" in done.stdout
     assert Location(f"{lake}/out-cli/reports/cli/report.html", s3.options).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_input_folder_on_s3_is_read_whole_with_row_ids_per_file(lakes, engine, request, tmp_path):
+    """A folder of CSV parts (one empty, one header-only, a _SUCCESS marker) and a glob of them:
+    every record of every file once, row ids ``file * FILE_ROWS + record``, on every engine."""
+    from lakefill.transforms.io import FILE_ROWS
+
+    s3, lake = lakes["s3"]
+    lines = (EXAMPLES / "customers.csv").read_text().splitlines()
+    header, body = lines[0], lines[1:]
+    parts = {"part-0.csv": body[:250], "part-1.csv": body[250:], "part-2.csv": [], "part-3.csv": None}
+    for name, rows in parts.items():
+        text = "" if rows is None else "\n".join([header, *rows]) + "\n"
+        Location(f"{lake}/parts/{name}", s3.options).write_text(text)
+    Location(f"{lake}/parts/_SUCCESS", s3.options).write_text("")
+    for input_ in (f"{lake}/parts", f"{lake}/parts/part-*.csv"):
+        run_id = f"parts-{engine}-{'glob' if '*' in input_ else 'folder'}"
+        job = _job(s3, lake, f"out-{run_id}", input=input_, run_id=run_id)
+        outcome = _run(engine, job, request)
+        table, quarantine = _read(outcome.table, s3.options), _read(outcome.quarantine, s3.options)
+        ids = sorted(table.column(ROW_ID).to_pylist() + quarantine.column(ROW_ID).to_pylist())
+        assert ids == list(range(250)) + [FILE_ROWS + r for r in range(len(body) - 250)], input_
+        assert outcome.counts["rows_in"] == len(body)

@@ -53,14 +53,14 @@ def _quarantine(rows: list[Quarantined]):
 # -- read ------------------------------------------------------------------------------------
 
 class _PlanReads(beam.DoFn):
-    """The input file -> read units: consecutive Parquet row groups of about ``batch_rows`` rows
-    together (from the file's footer); a text file is one unit."""
+    """The input (a file, a folder or a glob) -> read units: consecutive Parquet row groups of
+    about ``batch_rows`` rows together (from each file's footer); a text file is one unit."""
 
-    def __init__(self, batch_rows: int, options: dict | None = None):
-        self.batch_rows, self.options = batch_rows, dict(options or {})
+    def __init__(self, batch_rows: int, options: dict | None = None, csv_options=None):
+        self.batch_rows, self.options, self.csv_options = batch_rows, dict(options or {}), csv_options
 
     def process(self, path: str):
-        yield from plan_reads(path, self.batch_rows, options=self.options)
+        yield from plan_reads(path, self.batch_rows, options=self.options, csv_options=self.csv_options)
 
 
 class _ReadUnit(beam.DoFn):
@@ -96,7 +96,7 @@ class ReadRaw(beam.PTransform):
     def expand(self, pbegin):
         return (pbegin
                 | "Input" >> beam.Create([self.path])
-                | "Plan" >> beam.ParDo(_PlanReads(self.batch_rows, self.options))
+                | "Plan" >> beam.ParDo(_PlanReads(self.batch_rows, self.options, self.csv_options))
                 | "Spread" >> beam.Reshuffle()
                 | "Read" >> beam.ParDo(_ReadUnit(self.batch_rows, self.csv_options, self.options)).with_outputs(
                     QUARANTINE, COUNTERS, main="main"))

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakefill.errors import InputError
 from lakefill.transforms.storage import Location, as_location
 
-__all__ = ["ROW_ID", "RawRead", "Quarantined", "CsvOptions", "is_passthrough_type", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
+__all__ = ["ROW_ID", "FILE_ROWS", "input_files", "RawRead", "Quarantined", "CsvOptions", "is_passthrough_type", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
            "read_parquet_row_group", "plan_reads", "read_unit", "quarantine_table", "QUARANTINE_SCHEMA"]
 
 ROW_ID = "_lf_row_id"
@@ -137,11 +138,84 @@ def iter_raw(path: "str | Path | Location", *, batch_rows: int = 50_000, max_cel
              options: dict | None = None) -> Iterator[RawRead]:
     """Read ``path`` as strings in chunks of about ``batch_rows`` records (row ids run on across chunks).
 
-    The format follows the suffix: .csv/.tsv/.txt, .parquet, .jsonl/.json.
+    ``path``: a file (the format follows the suffix: .csv/.tsv/.txt, .parquet, .jsonl/.json), a
+    folder, or a glob (``s3://b/raw/*.csv``): its files in URI order, every one with the first
+    file's columns; file ``i``'s record ``r`` gets the row id ``i * FILE_ROWS + r``.
+    """
+    files = input_files(path, options)
+    single = len(files) == 1 and files[0].uri == as_location(path, options).uri
+    expected = None
+    seen = 0
+    for i, f in enumerate(files):
+        for chunk in _iter_file(f, batch_rows=batch_rows, max_cell_chars=max_cell_chars, strict=single,
+                                limit=None if limit is None else limit - seen, csv_options=csv_options):
+            names = [n for n in chunk.table.column_names if n != ROW_ID]
+            if expected is None:
+                expected = names
+            elif names != expected:
+                raise InputError(f"{f}: its columns {names} are not the first input file's ({files[0]}: {expected}); "
+                                 f"every file of one input must have the same columns")
+            seen += chunk.rows_in
+            yield _shifted(chunk, i * FILE_ROWS)
+        if limit is not None and seen >= limit:
+            return
+    if seen == 0 and not single:
+        raise InputError(f"input {as_location(path, options)}: its {len(files)} files hold no data rows")
+
+
+def _shifted(chunk: RawRead, offset: int) -> RawRead:
+    """A chunk's row ids (and its quarantined rows') moved by ``offset``: the file's place in its input."""
+    if not offset:
+        return chunk
+    ids = chunk.table.column(ROW_ID)
+    table = chunk.table.set_column(chunk.table.column_names.index(ROW_ID), ROW_ID,
+                                   pc.add(ids, pa.scalar(offset, pa.int64())))
+    bad = [Quarantined(q.row_id + offset, q.reason, q.stage, q.record) for q in chunk.quarantined]
+    return RawRead(chunk.path, table, bad, chunk.dialect)
+
+
+FILE_ROWS = 1 << 40  # row ids per input file: file i's record r is row i * FILE_ROWS + r
+_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq", ".jsonl", ".ndjson", ".json")
+
+
+def input_files(path: "str | Path | Location", options: dict | None = None) -> list[Location]:
+    """The files an input names: itself; a folder's data files (hidden and ``_`` files, such as
+    ``_SUCCESS``, skipped); a glob's matches. In URI order. An input with none is an error that
+    names it."""
+    loc = as_location(path, options)
+    if any(c in loc.uri for c in "*?["):
+        files = [f for f in loc.glob() if _is_data_file(f)]
+        if not files:
+            raise InputError(f"input {loc} matches no CSV, JSON Lines or Parquet file")
+        return files
+    if not loc.exists():
+        raise InputError(f"input file not found: {loc}")
+    if loc.is_file():
+        return [loc]
+    files = [f for f in loc.walk() if _is_data_file(f)]
+    if not files:
+        raise InputError(f"input folder {loc} holds no CSV, JSON Lines or Parquet file")
+    return files
+
+
+def _is_data_file(f: Location) -> bool:
+    return f.suffix in _SUFFIXES and not f.name.startswith((".", "_"))
+
+
+def _iter_file(path: "str | Path | Location", *, batch_rows: int = 50_000, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS,
+               limit: int | None = None, csv_options: CsvOptions | None = None,
+               options: dict | None = None, strict: bool = True) -> Iterator[RawRead]:
+    """One file as strings in chunks of about ``batch_rows`` records (row ids run on across chunks).
+
+    The format follows the suffix: .csv/.tsv/.txt, .parquet, .jsonl/.json. ``strict``: an empty
+    file, or one with a header and no rows, is an error (a file given alone); else it gives
+    nothing, or its empty chunk (one file of a folder, such as an empty part).
     """
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
-    path = _check_path(path, options)
+    path = _check_path(path, options) if strict else as_location(path, options)
+    if not strict and path.size() == 0:
+        return
     suffix = path.suffix
     if suffix in (".parquet", ".pq"):
         chunks = _iter_parquet(path, batch_rows, limit)
@@ -154,7 +228,7 @@ def iter_raw(path: "str | Path | Location", *, batch_rows: int = 50_000, max_cel
         rows += chunk.rows_in
         width = chunk.table.num_columns - 1
         yield chunk
-    if rows == 0:
+    if rows == 0 and strict:
         raise InputError(f"input file {path} has a header ({width} columns) but no data rows")
 
 
@@ -365,22 +439,48 @@ def read_parquet_row_group(path: "str | Path | Location", index: int, first_row:
     return _as_strings(str(path), f.read_row_groups(list(range(index, index + count))), first_row)
 
 
-def plan_reads(path: str, batch_rows: int, *, min_units: int = 1,
-               options: dict | None = None) -> list[tuple[str, int, int, int]]:
-    """What an engine splits a file into: (path, first row group, row id of its first row,
-    number of row groups) per unit of about ``batch_rows`` rows for Parquet; a text file is one
-    unit (path, -1, 0, 0), read in batches by ``read_unit``.
+def plan_reads(path: str, batch_rows: int, *, min_units: int = 1, options: dict | None = None,
+               csv_options: CsvOptions | None = None) -> list[tuple[str, int, int, int]]:
+    """What an engine splits an input into: per file (``input_files``), (path, first row group,
+    row id of its first row, number of row groups) per unit of about ``batch_rows`` rows for
+    Parquet; a text file is one unit (path, -1, its first row id, 0), read in batches by
+    ``read_unit``. Every file's columns are checked against the first's here (a text file's
+    header line; a Parquet file's footer).
 
     ``min_units``: a Parquet file with fewer units than this is split into smaller ones (down to
     one row group each), so that an engine with that many task slots keeps them all busy."""
-    path = str(path)
-    if path.lower().endswith((".parquet", ".pq")):
-        units = parquet_read_units(path, batch_rows, options)
-        if len(units) < min_units:
-            rows = _open_parquet(_check_path(path, options)).metadata.num_rows
-            units = parquet_read_units(path, max(1, -(-rows // min_units)), options)
-        return [(path, index, first, count) for index, count, first in units]
-    return [(path, -1, 0, 0)]
+    out: list[tuple[str, int, int, int]] = []
+    files = input_files(path, options)
+    expected = None
+    for i, f in enumerate(files):
+        names = _columns(f, csv_options)
+        if names is None:  # an empty file: nothing to read
+            continue
+        if expected is None:
+            expected = names
+        elif names != expected:
+            raise InputError(f"{f}: its columns {names} are not the first input file's ({files[0]}: {expected}); "
+                             f"every file of one input must have the same columns")
+        offset = i * FILE_ROWS
+        if f.suffix in (".parquet", ".pq"):
+            units = parquet_read_units(f, batch_rows)
+            if len(units) < min_units:
+                rows = _open_parquet(f).metadata.num_rows
+                units = parquet_read_units(f, max(1, -(-rows // min_units)))
+            out += [(str(f), index, offset + first, count) for index, count, first in units]
+        else:
+            out.append((str(f), -1, offset, 0))
+    return out
+
+
+def _columns(f: Location, csv_options: CsvOptions | None = None) -> list[str] | None:
+    """A file's column names (None for an empty file)."""
+    if f.size() == 0:
+        return None
+    if f.suffix in (".parquet", ".pq"):
+        return list(_open_parquet(f).schema_arrow.names)
+    chunk = next(_iter_file(f, batch_rows=1, limit=1, csv_options=csv_options, strict=False), None)
+    return None if chunk is None else [n for n in chunk.table.column_names if n != ROW_ID]
 
 
 def read_unit(unit: tuple[str, int, int, int], batch_rows: int, *, csv_options: CsvOptions | None = None,
@@ -390,7 +490,9 @@ def read_unit(unit: tuple[str, int, int, int], batch_rows: int, *, csv_options: 
     if index >= 0:
         yield read_parquet_row_group(path, index, first, count, options)
     else:
-        yield from iter_raw(path, batch_rows=batch_rows, csv_options=csv_options, options=options)
+        for chunk in _iter_file(as_location(path, options), batch_rows=batch_rows, csv_options=csv_options,
+                                strict=False):
+            yield _shifted(chunk, first)
 
 
 def _iter_jsonl(path: Location, max_cell_chars: int, limit: int | None, batch_rows: int) -> Iterator[RawRead]:

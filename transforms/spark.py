@@ -257,7 +257,7 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
     if min_tasks is None:
         min_tasks = 4 * spark.sparkContext.defaultParallelism
     options = dict(options or {})
-    units = plan_reads(str(path), batch_rows, min_units=min_tasks, options=options)
+    units = plan_reads(str(path), batch_rows, min_units=min_tasks, options=options, csv_options=csv_options)
     todo = spark.createDataFrame(units, "path string, unit int, first long, groups int").repartition(len(units))
     steps, partition_by = list(plan.steps), list(partition_by)
     out = dict(table_uri=table_uri, quarantine_uri=quarantine_uri, run_id=run_id, partition_by=partition_by)
@@ -307,7 +307,7 @@ def read_raw(spark: SparkSession, path: str, raw_schema: pa.Schema, counters: Co
     records come back as quarantined rows. Row ids as in the core reader."""
     if min_tasks is None:
         min_tasks = 4 * spark.sparkContext.defaultParallelism
-    units = plan_reads(path, batch_rows, min_units=min_tasks)
+    units = plan_reads(path, batch_rows, min_units=min_tasks, csv_options=csv_options)
     todo = spark.createDataFrame(units, "path string, unit int, first long, groups int").repartition(len(units))
 
     def fn(batches):
