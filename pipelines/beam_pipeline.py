@@ -93,7 +93,8 @@ def beam_metrics(result) -> dict:
 def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: LakefillModelHandler | None = None,
              extra_steps: Sequence[Step] = (), log=print) -> RunOutcome:
     options = pipeline_options(beam_args)  # a bad flag is refused before any work
-    prep = prepare(config, log=log)
+    runner = str(options.view_as(StandardOptions).runner or "")
+    prep = prepare(config, log=log, allow_training=runner.lower().replace("runner", "") in ("direct", "prism", ""))
     out = config.out
     report_dir = out / "reports" / prep.run_id
     started = time.time()

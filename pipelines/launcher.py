@@ -65,7 +65,7 @@ def _default_run_id() -> str:
     return datetime.now(timezone.utc).strftime("run-%Y%m%dT%H%M%SZ")
 
 
-def prepare(config: JobConfig, *, log=print) -> Prepared:
+def prepare(config: JobConfig, *, log=print, allow_training: bool = True) -> Prepared:
     """Everything that can be refused is refused here, before any row is processed.
 
     Every path of the job may be a URI on an object store (``storage_options`` in the job):
@@ -99,6 +99,9 @@ def prepare(config: JobConfig, *, log=print) -> Prepared:
     if not (model / "manifest.json").exists():
         if not config.train_if_missing:
             raise ConfigError(f"model {model} does not exist; train one with `lakefill train` or set train_if_missing: true")
+        if not allow_training:
+            raise ConfigError(f"model {model} does not exist, and this launcher does not train (a Dataflow launch "
+                              f"must not train on the launcher machine); train it first: lakefill train --job JOB.yaml")
         log(f"training a model into {model} (train_if_missing)")
         train_to_dir(source, schema, model, sample_rows=config.sample_rows, csv_options=config.csv_options)
     artifact = load_model_at(model, schema=schema)

@@ -213,3 +213,20 @@ def test_spark_reads_the_beam_table_back_with_the_same_rows(beam_run, spark):
     for col in ("customer_id", "age", "income", "segment", "_lf_method", "_lf_run_id"):
         assert got[col].tolist() == want[col].tolist(), col
     np.testing.assert_allclose(got["_lf_confidence"], want["_lf_confidence"])
+
+
+def test_the_model_is_loaded_once_per_process_for_every_step_that_uses_it(demo_model, tmp_path):
+    """RunInference, the refine step and the failure isolation share one load per process
+    (counted as ``model_loads``); another model (another folder) is loaded on its own."""
+    import shutil
+
+    from lakefill.transforms import beam as lb
+
+    schema = SCHEMA.model_dump(by_alias=True)
+    before = lb._LOADS[0]
+    first = LakefillModelHandler(str(demo_model), schema, device="cpu").load_model()
+    again = LakefillModelHandler(str(demo_model), schema, device="cpu", max_batches=1).load_model()
+    assert first is again
+    shutil.copytree(demo_model, tmp_path / "copy")
+    other = LakefillModelHandler(str(tmp_path / "copy"), schema, device="cpu").load_model()
+    assert other is not first and lb._LOADS[0] >= before + 1

@@ -118,3 +118,105 @@ def test_airflow_dag_imports_has_the_expected_graph_and_runs_end_to_end(tmp_path
     assert seen["task_states"]["run_beam_local"] == "success" and seen["task_states"]["run_spark"] == "skipped"
     report = json.loads((tmp_path / "out" / "reports" / "airflow-test" / "report.json").read_text())
     assert report["engine"] == "beam" and report["committed"]
+
+
+def test_the_flex_template_launch_request_keeps_list_values_and_uris_whole(capsys):
+    """The rendered launch (REST body and gcloud command), no network: a partition list with a
+    comma stays one value, gs:// paths pass the template's patterns, a bad value is refused."""
+    from deploy.dataflow.launch import LaunchError, gcloud_command, launch_request, main
+
+    params = {"input": "gs://b/raw/customers.csv", "model": "gs://b/models/customers", "output": "gs://b/lake/c",
+              "run_id": "2026-11-30", "partition_by": "region,segment", "storage_options": '{"X": "1"}'}
+    req = launch_request(template="gs://b/templates/lakefill.json", params=params, image="r/lakefill:1",
+                         job_name="lf-1", gpu="nvidia-tesla-t4")
+    lp = req["launchParameter"]
+    assert lp["parameters"]["partition_by"] == "region,segment" and lp["containerSpecGcsPath"].startswith("gs://")
+    assert lp["environment"]["sdkContainerImage"] == "r/lakefill:1"
+    assert lp["environment"]["dataflowServiceOptions"] == ["worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
+    cmd = gcloud_command(req, project="p", region="r")
+    value = cmd[cmd.index("--parameters") + 1]
+    assert value.startswith("^~^") and "~partition_by=region,segment~" in value + "~"
+    assert dict(kv.split("=", 1) for kv in value[3:].split("~"))["output"] == "gs://b/lake/c"
+    # the flags the pipeline gets back from those parameters: the list is a list again
+    from lakefill.pipelines.beam_pipeline import config_from_flags
+
+    cfg, _ = config_from_flags([f"--{k}={v}" for k, v in params.items() if k != "storage_options"])
+    assert cfg.partition_by == ["region", "segment"] and cfg.output == "gs://b/lake/c"
+    for bad, why in (({**params, "mode": "merge"}, "mode='merge'"), ({**params, "colour": "x"}, "unknown"),
+                     ({k: v for k, v in params.items() if k != "model"}, "missing required"),
+                     ({**params, "input": "gs://b/a b.csv"}, "input=")):
+        with pytest.raises(LaunchError, match=why):
+            launch_request(template="gs://b/t.json", params=bad, image="i")
+    assert main(["--project", "p", "--region", "r", "--template", "gs://b/t.json", "--image", "i", "--dry-run",
+                 *[f"{k}={v}" for k, v in params.items()]]) == 0
+    out = capsys.readouterr().out
+    assert '"partition_by": "region,segment"' in out and "gcloud dataflow flex-template run" in out
+
+
+def test_a_dataflow_launch_refuses_to_train_on_the_launcher(tmp_path):
+    from lakefill.errors import ConfigError
+    from lakefill.pipelines.beam_pipeline import run_beam
+    from lakefill.pipelines.config import JobConfig
+
+    job = JobConfig.model_validate({"input": str(EXAMPLES / "customers.csv"), "model": str(tmp_path / "none"),
+                                    "output": str(tmp_path / "out"), "train_if_missing": True})
+    with pytest.raises(ConfigError, match="does not train"):
+        run_beam(job, ["--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/tmp"],
+                 log=lambda *_: None)
+    assert not (tmp_path / "none").exists()
+
+
+def _package_dirs() -> set[str]:
+    import tomllib
+
+    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+
+
+@pytest.mark.parametrize("dockerfile", ["dataflow/Dockerfile", "spark/Dockerfile"])
+def test_the_images_install_exactly_the_lock_and_every_package_folder(dockerfile):
+    text = (DEPLOY / dockerfile).read_text()
+    copied = set(re.findall(r"^COPY (\S+) \./\1\s*$", text, re.M))
+    assert _package_dirs() <= copied, f"{dockerfile} misses {_package_dirs() - copied}"
+    installs = [line.strip(" \\&") for line in text.replace("\\\n", "\n").splitlines() if "pip install" in line]
+    assert installs == ["RUN pip install --no-cache-dir -r requirements.lock",
+                        "pip install --no-cache-dir --no-deps ."], installs
+    assert "requirements-dev.lock" not in text  # the test servers stay out of the images
+
+
+# the fields kubeflow/spark-operator documents for v1beta2 (SparkApplicationSpec, SparkPodSpec)
+_SPEC = {"type", "pythonVersion", "mode", "image", "imagePullPolicy", "imagePullSecrets", "mainClass",
+         "mainApplicationFile", "arguments", "sparkConf", "hadoopConf", "sparkConfigMap", "hadoopConfigMap", "volumes",
+         "driver", "executor", "deps", "restartPolicy", "nodeSelector", "failureRetries", "retryInterval",
+         "sparkVersion", "monitoring", "batchScheduler", "timeToLiveSeconds", "dynamicAllocation", "proxyUser"}
+_POD = {"cores", "coreLimit", "coreRequest", "memory", "memoryOverhead", "gpu", "image", "configMaps", "secrets",
+        "env", "envVars", "envFrom", "labels", "annotations", "volumeMounts", "affinity", "tolerations",
+        "podSecurityContext", "securityContext", "schedulerName", "sidecars", "initContainers", "hostNetwork",
+        "nodeSelector", "dnsConfig", "terminationGracePeriodSeconds", "serviceAccount", "hostAliases",
+        "shareProcessNamespace", "instances", "deleteOnTermination", "podName", "javaOptions", "lifecycle",
+        "kubernetesMaster", "serviceAnnotations", "serviceLabels", "ports", "priorityClassName"}
+
+
+def test_the_spark_application_runs_the_image_on_the_configmaps_job_with_its_output_on_a_store():
+    import yaml
+
+    from lakefill.transforms.storage import Location
+
+    docs = list(yaml.safe_load_all((DEPLOY / "spark" / "k8s" / "sparkapplication.yaml").read_text()))
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    app = next(d for d in docs if d["kind"] == "SparkApplication")
+    spec = app["spec"]
+    assert app["apiVersion"] == "sparkoperator.k8s.io/v1beta2" and spec["type"] == "Python" and spec["mode"] == "cluster"
+    assert set(spec) <= _SPEC, set(spec) - _SPEC
+    for role in ("driver", "executor"):
+        assert set(spec[role]) <= _POD, (role, set(spec[role]) - _POD)
+        assert any(m["mountPath"] == "/etc/lakefill" for m in spec[role]["volumeMounts"])
+    assert {v["configMap"]["name"] for v in spec["volumes"]} == {config_map["metadata"]["name"]}
+    assert spec["arguments"][0] == "/etc/lakefill/job.yaml" and "job.yaml" in config_map["data"]
+    job = JobConfig.model_validate(yaml.safe_load(config_map["data"]["job.yaml"]))
+    for path in (job.input, job.model, job.output):
+        assert not Location(path).is_local, path  # pods' disks are ephemeral: everything on the store
+    # the image: deploy/spark/Dockerfile puts lakefill's spark_job.py where the manifest runs it
+    docker = (DEPLOY / "spark" / "Dockerfile").read_text()
+    assert "WORKDIR /opt/lakefill" in docker and spec["mainApplicationFile"] == "local:///opt/lakefill/pipelines/spark_job.py"
+    pyspark = re.search(r"^pyspark==(\S+)$", (ROOT / "requirements.lock").read_text(), re.M).group(1)
+    assert spec["sparkVersion"] == pyspark and re.search(rf"^FROM apache/spark:{re.escape(pyspark)}\b", docker, re.M)

@@ -19,6 +19,9 @@ the steps that use it.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import threading
 import time
 from typing import Any, Iterable, Sequence
 
@@ -104,9 +107,18 @@ class ReadRaw(beam.PTransform):
 
 # -- the plan's steps --------------------------------------------------------------------------
 
+_MODELS: dict[tuple, Imputer] = {}  # per worker process: the loaded models
+_MODELS_LOCK = threading.Lock()
+_LOADS = [0]  # model loads in this process not yet counted (``model_loads``, reported by the next step)
+
+
 def _emit(out: StepOutput):
     """A step's output as the DoFn's outputs: rows (main), quarantined rows, counters (+ metrics)."""
     counters = {k: int(v) for k, v in out.counters.items() if v}
+    with _MODELS_LOCK:
+        if _LOADS[0]:
+            counters["model_loads"] = counters.get("model_loads", 0) + _LOADS[0]
+            _LOADS[0] = 0
     for name, n in counters.items():
         beam.metrics.Metrics.counter(NAMESPACE, name).inc(n)
     if counters:
@@ -186,10 +198,17 @@ class LakefillModelHandler(ModelHandler[pa.Table, pa.Table, Imputer]):
         return other
 
     def load_model(self) -> Imputer:
-        """The artifact from its folder or URI, checked by its hashes, once per worker process."""
-        artifact = load_model_at(Location(self.model_dir, self.storage_options),
-                                 schema=TableSchema.model_validate(self.schema_dict))
-        return Imputer(artifact, device=self.device)
+        """The artifact from its folder or URI, checked by its hashes: once per worker process,
+        shared by RunInference, the refine step and the failure isolation (and their threads)."""
+        model = Location(self.model_dir, self.storage_options)
+        manifest = hashlib.sha256((model / "manifest.json").read_bytes()).hexdigest()  # a retrained model is new
+        key = (self.model_dir, manifest, self.device, json.dumps(self.schema_dict, sort_keys=True, default=str))
+        with _MODELS_LOCK:
+            if key not in _MODELS:
+                artifact = load_model_at(model, schema=TableSchema.model_validate(self.schema_dict))
+                _MODELS[key] = Imputer(artifact, device=self.device)
+                _LOADS[0] += 1
+            return _MODELS[key]
 
     def run_inference(self, batch: Sequence[pa.Table], model: Imputer,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:

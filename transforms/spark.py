@@ -239,7 +239,11 @@ def _imputer(ref: ModelRef) -> Imputer:
                 f.unlink()
             folder.rmdir()
         _IMPUTERS[key] = Imputer(artifact, device=device)
+        _LOADS[0] += 1
     return _IMPUTERS[key]
+
+
+_LOADS = [0]  # model loads in this Python worker not yet counted (``model_loads``, sent with the next parts)
 
 
 # -- the job: the plan from read to write in one pass --------------------------------------------
@@ -271,6 +275,8 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
                     parts = write_outputs(done.table, list(chunk.quarantined) + done.quarantined, **out)
                     parts.counters.update(done.counters)
                     parts.counters["rows_in"] += chunk.rows_in
+                    parts.counters["model_loads"] += _LOADS[0]
+                    _LOADS[0] = 0
                     yield pa.RecordBatch.from_pylist([{"parts": json.dumps(parts.to_dict()), "worker": _worker(),
                                                        "python": sys.prefix}], schema=_PARTS)
 
