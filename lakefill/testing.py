@@ -2,66 +2,53 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
-__all__ = ["S3Server"]
+__all__ = ["LocalServer", "S3Server"]
 
 
-class S3Server:
-    """An S3-protocol server on 127.0.0.1 (moto's server mode), in a process of its own, for
-    trying lakefill on a lake without a cloud account and for lakefill's tests. Not a thread of
-    the calling process: a deltalake call that holds the GIL would starve it.
+class LocalServer:
+    """A server process on 127.0.0.1, on a free port, started by the constructor (which waits
+    until ``ready``) and stopped by ``stop`` (or at the end of a ``with`` block). Subclasses give
+    the ``command`` for a port and, if a TCP connection is not enough, ``ready``."""
 
-        with S3Server() as s3:
-            root = s3.bucket("lake")           # s3://lake
-            job = {..., "output": f"{root}/out", "storage_options": s3.options}
-    """
-
-    SECRET = "PLANTED-SECRET-7f3a9c"  # the tests check that it never shows in a log, a report or an error
+    name = "server"
+    start_seconds = 60
 
     def __init__(self, log: "str | Path | None" = None):
-        import socket
-        import subprocess
-        import sys
-        import time
-        import urllib.request
-
-        try:
-            import moto.server  # noqa: F401
-        except ImportError as err:
-            raise RuntimeError("S3Server needs moto with its server: pip install 'moto[s3]' flask flask-cors") from err
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{port}"
+            self.port = sock.getsockname()[1]
         self._log = open(log, "wb") if log else subprocess.DEVNULL
-        self._proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                      stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=2)
-                break
-            except OSError:
-                if self._proc.poll() is not None or time.time() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"the S3 server did not start (log: {log})") from None
-                time.sleep(0.2)
-        self.options = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
-                        "AWS_ACCESS_KEY_ID": "lakefill-test", "AWS_SECRET_ACCESS_KEY": self.SECRET}
+        self._proc = subprocess.Popen(self.command(self.port), stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.time() + self.start_seconds
+        while not self.ready():
+            if self._proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.name} did not start on 127.0.0.1:{self.port} (log: {log})")
+            time.sleep(0.2)
 
-    def bucket(self, name: str) -> str:
-        """A new bucket; its URI."""
-        import pyarrow.fs as pafs
+    def command(self, port: int) -> list[str]:
+        raise NotImplementedError
 
-        pafs.S3FileSystem(endpoint_override=self.endpoint.split("://", 1)[1], scheme="http", region="us-east-1",
-                          access_key="lakefill-test", secret_key=self.SECRET,
-                          allow_bucket_creation=True).create_dir(name)
-        return f"s3://{name}"
+    def ready(self) -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def _answers(self, url: str) -> bool:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
-        import subprocess
-
+        """Asked to end, then killed (Azurite's node may not exit on SIGTERM)."""
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -72,8 +59,50 @@ class S3Server:
         if hasattr(self._log, "close"):
             self._log.close()
 
-    def __enter__(self) -> "S3Server":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class S3Server(LocalServer):
+    """An S3-protocol server on 127.0.0.1 (moto's server mode), in a process of its own, for
+    trying lakefill on a lake without a cloud account and for lakefill's tests. Not a thread of
+    the calling process: a deltalake call that holds the GIL would starve it.
+
+        with S3Server() as s3:
+            root = s3.bucket("lake")           # s3://lake
+            job = {..., "output": f"{root}/out", "storage_options": s3.options}
+    """
+
+    name = "the S3 server (moto)"
+    SECRET = "PLANTED-SECRET-7f3a9c"  # the tests check that it never shows in a log, a report or an error
+
+    def __init__(self, log: "str | Path | None" = None):
+        try:
+            import moto.server  # noqa: F401
+        except ImportError as err:
+            raise RuntimeError("S3Server needs moto with its server: pip install 'moto[s3]' flask flask-cors") from err
+        super().__init__(log)
+        self.options = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
+                        "AWS_ACCESS_KEY_ID": "lakefill-test", "AWS_SECRET_ACCESS_KEY": self.SECRET}
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self, port: int) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+    def ready(self) -> bool:
+        return self._answers(self.endpoint + "/moto-api/")
+
+    def bucket(self, name: str) -> str:
+        """A new bucket; its URI."""
+        import pyarrow.fs as pafs
+
+        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.port}", scheme="http", region="us-east-1",
+                          access_key="lakefill-test", secret_key=self.SECRET,
+                          allow_bucket_creation=True).create_dir(name)
+        return f"s3://{name}"

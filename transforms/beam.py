@@ -28,7 +28,6 @@ from typing import Any, Iterable, Sequence
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
-from apache_beam.utils import shared
 
 from lakefill.schema import TableSchema
 from lakefill.transforms.impute import Imputer, load_model_at
@@ -135,14 +134,13 @@ class RunStep(beam.DoFn):
 
     def __init__(self, step: Step, handler: "LakefillModelHandler | None" = None):
         self.step, self.handler = step, handler
-        self._shared = shared.Shared()
 
     def setup(self):
         load = None
         if self.step.uses_model:
             if self.handler is None:
                 raise ValueError(f"step {self.step.name!r} uses the model: give RunStep a LakefillModelHandler")
-            load = lambda: self._shared.acquire(self.handler.load_model)  # noqa: E731
+            load = self.handler.load_model  # one model per worker process (LakefillModelHandler.load_model)
         self.rt = Runtime(load)
 
     def process(self, batch: pa.Table):
@@ -235,10 +233,9 @@ class _IsolateFailures(beam.DoFn):
 
     def __init__(self, handler: LakefillModelHandler):
         self.handler = handler
-        self._shared = shared.Shared()
 
     def setup(self):
-        self.model = self._shared.acquire(self.handler.load_model)
+        self.model = self.handler.load_model()
 
     def process(self, failure):
         failed, _exc = failure

@@ -24,6 +24,7 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lakefill.errors import InputError
@@ -96,41 +97,20 @@ def quarantine_table(rows: list[Quarantined]) -> pa.Table:
 
 def _check_path(path: "str | Path | Location", options: dict | None = None) -> Location:
     loc = as_location(path, options)
-    if not loc.exists():
+    info = loc.info()
+    if info.type == pafs.FileType.NotFound:
         raise InputError(f"input file not found: {loc}")
-    if not loc.is_file():
+    if info.type != pafs.FileType.File:
         raise InputError(f"input {loc} is a directory; pass a file (.csv, .parquet or .jsonl)")
-    if loc.size() == 0:
+    if info.size == 0:
         raise InputError(f"input file {loc} is empty (0 bytes): expected a header row and data rows")
     return loc
 
 
 def _text(loc: Location, encoding: str):
     """A text stream over the file's bytes (read in large blocks: one request each on an object store)."""
-    if loc.is_local:
-        binary = open(loc.path, "rb")
-    else:
-        binary = io.BufferedReader(_Raw(loc.open_input()), 1 << 22)
+    binary = open(loc.path, "rb") if loc.is_local else io.BufferedReader(loc.open_input(), 1 << 22)
     return io.TextIOWrapper(binary, encoding=encoding, errors="surrogateescape", newline="")
-
-
-class _Raw(io.RawIOBase):
-    """A pyarrow input stream as a Python raw stream (what TextIOWrapper reads from)."""
-
-    def __init__(self, stream):
-        self._s = stream
-
-    def readable(self):
-        return True
-
-    def readinto(self, b):
-        data = self._s.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-    def close(self):
-        self._s.close()
-        super().close()
 
 
 def iter_raw(path: "str | Path | Location", *, batch_rows: int = 50_000, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS,
@@ -149,18 +129,21 @@ def iter_raw(path: "str | Path | Location", *, batch_rows: int = 50_000, max_cel
     for i, f in enumerate(files):
         for chunk in _iter_file(f, batch_rows=batch_rows, max_cell_chars=max_cell_chars, strict=single,
                                 limit=None if limit is None else limit - seen, csv_options=csv_options):
-            names = [n for n in chunk.table.column_names if n != ROW_ID]
-            if expected is None:
-                expected = names
-            elif names != expected:
-                raise InputError(f"{f}: its columns {names} are not the first input file's ({files[0]}: {expected}); "
-                                 f"every file of one input must have the same columns")
+            expected = _same_columns(f, [n for n in chunk.table.column_names if n != ROW_ID], files[0], expected)
             seen += chunk.rows_in
             yield _shifted(chunk, i * FILE_ROWS)
         if limit is not None and seen >= limit:
             return
     if seen == 0 and not single:
         raise InputError(f"input {as_location(path, options)}: its {len(files)} files hold no data rows")
+
+
+def _same_columns(f: Location, names: list[str], first: Location, expected: list[str] | None) -> list[str]:
+    """The first file's columns; any other file must have them (an error naming both otherwise)."""
+    if expected is not None and names != expected:
+        raise InputError(f"{f}: its columns {names} are not the first input file's ({first}: {expected}); "
+                         f"every file of one input must have the same columns")
+    return names
 
 
 def _shifted(chunk: RawRead, offset: int) -> RawRead:
@@ -188,9 +171,10 @@ def input_files(path: "str | Path | Location", options: dict | None = None) -> l
         if not files:
             raise InputError(f"input {loc} matches no CSV, JSON Lines or Parquet file")
         return files
-    if not loc.exists():
+    kind = loc.info().type
+    if kind == pafs.FileType.NotFound:
         raise InputError(f"input file not found: {loc}")
-    if loc.is_file():
+    if kind == pafs.FileType.File:
         return [loc]
     files = [f for f in loc.walk() if _is_data_file(f)]
     if not files:
@@ -456,11 +440,7 @@ def plan_reads(path: str, batch_rows: int, *, min_units: int = 1, options: dict 
         names = _columns(f, csv_options)
         if names is None:  # an empty file: nothing to read
             continue
-        if expected is None:
-            expected = names
-        elif names != expected:
-            raise InputError(f"{f}: its columns {names} are not the first input file's ({files[0]}: {expected}); "
-                             f"every file of one input must have the same columns")
+        expected = _same_columns(f, names, files[0], expected)
         offset = i * FILE_ROWS
         if f.suffix in (".parquet", ".pq"):
             units = parquet_read_units(f, batch_rows)

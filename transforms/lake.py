@@ -197,13 +197,13 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
     if mode == "error" and dt.transaction_version(app_id) is None:
         raise FileExistsError(f"Delta table {table} already exists and mode is 'error'; "
                               "use mode append, overwrite or overwrite_partitions to write into it")
+    if mode == "overwrite_partitions" and not partition_by:
+        raise ValueError("mode overwrite_partitions needs partition_by")
     for attempt in range(_COMMIT_TRIES):
         if dt.transaction_version(app_id) is not None:
             return CommitResult(str(table), run_id, False, dt.version(), 0, 0)
         try:
             if mode == "overwrite_partitions":
-                if not partition_by:
-                    raise ValueError("mode overwrite_partitions needs partition_by")
                 _commit_overwrite_partitions(dt, actions, schema, partition_by, props)
             else:
                 dt.create_write_transaction(actions, mode=mode, schema=Schema.from_arrow(schema),

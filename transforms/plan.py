@@ -64,12 +64,15 @@ class Runtime:
     handle, a Spark broadcast), once per worker."""
 
     def __init__(self, imputer: Callable[[], Imputer] | None = None):
-        self._imputer = imputer
+        self._load, self._model = imputer, None
 
     def imputer(self) -> Imputer:
-        if self._imputer is None:
+        """The model, loaded on first use and kept for the runtime's life (a worker's batches)."""
+        if self._load is None:
             raise RuntimeError("this step needs the model, and the engine gave the plan none")
-        return self._imputer()
+        if self._model is None:
+            self._model = self._load()
+        return self._model
 
 
 _BUILT: dict[tuple, object] = {}  # per worker process and thread: validators, policies, refiners
@@ -204,9 +207,6 @@ class StagePlan:
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.steps]
-
-    def __iter__(self):
-        return iter(self.steps)
 
 
 def stage_plan(*, schema: TableSchema | dict, policy: NullPolicy | dict, run_id: str, refine: bool = True,

@@ -258,29 +258,40 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
     DataFrame it returns holds one record per batch (``parts``: ``Parts.to_dict()`` as JSON).
     Nothing is visible until the driver commits. ``options``: the storage options of the input
     (the tables' ``Location``s carry their own)."""
-    if min_tasks is None:
-        min_tasks = 4 * spark.sparkContext.defaultParallelism
     options = dict(options or {})
-    units = plan_reads(str(path), batch_rows, min_units=min_tasks, options=options, csv_options=csv_options)
-    todo = spark.createDataFrame(units, "path string, unit int, first long, groups int").repartition(len(units))
-    steps, partition_by = list(plan.steps), list(partition_by)
-    out = dict(table_uri=table_uri, quarantine_uri=quarantine_uri, run_id=run_id, partition_by=partition_by)
+    todo = _read_units(spark, str(path), batch_rows, min_tasks, options, csv_options)
+    steps = list(plan.steps)
+    out = dict(table_uri=table_uri, quarantine_uri=quarantine_uri, run_id=run_id, partition_by=list(partition_by))
 
     def fn(batches):
         rt = Runtime(lambda: _imputer(model))
-        for b in batches:
-            for unit in zip(*(b.column(i).to_pylist() for i in range(4))):
-                for chunk in read_unit(unit, batch_rows, csv_options=csv_options, options=options):
-                    done = run_steps(steps, chunk.table, rt)
-                    parts = write_outputs(done.table, list(chunk.quarantined) + done.quarantined, **out)
-                    parts.counters.update(done.counters)
-                    parts.counters["rows_in"] += chunk.rows_in
-                    parts.counters["model_loads"] += _LOADS[0]
-                    _LOADS[0] = 0
-                    yield pa.RecordBatch.from_pylist([{"parts": json.dumps(parts.to_dict()), "worker": _worker(),
-                                                       "python": sys.prefix}], schema=_PARTS)
+        for chunk in _read_chunks(batches, batch_rows, csv_options, options):
+            done = run_steps(steps, chunk.table, rt)
+            parts = write_outputs(done.table, list(chunk.quarantined) + done.quarantined, **out)
+            parts.counters.update(done.counters)
+            parts.counters["rows_in"] += chunk.rows_in
+            parts.counters["model_loads"] += _LOADS[0]
+            _LOADS[0] = 0
+            yield pa.RecordBatch.from_pylist([{"parts": json.dumps(parts.to_dict()), "worker": _worker(),
+                                               "python": sys.prefix}], schema=_PARTS)
 
     return todo.mapInArrow(fn, PARTS_SCHEMA)
+
+
+def _read_units(spark: SparkSession, path: str, batch_rows: int, min_tasks: int | None, options: dict | None,
+                csv_options) -> DataFrame:
+    """The input's read units (``plan_reads``, planned on the driver), one per partition."""
+    if min_tasks is None:
+        min_tasks = 4 * spark.sparkContext.defaultParallelism
+    units = plan_reads(path, batch_rows, min_units=min_tasks, options=options, csv_options=csv_options)
+    return spark.createDataFrame(units, "path string, unit int, first long, groups int").repartition(len(units))
+
+
+def _read_chunks(batches, batch_rows: int, csv_options, options: dict | None):
+    """The raw chunks of the read units in a task's Arrow batches."""
+    for b in batches:
+        for unit in zip(*(b.column(i).to_pylist() for i in range(4))):
+            yield from read_unit(unit, batch_rows, csv_options=csv_options, options=options)
 
 
 # -- the steps as DataFrame functions --------------------------------------------------------------
@@ -311,22 +322,17 @@ def read_raw(spark: SparkSession, path: str, raw_schema: pa.Schema, counters: Co
              *, batch_rows: int = 200_000, min_tasks: int | None = None, csv_options=None) -> DataFrame:
     """The core reader on the executors, one task per read unit (as ``run_plan``); unreadable
     records come back as quarantined rows. Row ids as in the core reader."""
-    if min_tasks is None:
-        min_tasks = 4 * spark.sparkContext.defaultParallelism
-    units = plan_reads(path, batch_rows, min_units=min_tasks, csv_options=csv_options)
-    todo = spark.createDataFrame(units, "path string, unit int, first long, groups int").repartition(len(units))
+    todo = _read_units(spark, path, batch_rows, min_tasks, None, csv_options)
 
     def fn(batches):
-        for b in batches:
-            for unit in zip(*(b.column(i).to_pylist() for i in range(4))):
-                for chunk in read_unit(unit, batch_rows, csv_options=csv_options):
-                    if counters is not None:
-                        counters.add(Counter({"rows_in": chunk.rows_in}))
-                    table = chunk.table.select(raw_schema.names)
-                    for start in range(0, max(table.num_rows, 1), batch_rows):
-                        part = table.slice(start, batch_rows)
-                        bad = list(chunk.quarantined) if start == 0 else []
-                        yield from _emit(part, bad, _NOTHING_HELD, raw_schema)
+        for chunk in _read_chunks(batches, batch_rows, csv_options, None):
+            if counters is not None:
+                counters.add(Counter({"rows_in": chunk.rows_in}))
+            table = chunk.table.select(raw_schema.names)
+            for start in range(0, max(table.num_rows, 1), batch_rows):
+                part = table.slice(start, batch_rows)
+                bad = list(chunk.quarantined) if start == 0 else []
+                yield from _emit(part, bad, _NOTHING_HELD, raw_schema)
 
     return todo.mapInArrow(fn, _spark_schema(raw_schema))
 

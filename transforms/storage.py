@@ -203,7 +203,7 @@ class Location:
 
     def delta(self) -> tuple[str, dict[str, str]]:
         """The URI and storage options for ``deltalake`` (its object_store reads the same keys)."""
-        opts = {k: v for k, v in _opts(self.options).items()}
+        opts = _opts(self.options)
         if self.family == "s3":
             endpoint = opts.get("aws_endpoint_url") or opts.get("endpoint_url")
             if endpoint:
@@ -218,21 +218,22 @@ class Location:
 
     # -- what is there -------------------------------------------------------------------------
 
-    def _info(self) -> pafs.FileInfo:
+    def info(self) -> pafs.FileInfo:
+        """What is at this location (one request): its type (NotFound, File, Directory) and size."""
         try:
             return self.fs.get_file_info(self.path)
         except OSError as err:
             raise StorageError(f"{self.uri}: {_reason(err)}") from err
 
     def exists(self) -> bool:
-        return self._info().type != pafs.FileType.NotFound
+        return self.info().type != pafs.FileType.NotFound
 
     def is_file(self) -> bool:
-        return self._info().type == pafs.FileType.File
+        return self.info().type == pafs.FileType.File
 
     def is_dir(self) -> bool:
         """A folder (on an object store: a prefix with objects under it)."""
-        info = self._info()
+        info = self.info()
         if info.type == pafs.FileType.Directory:
             return True
         if info.type == pafs.FileType.File or self.is_local:
@@ -240,7 +241,7 @@ class Location:
         return bool(self.listdir())
 
     def size(self) -> int:
-        return self._info().size
+        return self.info().size
 
     def listdir(self) -> list["Location"]:
         """What is directly under this folder (sorted); nothing if it is not one."""
@@ -261,8 +262,11 @@ class Location:
                 yield self._child(i.path)
 
     def _child(self, fs_path: str) -> "Location":
-        rel = posixpath.relpath(fs_path, self.path) if not self.is_local else os.path.relpath(fs_path, self.path)
-        return self.join(rel)
+        return self.join(self._relative(fs_path))
+
+    def _relative(self, fs_path: str) -> str:
+        """A filesystem path under this folder, relative to it ('/'-separated)."""
+        return posixpath.relpath(fs_path, self.path)
 
     def glob(self) -> list["Location"]:
         """The files a glob in the last parts of the URI matches (``s3://b/in/*.csv``), sorted."""
@@ -270,11 +274,11 @@ class Location:
             return [self]
         head, pattern = self.uri, []
         while any(c in head for c in "*?["):
-            pattern.insert(0, posixpath.basename(head) if not self.is_local else os.path.basename(head))
-            head = posixpath.dirname(head) if not self.is_local else os.path.dirname(head)
+            pattern.insert(0, posixpath.basename(head))
+            head = posixpath.dirname(head)
         base = Location(head, self.options)
         want = "/".join(pattern)
-        return [f for f in base.walk() if fnmatch.fnmatch(posixpath.relpath(f.path, base.path), want)]
+        return [f for f in base.walk() if fnmatch.fnmatch(base._relative(f.path), want)]
 
     # -- bytes ---------------------------------------------------------------------------------
 
@@ -340,8 +344,7 @@ class Location:
             local.write_bytes(self.read_bytes())
             return local
         for f in self.walk():
-            rel = posixpath.relpath(f.path, self.path) if not self.is_local else os.path.relpath(f.path, self.path)
-            target = local.joinpath(*rel.split("/"))
+            target = local.joinpath(*self._relative(f.path).split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(f.read_bytes())
         return local

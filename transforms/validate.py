@@ -158,7 +158,6 @@ class Validator:
         self.last_results = results
         reasons: dict[int, list[str]] = {}
         table_failures = []
-        self.last_failures = Counter()
         for r in results.results:
             if r.exception_info and r.exception_info.get("raised_exception"):
                 raise ValidationFailed(f"expectation {r.expectation_config.type} could not run: "
