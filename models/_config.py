@@ -14,6 +14,20 @@ class AEConfig:
     code: int = 64
     epochs: int = 300
     min_steps: int = 6000  # small tables train for more epochs, up to this many steps
+    # large tables: at most this many optimiser steps per network (0: no cap), whatever the
+    # epochs; the steps then stop growing with the rows
+    max_steps: int = 0
+    # wall-clock seconds for the whole training (0: no limit): each network's schedule is
+    # planned to fit its share (from the measured step time), training stops at the limit, and
+    # members not reached are skipped. A limit that binds makes the model depend on the
+    # machine's speed; without one, the same data and seed give the same model.
+    time_budget: float = 0.0
+    # "onecycle": one cycle over the planned epochs, early stopping only in its second half;
+    # "plateau": a constant rate until the held-out loss stalls for plateau_patience epochs, then
+    # a decay of decay_share of the epochs run so far (lakefill.models.autoencoder._PlateauSchedule)
+    schedule: str = "plateau"
+    plateau_patience: int = 25
+    decay_share: float = 0.25
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 1e-5
@@ -61,12 +75,17 @@ class AEConfig:
                 raise ValueError(f"AEConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.max_hide < 1:
             raise ValueError(f"AEConfig.max_hide must be in (0, 1), got {self.max_hide}")
+        if self.max_steps < 0 or not self.time_budget >= 0:
+            raise ValueError(f"AEConfig.max_steps and time_budget must be >= 0 (0: none), got {self.max_steps}, "
+                             f"{self.time_budget}")
         if not 0 <= self.block_hide <= 1:
             raise ValueError(f"AEConfig.block_hide must be in [0, 1], got {self.block_hide}")
         if not 0 <= self.patience_after < 1:
             raise ValueError(f"AEConfig.patience_after must be in [0, 1), got {self.patience_after}")
         if not self.squash >= 0:
             raise ValueError(f"AEConfig.squash must be >= 0 (0: off), got {self.squash}")
+        if self.schedule not in ("onecycle", "plateau"):
+            raise ValueError(f"AEConfig.schedule must be 'onecycle' or 'plateau', got {self.schedule!r}")
         if self.loss_scale not in ("range", "robust"):
             raise ValueError(f"AEConfig.loss_scale must be 'range' or 'robust', got {self.loss_scale!r}")
         if not 0 < self.val_fraction < 0.5:

@@ -179,7 +179,8 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
         codec = TableCodec.from_state(manifest["codec"], schema=trained_schema)
         arch = manifest["architecture"]
         squash = float(arch.get("squash", 0.0))  # before /5: none
-        config = AEConfig(**{"squash": squash, **manifest["config"]})  # an older config lacks the field
+        # an older config lacks the newer fields: its networks were trained on the one-cycle schedule
+        config = AEConfig(**{"squash": squash, "schedule": "onecycle", **manifest["config"]})
         layout = dict(n_inputs=arch["n_inputs"], col_slices=[tuple(s) for s in arch["col_slices"]], n_num=arch["n_num"],
                       cat_sizes=arch["cat_sizes"])
         members = [MaskedAutoencoder(**layout, hidden=hidden, depth=depth, code=code, squash=squash)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,12 +39,16 @@ from lakefill.models.donors import MIN_BITS as DONOR_MIN_BITS
 from lakefill.models.donors import DonorFill, DonorIndex
 from lakefill.models.trees import MAX_COLUMNS as TREES_MAX_COLUMNS
 from lakefill.models.trees import TreeBlend, TreeFill, fit_trees, fit_weight, with_weight
+from torch import nn
+from torch.nn import functional as F
 
-__all__ = ["AEConfig", "MaskedAutoencoder", "GaussianMember", "TrainResult", "train_autoencoder", "train_ensemble",
+__all__ = ["AEConfig", "TrainPlan", "Budget", "MaskedAutoencoder", "GaussianMember", "TrainResult", "train_autoencoder", "train_ensemble",
            "Ensemble", "fit_gaussian", "predict", "Prediction", "direct_fill_inputs", "blend_donors", "blend_trees"]
 
 GAUSSIAN_MAX_FEATURES = 128  # wider inputs: no Gaussian candidate (its cost grows with the cube of the width)
-GAUSSIAN_MAX_ROWS = 20_000  # EM runs on at most this many training rows (a seeded draw)
+# EM runs on at most this many training rows (a seeded draw): its cost is rows x width^3 per
+# iteration, and a covariance of 128 features is well estimated long before (bank: 34 s at 20,000)
+GAUSSIAN_MAX_ROWS = 5_000
 
 
 def _feature_col(n_inputs: int, col_slices: list[tuple[int, int]]) -> torch.Tensor:
@@ -319,11 +324,31 @@ def cell_losses(model: MaskedAutoencoder, mu, logvar, logits, t_num, t_cat, scor
         se = (mu - t_num) ** 2
         loss[:, : model.n_num] = se if num_w is None else se * num_w
         var_loss[:, : model.n_num] = 0.5 * (logvar + (mu.detach() - t_num) ** 2 * torch.exp(-logvar))
-    for k, lg in enumerate(model.split_logits(logits)):
-        target = t_cat[:, k]
-        ce = F.cross_entropy(lg, target.clamp(min=0), reduction="none")
-        loss[:, model.n_num + k] = torch.where(target >= 0, ce, torch.zeros_like(ce))
+    if model.cat_sizes:  # every column's cross-entropy at once: the blocks padded to the widest
+        index, pad = _block_layout(tuple(model.cat_sizes), logits.device)
+        log_p = F.log_softmax(logits[:, index].masked_fill(pad, -1e9), dim=2)
+        ce = -log_p.gather(2, t_cat.clamp(min=0)[:, :, None])[:, :, 0]
+        loss[:, model.n_num:] = torch.where(t_cat >= 0, ce, torch.zeros_like(ce))
     return loss * score_mask, var_loss * score_mask
+
+
+_LAYOUTS: dict = {}
+
+
+def _block_layout(cat_sizes: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index, pad) for the categorical logits: row k of ``index`` holds block k's logit
+    positions, padded to the widest block (``pad`` marks the padding)."""
+    key = (cat_sizes, str(device))
+    if key not in _LAYOUTS:
+        widest, start = max(cat_sizes), 0
+        index = torch.zeros(len(cat_sizes), widest, dtype=torch.long)
+        pad = torch.ones(len(cat_sizes), widest, dtype=torch.bool)
+        for k, size in enumerate(cat_sizes):
+            index[k, :size] = torch.arange(start, start + size)
+            pad[k, :size] = False
+            start += size
+        _LAYOUTS[key] = (index.to(device), pad.to(device))
+    return _LAYOUTS[key]
 
 
 @dataclass
@@ -373,10 +398,70 @@ def _hide_mask(observed: torch.Tensor, cfg: AEConfig, gen: torch.Generator) -> t
     return hide
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """How one network is trained on ``n_train`` rows: batch size, steps per epoch, epochs (a
+    cap: early stopping may end sooner) and the patience in epochs."""
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    patience: int
+
+    @classmethod
+    def of(cls, cfg: AEConfig, n_train: int) -> TrainPlan:
+        # small tables: smaller batches and more epochs, so that training always gets enough steps
+        batch_size = int(min(cfg.batch_size, max(32, n_train // 16)))
+        steps_per_epoch = max(1, math.ceil(n_train / batch_size))
+        epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+        if cfg.max_steps:  # large tables: the steps stop growing with the rows
+            epochs = max(1, min(epochs, cfg.max_steps // steps_per_epoch))
+        patience = max(cfg.patience, math.ceil(cfg.patience * epochs / cfg.epochs))
+        return cls(batch_size, steps_per_epoch, epochs, patience)
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def work(self, size: tuple[int, int, int], n_inputs: int) -> float:
+        """Multiply-adds of the planned training (a network's cost per row times rows seen)."""
+        hidden, depth, code = size
+        per_row = 2 * (n_inputs * hidden + 2 * (depth - 1) * hidden * hidden + 2 * hidden * code) + n_inputs * n_inputs
+        return float(per_row) * self.steps * self.batch_size
+
+
+class Budget:
+    """The wall-clock budget of a training run (``AEConfig.time_budget`` seconds; 0: none): the
+    networks share ``NETWORK_SHARE`` of it by their planned work, the members after them the rest."""
+
+    NETWORK_SHARE = 0.85
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds or 0)
+        self.start = time.perf_counter()
+
+    @property
+    def limited(self) -> bool:
+        return self.seconds > 0
+
+    def left(self) -> float:
+        return self.seconds - (time.perf_counter() - self.start) if self.limited else math.inf
+
+    def for_network(self, work: float, work_left: float) -> float | None:
+        """Seconds for the next network: its share of what is left for the networks (None: no budget)."""
+        if not self.limited:
+            return None
+        networks_left = self.left() - (1 - self.NETWORK_SHARE) * self.seconds
+        return max(0.0, networks_left) * work / max(work_left, 1e-9)
+
+
 def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, t_cat: np.ndarray, *,
                       col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int], config: AEConfig,
-                      num_weights: np.ndarray | None = None, progress: bool = False) -> TrainResult:
-    """Train on observed cells only; early stopping on held-out rows' hidden observed cells."""
+                      num_weights: np.ndarray | None = None, progress: bool = False, seconds: float | None = None,
+                      bar=None) -> TrainResult:
+    """Train on observed cells only; early stopping on held-out rows' hidden observed cells.
+    ``seconds``: a time limit; the schedule is then planned to fit it (the steps are cut to what
+    the measured step time allows) and training stops at the limit whatever happens (the best
+    epoch so far is kept). ``bar``: a progress bar to advance by steps (else its own if ``progress``)."""
     cfg = config
     gen = torch.Generator().manual_seed(cfg.random_state)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
@@ -389,25 +474,60 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
     TC = torch.from_numpy(np.ascontiguousarray(t_cat, dtype=np.int64))
     n = len(X)
     perm = torch.randperm(n, generator=gen)
-    n_val = max(1, int(round(cfg.val_fraction * n))) if n >= 20 else 0
+    n_val = _held_out(cfg, n)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     val_gen = torch.Generator().manual_seed(cfg.random_state + 1)
     num_w = _loss_weights(cfg, num_weights, n_num)
     val_hide = _hide_mask(M[val_idx], AEConfig(max_hide=0.4, random_state=cfg.random_state), val_gen) if n_val else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # small tables: smaller batches and more epochs, so that training always gets enough steps
-    batch_size = int(min(cfg.batch_size, max(32, len(train_idx) // 16)))
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
-    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
-    patience = max(cfg.patience, math.ceil(cfg.patience * epochs / cfg.epochs))
+    plan = TrainPlan.of(cfg, len(train_idx))
+    batch_size, steps_per_epoch, epochs, patience = plan.batch_size, plan.steps_per_epoch, plan.epochs, plan.patience
+
+    def step(b: torch.Tensor, model, opt, gen) -> torch.Tensor:
+        m = M[b]
+        hide = _hide_mask(m, cfg, gen)
+        given = (m & ~hide).float()
+        mu, logvar, logits, _ = model(model.blank(X[b], given), given)
+        loss, var_loss = cell_losses(model, mu, logvar, logits, TN[b], TC[b], hide.float(), num_w)
+        total = (loss.sum() + var_loss.sum()) / hide.float().sum().clamp(min=1)
+        if cfg.recon_weight > 0:  # optional: also reproduce the given cells
+            recon, _ = cell_losses(model, mu, logvar, logits, TN[b], TC[b], given)
+            total = total + cfg.recon_weight * recon.sum() / given.sum().clamp(min=1)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        return total
+
+    deadline = None
+    if seconds is not None:  # time a few steps on a copy (the run itself is untouched), fit the epochs to the time
+        deadline = time.perf_counter() + seconds
+        trial, trial_gen = copy.deepcopy(model), torch.Generator().manual_seed(cfg.random_state + 2)
+        trial_opt = torch.optim.AdamW(trial.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        t0, probes = time.perf_counter(), min(10, steps_per_epoch)
+        for s in range(probes):
+            step(train_idx[s * batch_size:(s + 1) * batch_size], trial, trial_opt, trial_gen)
+        per_epoch = (time.perf_counter() - t0) / probes * steps_per_epoch * 1.1  # + the held-out check
+        fits = int(max(0.0, deadline - time.perf_counter()) // max(per_epoch, 1e-9))
+        if fits < epochs:
+            epochs = max(1, fits)
+            patience = max(1, math.ceil(patience * epochs / plan.epochs))
+            if bar is not None:
+                bar.total -= plan.steps - epochs * steps_per_epoch
+                bar.refresh()
     # a short run (a few epochs on a small table, as --epochs allows) still needs a warm-up step and
     # an annealing step, or the one-cycle schedule divides by zero; runs of 20+ steps are unchanged
     total_steps = max(3, epochs * steps_per_epoch)
     pct_start = 0.1 if total_steps >= 20 else min(0.5, max(0.1, 2.0 / total_steps))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct_start)
+    else:
+        sched = _PlateauSchedule(opt, cfg.lr, epochs, steps_per_epoch, patience=cfg.plateau_patience,
+                                 decay_share=cfg.decay_share)
     best, best_state, best_epoch, bad_epochs, history = math.inf, None, 0, 0, []
-    bar = _progress(epochs, progress)
-    epoch = 0
+    own_bar = bar is None and progress
+    if own_bar:
+        bar = _progress(epochs * steps_per_epoch, True)
+    epoch, out_of_time = 0, False
     for epoch in range(1, epochs + 1):
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
@@ -415,35 +535,35 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
             b = order[s * batch_size:(s + 1) * batch_size]
             if len(b) == 0:
                 continue
-            m = M[b]
-            hide = _hide_mask(m, cfg, gen)
-            given = (m & ~hide).float()
-            mu, logvar, logits, _ = model(model.blank(X[b], given), given)
-            loss, var_loss = cell_losses(model, mu, logvar, logits, TN[b], TC[b], hide.float(), num_w)
-            denom = hide.float().sum().clamp(min=1)
-            total = (loss.sum() + var_loss.sum()) / denom
-            if cfg.recon_weight > 0:  # optional: also reproduce the given cells
-                recon, _ = cell_losses(model, mu, logvar, logits, TN[b], TC[b], given)
-                total = total + cfg.recon_weight * recon.sum() / given.sum().clamp(min=1)
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
+            total = step(b, model, opt, gen)
             sched.step()
+            if deadline is not None and time.perf_counter() > deadline:
+                out_of_time = True
+                break
         if n_val:
             val = _val_loss(model, X[val_idx], M[val_idx], TN[val_idx], TC[val_idx], val_hide, num_w)
         else:
             val = float(total.detach())
         history.append(val)
         if bar is not None:
-            bar.set_postfix(val_loss=f"{val:.4f}")
-            bar.update(1)
-        if val < best - 1e-5:
+            bar.set_postfix(network="x".join(map(str, model.size)), val_loss=f"{val:.4f}")
+            bar.update(steps_per_epoch)
+        improved = val < best - 1e-5
+        if improved:
             best, best_state, best_epoch, bad_epochs = val, copy.deepcopy(model.state_dict()), epoch, 0
-        elif epoch > cfg.patience_after * epochs:
+        if cfg.schedule == "plateau":
+            if sched.end_of_epoch(epoch, val):
+                break
+        elif not improved and epoch > cfg.patience_after * epochs:
             bad_epochs += 1
             if bad_epochs >= patience:
                 break
-    if bar is not None:
+        if out_of_time:
+            break
+    if bar is not None and epoch < epochs:  # stopped early: the bar's remaining steps will not come
+        bar.total -= (epochs - epoch) * steps_per_epoch
+        bar.refresh()
+    if own_bar:
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -453,6 +573,54 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
     vi, vh = val_idx.numpy(), val_hide.numpy()
     ref = _error_reference(model, values[vi], observed[vi] & ~vh, vh, num_weights)
     return TrainResult(model, epoch, best_epoch, best, history, ref, vi, vh)
+
+
+class _PlateauSchedule:
+    """Warm-up, a constant rate, then a cosine decay to (almost) 0 that starts when the held-out
+    loss has not improved by 0.1% for ``patience`` epochs (or when the rest of the epochs is
+    just the decay) and lasts ``decay_share`` of the epochs run before it (at least 5): a table
+    the network has learned early stops early, one still learning uses every epoch."""
+
+    def __init__(self, opt, lr: float, epochs: int, steps_per_epoch: int, *, patience: int, decay_share: float):
+        self.opt, self.lr, self.epochs, self.spe = opt, lr, epochs, steps_per_epoch
+        self.patience, self.decay_share = patience, decay_share
+        self.warmup = max(1, min(int(0.05 * epochs * steps_per_epoch), 10 * steps_per_epoch))
+        self.step_no, self.best, self.since = 0, math.inf, 0
+        self.decay_from = self.decay_len = None  # steps: set when the decay starts
+        self._set(lr / 25)
+
+    def _set(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def step(self) -> None:
+        self.step_no += 1
+        if self.decay_from is not None:
+            t = min(1.0, (self.step_no - self.decay_from) / self.decay_len)
+            self._set(self.lr * (0.5 * (1 + math.cos(math.pi * t))) + self.lr * 1e-4)
+        elif self.step_no < self.warmup:
+            self._set(self.lr / 25 + (self.lr - self.lr / 25) * self.step_no / self.warmup)
+        else:
+            self._set(self.lr)
+
+    def end_of_epoch(self, epoch: int, val: float) -> bool:
+        """Record the epoch's held-out loss; True when the decay is over (training stops)."""
+        if self.decay_from is not None:
+            return self.step_no >= self.decay_from + self.decay_len
+        if val < self.best * (1 - 1e-3):
+            self.best, self.since = val, 0
+        else:
+            self.since += 1
+        decay_epochs = max(5, math.ceil(self.decay_share * epoch))
+        if self.since >= self.patience or epoch + decay_epochs >= self.epochs:
+            decay_epochs = max(1, min(decay_epochs, self.epochs - epoch))
+            self.decay_from, self.decay_len = self.step_no, decay_epochs * self.spe
+        return False
+
+
+def _held_out(cfg: AEConfig, n: int) -> int:
+    """How many of n rows are held out for early stopping and the mixture's weights (none under 20)."""
+    return max(1, round(cfg.val_fraction * n)) if n >= 20 else 0
 
 
 def _error_reference(model, values, given, hide, num_weights) -> float:
@@ -470,13 +638,27 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
     weights that minimise the loss on the held-out hidden cells (a grid of step 1/20 over the
     weight simplex; the networks together always keep a share). A member whose weight is 0 is
     left out of the model. Returns the Ensemble with its own held-out loss and confidence scale."""
-    results = [train_autoencoder(values, observed, t_num, t_cat, col_slices=col_slices, n_num=n_num,
-                                 cat_sizes=cat_sizes, config=cfg, num_weights=num_weights, progress=progress)
-               for cfg in config.member_configs()]
+    budget = Budget(config.time_budget)
+    n_train = len(values) - _held_out(config, len(values))
+    configs = config.member_configs()
+    plans = [TrainPlan.of(cfg, n_train) for cfg in configs]
+    work = [plan.work(cfg.size, values.shape[1]) for cfg, plan in zip(configs, plans)]
+    # one bar over every network's planned steps: its rate and ETA are the whole training's
+    bar = _progress(sum(plan.steps for plan in plans), progress, desc=f"training {len(configs)} network(s)")
+    results = []
+    for k, cfg in enumerate(configs):
+        results.append(train_autoencoder(values, observed, t_num, t_cat, col_slices=col_slices, n_num=n_num,
+                                         cat_sizes=cat_sizes, config=cfg, num_weights=num_weights, bar=bar,
+                                         seconds=budget.for_network(work[k], sum(work[k:]))))
+    if bar is not None:
+        bar.close()
     first = results[0]
     candidates = [r.model for r in results]
     gaussian = None
-    if config.gaussian and first.val_idx is not None and values.shape[1] <= GAUSSIAN_MAX_FEATURES:
+    skipped = {"skipped": "time budget spent", "used": False, "weight": 0.0}
+    if config.gaussian and budget.left() <= 0:
+        gaussian = dict(skipped)
+    elif config.gaussian and first.val_idx is not None and values.shape[1] <= GAUSSIAN_MAX_FEATURES:
         train_rows = np.setdiff1d(np.arange(len(values)), first.val_idx)
         if len(train_rows) > GAUSSIAN_MAX_ROWS:  # a covariance is well estimated long before that
             pick = np.random.default_rng(config.random_state).choice(len(train_rows), GAUSSIAN_MAX_ROWS, replace=False)
@@ -497,7 +679,7 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
         num_w = _loss_weights(config, num_weights, n_num)
         with torch.no_grad():
             outs = [m.eval()(m.blank(X, G), G) for m in candidates]
-            if gaussian is not None:
+            if isinstance(candidates[-1], GaussianMember):
                 loss, _ = cell_losses(first.model, outs[-1][0], outs[-1][1], outs[-1][2], TN, TC, H, num_w)
                 gaussian["val_loss"] = float(loss.sum() / H.sum().clamp(min=1))
             best = math.inf
@@ -521,15 +703,19 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
     members = [{"hidden": r.model.size[0], "depth": r.model.size[1], "code": r.model.size[2], "weight": w,
                 "val_loss": r.val_loss, "epochs_run": r.epochs_run, "best_epoch": r.best_epoch}
                for r, w in zip(results, weights)]
-    if gaussian is not None:
+    if isinstance(candidates[-1], GaussianMember):
         gaussian["weight"] = weights[-1]
     loss_weights = _loss_weights(config, num_weights, n_num)
     trees = None
-    if config.trees and first.val_idx is not None and n_num:
+    if config.trees and budget.left() <= 0:
+        trees = dict(skipped)
+    elif config.trees and first.val_idx is not None and n_num:
         trees = _fit_trees(ensemble, values, observed, t_num, first.val_idx, first.val_hide,
                            loss_weights=loss_weights, seed=config.random_state)
     donors = None
-    if config.donors and first.val_idx is not None:
+    if config.donors and budget.left() <= 0:
+        donors = dict(skipped)
+    elif config.donors and first.val_idx is not None:
         donors = _fit_donors(ensemble, values, observed, t_num, t_cat, first.val_idx, first.val_hide,
                              num_weights=num_weights, loss_weights=loss_weights, seed=config.random_state)
     if ensemble.trees is not None:  # kept: fitted again on all rows, now that nothing else is weighed
@@ -643,12 +829,13 @@ def _val_loss(model, X, M, TN, TC, hide, num_w=None) -> float:
     return float(loss.sum() / hide.float().sum().clamp(min=1))
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, desc: str = "training"):
+    """A bar over optimiser steps on stderr (its rate and ETA), or None."""
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="training", unit="epoch", file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, unit_scale=True)
 
 
 @dataclass

@@ -104,6 +104,7 @@ def _train(args) -> int:
         args.input = args.input or job.input
         args.schema = args.schema or job.schema_path
         args.out = args.out or job.model
+        args.time_budget = args.time_budget or job.train_time_budget
         options = job.storage_options
     else:
         options = {}
@@ -126,13 +127,23 @@ def _train(args) -> int:
     # a size given on the command line is the one network trained; else the default ensemble
     # --epochs given: honoured as given (no floor of optimiser steps raises it)
     epochs = {} if args.epochs is None else {"epochs": args.epochs, "min_steps": 0}
-    cfg = AEConfig(**epochs, random_state=args.seed, gaussian=not args.no_gaussian,
+    cfg = AEConfig(**epochs, random_state=args.seed, gaussian=not args.no_gaussian, time_budget=args.time_budget,
                    donors=not args.no_donors, trees=not args.no_trees, squash=args.squash, **sizes,
                    **({"extra_sizes": ()} if sizes else {}))
     out = train_to_dir(source, schema, model, config=cfg, progress=not args.quiet, csv_options=_csv(args))
     manifest = json.loads((Location(str(out), options) / "manifest.json").read_text())
     print(f"wrote model to {out} (weights sha256 {manifest['weights_sha256'][:12]}..., metrics {manifest['metrics']})")
     return 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
 
 
 def _impute(args) -> int:
@@ -425,8 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--squash", type=float, default=AEConfig.squash, metavar="C",
                    help="opt-in for tables with heavy-tailed numeric columns: the networks read a robust z beyond "
                         "+-C as C + log(1 + |z| - C) (3 is the value measured in the README; default 0, off)")
+    p.add_argument("--time-budget", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="finish training within this many seconds: the networks' schedules are planned to fit "
+                        "(from their measured step time), training stops at the limit and members not reached are "
+                        "skipped. A budget that binds makes the model depend on the machine's speed (default: none)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same data and seed give the same model)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (by default one bar over every network's "
+                                                          "steps, with its ETA, on stderr)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("impute", help="impute a file with a model (single machine)", parents=[csvp])

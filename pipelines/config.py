@@ -54,6 +54,8 @@ class JobConfig(BaseModel):
     batch_size: int = Field(default=200_000, ge=1, description="rows per Arrow batch through the stage")
     inference_batches: int = Field(default=2, ge=1, description="batches RunInference groups into one model call (Beam)")
     train_if_missing: bool = False
+    train_time_budget: float = Field(default=0.0, ge=0.0, allow_inf_nan=False,
+                                     description="seconds a model trained for this job may take (0: no limit)")
     device: Literal["auto", "cpu", "gpu"] = Field(default="auto", description="where the model runs: the GPU when torch sees one (auto)")
     csv: CsvConfig = Field(default_factory=CsvConfig, description="delimiter, quotechar, encoding of a CSV input")
     storage_options: dict[str, str] = Field(

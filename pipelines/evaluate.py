@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakefill.errors import ConfigError
 from lakefill.models.autoencoder import AEConfig, direct_fill_inputs, predict
 from lakefill.models.reverse import ReverseConfig, reverse_impute
 from lakefill.models.train import fit_model
@@ -75,8 +76,13 @@ def load_problem(data: Path, schema_path: Path | None) -> Problem:
         complete &= np.asarray(pc.is_valid(table.column(c)))
     table = table.filter(pa.array(complete))
     X = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(float) for c in num_cols], 1) if num_cols else np.zeros((table.num_rows, 0))
-    C = [np.asarray([str(v) for v in table.column(c).to_pylist()], dtype=object) for c in cat_cols]
+    C = [np.asarray([_label(v) for v in table.column(c).to_pylist()], dtype=object) for c in cat_cols]
     return Problem(data.stem, num_cols, cat_cols, X, C, table, schema)
+
+
+def _label(value) -> str:
+    """A category as scored: booleans as the codec names them ("false", "true"), else its text."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _sigmoid(x):
@@ -304,10 +310,10 @@ def confidence_quality(problem: Problem, mask: np.ndarray, sq: np.ndarray, confi
 def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism: str, seeds: list[int],
              methods: list[str], log=print, ae_config: dict | None = None) -> dict:
     unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
+    if unknown or not methods:
+        raise ConfigError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
     if not 0 < missing_rate < 1:
-        raise ValueError(f"--missing-rate must be in (0, 1), got {missing_rate}")
+        raise ConfigError(f"--missing-rate must be in (0, 1), got {missing_rate}")
     problem = load_problem(Path(data), schema)
     per: dict[str, dict[str, list]] = {m: {"rmse": [], "accuracy": [], "fit": [], "impute": []} for m in methods}
     extras: dict[str, list[dict]] = {m: [] for m in methods}
@@ -344,6 +350,10 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
         keys = sorted({k for e in extras[m] for k in e})
         for k in keys:
             results[m][k] = float(np.mean([e[k] for e in extras[m] if k in e]))
+    if "missforest" in results:  # each method's fit + impute seconds over missForest's, same run
+        base = results["missforest"]["fit_seconds"] + results["missforest"]["impute_seconds"]
+        for r in results.values():
+            r["seconds_vs_missforest"] = (r["fit_seconds"] + r["impute_seconds"]) / base if base > 0 else None
     return {"dataset": problem.name, "rows": int(problem.table.num_rows),
             "columns": len(problem.num_cols) + len(problem.cat_cols), "missing_rate": missing_rate,
             "mechanism": mechanism, "seeds": seeds, "results": results}
@@ -365,10 +375,11 @@ def _f(x):
 
 def format_table(out: dict) -> str:
     lines = [f"{out['dataset']}: {out['rows']} rows x {out['columns']} columns, {out['missing_rate']:.0%} {out['mechanism'].upper()}, seeds {out['seeds']}",
-             f"{'method':<18} {'RMSE':>8} {'±':>7} {'accuracy':>9} {'±':>7} {'fit s':>8} {'impute s':>9}"]
+             f"{'method':<18} {'RMSE':>8} {'±':>7} {'accuracy':>9} {'±':>7} {'fit s':>8} {'impute s':>9} {'x missForest':>13}"]
     for m, r in out["results"].items():
+        ratio = r.get("seconds_vs_missforest")
         lines.append(f"{m:<18} {_f(r['rmse']):>8} {_f(r['rmse_std']):>7} {_f(r['accuracy']):>9} {_f(r['accuracy_std']):>7} "
-                     f"{r['fit_seconds']:>8.1f} {r['impute_seconds']:>9.2f}")
+                     f"{r['fit_seconds']:>8.1f} {r['impute_seconds']:>9.2f} {'' if ratio is None else f'{ratio:.2f}':>13}")
     for m, r in out["results"].items():
         if "confidence_spearman" in r:
             lines.append(f"{m}: confidence Spearman {r['confidence_spearman']:.3f}, "

@@ -103,7 +103,8 @@ def prepare(config: JobConfig, *, log=print, allow_training: bool = True) -> Pre
             raise ConfigError(f"model {model} does not exist, and this launcher does not train (a Dataflow launch "
                               f"must not train on the launcher machine); train it first: lakefill train --job JOB.yaml")
         log(f"training a model into {model} (train_if_missing)")
-        train_to_dir(source, schema, model, sample_rows=config.sample_rows, csv_options=config.csv_options)
+        train_to_dir(source, schema, model, sample_rows=config.sample_rows, csv_options=config.csv_options,
+                     config=AEConfig(time_budget=config.train_time_budget))
     artifact = load_model_at(model, schema=schema)
     resolve_device(config.device)
     return Prepared(config, schema, artifact, policy, run_id, sample)

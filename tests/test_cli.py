@@ -181,3 +181,19 @@ def test_the_shortest_path_runs_a_file_with_no_config(tmp_path, capsys):
     assert main(["run", "--input", str(data), "--output", str(tmp_path / "out"), "--engine", "local", "--run-id", "two"]) == 2
     assert "already exists and mode is 'error'" in capsys.readouterr().err  # never clobber, refused before any work
     assert main(["run", "--engine", "local"]) == 2
+
+
+@pytest.mark.slow
+def test_train_shows_one_progress_bar_and_keeps_its_time_budget_in_the_manifest(tmp_path, capsys):
+    args = ["train", "--input", str(EXAMPLES / "customers.csv"), "--schema", str(EXAMPLES / "customers.schema.yaml"),
+            "--epochs", "4", "--hidden", "16", "--depth", "1", "--no-gaussian", "--no-donors", "--no-trees"]
+    assert main(args + ["--out", str(tmp_path / "m"), "--time-budget", "600"]) == 0
+    err = capsys.readouterr().err
+    assert "training 1 network(s)" in err and "step" in err  # one bar over the steps, with its rate and ETA
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["config"]["time_budget"] == 600.0 and manifest["config"]["schedule"] == "plateau"
+    for bad in ("0", "-5", "soon", "inf"):
+        with pytest.raises(SystemExit) as exit_:
+            main(args + ["--out", str(tmp_path / "x"), "--time-budget", bad])
+        assert exit_.value.code == 2 and "--time-budget" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from lakefill.models.artifact import FORMAT, _manifest_digest, load_artifact, save_artifact
-from lakefill.models.autoencoder import (AEConfig, Ensemble, GaussianMember, MaskedAutoencoder, _loss_weights, cell_losses,
-                                direct_fill_inputs, fit_gaussian, predict)
+from lakefill.models import autoencoder
+from lakefill.models.autoencoder import (AEConfig, Ensemble, GaussianMember, MaskedAutoencoder, _loss_weights,
+                                         _PlateauSchedule, cell_losses, direct_fill_inputs, fit_gaussian, predict)
 from lakefill.models.codec import TableCodec
 from lakefill.models.donors import DonorIndex
 from lakefill.models.reverse import ReverseConfig, reverse_impute
@@ -256,7 +257,8 @@ def test_range_loss_counts_each_numeric_column_on_its_min_max_scale():
 
 def test_early_stopping_waits_until_the_rate_anneals():
     _, masked, _ = make_table(n=200)
-    cfg = dict(hidden=16, depth=1, code=4, epochs=40, min_steps=0, patience=1, lr=0.05, extra_sizes=(), random_state=0)
+    cfg = dict(hidden=16, depth=1, code=4, epochs=40, min_steps=0, patience=1, lr=0.05, extra_sizes=(), random_state=0,
+               schedule="onecycle")
     eager = fit_model(masked, SCHEMA, config=AEConfig(patience_after=0.0, **cfg)).result
     patient = fit_model(masked, SCHEMA, config=AEConfig(patience_after=0.5, **cfg)).result
     assert eager.epochs_run < 20  # the setting can stop early ...
@@ -715,3 +717,97 @@ def test_the_model_blends_boosted_trees_where_the_held_out_cells_say_so(tmp_path
     wide = fit_model(table, TWIN_SCHEMA, config=SMALL)
     assert wide.model.trees is None and not wide.metrics["trees"]["used"]
     assert "more than 3" in wide.metrics["trees"]["skipped"]
+
+
+def test_the_categorical_loss_is_each_columns_cross_entropy_at_once():
+    sizes = [3, 5, 2, 7]
+    slices = [(0, 1), (1, 2)] + [(2 + sum(sizes[:k]) + k, 2 + sum(sizes[:k + 1]) + k + 1) for k in range(len(sizes))]
+    model = MaskedAutoencoder(n_inputs=slices[-1][1], col_slices=slices, n_num=2, cat_sizes=sizes, hidden=8, depth=1,
+                              code=2)
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(64, sum(sizes), generator=gen)).requires_grad_()
+    targets = torch.stack([torch.randint(-1, k, (64,), generator=gen) for k in sizes], 1)  # -1: not observed
+    score = (torch.rand(64, 6, generator=gen) < 0.6).float()
+    loss, _ = cell_losses(model, torch.zeros(64, 2), torch.zeros(64, 2), logits, torch.zeros(64, 2), targets, score)
+    expected = torch.zeros(64, len(sizes))
+    for k, block in enumerate(torch.split(logits, sizes, dim=1)):
+        ce = torch.nn.functional.cross_entropy(block, targets[:, k].clamp(min=0), reduction="none")
+        expected[:, k] = torch.where(targets[:, k] >= 0, ce, torch.zeros_like(ce)) * score[:, 2 + k]
+    assert torch.allclose(loss[:, 2:], expected, atol=1e-5)
+    got, = torch.autograd.grad(loss.sum(), logits)
+    want, = torch.autograd.grad(expected.sum(), logits)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def _lrs(schedule, losses, steps_per_epoch):
+    rates, stopped = [], None
+    for epoch, val in enumerate(losses, 1):
+        for _ in range(steps_per_epoch):
+            schedule.step()
+            rates.append(schedule.opt.param_groups[0]["lr"])
+        if schedule.end_of_epoch(epoch, val):
+            stopped = epoch
+            break
+    return rates, stopped
+
+
+def test_the_plateau_schedule_decays_when_the_held_out_loss_stalls_and_not_before():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    # a loss still falling: the constant rate lasts until only the decay is left, every epoch is used
+    rates, stopped = _lrs(_PlateauSchedule(opt, 1.0, 100, 4, patience=5, decay_share=0.25), [1 / e for e in range(1, 101)], 4)
+    assert stopped == 100 and max(rates) == pytest.approx(1.0)
+    assert rates[4 * 50] == pytest.approx(1.0) and rates[-1] < 1e-3  # decays at the end, to almost 0
+    # a loss flat from epoch 10 on: 5 epochs of patience, then a decay of a quarter of the 15 epochs
+    # run (4), at least 5
+    losses = [1 / e for e in range(1, 11)] + [0.1] * 90
+    rates, stopped = _lrs(_PlateauSchedule(opt, 1.0, 100, 4, patience=5, decay_share=0.25), losses, 4)
+    assert stopped == 15 + 5 and rates[4 * 15 - 1] == pytest.approx(1.0) and rates[-1] < 1e-3
+    assert all(a >= b for a, b in zip(rates[4 * 15:], rates[4 * 15 + 1:]))  # the decay only goes down
+
+
+def test_a_table_learned_early_stops_early_and_training_repeats():
+    _, masked, _ = make_table(n=300)
+    cfg = AEConfig(hidden=16, depth=1, code=4, epochs=400, min_steps=0, plateau_patience=5, extra_sizes=(),
+                   gaussian=False, donors=False, trees=False, random_state=0)
+    first = fit_model(masked, SCHEMA, config=cfg)
+    assert first.result.epochs_run < 200  # the plateau came long before the cap
+    assert first.result.val_loss == pytest.approx(min(first.result.history))
+    again = fit_model(masked, SCHEMA, config=cfg)
+    assert again.result.history == first.result.history
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+class _Clock:
+    """A stand-in for time.perf_counter that advances a fixed tick per call: the budget logic
+    is tested on its own arithmetic, not on this machine's speed."""
+
+    def __init__(self, tick):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+
+def test_a_time_budget_cuts_the_schedule_and_skips_the_members_it_cannot_pay_for(monkeypatch):
+    _, masked, _ = make_table(n=300)
+    cfg = dict(hidden=16, depth=1, code=4, epochs=300, min_steps=0, extra_sizes=((8, 1, 2),), random_state=0)
+    free = fit_model(masked, SCHEMA, config=AEConfig(**cfg, schedule="onecycle")).result
+    monkeypatch.setattr(autoencoder.time, "perf_counter", _Clock(0.001))
+    ample = fit_model(masked, SCHEMA, config=AEConfig(**cfg, schedule="onecycle", time_budget=1e6)).result
+    assert ample.history == free.history  # a budget that does not bind changes nothing
+    monkeypatch.setattr(autoencoder.time, "perf_counter", _Clock(0.001))
+    tight = fit_model(masked, SCHEMA, config=AEConfig(**cfg, schedule="onecycle", time_budget=2.0)).result
+    assert all(1 < m["epochs_run"] < 300 for m in tight.members)  # both networks planned to their share
+    assert "skipped" not in tight.gaussian  # the members after the networks had the rest of the time
+    monkeypatch.setattr(autoencoder.time, "perf_counter", _Clock(0.001))
+    spent = fit_model(masked, SCHEMA, config=AEConfig(**cfg, schedule="onecycle", time_budget=0.01)).result
+    assert all(m["epochs_run"] == 1 for m in spent.members)  # stopped at the limit, inside the first epoch
+    assert spent.gaussian["used"] is False and "time budget" in spent.gaussian["skipped"]
+    assert spent.trees["used"] is False and spent.donors["used"] is False
+    assert np.isfinite(spent.val_loss)  # a model all the same: the best epoch of each network
+    with pytest.raises(ValueError, match="time_budget"):
+        AEConfig(time_budget=-1)
+    with pytest.raises(ValueError, match="schedule"):
+        AEConfig(schedule="cosine")
