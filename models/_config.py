@@ -24,7 +24,7 @@ class AEConfig:
     time_budget: float = 0.0
     # "onecycle": one cycle over the planned epochs, early stopping only in its second half;
     # "plateau": a constant rate until the held-out loss stalls for plateau_patience epochs, then
-    # a decay of decay_share of the epochs run so far (lakefill.models.autoencoder._PlateauSchedule)
+    # a decay of decay_share of the epochs run so far (lakefill.models.training._PlateauSchedule)
     schedule: str = "plateau"
     plateau_patience: int = 25
     decay_share: float = 0.25

@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from lakefill.models import members as registry
 from lakefill.models.autoencoder import AEConfig, Ensemble, GaussianMember, MaskedAutoencoder
-from lakefill.models.donors import DonorIndex
-from lakefill.models.trees import TreeFill
 from lakefill.models.codec import TableCodec
 from lakefill.errors import ModelError
 from lakefill.schema import TableSchema
@@ -111,8 +110,7 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
         "architecture": {"n_inputs": model.n_inputs, "col_slices": [list(s) for s in model.col_slices],
                          "n_num": model.n_num, "cat_sizes": model.cat_sizes, "sizes": [list(z) for z in model.sizes],
                          "gaussian": model.has_gaussian, "squash": squash,
-                         "donors": model.donors.n_rows if model.donors is not None else 0,
-                         "trees": model.trees.sizes if model.trees is not None else None},
+                         **{b.name: b.architecture(getattr(model, b.name)) for b in registry.BLENDS}},
         "config": config.__dict__,
         "error_reference": error_reference,
         "metrics": metrics,
@@ -187,11 +185,9 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
                    for hidden, depth, code in arch["sizes"]]
         if arch.get("gaussian", False):
             members.append(GaussianMember(**layout))
-        donors = DonorIndex(int(arch["donors"]), layout["col_slices"], layout["n_num"], layout["cat_sizes"]) \
-            if arch.get("donors") else None
-        trees = TreeFill(int(arch["trees"]["nodes"]), int(arch["trees"]["trees"]), int(arch["trees"]["columns"]),
-                         col_slices=layout["col_slices"], n_num=layout["n_num"]) if arch.get("trees") else None
-        model = Ensemble(members, donors=donors, trees=trees)
+        # an older manifest lacks a newer blend: built as None
+        blends = {b.name: b.build(arch.get(b.name), layout) for b in registry.BLENDS}
+        model = Ensemble(members, **blends)
         state = load_file(str(weights))
         # the members' parameters and the mixture weights must be finite (the trees' thresholds hold
         # inf by design and are checked by TreeFill.check; donor rows hold NaN for their missing cells)
@@ -201,8 +197,9 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
             raise ModelError(f"{weights}: non-finite values (NaN or inf) in {bad[:5]}{' ...' if len(bad) > 5 else ''}; "
                              "refusing a model that would impute garbage")
         model.load_state_dict(state)
-        if trees is not None:
-            trees.check()
+        for b in registry.BLENDS:
+            if blends[b.name] is not None:
+                b.check(blends[b.name])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ModelError(f"{model_dir}: the manifest and weights do not make a valid model: {err}") from err
     model.eval()

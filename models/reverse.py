@@ -33,7 +33,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lakefill.models.autoencoder import Ensemble, MaskedAutoencoder, blend_donors, blend_trees, cell_losses
+from lakefill.models import members as registry
+from lakefill.models.mixture import Ensemble
+from lakefill.models.network import MaskedAutoencoder, cell_losses
 
 __all__ = ["ReverseConfig", "ReverseResult", "reverse_impute"]
 
@@ -51,9 +53,16 @@ class ReverseConfig:
     min_gain: float = 0.2  # keep a refinement only if it cuts the held-back error by this share
     sphere_weight: float = 0.01
     input_dropout: float = 0.1
+    # "masked": each step hides a random part of the observed cells and scores those (a masked
+    # autoencoder predicts a cell from the others); "reproduce": the source's objective for a
+    # plain autoencoder, every cell given and every observed cell scored, and the clean pass is
+    # one pass with every cell given
+    objective: str = "masked"
     random_state: int = 0
 
     def __post_init__(self):
+        if self.objective not in ("masked", "reproduce"):
+            raise ValueError(f"ReverseConfig.objective must be 'masked' or 'reproduce', got {self.objective!r}")
         if self.steps < 1 or self.check_every < 1:
             raise ValueError("ReverseConfig.steps and check_every must be >= 1")
         if not 0 < self.hide < 1 or not 0 <= self.input_dropout < 1:
@@ -128,12 +137,11 @@ def reverse_impute(model: MaskedAutoencoder | Ensemble, values: np.ndarray, obse
         p.requires_grad_(False)
     with torch.enable_grad():  # callers often run inference under no_grad
         result = _run(model, values, observed, t_num, t_cat, init, cfg, gen)
-    trees = getattr(model, "trees", None)
-    if trees is not None and len(values):  # the trees weigh on the refined fill as on the direct one
-        result.num = blend_trees(trees, trees.lookup(values, observed), result.num)
-    donors = getattr(model, "donors", None)
-    if donors is not None and len(values):  # a row's copies weigh on its refined fill as on its direct one
-        result.num, result.cat_probs = blend_donors(donors, donors.lookup(values, observed), result.num, result.cat_probs)
+    for blend in registry.BLENDS:  # the trees and a row's copies weigh on the refined fill as on the direct one
+        member = getattr(model, blend.name, None)
+        if member is not None and len(values):
+            result.num, result.cat_probs, _, _ = blend.apply(member, values, observed, result.num, result.cat_probs,
+                                                             None, None)
     return result
 
 
@@ -171,9 +179,13 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult
     best_err = _holdout_error(model, X, u.detach(), miss_feat, cat_feat, fit_obs, missing, held, TN, TC)
     err0 = best_err.clone()
     hidden_width = model.dropout_width
+    reproduce = cfg.objective == "reproduce"
     for step in range(1, cfg.steps + 1):
-        hide = (gen.uniform(3 * step, c) < cfg.hide) & fit_obs
-        given = (fit_obs & ~hide) | missing
+        if reproduce:  # every cell given (held-back ones too: a plain network has no mask), observed ones scored
+            hide, given = fit_obs, torch.ones_like(M)
+        else:
+            hide = (gen.uniform(3 * step, c) < cfg.hide) & fit_obs
+            given = (fit_obs & ~hide) | missing
         inp = _inputs(model, X, u, miss_feat, cat_feat)
         noise = gen.uniform(3 * step + 1, hidden_width) if cfg.input_dropout > 0 else None
         mu, logvar, logits, z = model(model.blank(inp, given.float()), given.float(), input_dropout=cfg.input_dropout,
@@ -191,9 +203,12 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult
             better = err < best_err - 1e-9
             best_err = torch.where(better, err, best_err)
             best_u = torch.where(better.unsqueeze(1), u.detach(), best_u)
-    improved = best_err < (1.0 - cfg.min_gain) * err0 - 1e-9
+    if held.any():
+        improved = best_err < (1.0 - cfg.min_gain) * err0 - 1e-9
+    else:  # nothing held back (holdout 0, as in the source): no safety net, every row takes its refinement
+        improved, best_u = torch.ones(n, dtype=torch.bool, device=dev), u.detach()
     refined = _inputs(model, X, best_u, miss_feat, cat_feat).detach()
-    num, probs = _clean_pass(model, refined, M, gen)
+    num, probs = _clean_pass(model, refined, M, gen, whole=reproduce)
     after = torch.where(improved, best_err, err0)
     return ReverseResult(refined.cpu().numpy(), num, probs, improved.cpu().numpy(), err0.cpu().numpy(), after.cpu().numpy())
 
@@ -222,15 +237,17 @@ def _holdout_error(model, X, u, miss_feat, cat_feat, fit_obs, missing, held, TN,
 
 
 @torch.no_grad()
-def _clean_pass(model, refined, M, gen):
+def _clean_pass(model, refined, M, gen, whole: bool = False):
+    """``whole``: one pass with every cell given (a plain autoencoder's clean pass)."""
     missing = ~M
     n, c = M.shape
     half = (gen.uniform(2, c) < 0.5) & missing
     other = missing & ~half
     mu_out = torch.zeros(n, model.n_num, device=refined.device)
     logits_out = torch.zeros(n, sum(model.cat_sizes), device=refined.device)
-    for part in (half, other):
-        given = (~part).float()  # the observed cells and the other half's refined values
+    for part in ((missing,) if whole else (half, other)):
+        # the observed cells and the other half's refined values (whole: the refined cells too)
+        given = torch.ones_like(refined[:, :c]) if whole else (~part).float()
         mu, _, logits, _ = model(model.blank(refined, given), given)
         mu_out = torch.where(part[:, : model.n_num], mu, mu_out)
         cat_part = torch.cat([part[:, model.n_num + k: model.n_num + k + 1].expand(-1, s)

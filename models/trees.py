@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from lakefill.models.donors import column_values
+from lakefill.models.grid import grid_weight
 
 __all__ = ["TreeFill", "TreeBlend", "fit_trees", "fit_weight", "with_weight", "ROUNDS", "MAX_ROWS", "MAX_COLUMNS",
            "MIN_CELLS", "MIN_GAIN"]
@@ -310,7 +311,7 @@ def fit_trees(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, *, co
 
 def fit_weight(fill: TreeFill, pred_num: np.ndarray, blend: TreeBlend, truth: np.ndarray, hide: np.ndarray,
                loss_weights: np.ndarray) -> tuple[float, dict]:
-    """The blend weight (steps of 1/20) with the lowest loss-weighted squared error of
+    """The blend weight (``grid_weight``: steps of 1/20) with the lowest loss-weighted squared error of
     ``(1 - w) * pred_num + w * trees`` on the held-out hidden cells (``hide``: (n, n_num)) of the
     columns with trees, one weight for all of them: a column's own held-out cells (a few dozen
     in a table of thousands of rows) choose a weight mostly by chance (measured on spam: per
@@ -323,13 +324,11 @@ def fit_weight(fill: TreeFill, pred_num: np.ndarray, blend: TreeBlend, truth: np
     def loss(w: float) -> float:
         return float((lw * ((1 - w) * p + w * t - y) ** 2).sum())
 
-    weight, before = 0.0, loss(0.0)
-    best = before
     if cells.sum() >= MIN_CELLS:
-        for step in range(1, 21):
-            value = loss(step / 20)
-            if value < best - 1e-12:
-                weight, best = step / 20, value
+        weight, before, best = grid_weight(loss, tol=1e-12)
+    else:
+        weight, before = 0.0, loss(0.0)
+        best = before
     n = max(int(cells.sum()), 1)
     report = {"best_weight": weight, "val_cells": int(cells.sum()), "val_loss_without": before / n,
               "val_loss_with": best / n, "columns": int(len(fill.columns))}

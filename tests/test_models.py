@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from lakefill.models.artifact import FORMAT, _manifest_digest, load_artifact, save_artifact
-from lakefill.models import autoencoder
+from lakefill.models import members, training
+from lakefill.models.grid import grid_weight
+from lakefill.models.members import Blend
 from lakefill.models.autoencoder import (AEConfig, Ensemble, GaussianMember, MaskedAutoencoder, _loss_weights,
                                          _PlateauSchedule, cell_losses, direct_fill_inputs, fit_gaussian, predict)
 from lakefill.models.codec import TableCodec
@@ -712,8 +714,7 @@ def test_the_model_blends_boosted_trees_where_the_held_out_cells_say_so(tmp_path
     off = fit_model(table, TWIN_SCHEMA, config=AEConfig(**{**SMALL.__dict__, "trees": False}))
     assert off.metrics["trees"] is None and off.model.trees is None
     # a table wider than MAX_COLUMNS gets none (their cost grows with the square of the width)
-    import lakefill.models.autoencoder as ae_module
-    monkeypatch.setattr(ae_module, "TREES_MAX_COLUMNS", 3)
+    monkeypatch.setattr(members, "TREES_MAX_COLUMNS", 3)  # the Trees blend reads it when it is fitted
     wide = fit_model(table, TWIN_SCHEMA, config=SMALL)
     assert wide.model.trees is None and not wide.metrics["trees"]["used"]
     assert "more than 3" in wide.metrics["trees"]["skipped"]
@@ -794,14 +795,14 @@ def test_a_time_budget_cuts_the_schedule_and_skips_the_members_it_cannot_pay_for
     _, masked, _ = make_table(n=300)
     cfg = dict(hidden=16, depth=1, code=4, epochs=300, min_steps=0, extra_sizes=((8, 1, 2),), random_state=0)
     free = fit_model(masked, SCHEMA, config=AEConfig(**cfg, schedule="onecycle")).result
-    monkeypatch.setattr(autoencoder.time, "perf_counter", _Clock(0.001))
+    monkeypatch.setattr(training.time, "perf_counter", _Clock(0.001))
     ample = fit_model(masked, SCHEMA, config=AEConfig(**cfg, schedule="onecycle", time_budget=1e6)).result
     assert ample.history == free.history  # a budget that does not bind changes nothing
-    monkeypatch.setattr(autoencoder.time, "perf_counter", _Clock(0.001))
+    monkeypatch.setattr(training.time, "perf_counter", _Clock(0.001))
     tight = fit_model(masked, SCHEMA, config=AEConfig(**cfg, schedule="onecycle", time_budget=2.0)).result
     assert all(1 < m["epochs_run"] < 300 for m in tight.members)  # both networks planned to their share
     assert "skipped" not in tight.gaussian  # the members after the networks had the rest of the time
-    monkeypatch.setattr(autoencoder.time, "perf_counter", _Clock(0.001))
+    monkeypatch.setattr(training.time, "perf_counter", _Clock(0.001))
     spent = fit_model(masked, SCHEMA, config=AEConfig(**cfg, schedule="onecycle", time_budget=0.01)).result
     assert all(m["epochs_run"] == 1 for m in spent.members)  # stopped at the limit, inside the first epoch
     assert spent.gaussian["used"] is False and "time budget" in spent.gaussian["skipped"]
@@ -811,3 +812,86 @@ def test_a_time_budget_cuts_the_schedule_and_skips_the_members_it_cannot_pay_for
         AEConfig(time_budget=-1)
     with pytest.raises(ValueError, match="schedule"):
         AEConfig(schedule="cosine")
+
+
+def test_reverse_training_with_the_sources_objective_lifts_a_plain_autoencoder():
+    """Protocol B's --model plain on a small stand-in for MNIST lines: the hidden half of each row
+    repeats its given half; a plain autoencoder fed zeros there fills it badly, reverse training
+    (the hidden cells as free parameters, the observed ones reproduced) fills it better."""
+    from benchmarks.mnist_lines import PlainAutoencoder, train_plain
+
+    rng = np.random.default_rng(0)
+    half = (rng.random((600, 8)) < 0.5).astype(np.float32) * 0.8 + 0.1
+    rows = np.concatenate([half, half], axis=1)
+    model = train_plain(rows[:500], epochs=60, seed=0)
+    assert isinstance(model, PlainAutoencoder) and model(torch.zeros(2, 16), None)[3].shape == (2, 16)
+    test = rows[500:]
+    observed = np.zeros_like(test, dtype=bool)
+    observed[:, :8] = True
+    blank = np.where(observed, test, 0.0).astype(np.float32)
+    with torch.no_grad():
+        direct = model(torch.from_numpy(blank), None)[0].numpy()
+    init = np.where(observed, test, direct).astype(np.float32)
+    cfg = ReverseConfig(steps=100, objective="reproduce", holdout=0.0)
+    res = reverse_impute(model, blank, observed, np.where(observed, test, 0.0), np.zeros((100, 0), np.int64), init,
+                         config=cfg)
+    assert res.improved.all()  # no held-back cells: no safety net, every row takes its refinement
+    before = np.abs(direct[:, 8:] - test[:, 8:]).mean()
+    after = np.abs(res.num[:, 8:] - test[:, 8:]).mean()
+    assert after < 0.8 * before
+    again = reverse_impute(model, blank, observed, np.where(observed, test, 0.0), np.zeros((100, 0), np.int64), init,
+                           config=cfg)
+    assert np.array_equal(again.num, res.num)
+    with pytest.raises(ValueError, match="objective"):
+        ReverseConfig(objective="source")
+
+
+class _Offset(torch.nn.Module):
+    def __init__(self, n_num: int, shift: float = 0.0):
+        super().__init__()
+        self.register_buffer("shift", torch.full((n_num,), shift))
+
+
+class _OffsetBlend(Blend):
+    """A made-up blend (adds a constant to every numeric hole): what adding a member takes."""
+
+    name = "offset"
+
+    def apply(self, member, values, given, num, probs, var, num_weights):
+        holes = ~given[:, : num.shape[1]]
+        return np.where(holes, num + member.shift.numpy(), num).astype(np.float32), probs, var, {}
+
+    def architecture(self, member):
+        return int(member.shift.numel()) if member is not None else 0
+
+    def build(self, entry, layout):
+        return _Offset(int(entry)) if entry else None
+
+
+def test_a_blend_added_to_the_registry_is_predicted_saved_and_loaded_with_no_other_change(trained, tmp_path, monkeypatch):
+    full, masked, hide, fitted = trained
+    monkeypatch.setattr(members, "BLENDS", (*members.BLENDS, _OffsetBlend()))
+    enc = fitted.codec.encode(masked)
+    before = predict(fitted.model, enc.values, enc.observed)
+    fitted.model.offset = _Offset(fitted.model.n_num, 0.5)
+    try:
+        after = predict(fitted.model, enc.values, enc.observed)
+        holes = ~enc.observed[:, : fitted.model.n_num]
+        np.testing.assert_allclose(after.num[holes], before.num[holes] + 0.5, atol=1e-5)
+        np.testing.assert_array_equal(after.num[~holes], before.num[~holes])
+        out = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
+                            config=SMALL, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
+        assert json.loads((out / "manifest.json").read_text())["architecture"]["offset"] == fitted.model.n_num
+        loaded = load_artifact(out).model
+        assert float(loaded.offset.shift[0]) == 0.5
+        np.testing.assert_array_equal(predict(loaded, enc.values, enc.observed).num, after.num)
+    finally:
+        fitted.model.offset = None
+    with pytest.raises(ValueError, match="unknown blend"):
+        Ensemble(list(fitted.model.members), [float(w) for w in fitted.model.weights], forest=None)
+
+
+def test_every_blend_weight_comes_from_one_grid():
+    weight, before, best = grid_weight(lambda w: (w - 0.3) ** 2)
+    assert (weight, before, best) == (0.3, 0.09, pytest.approx(0.0, abs=1e-12))
+    assert grid_weight(lambda w: 1.0 + w)[0] == 0.0  # no gain: 0, the blend is left out

@@ -1,0 +1,217 @@
+"""The model's members behind one interface each, and the registry of the blended ones.
+
+Two kinds of member. The mixture's members (the networks, ``lakefill.models.network``, and the
+Gaussian, ``lakefill.models.gaussian``) share the forward interface ``(values, mask) -> (mean,
+log-variance, logits, code)`` and one weight each on the weight simplex (``train_ensemble``).
+The blends (the boosted trees, the donors) are applied to the mixture's fill: each is a
+``Blend`` here (fit and weigh on the held-out cells, blend into a fill, its entry in the
+manifest's architecture, build it back from there), listed in ``BLENDS`` in the order they
+apply. The model (``Ensemble``) holds each fitted blend as the attribute of its name, which is
+also its ``AEConfig`` flag, its key in the manifest's ``architecture`` and ``metrics`` and the
+prefix of its tensors in the weights file. Adding a blend is a class here and a flag in
+``AEConfig``; ``predict``, reverse training, training and the artifact loop over the registry.
+Every blend weight comes from ``grid_weight``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lakefill.models.donors import BANDS as DONOR_BANDS
+from lakefill.models.donors import MAX_ROWS as DONOR_MAX_ROWS
+from lakefill.models.donors import MIN_BITS as DONOR_MIN_BITS
+from lakefill.models.donors import DonorFill, DonorIndex
+from lakefill.models.grid import grid_weight
+from lakefill.models.trees import MAX_COLUMNS as TREES_MAX_COLUMNS
+from lakefill.models.trees import TreeBlend, TreeFill, fit_trees, fit_weight, with_weight
+
+__all__ = ["Blend", "HeldOut", "BLENDS", "grid_weight", "blend_trees", "blend_donors"]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """What every blend is fitted and weighed on: the encoded training table, the held-out rows
+    and their hidden observed cells, the loss weights and the seed."""
+    values: np.ndarray
+    observed: np.ndarray
+    t_num: np.ndarray
+    t_cat: np.ndarray
+    val_idx: np.ndarray
+    val_hide: np.ndarray
+    num_weights: np.ndarray | None  # per numeric column, the confidence scale's weights
+    loss_weights: np.ndarray  # per numeric column, the loss's weights (ones when none)
+    seed: int
+
+
+class Blend:
+    """One blended member. ``name``: the Ensemble attribute, config flag and manifest key."""
+
+    name = ""
+
+    def fit(self, ensemble, data: HeldOut) -> dict | None:
+        """Fit on the training rows, weigh on the held-out cells, set ``ensemble.<name>`` when a
+        weight is above 0; the report for the manifest's metrics (None: nothing to fit)."""
+        raise NotImplementedError
+
+    def refit(self, ensemble, data: HeldOut, report: dict) -> None:
+        """After every member is weighed, for a blend that was kept (default: nothing)."""
+
+    def apply(self, member, values: np.ndarray, given: np.ndarray, num: np.ndarray, probs: list[np.ndarray],
+              var: np.ndarray | None, num_weights) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None, dict]:
+        """The fill with this member blended in: (num, probs, var (None stays None), extras)."""
+        raise NotImplementedError
+
+    def architecture(self, member):
+        """The manifest's architecture entry (member None: not in the model)."""
+        raise NotImplementedError
+
+    def build(self, entry, layout: dict):
+        """An empty member of the manifest's shape (None when the entry says none), to load the weights into."""
+        raise NotImplementedError
+
+    def check(self, member) -> None:
+        """Refuse loaded buffers that do not make this member (default: nothing to check)."""
+
+
+class Trees(Blend):
+    """The numeric columns' boosted trees (``lakefill.models.trees``): one weight for every
+    column with trees, weighed with the trees fitted on the training rows; kept trees are then
+    fitted again on all rows."""
+
+    name = "trees"
+
+    def fit(self, ensemble, data: HeldOut) -> dict | None:
+        if not ensemble.n_num:
+            return None
+        if len(ensemble.col_slices) > TREES_MAX_COLUMNS:
+            return {"weight": 0.0, "columns": 0, "used": False,
+                    "skipped": f"{len(ensemble.col_slices)} columns, more than {TREES_MAX_COLUMNS}"}
+        from lakefill.models.mixture import predict
+
+        train_rows = np.setdiff1d(np.arange(len(data.values)), data.val_idx)
+        fill = fit_trees(data.values, data.observed, data.t_num, col_slices=ensemble.col_slices, n_num=ensemble.n_num,
+                         rows=train_rows, seed=data.seed)
+        if fill is None:
+            return {"weight": 0.0, "columns": 0, "used": False}
+        given = data.observed[data.val_idx] & ~data.val_hide
+        pred = predict(ensemble, data.values[data.val_idx], given)
+        weight, report = fit_weight(fill, pred.num, fill.lookup(data.values[data.val_idx], given),
+                                    data.t_num[data.val_idx], data.val_hide[:, :ensemble.n_num], data.loss_weights)
+        if weight > 0:
+            ensemble.trees = with_weight(fill, weight)
+        return {**report, "used": weight > 0}
+
+    def refit(self, ensemble, data: HeldOut, report: dict) -> None:
+        ensemble.trees = with_weight(fit_trees(data.values, data.observed, data.t_num, col_slices=ensemble.col_slices,
+                                               n_num=ensemble.n_num, rows=np.arange(len(data.values)), seed=data.seed),
+                                     report["weight"])
+        report["nodes"] = ensemble.trees.sizes["nodes"]
+
+    def apply(self, member, values, given, num, probs, var, num_weights):
+        return blend_trees(member, member.lookup(values, given), num), probs, var, {}  # the variance stays the networks'
+
+    def architecture(self, member):
+        return member.sizes if member is not None else None
+
+    def build(self, entry, layout):
+        return TreeFill(int(entry["nodes"]), int(entry["trees"]), int(entry["columns"]), col_slices=layout["col_slices"],
+                        n_num=layout["n_num"]) if entry else None
+
+    def check(self, member) -> None:
+        member.check()
+
+
+class Donors(Blend):
+    """The training rows as donors (``lakefill.models.donors``): one weight per evidence band."""
+
+    name = "donors"
+
+    def fit(self, ensemble, data: HeldOut) -> dict | None:
+        """Build the donor index on the training rows and fit its blend weights on the held-out
+        rows' hidden cells (a row is never its own donor): per evidence band, ``grid_weight`` on
+        that band's cells (squared error / cross-entropy as in training); a band with no
+        held-out cell takes the weight of the band below (its evidence is stronger). The index
+        joins the model only if a weight is above 0. The confidence scale stays the networks'."""
+        from lakefill.models.mixture import predict
+
+        values, observed, val_idx, val_hide = data.values, data.observed, data.val_idx, data.val_hide
+        rows = np.arange(len(values))
+        if len(rows) > DONOR_MAX_ROWS:
+            rows = np.sort(np.random.default_rng(data.seed).choice(len(values), DONOR_MAX_ROWS, replace=False))
+        position = np.full(len(values), -1, dtype=np.int64)
+        position[rows] = np.arange(len(rows))
+        index = DonorIndex.build(values[rows], observed[rows], col_slices=ensemble.col_slices, n_num=ensemble.n_num,
+                                 cat_sizes=ensemble.cat_sizes)
+        given = observed[val_idx] & ~val_hide
+        pred = predict(ensemble, values[val_idx], given, num_weights=data.num_weights)
+        fill = index.lookup(values[val_idx], given, exclude=position[val_idx])
+        n_num = ensemble.n_num
+        lw = data.loss_weights
+        nw = np.ones(n_num) if data.num_weights is None else np.asarray(data.num_weights, dtype=np.float64)
+        truth_num = data.t_num[val_idx].astype(np.float64)
+        truth_cat = data.t_cat[val_idx]
+        bands = []
+        for band in range(len(index.weight)):
+            in_band = (fill.band == band)[:, None]
+            h_num = val_hide[:, :n_num] & fill.num_has & in_band
+            h_cat = val_hide[:, n_num:] & fill.cat_has & (truth_cat >= 0) & in_band
+
+            def loss(w: float) -> float:
+                total = float((lw * ((1 - w) * pred.num + w * fill.num - truth_num) ** 2)[h_num].sum())
+                for k, (p, q) in enumerate(zip(pred.cat_probs, fill.cat_probs)):
+                    r = np.nonzero(h_cat[:, k])[0]
+                    total -= float(np.log(np.maximum((1 - w) * p[r, truth_cat[r, k]] + w * q[r, truth_cat[r, k]],
+                                                     1e-12)).sum())
+                return total
+
+            weight, before, best = grid_weight(loss)
+            error = float(((fill.num - truth_num) ** 2 * nw)[h_num].mean()) if h_num.any() else 0.0
+            cells = int(h_num.sum() + h_cat.sum())
+            if not cells and band > 0:  # nothing held out to measure: the evidence is stronger than the band below's
+                weight, error = float(index.weight[band - 1]), float(index.error[band - 1])
+            index.weight[band] = weight
+            index.error[band] = error
+            bands.append({"min_bits": ([DONOR_MIN_BITS] + list(DONOR_BANDS))[band], "weight": weight,
+                          "val_cells": cells, "val_loss_without": before, "val_loss_with": best, "error": error})
+        if float(index.weight.max()) > 0:
+            ensemble.donors = index
+        return {"rows": index.n_rows, "val_cells_hidden": int(val_hide.sum()), "bands": bands,
+                "used": ensemble.donors is not None}
+
+    def apply(self, member, values, given, num, probs, var, num_weights):
+        fill = member.lookup(values, given)
+        w = member.row_weights(fill)
+        rows = (w[:, 0] > 0) & (fill.num_has.any(axis=1) | fill.cat_has.any(axis=1))
+        if var is not None:  # the donors' held-out error enters the variance where they fill
+            e = member.row_errors(fill)
+            nw = num_weights if num_weights is not None else 1.0
+            var = np.where(fill.num_has, (1 - w) ** 2 * var + w ** 2 * e / np.maximum(nw, 1e-12), var).astype(np.float32)
+        num, probs = blend_donors(member, fill, num, probs)
+        return num, probs, var, {"donor_rows": rows}
+
+    def architecture(self, member):
+        return member.n_rows if member is not None else 0
+
+    def build(self, entry, layout):
+        return DonorIndex(int(entry), layout["col_slices"], layout["n_num"], layout["cat_sizes"]) if entry else None
+
+
+BLENDS: tuple[Blend, ...] = (Trees(), Donors())  # in the order they apply: the donors weigh on the trees' fill
+
+
+def blend_trees(trees: TreeFill, blend: TreeBlend, num: np.ndarray) -> np.ndarray:
+    """The networks' numeric fill blended with the boosted trees' where a column has them."""
+    w = trees.row_weights(blend)
+    return ((1 - w) * num + w * blend.num).astype(np.float32)
+
+
+
+def blend_donors(donors: DonorIndex, fill: DonorFill, num: np.ndarray, cat_probs: list[np.ndarray]):
+    """The networks' fill blended with the donors' where a row has donors: (num, cat_probs)."""
+    w = donors.row_weights(fill)
+    num = np.where(fill.num_has, (1 - w) * num + w * fill.num, num).astype(np.float32)
+    cat_probs = [np.where(fill.cat_has[:, k:k + 1], (1 - w) * p + w * q, p).astype(p.dtype)
+                 for k, (p, q) in enumerate(zip(cat_probs, fill.cat_probs))]
+    return num, cat_probs
