@@ -14,9 +14,6 @@ class AEConfig:
     code: int = 64
     epochs: int = 300
     min_steps: int = 6000  # small tables train for more epochs, up to this many steps
-    # large tables: at most this many optimiser steps per network (0: no cap), whatever the
-    # epochs; the steps then stop growing with the rows
-    max_steps: int = 0
     # wall-clock seconds for the whole training (0: no limit): each network's schedule is
     # planned to fit its share (from the measured step time), training stops at the limit, and
     # members not reached are skipped. A limit that binds makes the model depend on the
@@ -35,10 +32,12 @@ class AEConfig:
     block_hide: float = 0.0  # share of rows that hide one contiguous block of columns instead
     recon_weight: float = 0.0  # weight of the loss on the given (not hidden) observed cells
     val_fraction: float = 0.1
+    # the one-cycle schedule's early stopping: epochs without improvement it waits for, counted
+    # only after patience_after of the schedule
     patience: int = 25
-    # early stopping counts epochs without improvement only after this share of the schedule:
+    # (early stopping counts epochs without improvement only after this share of the schedule:
     # the one-cycle rate is still near its peak before that, and stopping there keeps an
-    # under-annealed model (the best epoch so far is kept either way)
+    # under-annealed model; the best epoch so far is kept either way)
     patience_after: float = 0.5
     # numeric loss per column on its min-max scale ("range", what a user reads an error on) or
     # on the robust z scale of the inputs ("robust": a heavy-tailed column's outliers dominate)
@@ -75,9 +74,11 @@ class AEConfig:
                 raise ValueError(f"AEConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.max_hide < 1:
             raise ValueError(f"AEConfig.max_hide must be in (0, 1), got {self.max_hide}")
-        if self.max_steps < 0 or not self.time_budget >= 0:
-            raise ValueError(f"AEConfig.max_steps and time_budget must be >= 0 (0: none), got {self.max_steps}, "
-                             f"{self.time_budget}")
+        if not 0 <= self.time_budget < float("inf"):
+            raise ValueError(f"AEConfig.time_budget must be a number of seconds >= 0 (0: none), got {self.time_budget}")
+        if self.plateau_patience < 1 or not 0 < self.decay_share <= 1:
+            raise ValueError(f"AEConfig.plateau_patience must be >= 1 and decay_share in (0, 1], got "
+                             f"{self.plateau_patience}, {self.decay_share}")
         if not 0 <= self.block_hide <= 1:
             raise ValueError(f"AEConfig.block_hide must be in [0, 1], got {self.block_hide}")
         if not 0 <= self.patience_after < 1:

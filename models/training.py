@@ -86,8 +86,6 @@ class TrainPlan:
         batch_size = int(min(cfg.batch_size, max(32, n_train // 16)))
         steps_per_epoch = max(1, math.ceil(n_train / batch_size))
         epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
-        if cfg.max_steps:  # large tables: the steps stop growing with the rows
-            epochs = max(1, min(epochs, cfg.max_steps // steps_per_epoch))
         patience = max(cfg.patience, math.ceil(cfg.patience * epochs / cfg.epochs))
         return cls(batch_size, steps_per_epoch, epochs, patience)
 

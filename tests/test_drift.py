@@ -1,0 +1,56 @@
+"""Protocol E (benchmarks/drift.py): the split rule, the JSON keys, the side stage's bookkeeping."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.drift import main, split
+from lakefill.pipelines.evaluate import load_problem
+
+TINY = {"hidden": 16, "depth": 1, "code": 4, "epochs": 20, "min_steps": 0, "extra_sizes": [], "donors": False,
+        "trees": False, "gaussian": False}
+
+
+def _table(path, n=400):
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0, 10, n)
+    lines = ["a,b,kind"]
+    for v in a:  # b follows a with a bend at the median: the upper half differs from the lower
+        b = v if v < 5 else 10 - 2 * (v - 5)
+        lines.append(f"{v:.3f},{b + rng.normal(0, 0.1):.3f},{'x' if v < 7 else 'y'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_split_trains_on_the_first_columns_lower_half(tmp_path):
+    problem = load_problem(_table(tmp_path / "t.csv"), None)
+    train, test, column = split(problem)
+    assert column == "a" and len(train) == len(test) == 200 and not set(train) & set(test)
+    a = problem.X[:, problem.num_cols.index("a")]
+    assert a[train].max() <= a[test].min()
+
+
+@pytest.mark.slow
+def test_protocol_e_writes_its_json_and_scores_the_routed_rows(tmp_path, capsys):
+    data, out = _table(tmp_path / "t.csv"), tmp_path / "e.json"
+    assert main(["--data", str(data), "--seeds", "0", "--threshold", "0.9", "--ae-config", json.dumps(TINY),
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["protocol"] == "E" and result["dataset"] == "t" and result["threshold"] == 0.9
+    run = result["runs"][0]
+    assert run["split"] == {"column": "a", "rule": "first scored column, lower half trains", "train_rows": 200,
+                            "impute_rows": 200}
+    assert 0 < run["routed_share"] <= 1 and run["routed"]["side"]["rows"] == run["routed"]["direct"]["rows"] > 0
+    assert 0 <= run["rows_kept_refined"] <= run["routed"]["side"]["rows"]
+    for key in ("rmse", "accuracy"):
+        assert set(result[key]) == {"direct", "routed_direct", "routed_side", "all_rows_with_side"}
+        assert all(v is not None for v in result[key].values())
+    if run["rows_kept_refined"] == 0:  # nothing kept: the side stage's rows are the direct fill's
+        assert result["rmse"]["routed_side"] == result["rmse"]["routed_direct"]
+    assert "routed" in capsys.readouterr().out
+    for bad in (["--data", str(tmp_path / "none.csv")], ["--data", str(data), "--threshold", "0"],
+                ["--data", str(data), "--seeds", "a,b"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(bad)
+        assert exit_.value.code == 2
