@@ -895,3 +895,14 @@ def test_every_blend_weight_comes_from_one_grid():
     weight, before, best = grid_weight(lambda w: (w - 0.3) ** 2)
     assert (weight, before, best) == (0.3, 0.09, pytest.approx(0.0, abs=1e-12))
     assert grid_weight(lambda w: 1.0 + w)[0] == 0.0  # no gain: 0, the blend is left out
+
+
+def test_a_table_of_categories_alone_gets_no_gaussian_member():
+    schema = TableSchema.model_validate({"name": "cats", "columns": [
+        {"name": "c", "type": "categorical", "impute": True, "categories": ["a", "b"]},
+        {"name": "flag", "type": "boolean", "impute": True}]})
+    _, masked, _ = make_table(n=200)
+    fitted = fit_model(masked.select(["c", "flag", "_lf_row_id"]), schema,
+                       config=AEConfig(hidden=16, depth=1, code=4, epochs=5, min_steps=0, extra_sizes=(), random_state=0))
+    assert fitted.metrics["gaussian"] == {"skipped": "no numeric column", "used": False, "weight": 0.0}
+    assert not fitted.model.has_gaussian
