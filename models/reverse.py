@@ -203,7 +203,7 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult
             better = err < best_err - 1e-9
             best_err = torch.where(better, err, best_err)
             best_u = torch.where(better.unsqueeze(1), u.detach(), best_u)
-    if held.any():
+    if cfg.holdout > 0:  # a row without held-back cells (too few observed) keeps its direct fill
         improved = best_err < (1.0 - cfg.min_gain) * err0 - 1e-9
     else:  # nothing held back (holdout 0, as in the source): no safety net, every row takes its refinement
         improved, best_u = torch.ones(n, dtype=torch.bool, device=dev), u.detach()

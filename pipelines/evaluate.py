@@ -68,7 +68,7 @@ def load_problem(data: Path, schema_path: Path | None) -> Problem:
         schema = infer_schema(raw.table, name=data.stem, policy=NullPolicy().fit(raw.table))
     table = detect_and_parse(raw, schema).table
     imputed = [c for c in schema.columns if c.impute]
-    num_cols = [c.name for c in imputed if c.type in ("numeric", "integer")]
+    num_cols = [c.name for c in imputed if c.type in ("numeric", "integer", "decimal")]  # decimals scored as floats
     cat_cols = [c.name for c in imputed if c.type in ("categorical", "boolean")]
     # only rows complete in the scored columns can be scored
     complete = np.ones(table.num_rows, dtype=bool)

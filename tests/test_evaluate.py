@@ -15,9 +15,10 @@ TINY = {"hidden": 32, "depth": 1, "code": 8, "epochs": 40, "min_steps": 0, "extr
 def _table(path, n=600):
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, n)
-    lines = ["x,y,kind,flag"]
+    lines = ["x,y,kind,flag,exact"]
     for v in x:  # every column follows x: a model that reads x fills the others well
-        lines.append(f"{v:.4f},{2 * v + rng.normal(0, 0.05):.4f},{'high' if v > 0 else 'low'},{'true' if v > 0.3 else 'false'}")
+        lines.append(f"{v:.4f},{2 * v + rng.normal(0, 0.05):.4f},{'high' if v > 0 else 'low'},{'true' if v > 0.3 else 'false'},"
+                     f"{10 + v:.16f}")  # more digits than a float keeps: a decimal column
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -26,11 +27,12 @@ def _table(path, n=600):
 def test_evaluate_scores_booleans_and_categories_against_the_complete_table(tmp_path):
     data = _table(tmp_path / "t.csv")
     problem = load_problem(data, None)
-    assert problem.num_cols == ["x", "y"] and problem.cat_cols == ["kind", "flag"]
+    assert problem.num_cols == ["x", "y", "exact"] and problem.cat_cols == ["kind", "flag"]  # a decimal is scored
+    assert problem.schema.column("exact").type == "decimal"
     assert set(problem.C[1]) == {"true", "false"}  # a boolean scores as the codec names it
     out = evaluate(data=data, schema=None, missing_rate=0.2, mechanism="mcar", seeds=[0, 1],
                    methods=["lakefill", "mean", "knn"], log=lambda *_: None, ae_config=TINY)
-    assert out["dataset"] == "t" and out["rows"] == 600 and out["columns"] == 4 and out["seeds"] == [0, 1]
+    assert out["dataset"] == "t" and out["rows"] == 600 and out["columns"] == 5 and out["seeds"] == [0, 1]
     for method, r in out["results"].items():
         assert {"rmse", "rmse_std", "accuracy", "accuracy_std", "fit_seconds", "impute_seconds"} <= set(r), method
     lf, mean = out["results"]["lakefill"], out["results"]["mean"]
