@@ -39,7 +39,7 @@ from lakefill.models.artifact import load_artifact, save_artifact
 from lakefill.models.autoencoder import AEConfig
 from lakefill.models.train import fit_model
 from lakefill.pipelines.config import JobConfig
-from lakefill.pipelines.evaluate import Problem, _label, _masked_table, load_problem, make_mask
+from lakefill.pipelines.evaluate import Problem, _masked_table, load_problem, make_mask, table_values
 from lakefill.transforms.impute import CONFIDENCE, METHOD, Imputer
 
 DEFAULT_THRESHOLD = JobConfig.model_fields["confidence_threshold"].default  # a job's default
@@ -59,13 +59,6 @@ def split(problem: Problem) -> tuple[np.ndarray, np.ndarray, str]:
 
 def subset(problem: Problem, rows: np.ndarray) -> Problem:
     return replace(problem, X=problem.X[rows], C=[c[rows] for c in problem.C], table=problem.table.take(pa.array(rows)))
-
-
-def _filled(problem: Problem, table: pa.Table) -> tuple[np.ndarray, list[np.ndarray]]:
-    X = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(float) for c in problem.num_cols], 1) \
-        if problem.num_cols else np.zeros((table.num_rows, 0))
-    C = [np.asarray([_label(v) for v in table.column(c).to_pylist()], dtype=object) for c in problem.cat_cols]
-    return X, C
 
 
 def scores(problem: Problem, full: Problem, mask: np.ndarray, X: np.ndarray, C: list[np.ndarray],
@@ -110,9 +103,9 @@ def run(data: Path, *, seed: int, missing_rate: float, threshold: float, config:
     t0 = time.perf_counter()
     side_part = imputer.refine(direct.filter(pa.array(routed)))
     side_s = time.perf_counter() - t0
-    Xd, Cd = _filled(test, direct)
+    Xd, Cd = table_values(direct, test.num_cols, test.cat_cols)
     Xs, Cs = Xd.copy(), [c.copy() for c in Cd]
-    Xr, Cr = _filled(test, side_part)
+    Xr, Cr = table_values(side_part, test.num_cols, test.cat_cols)
     idx = np.nonzero(routed)[0]
     Xs[idx] = Xr
     for k in range(len(Cs)):

@@ -75,9 +75,16 @@ def load_problem(data: Path, schema_path: Path | None) -> Problem:
     for c in num_cols + cat_cols:
         complete &= np.asarray(pc.is_valid(table.column(c)))
     table = table.filter(pa.array(complete))
-    X = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(float) for c in num_cols], 1) if num_cols else np.zeros((table.num_rows, 0))
-    C = [np.asarray([_label(v) for v in table.column(c).to_pylist()], dtype=object) for c in cat_cols]
+    X, C = table_values(table, num_cols, cat_cols)
     return Problem(data.stem, num_cols, cat_cols, X, C, table, schema)
+
+
+def table_values(table: pa.Table, num_cols: list[str], cat_cols: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The scored columns of a typed table: numbers as floats (n, n_num), categories as labels."""
+    X = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(float) for c in num_cols], 1) \
+        if num_cols else np.zeros((table.num_rows, 0))
+    C = [np.asarray([_label(v) for v in table.column(c).to_pylist()], dtype=object) for c in cat_cols]
+    return X, C
 
 
 def _label(value) -> str:
