@@ -40,7 +40,10 @@ from lakefill.models.autoencoder import AEConfig
 from lakefill.models.train import fit_model
 from lakefill.pipelines.config import JobConfig
 from lakefill.pipelines.evaluate import Problem, _masked_table, load_problem, make_mask, table_values
+from lakefill.models.adapt import AdaptConfig
+from lakefill.models.reverse import ReverseConfig
 from lakefill.transforms.impute import CONFIDENCE, METHOD, Imputer
+from lakefill.transforms.io import ROW_ID
 
 DEFAULT_THRESHOLD = JobConfig.model_fields["confidence_threshold"].default  # a job's default
 
@@ -82,7 +85,11 @@ def scores(problem: Problem, full: Problem, mask: np.ndarray, X: np.ndarray, C: 
     return out
 
 
-def run(data: Path, *, seed: int, missing_rate: float, threshold: float, config: AEConfig) -> dict:
+SIDES = ("reverse", "adapt", "side")  # reverse training alone; the adapted fill alone; both (the stage with adapt)
+
+
+def run(data: Path, *, seed: int, missing_rate: float, threshold: float, config: AEConfig,
+        adapt: AdaptConfig | None = None, reverse: ReverseConfig = ReverseConfig()) -> dict:
     full = load_problem(Path(data), None)
     train_rows, test_rows, column = split(full)
     train, test = subset(full, train_rows), subset(full, test_rows)
@@ -93,37 +100,53 @@ def run(data: Path, *, seed: int, missing_rate: float, threshold: float, config:
     with tempfile.TemporaryDirectory() as tmp:
         save_artifact(tmp, model=fitted.model, codec=fitted.codec, schema=full.schema, policy=None, config=config,
                       metrics=fitted.metrics, error_reference=fitted.result.error_reference)
-        imputer = Imputer(load_artifact(tmp))
+        artifact = load_artifact(tmp)
+    imputer = Imputer(artifact, reverse=reverse)
+    no_steps = Imputer(artifact, reverse=replace(reverse, steps=0))
     masked = _masked_table(test, mask)
+    if ROW_ID not in masked.column_names:  # the row's key: its held-back cells and random draws follow it
+        masked = masked.append_column(ROW_ID, pa.array(np.arange(masked.num_rows), pa.int64()))
     t0 = time.perf_counter()
     direct = imputer.impute(masked)
     direct_s = time.perf_counter() - t0
     routed = np.asarray(pc.less(direct.column(CONFIDENCE), threshold).to_numpy(zero_copy_only=False), dtype=bool)
-    routed &= mask.any(axis=1)
-    t0 = time.perf_counter()
-    side_part = imputer.refine(direct.filter(pa.array(routed)))
-    side_s = time.perf_counter() - t0
-    Xd, Cd = table_values(direct, test.num_cols, test.cat_cols)
-    Xs, Cs = Xd.copy(), [c.copy() for c in Cd]
-    Xr, Cr = table_values(side_part, test.num_cols, test.cat_cols)
-    idx = np.nonzero(routed)[0]
-    Xs[idx] = Xr
-    for k in range(len(Cs)):
-        Cs[k][idx] = Cr[k]
-    kept = int(sum(m == "reverse" for m in side_part.column(METHOD).to_pylist()))
     every = mask.any(axis=1)
+    routed &= every
+    t0 = time.perf_counter()  # the run's rows: the adaptation sees their observed cells (never the hidden truth)
+    adapted, adapt_report = imputer.adapt(direct, adapt or AdaptConfig(random_state=seed))
+    adapt_s = time.perf_counter() - t0
+    Xd, Cd = table_values(direct, test.num_cols, test.cat_cols)
+    low = direct.filter(pa.array(routed))
+    idx = np.nonzero(routed)[0]
+    out_sides, seconds, kept = {}, {}, {}
+    for side in SIDES:
+        worker = no_steps if side == "adapt" else imputer
+        t0 = time.perf_counter()
+        part = worker.refine(low, adapted=adapted if side != "reverse" else None)
+        seconds[side] = time.perf_counter() - t0
+        Xs, Cs = Xd.copy(), [c.copy() for c in Cd]
+        if len(idx):
+            Xr, Cr = table_values(part, test.num_cols, test.cat_cols)
+            Xs[idx] = Xr
+            for k in range(len(Cs)):
+                Cs[k][idx] = Cr[k]
+        kept[side] = int(sum(m == "reverse" for m in part.column(METHOD).to_pylist())) if len(idx) else 0
+        out_sides[side] = (Xs, Cs)
     return {
         "seed": seed,
         "split": {"column": column, "rule": "first scored column, lower half trains", "train_rows": int(len(train_rows)),
                   "impute_rows": int(len(test_rows))},
         "direct": scores(test, full, mask, Xd, Cd, every),
-        "routed": {"direct": scores(test, full, mask, Xd, Cd, routed), "side": scores(test, full, mask, Xs, Cs, routed)},
-        "all_rows_with_side": scores(test, full, mask, Xs, Cs, every),
+        "routed": {"direct": scores(test, full, mask, Xd, Cd, routed),
+                   **{side: scores(test, full, mask, *out_sides[side], routed) for side in SIDES}},
+        "all_rows_with_side": {side: scores(test, full, mask, *out_sides[side], every) for side in SIDES},
         "routed_share": float(routed.sum() / max(every.sum(), 1)),
         "rows_kept_refined": kept,
+        "adapt": adapt_report,
         "train_seconds": round(train_s, 2),
+        "adapt_seconds": round(adapt_s, 2),
         "direct_rows_per_s": round(len(test_rows) / max(direct_s, 1e-9), 1),
-        "side_rows_per_s": round(int(routed.sum()) / max(side_s, 1e-9), 1) if routed.any() else None,
+        "side_rows_per_s": {side: round(len(idx) / max(seconds[side], 1e-9), 1) if len(idx) else None for side in SIDES},
     }
 
 
@@ -163,18 +186,23 @@ def main(argv: list[str] | None = None) -> int:
            "seeds": seeds, "runs": runs}
     for key in ("rmse", "accuracy"):
         out[key] = {"direct": _mean(runs, "direct", key), "routed_direct": _mean(runs, "routed", "direct", key),
-                    "routed_side": _mean(runs, "routed", "side", key),
-                    "all_rows_with_side": _mean(runs, "all_rows_with_side", key)}
+                    **{f"routed_{side}": _mean(runs, "routed", side, key) for side in SIDES},
+                    **{("all_rows_with_side" if side == "side" else f"all_rows_{side}"):
+                       _mean(runs, "all_rows_with_side", side, key) for side in SIDES}}
     out["routed_share"] = _mean(runs, "routed_share")
     print(f"{out['dataset']}: trained on {runs[0]['split']['train_rows']} rows (lower half of "
           f"{runs[0]['split']['column']!r}), imputed {runs[0]['split']['impute_rows']}, seeds {seeds}, "
           f"routed {out['routed_share']:.1%} (confidence < {args.threshold})")
+    nan = float("nan")
     for key in ("rmse", "accuracy"):
         r = out[key]
         if r["direct"] is not None:
-            print(f"  {key:<8} direct {r['direct']:.4f} | routed rows: direct {r['routed_direct'] or float('nan'):.4f}, "
-                  f"side stage {r['routed_side'] or float('nan'):.4f} | all rows with the side stage "
-                  f"{r['all_rows_with_side']:.4f}")
+            print(f"  {key:<8} all rows: direct {r['direct']:.4f}, reverse {r['all_rows_reverse']:.4f}, "
+                  f"adapt {r['all_rows_adapt']:.4f}, side stage {r['all_rows_with_side']:.4f}")
+            print(f"  {'':<8} routed rows: direct {r['routed_direct'] or nan:.4f}, "
+                  + ", ".join(f"{side} {r[f'routed_{side}'] or nan:.4f}" for side in SIDES))
+    used = sum(bool(r["adapt"]["used"]) for r in runs)
+    print(f"  adapted networks used on {used} of {len(runs)} seeds; adaptation {_mean(runs, 'adapt_seconds'):.1f} s")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -31,11 +31,14 @@ from lakefill.schema import TableSchema
 
 __all__ = ["ModelArtifact", "save_artifact", "load_artifact", "artifact_format", "FORMAT"]
 
-FORMAT = "lakefill-model/7"  # /2: an ensemble's weights (members.N.*); /3: a Gaussian member; /4: donor rows
+FORMAT = "lakefill-model/8"  # /2: an ensemble's weights (members.N.*); /3: a Gaussian member; /4: donor rows
 # (donors.*); /5: the networks' input squash (architecture "squash"; an older version would ignore it);
-# /6: boosted trees (trees.*, architecture "trees"); /7: the whole artifact under one hash ("artifact_sha256")
+# /6: boosted trees (trees.*, architecture "trees"); /7: the whole artifact under one hash ("artifact_sha256");
+# /8: optionally the networks adapted to a run's rows ("adapted": their own weights file, lakefill.models.adapt)
 READABLE = ("lakefill-model/2", "lakefill-model/3", "lakefill-model/4", "lakefill-model/5", "lakefill-model/6",
-            FORMAT)  # an older model is a /7 one without what came later; before /7 only the weights were hashed
+            "lakefill-model/7", FORMAT)  # an older model is a /8 one without what came later; before /7 only the
+# weights were hashed
+ADAPTED_WEIGHTS = "adapted.safetensors"
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 
@@ -50,6 +53,10 @@ class ModelArtifact:
     metrics: dict
     sha256: str
     error_reference: float
+    # the networks adapted to a run's rows (the Gaussian member and the blends are ``model``'s),
+    # with the adaptation's report; refine uses them, impute never does
+    adapted: Ensemble | None = None
+    adaptation: dict | None = None
 
     def check_schema(self, schema: TableSchema, *, source: str = "the job's schema") -> None:
         """Refuse a schema whose imputed columns differ from the model's (names and types)."""
@@ -86,8 +93,11 @@ def _sha256(path: Path) -> str:
 
 
 def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, codec: TableCodec, schema: TableSchema,
-                  policy: dict | None, config: AEConfig, metrics: dict, error_reference: float) -> Path:
-    """Write the model (a single network is saved as an ensemble of one) with the config it was trained with."""
+                  policy: dict | None, config: AEConfig, metrics: dict, error_reference: float,
+                  adapted: Ensemble | None = None, adaptation: dict | None = None) -> Path:
+    """Write the model (a single network is saved as an ensemble of one) with the config it was
+    trained with; ``adapted``: the same model with its networks adapted to a run's rows (saved
+    as their own weights file, ``adaptation`` its report)."""
     model = model if isinstance(model, Ensemble) else Ensemble([model])
     if any(size not in config.sizes for size in model.sizes):
         raise ModelError(f"the model's network sizes {model.sizes} (hidden, depth, code) are not among the config's "
@@ -116,9 +126,26 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
         "metrics": metrics,
         "versions": _versions(),
     }
+    if adapted is not None:
+        adapted = adapted if isinstance(adapted, Ensemble) else Ensemble([adapted])
+        nets = _network_state(model)
+        state = {k: v for k, v in adapted.state_dict().items() if k in nets}
+        if adapted.sizes != model.sizes or set(state) != set(nets):
+            raise ModelError("the adapted model's networks must be the model's (same sizes, same members)")
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out_dir / ADAPTED_WEIGHTS))
+        manifest["adapted"] = {"weights": ADAPTED_WEIGHTS, "weights_sha256": _sha256(out_dir / ADAPTED_WEIGHTS),
+                               "report": adaptation or {}}
+    else:
+        (out_dir / ADAPTED_WEIGHTS).unlink(missing_ok=True)
     manifest["artifact_sha256"] = _manifest_digest(manifest)
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False))
     return out_dir
+
+
+def _network_state(model: Ensemble) -> set[str]:
+    """The state keys of the model's networks (what adaptation changes)."""
+    return {k for k in model.state_dict() if k.startswith("members.")
+            and isinstance(model.members[int(k.split(".")[1])], MaskedAutoencoder)}
 
 
 def _manifest_digest(manifest: dict) -> str:
@@ -203,8 +230,32 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ModelError(f"{model_dir}: the manifest and weights do not make a valid model: {err}") from err
     model.eval()
+    adapted = _load_adapted(model_dir, manifest, model) if manifest.get("adapted") else None
     artifact = ModelArtifact(model, codec, trained_schema, manifest.get("null_policy"), config,
-                             manifest.get("metrics", {}), digest, float(manifest.get("error_reference", 1.0)))
+                             manifest.get("metrics", {}), digest, float(manifest.get("error_reference", 1.0)),
+                             adapted, (manifest.get("adapted") or {}).get("report"))
     if schema is not None:
         artifact.check_schema(schema)
     return artifact
+
+
+def _load_adapted(model_dir: Path, manifest: dict, model: Ensemble) -> Ensemble:
+    """The adapted networks (``manifest["adapted"]``), checked by their hash, on ``model``'s other members."""
+    from lakefill.models.adapt import with_networks
+
+    entry = manifest["adapted"]
+    path = model_dir / ADAPTED_WEIGHTS
+    if entry.get("weights") != ADAPTED_WEIGHTS or not path.exists():
+        raise ModelError(f"{model_dir}: the manifest names adapted weights, and {ADAPTED_WEIGHTS} is missing")
+    digest = _sha256(path)
+    if digest != entry.get("weights_sha256"):
+        raise ModelError(f"{path}: sha256 {digest} does not match the manifest's {entry.get('weights_sha256')}; "
+                         "the adapted weights were changed after they were written. Refusing to load.")
+    state = load_file(str(path))
+    if set(state) != _network_state(model):
+        raise ModelError(f"{path}: the adapted weights do not match the model's networks")
+    if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+        raise ModelError(f"{path}: non-finite values in the adapted weights; refusing them")
+    adapted = with_networks(model)
+    adapted.load_state_dict({**adapted.state_dict(), **state})
+    return adapted.eval()

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from lakefill.models import members as registry
-from lakefill.models.mixture import Ensemble
+from lakefill.models.mixture import Ensemble, direct_fill_inputs, predict
 from lakefill.models.network import MaskedAutoencoder, cell_losses
 
-__all__ = ["ReverseConfig", "ReverseResult", "reverse_impute"]
+__all__ = ["ReverseConfig", "ReverseResult", "RowRandom", "held_back", "reverse_impute"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,9 @@ class ReverseConfig:
     def __post_init__(self):
         if self.objective not in ("masked", "reproduce"):
             raise ValueError(f"ReverseConfig.objective must be 'masked' or 'reproduce', got {self.objective!r}")
-        if self.steps < 1 or self.check_every < 1:
-            raise ValueError("ReverseConfig.steps and check_every must be >= 1")
+        if self.steps < 0 or self.check_every < 1:
+            raise ValueError("ReverseConfig.steps must be >= 0 (0: the direct fill, or the adapted model's, is "
+                             "only checked) and check_every >= 1")
         if not 0 < self.hide < 1 or not 0 <= self.input_dropout < 1:
             raise ValueError("ReverseConfig.hide must be in (0, 1) and input_dropout in [0, 1)")
         if not 0 <= self.holdout < 0.5:
@@ -119,24 +120,34 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 def reverse_impute(model: MaskedAutoencoder | Ensemble, values: np.ndarray, observed: np.ndarray, t_num: np.ndarray,
                    t_cat: np.ndarray, init: np.ndarray, *, config: ReverseConfig = ReverseConfig(),
-                   row_keys: np.ndarray | None = None) -> ReverseResult:
+                   row_keys: np.ndarray | None = None, adapted=None) -> ReverseResult:
     """Refine the missing cells of a batch of rows.
 
     values/observed/t_num/t_cat: the encoded rows (see TableCodec.encode); init: the same rows
     with their missing cells filled by the direct pass (input space, see ``lakefill.models.autoencoder.direct_fill_inputs``).
     row_keys: a stable integer per row (its row id) that seeds the row's random draws; by
     default the row's position in the batch.
+    adapted: the model with its networks adapted to the run's rows (``lakefill.models.adapt``):
+    the rows start from its direct fill and are optimised through it, and each row's held-back
+    check compares the result with ``model``'s direct fill (``init``) through ``model``.
     """
     cfg = config
     keys = np.arange(len(values)) if row_keys is None else np.asarray(row_keys)
     if len(keys) != len(values):
         raise ValueError(f"row_keys has {len(keys)} entries for {len(values)} rows")
     gen = RowRandom(keys, cfg.random_state, next(model.parameters()).device)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    reference = None
+    for m in (model, adapted):
+        if m is not None:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+    if adapted is not None:
+        reference = (model, init)
+        init = direct_fill_inputs(adapted, values, observed, predict(adapted, values, observed))
+        model = adapted
     with torch.enable_grad():  # callers often run inference under no_grad
-        result = _run(model, values, observed, t_num, t_cat, init, cfg, gen)
+        result = _run(model, values, observed, t_num, t_cat, init, cfg, gen, reference)
     for blend in registry.BLENDS:  # the trees and a row's copies weigh on the refined fill as on the direct one
         member = getattr(model, blend.name, None)
         if member is not None and len(values):
@@ -145,7 +156,7 @@ def reverse_impute(model: MaskedAutoencoder | Ensemble, values: np.ndarray, obse
     return result
 
 
-def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult:
+def _run(model, values, observed, t_num, t_cat, init, cfg, gen, reference=None) -> ReverseResult:
     n, c = observed.shape
     dev = gen.device
     X = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(dev)
@@ -155,15 +166,7 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult
     missing = ~M
     fcol = model.feature_col
     miss_feat = missing[:, fcol]  # (n, n_inputs)
-    # held-back observed cells: up to `holdout` per row, only where >= 2 observed remain
-    held = torch.zeros_like(M)
-    if cfg.holdout > 0:
-        n_obs = M.sum(1)
-        k = torch.where(n_obs >= 3, (cfg.holdout * n_obs).ceil().clamp(min=1), torch.zeros_like(n_obs))
-        k = torch.minimum(k, (n_obs - 2).clamp(min=0))
-        scores = gen.uniform(1, c) + (~M) * 10.0  # observed cells rank first
-        rank = scores.argsort(dim=1).argsort(dim=1)
-        held = (rank < k.unsqueeze(1)) & M
+    held = held_back(M, gen, cfg.holdout)
     fit_obs = M & ~held
     # free parameters: numeric missing inputs as values, categorical ones as logits
     u = torch.from_numpy(np.ascontiguousarray(init, dtype=np.float32)).to(dev).clone()
@@ -178,6 +181,11 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult
     best_u = u.detach().clone()
     best_err = _holdout_error(model, X, u.detach(), miss_feat, cat_feat, fit_obs, missing, held, TN, TC)
     err0 = best_err.clone()
+    if reference is not None:  # the trained model's direct fill, checked through the trained model
+        ref_model, ref_init = reference
+        ur = torch.from_numpy(np.ascontiguousarray(ref_init, dtype=np.float32)).to(dev)
+        ur = torch.where(cat_feat.unsqueeze(0), torch.log(ur.clamp(min=1e-4)), ur)
+        err0 = _holdout_error(ref_model, X, ur, miss_feat, cat_feat, fit_obs, missing, held, TN, TC)
     hidden_width = model.dropout_width
     reproduce = cfg.objective == "reproduce"
     for step in range(1, cfg.steps + 1):
@@ -211,6 +219,21 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen) -> ReverseResult
     num, probs = _clean_pass(model, refined, M, gen, whole=reproduce)
     after = torch.where(improved, best_err, err0)
     return ReverseResult(refined.cpu().numpy(), num, probs, improved.cpu().numpy(), err0.cpu().numpy(), after.cpu().numpy())
+
+
+def held_back(M: torch.Tensor, gen: RowRandom, holdout: float) -> torch.Tensor:
+    """The observed cells each row holds back for the stopping rule: ``holdout`` of them (at
+    least one), only where 2 or more observed cells remain. Keyed by the row (``gen``), so the
+    adaptation (``lakefill.models.adapt``) can leave out exactly the cells refinement checks on."""
+    held = torch.zeros_like(M)
+    if holdout > 0:
+        n_obs = M.sum(1)
+        k = torch.where(n_obs >= 3, (holdout * n_obs).ceil().clamp(min=1), torch.zeros_like(n_obs))
+        k = torch.minimum(k, (n_obs - 2).clamp(min=0))
+        scores = gen.uniform(1, M.shape[1]) + (~M) * 10.0  # observed cells rank first
+        rank = scores.argsort(dim=1).argsort(dim=1)
+        held = (rank < k.unsqueeze(1)) & M
+    return held
 
 
 def _inputs(model, X, u, miss_feat, cat_feat):

@@ -47,6 +47,9 @@ class JobConfig(BaseModel):
     confidence_threshold: float = Field(default=0.15, ge=0.0, le=1.0,
                                         description="rows under it are refined by reverse training")
     refine: bool = True
+    adapt: bool = Field(default=False, description="fine-tune a copy of the model's networks on the run's first "
+                        "sample_rows records before the run; if that predicts better on rows kept aside, write it as a "
+                        "new model version <model>.adapted-<run_id> and refine the low-confidence rows through it")
     max_quarantine_share: float = Field(default=0.1, ge=0.0, le=1.0)
     mode: Literal["error", "append", "overwrite", "overwrite_partitions"] = "error"
     partition_by: list[str] = Field(default_factory=list)

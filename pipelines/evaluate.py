@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 
 from lakefill.errors import ConfigError
 from lakefill.models.autoencoder import AEConfig, direct_fill_inputs, predict
+from lakefill.models.adapt import AdaptConfig, adapt_model
 from lakefill.models.reverse import ReverseConfig, reverse_impute
 from lakefill.models.train import fit_model
 from lakefill.transforms.detect import NullPolicy
@@ -45,8 +46,9 @@ from lakefill.transforms.io import read_raw
 from lakefill.transforms.parse import detect_and_parse
 from lakefill.schema import infer_schema, load_schema
 
-METHODS = ("lakefill", "lakefill-reverse", "mean", "knn", "mice", "missforest")
+METHODS = ("lakefill", "lakefill-reverse", "lakefill-adapt", "mean", "knn", "mice", "missforest")
 REVERSE_SHARE = 0.2  # lakefill-reverse re-works the least-confident 20% of the rows
+# lakefill-adapt: the same rows, refined through the networks adapted to the table's observed cells (a job's adapt)
 
 
 @dataclass
@@ -156,7 +158,7 @@ def _masked_table(problem: Problem, mask: np.ndarray) -> pa.Table:
 
 # ------------------------------------------------------------------------------------ methods
 def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool, config: AEConfig | None = None,
-                 fitted=None, fit_s: float | None = None):
+                 fitted=None, fit_s: float | None = None, adapt: bool = False):
     """Fit (or take the given fit of the same seed and config) and fill; returns scores' inputs and the fit."""
     masked = _masked_table(problem, mask)
     if fitted is None:
@@ -179,8 +181,16 @@ def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool
         k = int(math.ceil(REVERSE_SHARE * len(order)))
         rows = np.sort(order[:k][n_fill[order[:k]] > 0])
         init = direct_fill_inputs(model, enc.values, enc.observed, pred)
+        adapted, keys = None, None
+        if adapt:  # the rows' keys are their positions in the table: adaptation leaves out their held-back cells
+            keys = np.arange(len(enc.values))
+            adapted, report = adapt_model(model, enc.values, enc.observed, enc.targets_num, enc.targets_cat, row_keys=keys,
+                                          config=AdaptConfig(random_state=seed), reverse=ReverseConfig(random_state=seed))
+            extra.update(adapt_used=bool(report["used"]), adapt_seconds=float(report.get("seconds", 0.0)))
+            keys = rows
         res = reverse_impute(model, enc.values[rows], enc.observed[rows], enc.targets_num[rows], enc.targets_cat[rows],
-                             init[rows], config=ReverseConfig(random_state=seed))
+                             init[rows], config=ReverseConfig(random_state=seed), row_keys=keys,
+                             adapted=adapted if adapted is not model else None)
         use = res.improved
         num[rows[use]] = np.where(fill[rows[use], : len(codec.num_columns_)], res.num[use], num[rows[use]])
         for k2 in range(len(probs)):
@@ -331,7 +341,8 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
             if m.startswith("lakefill"):
                 cfg = AEConfig(random_state=seed, **(ae_config or {}))
                 Xhat, Chat, fit_s, imp_s, conf, extra, fitted = run_lakefill(
-                    problem, mask, seed, reverse=(m == "lakefill-reverse"), config=cfg,
+                    problem, mask, seed, reverse=m in ("lakefill-reverse", "lakefill-adapt"), config=cfg,
+                    adapt=m == "lakefill-adapt",
                     fitted=fit[0] if fit else None, fit_s=fit[1] if fit else None)
                 fit = (fitted, fit_s)
             else:

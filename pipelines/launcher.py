@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Sequence
 
 from lakefill.errors import ConfigError, InputError
-from lakefill.models.artifact import ModelArtifact, save_artifact
+from lakefill.models.adapt import AdaptConfig
+from lakefill.models.artifact import MANIFEST, ModelArtifact, save_artifact
 from lakefill.models.autoencoder import AEConfig
 from lakefill.models.train import fit_model
 from lakefill.pipelines.config import JobConfig
 from lakefill.pipelines.report import render_report
 from lakefill.schema import TableSchema, infer_schema, load_schema
 from lakefill.transforms.detect import NullPolicy
-from lakefill.transforms.impute import load_model_at, resolve_device, save_model_to
+from lakefill.transforms.impute import Imputer, load_model_at, resolve_device, save_model_to
 from lakefill.transforms.io import ROW_ID, RawRead, input_files, read_raw
 from lakefill.transforms.lake import check_writable
 from lakefill.transforms.parse import detect_and_parse, parse_table
@@ -48,6 +49,7 @@ class Prepared:
     policy: NullPolicy
     run_id: str
     sample: RawRead  # the first sample_rows records: the policy is fitted on them, Data Docs show them
+    adaptation: dict | None = None  # the job's ``adapt``: what it did (None: not asked)
 
 
 @dataclass
@@ -107,7 +109,47 @@ def prepare(config: JobConfig, *, log=print, allow_training: bool = True) -> Pre
                      config=AEConfig(time_budget=config.train_time_budget))
     artifact = load_model_at(model, schema=schema)
     resolve_device(config.device)
-    return Prepared(config, schema, artifact, policy, run_id, sample)
+    adaptation = None
+    if config.adapt and config.refine:
+        if not allow_training:
+            raise ConfigError("adapt: true fine-tunes the model on the run's first rows, and this launcher does not "
+                              "train (a Dataflow launch must not train on the launcher machine); run the job with "
+                              "adapt: false, or adapt on the Direct runner, Spark or the local engine")
+        artifact, adaptation = adapt_to_run(config, schema, policy, artifact, sample, run_id, log=log)
+        if adaptation.get("model"):  # every engine loads the new version (the report names it as the run's model)
+            config = config.model_copy(update={"model": adaptation["model"]})
+    return Prepared(config, schema, artifact, policy, run_id, sample, adaptation)
+
+
+def adapt_to_run(config: JobConfig, schema: TableSchema, policy: NullPolicy, artifact: ModelArtifact,
+                 sample: RawRead, run_id: str, *, log=print) -> tuple[ModelArtifact, dict]:
+    """The job's ``adapt``: the model's networks fine-tuned on the run's first ``sample_rows``
+    records (detected and parsed as the stage will; ``lakefill.models.adapt``). If the check rows
+    say the adapted networks predict better, the model is written as a new version beside the
+    job's model, ``<model>.adapted-<run_id>`` (never over an existing folder), and the run's
+    refine step uses it; otherwise the run uses the job's model. Returns (the artifact the run
+    uses, the adaptation's report: ``model`` names the new version when one was written)."""
+    target = config.location(config.model)
+    target = target.parent / f"{target.name}.adapted-{run_id}"
+    if (target / MANIFEST).exists():
+        raise ConfigError(f"{target} already holds a model (an adapted version of this run id); "
+                          "adaptation never overwrites one: give the run another run_id or remove it")
+    applied, _ = policy.apply(sample.table)
+    typed, _ = parse_table(applied, schema)
+    adapted, report = Imputer(artifact).adapt(typed, AdaptConfig())
+    if not report["used"]:
+        log(f"adapt: the model is kept ({report.get('reason')})")
+        return artifact, report
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model" if not target.is_local else target.local_path
+        save_artifact(folder, model=artifact.model, codec=artifact.codec, schema=artifact.schema, policy=artifact.policy,
+                      config=artifact.config, metrics=artifact.metrics, error_reference=artifact.error_reference,
+                      adapted=adapted, adaptation=report)
+        save_model_to(folder, target)
+    log(f"adapt: networks fine-tuned on {report['rows_fitted']} rows (check loss {report['check_loss_before']:.4g} -> "
+        f"{report['check_loss_after']:.4g}); the run refines with {target}")
+    report["model"] = str(target)
+    return load_model_at(target, schema=schema), report
 
 
 def load_schema_at(loc: Location) -> TableSchema:
@@ -167,6 +209,8 @@ def record_detection(prep: Prepared, report_dir: Path) -> None:
     if prep.sample.dialect is not None:  # what the CSV reader used (sniffed or from the job's csv:)
         report["csv_dialect"] = prep.sample.dialect
     report["max_imputed_share"] = {c.name: c.max_imputed_share for c in prep.schema.columns if c.impute}
+    if prep.adaptation is not None:
+        report["adaptation"] = prep.adaptation
     path.write_text(json.dumps(report, indent=2, default=str))
 
 

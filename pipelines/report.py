@@ -240,6 +240,19 @@ def _shares_table(shares: dict[str, dict]) -> str:
     return f"<h2>Cells replaced and imputed per column</h2><table><tr>{head}</tr>{body}</table>"
 
 
+def _adaptation_rows(a: dict) -> dict:
+    """What the job's ``adapt`` did, for the report's table."""
+    rows = {"used": "yes: refine used the adapted networks" if a.get("used") else f"no: {a.get('reason', '')}",
+            "rows fitted / checked": f"{a.get('rows_fitted', 0)} / {a.get('rows_checked', 0)}"}
+    if "check_loss_before" in a:
+        rows["check rows' loss before -> after"] = f"{a['check_loss_before']:.4g} -> {a['check_loss_after']:.4g}"
+    if a.get("model"):
+        rows["new model version"] = a["model"]
+    if "seconds" in a:
+        rows["seconds"] = a["seconds"]
+    return rows
+
+
 def render_report(run_dir: str | Path, *, options: dict | None = None) -> Path:
     """Write ``report.html`` into ``run_dir`` (the local folder holding ``report.json``); return its
     path. ``options``: the storage options of the run's table (read for the run's rows)."""
@@ -289,6 +302,7 @@ model <code>{html.escape(str(report.get('model')))}</code> &mdash;
 <h2>Disguised nulls found</h2>
 {_findings_table(report)}
 {_table(check_rows, ("reverse training check (held-back cells)", "")) if check_rows else ""}
+{_table(_adaptation_rows(report.get("adaptation")), ("adaptation (the job's adapt)", "")) if report.get("adaptation") else ""}
 <h2>Plots</h2>
 {figures or "<p>No rows were written, so there is nothing to plot.</p>"}
 <h2>Timings (s)</h2>

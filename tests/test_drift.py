@@ -41,13 +41,18 @@ def test_protocol_e_writes_its_json_and_scores_the_routed_rows(tmp_path, capsys)
     run = result["runs"][0]
     assert run["split"] == {"column": "a", "rule": "first scored column, lower half trains", "train_rows": 200,
                             "impute_rows": 200}
-    assert 0 < run["routed_share"] <= 1 and run["routed"]["side"]["rows"] == run["routed"]["direct"]["rows"] > 0
-    assert 0 <= run["rows_kept_refined"] <= run["routed"]["side"]["rows"]
+    assert 0 < run["routed_share"] <= 1
+    routed = run["routed"]["direct"]["rows"]
+    assert routed > 0 and all(run["routed"][side]["rows"] == routed for side in ("reverse", "adapt", "side"))
+    assert all(0 <= run["rows_kept_refined"][side] <= routed for side in ("reverse", "adapt", "side"))
+    assert set(run["adapt"]) >= {"used", "rows_fitted", "rows_checked", "config"}
     for key in ("rmse", "accuracy"):
-        assert set(result[key]) == {"direct", "routed_direct", "routed_side", "all_rows_with_side"}
+        assert set(result[key]) == {"direct", "routed_direct", "routed_reverse", "routed_adapt", "routed_side",
+                                    "all_rows_reverse", "all_rows_adapt", "all_rows_with_side"}
         assert all(v is not None for v in result[key].values())
-    if run["rows_kept_refined"] == 0:  # nothing kept: the side stage's rows are the direct fill's
-        assert result["rmse"]["routed_side"] == result["rmse"]["routed_direct"]
+    for side in ("reverse", "adapt", "side"):  # nothing kept: the rows are the direct fill's
+        if run["rows_kept_refined"][side] == 0:
+            assert result["rmse"][f"routed_{side}"] == result["rmse"]["routed_direct"]
     assert "routed" in capsys.readouterr().out
     for bad in (["--data", str(tmp_path / "none.csv")], ["--data", str(data), "--threshold", "0"],
                 ["--data", str(data), "--seeds", "a,b"]):

@@ -31,7 +31,7 @@ def test_evaluate_scores_booleans_and_categories_against_the_complete_table(tmp_
     assert problem.schema.column("exact").type == "decimal"
     assert set(problem.C[1]) == {"true", "false"}  # a boolean scores as the codec names it
     out = evaluate(data=data, schema=None, missing_rate=0.2, mechanism="mcar", seeds=[0, 1],
-                   methods=["lakefill", "mean", "knn"], log=lambda *_: None, ae_config=TINY)
+                   methods=["lakefill", "lakefill-adapt", "mean", "knn"], log=lambda *_: None, ae_config=TINY)
     assert out["dataset"] == "t" and out["rows"] == 600 and out["columns"] == 5 and out["seeds"] == [0, 1]
     for method, r in out["results"].items():
         assert {"rmse", "rmse_std", "accuracy", "accuracy_std", "fit_seconds", "impute_seconds"} <= set(r), method
@@ -41,6 +41,9 @@ def test_evaluate_scores_booleans_and_categories_against_the_complete_table(tmp_
     assert lf["accuracy"] > 0.85 > mean["accuracy"]
     assert lf["rmse"] < mean["rmse"]
     assert lf["rmse_std"] >= 0 and lf["fit_seconds"] > 0
+    # the side stage with adaptation shares the fit; a row keeps only what its held-back cells approve
+    ad = out["results"]["lakefill-adapt"]
+    assert ad["fit_seconds"] == lf["fit_seconds"] and ad["rmse"] < mean["rmse"] and ad["accuracy"] > 0.85
 
 
 @pytest.mark.slow

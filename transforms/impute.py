@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from lakefill.models.artifact import MANIFEST, ModelArtifact, load_artifact
 from lakefill.models.autoencoder import predict
+from lakefill.models.adapt import AdaptConfig, adapt_model
 from lakefill.models.reverse import ReverseConfig, reverse_impute
 from lakefill._arrow import flags_to_lists, lists_to_flags
 from lakefill.transforms.detect import NOT_APPLICABLE
@@ -76,8 +77,23 @@ class Imputer:
         names = np.asarray(self.columns, dtype=object)[self._schema_order]
         return _with_provenance(out, fill[:, self._schema_order], names, method, confidence)
 
-    def refine(self, table: pa.Table) -> pa.Table:
-        """Reverse training on already-imputed rows (their ``_lf_imputed`` says which cells)."""
+    def adapt(self, table: pa.Table, config: AdaptConfig = AdaptConfig()) -> tuple[object, dict]:
+        """The model with its networks fine-tuned on ``table``'s observed cells (rows from
+        ``impute``: their imputed cells count as missing), for ``refine(..., adapted=)``; and a
+        report (``lakefill.models.adapt``). The rows need their ``_lf_row_id``: it decides which
+        cells each row holds back for refinement's check, and those are left out here."""
+        if ROW_ID not in table.column_names or table.column(ROW_ID).null_count:
+            raise ValueError(f"adapt needs each row's {ROW_ID!r} (the cells a row holds back are keyed by it)")
+        if IMPUTED in table.column_names:
+            table = _blank(table, imputed_mask(table.column(IMPUTED), self.columns), self.columns)
+        enc = self.artifact.codec.encode(table)
+        return adapt_model(self.artifact.model, enc.values, enc.observed, enc.targets_num, enc.targets_cat,
+                           row_keys=table.column(ROW_ID).to_numpy(), config=config, reverse=self.reverse)
+
+    def refine(self, table: pa.Table, *, adapted=None) -> pa.Table:
+        """Reverse training on already-imputed rows (their ``_lf_imputed`` says which cells).
+        ``adapted``: a model from ``adapt``; the rows are then refined through it, and a row keeps
+        the result only if its held-back cells say it beats this model's direct fill."""
         if table.num_rows == 0:
             return table
         if IMPUTED not in table.column_names:
@@ -88,8 +104,10 @@ class Imputer:
         enc = codec.encode(blanked)
         init = codec.encode(table).values  # the direct fills, in input space
         keys = table.column(ROW_ID).to_numpy() if ROW_ID in table.column_names and table.column(ROW_ID).null_count == 0 else None
+        if adapted is not None and keys is None:
+            raise ValueError(f"refine with an adapted model needs each row's {ROW_ID!r}")
         res = reverse_impute(model, enc.values, enc.observed, enc.targets_num, enc.targets_cat, init, config=self.reverse,
-                             row_keys=keys)
+                             row_keys=keys, adapted=adapted)
         use = fill & res.improved[:, None]
         for name in (CHECK_BEFORE, CHECK_AFTER):  # rows imputed by an older lakefill lack them
             if name not in table.column_names:

@@ -175,7 +175,8 @@ class Refine(Step):
             key = ("refine", id(base), _digest(self.reverse))
             worker = _built(key, lambda: Imputer(base.artifact, reverse=ReverseConfig(**self.reverse),
                                                  device=base.device))
-        return StepOutput(pa.concat_tables([confident, worker.refine(low)]), [],
+        # a model adapted to this run's rows (the job's ``adapt``) refines through its adapted networks
+        return StepOutput(pa.concat_tables([confident, worker.refine(low, adapted=base.artifact.adapted)]), [],
                           Counter({"rows_reverse_tried": low.num_rows}))
 
 
