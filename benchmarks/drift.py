@@ -11,6 +11,12 @@ second half is imputed: each of its cells is hidden with probability ``--missing
 seeded, as protocol A's MCAR). For letter that is its first feature's low half against its
 high half; for an all-categorical table, the first column's categories in text order.
 
+``--mnist PATH.npz``: the same protocol on MNIST (protocol B's data): the images of digits 0-4
+train protocol B's masked network (its config, ``--epochs``), the images of digits 5-9 get 20%
+MCAR pixel holes and are imputed; scored by protocol B's metric (a hidden pixel is right when
+|x_hat - x| < 0.5; ``accuracy``). The direct fill's confidence is the stage's (predicted
+variance over the training run's reference), routed under ``--threshold``.
+
 Scores as in protocol A (RMSE on the complete table's min-max scale over hidden numeric cells;
 accuracy over hidden categorical cells), each on: every imputed row with the direct fill
 (``direct``); the rows the side stage takes (confidence under ``--threshold``, the job's
@@ -116,6 +122,8 @@ def run(data: Path, *, seed: int, missing_rate: float, threshold: float, config:
     adapted, adapt_report = imputer.adapt(direct, adapt or AdaptConfig(random_state=seed))
     adapt_s = time.perf_counter() - t0
     Xd, Cd = table_values(direct, test.num_cols, test.cat_cols)
+    # for comparison, not a stage path: every row filled by the adapted networks' direct pass
+    Xa, Ca = table_values(Imputer(replace(artifact, model=adapted)).impute(masked), test.num_cols, test.cat_cols)
     low = direct.filter(pa.array(routed))
     idx = np.nonzero(routed)[0]
     out_sides, seconds, kept = {}, {}, {}
@@ -140,12 +148,85 @@ def run(data: Path, *, seed: int, missing_rate: float, threshold: float, config:
         "routed": {"direct": scores(test, full, mask, Xd, Cd, routed),
                    **{side: scores(test, full, mask, *out_sides[side], routed) for side in SIDES}},
         "all_rows_with_side": {side: scores(test, full, mask, *out_sides[side], every) for side in SIDES},
+        "all_rows_adapted_direct": scores(test, full, mask, Xa, Ca, every),
         "routed_share": float(routed.sum() / max(every.sum(), 1)),
         "rows_kept_refined": kept,
         "adapt": adapt_report,
         "train_seconds": round(train_s, 2),
         "adapt_seconds": round(adapt_s, 2),
         "direct_rows_per_s": round(len(test_rows) / max(direct_s, 1e-9), 1),
+        "side_rows_per_s": {side: round(len(idx) / max(seconds[side], 1e-9), 1) if len(idx) else None for side in SIDES},
+    }
+
+
+def run_mnist(path: Path, *, seed: int, missing_rate: float, threshold: float, epochs: int,
+              adapt: AdaptConfig | None = None, reverse: ReverseConfig = ReverseConfig()) -> dict:
+    """Protocol E on MNIST: digits 0-4 train, digits 5-9 are imputed (see the module's docstring)."""
+    from lakefill.models.adapt import adapt_model
+    from lakefill.models.autoencoder import predict, train_autoencoder
+    from lakefill.models.reverse import reverse_impute
+
+    data = np.load(path)
+    x = data["x_test"].reshape(len(data["x_test"]), -1).astype(np.float32) / 255.0
+    y = np.asarray(data["y_test"])
+    train, test, keys = x[y <= 4], x[y >= 5], np.nonzero(y >= 5)[0]
+    n_pix = x.shape[1]
+    cfg = AEConfig(hidden=512, depth=2, code=128, epochs=epochs, batch_size=128, lr=1e-3, max_hide=0.5, block_hide=0.5,
+                   recon_weight=0.5, patience=12, patience_after=0.0, min_steps=0, schedule="onecycle", random_state=seed)
+    no_cat = np.zeros((len(test), 0), np.int64)
+    t0 = time.perf_counter()
+    res = train_autoencoder(train, np.ones_like(train, dtype=bool), train, np.zeros((len(train), 0), np.int64),
+                            col_slices=[(j, j + 1) for j in range(n_pix)], n_num=n_pix, cat_sizes=[], config=cfg)
+    train_s = time.perf_counter() - t0
+    hidden = np.random.default_rng(seed).random(test.shape) < missing_rate
+    observed = ~hidden
+    blank = np.where(observed, test, 0.0).astype(np.float32)
+    t0 = time.perf_counter()
+    pred = predict(res.model, blank, observed)
+    direct = np.where(observed, test, np.clip(pred.num, 0, 1)).astype(np.float32)
+    direct_s = time.perf_counter() - t0
+    n_fill = hidden.sum(1)
+    err = (pred.cell_error * hidden).sum(1) / np.maximum(n_fill, 1)
+    every = n_fill > 0
+    routed = (1.0 / (1.0 + err / res.error_reference) < threshold) & every
+    t0 = time.perf_counter()
+    adapted, adapt_report = adapt_model(res.model, blank, observed, blank, no_cat, row_keys=keys,
+                                        config=adapt or AdaptConfig(random_state=seed), reverse=reverse)
+    adapt_s = time.perf_counter() - t0
+    idx = np.nonzero(routed)[0]
+    every_adapted = np.where(observed, test, np.clip(predict(adapted, blank, observed).num, 0, 1))
+    fills, kept, seconds = {}, {}, {}
+    for side in SIDES:
+        fill, t0 = direct.copy(), time.perf_counter()
+        if len(idx):
+            r = reverse_impute(res.model, blank[idx], observed[idx], blank[idx], no_cat[idx], direct[idx],
+                               config=replace(reverse, steps=0) if side == "adapt" else reverse, row_keys=keys[idx],
+                               adapted=None if side == "reverse" or adapted is res.model else adapted)
+            use = r.improved[:, None] & hidden[idx]
+            fill[idx] = np.where(use, np.clip(r.num, 0, 1), direct[idx])
+            kept[side] = int(r.improved.sum())
+        seconds[side] = time.perf_counter() - t0
+        fills[side] = fill
+
+    def score(f, rows):
+        h = hidden & rows[:, None]
+        return {"rmse": None, "accuracy": float((np.abs(f - test) < 0.5)[h].mean()) if h.any() else None,
+                "rows": int(rows.sum())}
+
+    return {
+        "seed": seed,
+        "split": {"column": "digit", "rule": "digits 0-4 train, 5-9 imputed", "train_rows": int(len(train)),
+                  "impute_rows": int(len(test))},
+        "direct": score(direct, every),
+        "routed": {"direct": score(direct, routed), **{side: score(fills[side], routed) for side in SIDES}},
+        "all_rows_with_side": {side: score(fills[side], every) for side in SIDES},
+        "all_rows_adapted_direct": score(every_adapted, every),
+        "routed_share": float(routed.sum() / max(every.sum(), 1)),
+        "rows_kept_refined": {side: kept.get(side, 0) for side in SIDES},
+        "adapt": adapt_report,
+        "train_seconds": round(train_s, 2),
+        "adapt_seconds": round(adapt_s, 2),
+        "direct_rows_per_s": round(len(test) / max(direct_s, 1e-9), 1),
         "side_rows_per_s": {side: round(len(idx) / max(seconds[side], 1e-9), 1) if len(idx) else None for side in SIDES},
     }
 
@@ -163,7 +244,10 @@ def _mean(results: list[dict], *path) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.drift", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="a complete CSV table (protocol A's)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="a complete CSV table (protocol A's)")
+    src.add_argument("--mnist", type=Path, help="MNIST as protocol B reads it (.npz with x_test, y_test)")
+    ap.add_argument("--epochs", type=int, default=20, help="epochs of the MNIST network (--mnist)")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds of the holes and the model")
     ap.add_argument("--missing-rate", type=float, default=0.2)
     ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
@@ -171,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ae-config", help="JSON overrides of the autoencoder settings (for experiments)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    if not args.data.exists():
-        ap.error(f"--data {args.data}: no such file")
+    source = args.data or args.mnist
+    if not source.exists():
+        ap.error(f"{'--data' if args.data else '--mnist'} {source}: no such file")
     if not 0 < args.missing_rate < 1 or not 0 < args.threshold <= 1:
         ap.error("--missing-rate must be in (0, 1) and --threshold in (0, 1]")
     try:
@@ -180,25 +265,31 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         ap.error(f"--seeds must be integers separated by commas, got {args.seeds!r}")
     overrides = json.loads(args.ae_config) if args.ae_config else {}
-    runs = [run(args.data, seed=s, missing_rate=args.missing_rate, threshold=args.threshold,
-                config=AEConfig(random_state=s, **overrides)) for s in seeds]
-    out = {"protocol": "E", "dataset": args.data.stem, "missing_rate": args.missing_rate, "threshold": args.threshold,
+    if args.mnist:
+        runs = [run_mnist(args.mnist, seed=s, missing_rate=args.missing_rate, threshold=args.threshold,
+                          epochs=args.epochs) for s in seeds]
+    else:
+        runs = [run(args.data, seed=s, missing_rate=args.missing_rate, threshold=args.threshold,
+                    config=AEConfig(random_state=s, **overrides)) for s in seeds]
+    out = {"protocol": "E", "dataset": "mnist_digits" if args.mnist else args.data.stem, "missing_rate": args.missing_rate, "threshold": args.threshold,
            "seeds": seeds, "runs": runs}
     for key in ("rmse", "accuracy"):
         out[key] = {"direct": _mean(runs, "direct", key), "routed_direct": _mean(runs, "routed", "direct", key),
                     **{f"routed_{side}": _mean(runs, "routed", side, key) for side in SIDES},
                     **{("all_rows_with_side" if side == "side" else f"all_rows_{side}"):
                        _mean(runs, "all_rows_with_side", side, key) for side in SIDES}}
+        out[key]["all_rows_adapted_direct"] = _mean(runs, "all_rows_adapted_direct", key)
     out["routed_share"] = _mean(runs, "routed_share")
-    print(f"{out['dataset']}: trained on {runs[0]['split']['train_rows']} rows (lower half of "
-          f"{runs[0]['split']['column']!r}), imputed {runs[0]['split']['impute_rows']}, seeds {seeds}, "
+    split_ = runs[0]["split"]
+    print(f"{out['dataset']}: trained on {split_['train_rows']} rows ({split_['rule']}: {split_['column']!r}), imputed {split_['impute_rows']}, seeds {seeds}, "
           f"routed {out['routed_share']:.1%} (confidence < {args.threshold})")
     nan = float("nan")
     for key in ("rmse", "accuracy"):
         r = out[key]
         if r["direct"] is not None:
             print(f"  {key:<8} all rows: direct {r['direct']:.4f}, reverse {r['all_rows_reverse']:.4f}, "
-                  f"adapt {r['all_rows_adapt']:.4f}, side stage {r['all_rows_with_side']:.4f}")
+                  f"adapt {r['all_rows_adapt']:.4f}, side stage {r['all_rows_with_side']:.4f} | every row by the adapted "
+                  f"networks {r['all_rows_adapted_direct']:.4f}")
             print(f"  {'':<8} routed rows: direct {r['routed_direct'] or nan:.4f}, "
                   + ", ".join(f"{side} {r[f'routed_{side}'] or nan:.4f}" for side in SIDES))
     used = sum(bool(r["adapt"]["used"]) for r in runs)

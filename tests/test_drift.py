@@ -48,7 +48,7 @@ def test_protocol_e_writes_its_json_and_scores_the_routed_rows(tmp_path, capsys)
     assert set(run["adapt"]) >= {"used", "rows_fitted", "rows_checked", "config"}
     for key in ("rmse", "accuracy"):
         assert set(result[key]) == {"direct", "routed_direct", "routed_reverse", "routed_adapt", "routed_side",
-                                    "all_rows_reverse", "all_rows_adapt", "all_rows_with_side"}
+                                    "all_rows_reverse", "all_rows_adapt", "all_rows_with_side", "all_rows_adapted_direct"}
         assert all(v is not None for v in result[key].values())
     for side in ("reverse", "adapt", "side"):  # nothing kept: the rows are the direct fill's
         if run["rows_kept_refined"][side] == 0:
@@ -59,3 +59,26 @@ def test_protocol_e_writes_its_json_and_scores_the_routed_rows(tmp_path, capsys)
         with pytest.raises(SystemExit) as exit_:
             main(bad)
         assert exit_.value.code == 2
+
+
+@pytest.mark.slow
+def test_protocol_e_on_digits_trains_on_0_to_4_and_fills_5_to_9(tmp_path):
+    rng = np.random.default_rng(0)
+    digits = np.arange(300) % 10
+    # each digit a bar pattern of its own: the upper digits' bars sit where the lower ones' do not
+    images = np.zeros((300, 6, 6), np.uint8)
+    for i, d in enumerate(digits):
+        images[i, :, d % 6] = 255
+        images[i, d // 2 % 6, :] = 200
+    images = np.clip(images + rng.integers(0, 30, images.shape), 0, 255).astype(np.uint8)
+    np.savez(tmp_path / "m.npz", x_test=images, y_test=digits)
+    out = tmp_path / "e.json"
+    assert main(["--mnist", str(tmp_path / "m.npz"), "--epochs", "2", "--threshold", "0.9", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    run = result["runs"][0]
+    assert result["dataset"] == "mnist_digits" and run["split"]["train_rows"] == run["split"]["impute_rows"] == 150
+    assert run["direct"]["rmse"] is None and 0 <= run["direct"]["accuracy"] <= 1
+    assert all(run["routed"][side]["rows"] == run["routed"]["direct"]["rows"] for side in ("reverse", "adapt", "side"))
+    assert run["adapt"]["rows_offered"] == 150
+    with pytest.raises(SystemExit):
+        main(["--mnist", str(tmp_path / "m.npz"), "--data", str(tmp_path / "t.csv")])
