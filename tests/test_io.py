@@ -91,9 +91,10 @@ def test_chunked_reading_matches_the_whole_read(tmp_path, fmt):
         assert parquet_read_units(path, 3) == [(i, 1, 5 * i) for i in range(5)]
         assert parquet_read_units(path, 100) == [(0, 5, 0)]
         # an engine with several task slots asks for at least that many units: smaller ones, whole row groups
-        assert plan_reads(str(path), 100) == [(str(path), 0, 0, 5)]
-        assert plan_reads(str(path), 100, min_units=2) == [(str(path), i, f, n) for i, n, f in [(0, 2, 0), (2, 2, 10), (4, 1, 20)]]
-        assert plan_reads(str(path), 100, min_units=4) == [(str(path), i, 5 * i, 1) for i in range(5)]
+        assert plan_reads(str(path), 100) == [(str(path), 0, 0, 5, 0, 0, 0)]
+        assert plan_reads(str(path), 100, min_units=2) == [(str(path), i, f, n, 0, 0, 0)
+                                                           for i, n, f in [(0, 2, 0), (2, 2, 10), (4, 1, 20)]]
+        assert plan_reads(str(path), 100, min_units=4) == [(str(path), i, 5 * i, 1, 0, 0, 0) for i in range(5)]
         assert plan_reads(str(path), 10, min_units=2) == plan_reads(str(path), 10)  # already enough
         units = [read_parquet_row_group(path, i, first, n).table for i, n, first in parquet_read_units(path, 10)]
         assert [u.num_rows for u in units] == [10, 10, 3]

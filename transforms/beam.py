@@ -56,13 +56,16 @@ def _quarantine(rows: list[Quarantined]):
 
 class _PlanReads(beam.DoFn):
     """The input (a file, a folder or a glob) -> read units: consecutive Parquet row groups of
-    about ``batch_rows`` rows together (from each file's footer); a text file is one unit."""
+    about ``batch_rows`` rows together (from each file's footer); a CSV or JSON Lines file in
+    byte ranges on record boundaries (``plan_reads``)."""
 
-    def __init__(self, batch_rows: int, options: dict | None = None, csv_options=None):
+    def __init__(self, batch_rows: int, options: dict | None = None, csv_options=None, min_units: int = 1):
         self.batch_rows, self.options, self.csv_options = batch_rows, dict(options or {}), csv_options
+        self.min_units = min_units
 
     def process(self, path: str):
-        yield from plan_reads(path, self.batch_rows, options=self.options, csv_options=self.csv_options)
+        yield from plan_reads(path, self.batch_rows, min_units=self.min_units, options=self.options,
+                              csv_options=self.csv_options)
 
 
 class _ReadUnit(beam.DoFn):
@@ -86,19 +89,23 @@ class ReadRaw(beam.PTransform):
     The file (a local path or a URI on an object store, read through
     ``lakefill.transforms.storage`` with ``options``: no shared disk, no Beam filesystem) is
     planned on a worker into read units: Parquet in units of consecutive row groups of about
-    ``batch_rows`` rows (row ids from the row-group offsets), reshuffled so that workers read
-    in parallel.
+    ``batch_rows`` rows (row ids from the row-group offsets), CSV and JSON Lines in byte ranges of
+    about 128 MiB on record boundaries (at least ``min_units`` of them where the file allows; row
+    ids and line numbers as one reader of the whole file gives them), reshuffled so that workers
+    read in parallel.
     """
 
-    def __init__(self, path: str, batch_rows: int = 200_000, csv_options=None, options: dict | None = None):
+    def __init__(self, path: str, batch_rows: int = 200_000, csv_options=None, options: dict | None = None,
+                 min_units: int = 1):
         super().__init__()
         self.path, self.batch_rows, self.csv_options = str(path), batch_rows, csv_options
         self.options = dict(options or {})
+        self.min_units = min_units
 
     def expand(self, pbegin):
         return (pbegin
                 | "Input" >> beam.Create([self.path])
-                | "Plan" >> beam.ParDo(_PlanReads(self.batch_rows, self.options, self.csv_options))
+                | "Plan" >> beam.ParDo(_PlanReads(self.batch_rows, self.options, self.csv_options, self.min_units))
                 | "Spread" >> beam.Reshuffle()
                 | "Read" >> beam.ParDo(_ReadUnit(self.batch_rows, self.csv_options, self.options)).with_outputs(
                     QUARANTINE, COUNTERS, main="main"))

@@ -29,9 +29,10 @@ import pyarrow.parquet as pq
 
 from lakefill.errors import InputError
 from lakefill.transforms.storage import Location, as_location
+from lakefill.transforms.textsplit import TextSplit, text_splits
 
 __all__ = ["ROW_ID", "FILE_ROWS", "input_files", "RawRead", "Quarantined", "CsvOptions", "is_passthrough_type", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
-           "read_parquet_row_group", "plan_reads", "read_unit", "quarantine_table", "QUARANTINE_SCHEMA"]
+           "read_parquet_row_group", "plan_reads", "read_unit", "SPLIT_BYTES", "quarantine_table", "QUARANTINE_SCHEMA"]
 
 ROW_ID = "_lf_row_id"
 DEFAULT_MAX_CELL_CHARS = 1_000_000
@@ -107,10 +108,40 @@ def _check_path(path: "str | Path | Location", options: dict | None = None) -> L
     return loc
 
 
-def _text(loc: Location, encoding: str):
-    """A text stream over the file's bytes (read in large blocks: one request each on an object store)."""
-    binary = open(loc.path, "rb") if loc.is_local else io.BufferedReader(loc.open_input(), 1 << 22)
+def _text(loc: Location, encoding: str, span: "TextSplit | None" = None):
+    """A text stream over the file's bytes (read in large blocks: one request each on an object
+    store); ``span``: only that byte range (a split from ``plan_reads``)."""
+    if span is None:
+        binary = open(loc.path, "rb") if loc.is_local else io.BufferedReader(loc.open_input(), 1 << 22)
+    else:
+        binary = io.BufferedReader(_Range(loc.open_input(), span.start, span.end), 1 << 22)
+        if encoding == "utf-8-sig" and span.start > 0:
+            encoding = "utf-8"  # the byte-order mark is at the file's start only
     return io.TextIOWrapper(binary, encoding=encoding, errors="surrogateescape", newline="")
+
+
+class _Range(io.RawIOBase):
+    """Bytes ``start`` .. ``end`` of a seekable file (pyarrow's ``open_input_file``)."""
+
+    def __init__(self, f, start: int, end: int):
+        self.f, self.left = f, end - start
+        f.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.left)
+        if n <= 0:
+            return 0
+        data = self.f.read(n)
+        buf[:len(data)] = data
+        self.left -= len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
 
 
 def iter_raw(path: "str | Path | Location", *, batch_rows: int = 50_000, max_cell_chars: int = DEFAULT_MAX_CELL_CHARS,
@@ -258,31 +289,40 @@ def _sniff_delimiter(path: Location, sample: str) -> str:
         return best if counts[best] else ","
 
 
+def _delimiter(path: Location, options: CsvOptions) -> str:
+    """The job's delimiter, or the one sniffed from the file's first 64 KiB."""
+    if options.delimiter:
+        return options.delimiter
+    with _text(path, options.encoding) as fh:
+        return _sniff_delimiter(path, fh.read(65536))
+
+
 def _iter_csv(path: Location, max_cell_chars: int, limit: int | None, batch_rows: int,
-              options: CsvOptions) -> Iterator[RawRead]:
+              options: CsvOptions, span: "tuple[TextSplit, list[str]] | None" = None) -> Iterator[RawRead]:
+    """``span``: read only that byte range of the file (``plan_reads``), whose records have those columns."""
     csv.field_size_limit(sys.maxsize)
-    with _text(path, options.encoding) as fh:
-        sample = fh.read(65536)
-    with _text(path, options.encoding) as fh:
-        delimiter = options.delimiter or _sniff_delimiter(path, sample)
-        dialect = {"delimiter": delimiter, "quotechar": options.quotechar, "encoding": options.encoding,
-                   "sniffed": options.delimiter is None}
+    delimiter = _delimiter(path, options)
+    dialect = {"delimiter": delimiter, "quotechar": options.quotechar, "encoding": options.encoding,
+               "sniffed": options.delimiter is None}
+    with _text(path, options.encoding, span[0] if span else None) as fh:
         reader = csv.reader(fh, delimiter=delimiter, quotechar=options.quotechar)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise InputError(f"input file {path} is empty: expected a header row") from None
-        except csv.Error as err:
-            raise InputError(f"{path}: the header line cannot be parsed as CSV: {err}") from err
-        if any(_has_bad_bytes(h) for h in header):
-            raise InputError(f"{path}: the header line has bytes that are not valid {options.encoding}; re-save the file "
-                             f"as UTF-8 or give its encoding (csv: {{encoding: latin-1}} in the job, --encoding)")
-        names = _check_header(path, header)
+        if span is not None:
+            names, record, line0 = span[1], span[0].first_record, span[0].first_line
+        else:
+            try:
+                header = next(reader)
+            except StopIteration:
+                raise InputError(f"input file {path} is empty: expected a header row") from None
+            except csv.Error as err:
+                raise InputError(f"{path}: the header line cannot be parsed as CSV: {err}") from err
+            if any(_has_bad_bytes(h) for h in header):
+                raise InputError(f"{path}: the header line has bytes that are not valid {options.encoding}; re-save the "
+                                 f"file as UTF-8 or give its encoding (csv: {{encoding: latin-1}} in the job, --encoding)")
+            names, record, line0 = _check_header(path, header), 0, 0
         width = len(names)
         columns: list[list[str]] = [[] for _ in names]
         row_ids: list[int] = []
         bad: list[Quarantined] = []
-        record = 0
         emitted = False
         while True:
             if len(row_ids) + len(bad) >= batch_rows:
@@ -293,15 +333,17 @@ def _iter_csv(path: Location, max_cell_chars: int, limit: int | None, batch_rows
             except StopIteration:
                 break
             except csv.Error as err:
-                bad.append(Quarantined(record, f"line {reader.line_num}: unreadable CSV record: {err}", "read", json.dumps({"line": reader.line_num})))
+                line = line0 + reader.line_num
+                bad.append(Quarantined(record, f"line {line}: unreadable CSV record: {err}", "read", json.dumps({"line": line})))
                 record += 1
                 continue
             if not fields:  # a blank line is no record
                 continue
-            reason = _row_problem(fields, names, width, reader.line_num, max_cell_chars)
+            line = line0 + reader.line_num
+            reason = _row_problem(fields, names, width, line, max_cell_chars)
             if reason is not None:
                 raw = delimiter.join(f.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for f in fields)
-                bad.append(Quarantined(record, reason, "read", json.dumps({"line": reader.line_num, "text": raw[:10000]})))
+                bad.append(Quarantined(record, reason, "read", json.dumps({"line": line, "text": raw[:10000]})))
             else:
                 for col, value in zip(columns, fields):
                     col.append(value)
@@ -423,17 +465,27 @@ def read_parquet_row_group(path: "str | Path | Location", index: int, first_row:
     return _as_strings(str(path), f.read_row_groups(list(range(index, index + count))), first_row)
 
 
-def plan_reads(path: str, batch_rows: int, *, min_units: int = 1, options: dict | None = None,
-               csv_options: CsvOptions | None = None) -> list[tuple[str, int, int, int]]:
-    """What an engine splits an input into: per file (``input_files``), (path, first row group,
-    row id of its first row, number of row groups) per unit of about ``batch_rows`` rows for
-    Parquet; a text file is one unit (path, -1, its first row id, 0), read in batches by
-    ``read_unit``. Every file's columns are checked against the first's here (a text file's
-    header line; a Parquet file's footer).
+SPLIT_BYTES = 128 << 20  # a text file is split into ranges of about this size (as Spark's maxPartitionBytes)
 
-    ``min_units``: a Parquet file with fewer units than this is split into smaller ones (down to
-    one row group each), so that an engine with that many task slots keeps them all busy."""
-    out: list[tuple[str, int, int, int]] = []
+
+def plan_reads(path: str, batch_rows: int, *, min_units: int = 1, options: dict | None = None,
+               csv_options: CsvOptions | None = None,
+               split_bytes: int = SPLIT_BYTES) -> list[tuple[str, int, int, int, int, int, int]]:
+    """What an engine splits an input into, per file (``input_files``): units of (path, unit,
+    row id of its first row, number of row groups, first byte, end byte, first line).
+
+    - Parquet (unit >= 0): consecutive row groups from ``unit`` of about ``batch_rows`` rows
+      (the byte fields are 0); a file with fewer units than ``min_units`` is split into smaller
+      ones (down to one row group each), so that an engine with that many task slots keeps them
+      all busy.
+    - CSV and JSON Lines (unit -2): byte ranges of about ``split_bytes`` (at least ``min_units``
+      of them) that start and end on record boundaries, quoted newlines included
+      (``lakefill.transforms.textsplit``); their row ids and line numbers are the ones a reader of
+      the whole file gives. A file that is small, or cannot be split safely, is one unit (-1).
+
+    Every file's columns are checked against the first's here (a text file's header line or
+    first object; a Parquet file's footer)."""
+    out: list[tuple[str, int, int, int, int, int, int]] = []
     files = input_files(path, options)
     expected = None
     for i, f in enumerate(files):
@@ -447,10 +499,25 @@ def plan_reads(path: str, batch_rows: int, *, min_units: int = 1, options: dict 
             if len(units) < min_units:
                 rows = _open_parquet(f).metadata.num_rows
                 units = parquet_read_units(f, max(1, -(-rows // min_units)))
-            out += [(str(f), index, offset + first, count) for index, count, first in units]
+            out += [(str(f), index, offset + first, count, 0, 0, 0) for index, count, first in units]
+            continue
+        splits = _text_splits(f, max(min_units, -(-f.size() // max(split_bytes, 1))), csv_options)
+        if splits is None:
+            out.append((str(f), -1, offset, 0, 0, 0, 0))
         else:
-            out.append((str(f), -1, offset, 0))
+            out += [(str(f), -2, offset + s.first_record, 0, s.start, s.end, s.first_line) for s in splits]
     return out
+
+
+def _text_splits(f: Location, n: int, csv_options: CsvOptions | None) -> "list[TextSplit] | None":
+    if n < 2:
+        return None
+    jsonl = f.suffix in (".jsonl", ".ndjson", ".json")
+    opts = csv_options or CsvOptions()
+    with f.open_input() as fh:
+        return text_splits(fh, f.size(), n=n, quotechar=None if jsonl else opts.quotechar,
+                           delimiter=None if jsonl else _delimiter(f, opts), encoding="utf-8" if jsonl else opts.encoding,
+                           header=not jsonl)
 
 
 def _columns(f: Location, csv_options: CsvOptions | None = None) -> list[str] | None:
@@ -459,25 +526,42 @@ def _columns(f: Location, csv_options: CsvOptions | None = None) -> list[str] | 
         return None
     if f.suffix in (".parquet", ".pq"):
         return list(_open_parquet(f).schema_arrow.names)
-    chunk = next(_iter_file(f, batch_rows=1, limit=1, csv_options=csv_options, strict=False), None)
+    # a JSON Lines file's columns are its first object's: a bad line or two before it is allowed
+    limit = 100 if f.suffix in (".jsonl", ".ndjson", ".json") else 1
+    chunk = next(_iter_file(f, batch_rows=1, limit=limit, csv_options=csv_options, strict=False), None)
     return None if chunk is None else [n for n in chunk.table.column_names if n != ROW_ID]
 
 
-def read_unit(unit: tuple[str, int, int, int], batch_rows: int, *, csv_options: CsvOptions | None = None,
+def read_unit(unit: tuple, batch_rows: int, *, csv_options: CsvOptions | None = None,
               options: dict | None = None) -> Iterator[RawRead]:
-    """The batches of one unit from ``plan_reads``."""
-    path, index, first, count = unit
+    """The batches of one unit from ``plan_reads`` (its first four fields are enough for a
+    Parquet unit or a whole text file)."""
+    path, index, first, count = unit[:4]
     if index >= 0:
         yield read_parquet_row_group(path, index, first, count, options)
-    else:
-        for chunk in _iter_file(as_location(path, options), batch_rows=batch_rows, csv_options=csv_options,
-                                strict=False):
+        return
+    loc = as_location(path, options)
+    if index == -1:
+        for chunk in _iter_file(loc, batch_rows=batch_rows, csv_options=csv_options, strict=False):
             yield _shifted(chunk, first)
+        return
+    start, end, line = unit[4:7]
+    names = _columns(loc, csv_options)
+    offset = first // FILE_ROWS * FILE_ROWS  # the file's place in its input
+    span = (TextSplit(start, end, first - offset, line), names)
+    if loc.suffix in (".jsonl", ".ndjson", ".json"):
+        chunks = _iter_jsonl(loc, DEFAULT_MAX_CELL_CHARS, None, batch_rows, span)
+    else:
+        chunks = _iter_csv(loc, DEFAULT_MAX_CELL_CHARS, None, batch_rows, csv_options or CsvOptions(), span)
+    for chunk in chunks:
+        yield _shifted(chunk, offset)
 
 
-def _iter_jsonl(path: Location, max_cell_chars: int, limit: int | None, batch_rows: int) -> Iterator[RawRead]:
-    # JSON Lines files are read whole (the column set is fixed by the first object), then chunked
-    whole = _read_jsonl(path, max_cell_chars, limit)
+def _iter_jsonl(path: Location, max_cell_chars: int, limit: int | None, batch_rows: int,
+                span: "tuple[TextSplit, list[str]] | None" = None) -> Iterator[RawRead]:
+    # JSON Lines files are read whole (the column set is fixed by the first object), then chunked;
+    # ``span``: only that byte range, with the file's columns
+    whole = _read_jsonl(path, max_cell_chars, limit, span)
     bad = sorted(whole.quarantined, key=lambda q: q.row_id)
     for start in range(0, max(whole.table.num_rows, 1), batch_rows):
         part = whole.table.slice(start, batch_rows)
@@ -490,10 +574,11 @@ def _iter_jsonl(path: Location, max_cell_chars: int, limit: int | None, batch_ro
         yield RawRead(whole.path, part, mine)
 
 
-def _read_jsonl(path: Location, max_cell_chars: int, limit: int | None) -> RawRead:
-    rows, bad, names = [], [], None
-    with _text(path, "utf-8") as fh:
-        for record, line in enumerate(fh):
+def _read_jsonl(path: Location, max_cell_chars: int, limit: int | None,
+                span: "tuple[TextSplit, list[str]] | None" = None) -> RawRead:
+    rows, bad, names = [], [], (span[1] if span else None)
+    with _text(path, "utf-8", span[0] if span else None) as fh:
+        for record, line in enumerate(fh, start=span[0].first_record if span else 0):
             if limit is not None and record >= limit:
                 break
             try:

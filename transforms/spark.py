@@ -252,9 +252,9 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
              quarantine_uri: "str | Location", run_id: str, partition_by: list[str] = (), batch_rows: int = 200_000,
              min_tasks: int | None = None, csv_options=None, options: dict | None = None) -> DataFrame:
     """One task per read unit (consecutive Parquet row groups of about ``batch_rows`` rows; a
-    text file is one unit; a Parquet file is split into at least ``min_tasks`` units where its
-    row groups allow, default four per task slot, so that a small input still keeps every core
-    busy). Each task reads, runs the plan's steps on every batch and writes the parts; the
+    CSV or JSON Lines file in byte ranges on record boundaries, ``plan_reads``; a file is split
+    into at least ``min_tasks`` units where its row groups or records allow, default four per
+    task slot, so that a small input still keeps every core busy). Each task reads, runs the plan's steps on every batch and writes the parts; the
     DataFrame it returns holds one record per batch (``parts``: ``Parts.to_dict()`` as JSON).
     Nothing is visible until the driver commits. ``options``: the storage options of the input
     (the tables' ``Location``s carry their own)."""
@@ -284,13 +284,14 @@ def _read_units(spark: SparkSession, path: str, batch_rows: int, min_tasks: int 
     if min_tasks is None:
         min_tasks = 4 * spark.sparkContext.defaultParallelism
     units = plan_reads(path, batch_rows, min_units=min_tasks, options=options, csv_options=csv_options)
-    return spark.createDataFrame(units, "path string, unit int, first long, groups int").repartition(len(units))
+    return spark.createDataFrame(units, "path string, unit int, first long, groups int, start long, stop long, "
+                                        "line long").repartition(len(units))
 
 
 def _read_chunks(batches, batch_rows: int, csv_options, options: dict | None):
     """The raw chunks of the read units in a task's Arrow batches."""
     for b in batches:
-        for unit in zip(*(b.column(i).to_pylist() for i in range(4))):
+        for unit in zip(*(b.column(i).to_pylist() for i in range(7))):
             yield from read_unit(unit, batch_rows, csv_options=csv_options, options=options)
 
 
