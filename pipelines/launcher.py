@@ -110,7 +110,7 @@ def prepare(config: JobConfig, *, log=print, allow_training: bool = True) -> Pre
     artifact = load_model_at(model, schema=schema)
     resolve_device(config.device)
     adaptation = None
-    if config.adapt and config.refine:
+    if config.adapt and (config.refine or config.adapt_rows == "all"):
         if not allow_training:
             raise ConfigError("adapt: true fine-tunes the model on the run's first rows, and this launcher does not "
                               "train (a Dataflow launch must not train on the launcher machine); run the job with "
@@ -229,7 +229,8 @@ def write_docs(prep: Prepared, report_dir: Path, rows: int = 10_000) -> Path | N
 def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
     cfg = prep.config
     return stage_plan(schema=prep.schema, policy=prep.policy, run_id=prep.run_id, refine=cfg.refine,
-                      confidence_threshold=cfg.confidence_threshold, extra_steps=extra_steps)
+                      confidence_threshold=cfg.confidence_threshold, extra_steps=extra_steps,
+                      adapted_fill=cfg.adapt and cfg.adapt_rows == "all")
 
 
 def end_of_run(prep: Prepared, report_dir: "Path | Location") -> None:

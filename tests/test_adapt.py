@@ -169,6 +169,11 @@ def test_a_job_with_adapt_writes_a_new_model_version_and_refines_through_it(drif
     hidden_y = np.asarray([("y" in (v or [])) for v in a.column(IMPUTED).to_pylist()])
     err = lambda t: np.abs(t.column("y").to_numpy() - y)[hidden_y].mean()  # noqa: E731
     assert err(a) < err(p)
+    # adapt_rows: all: every row filled through the adapted networks
+    every = rows(run_local(_drift_job(tmp_path / "all", files, adapt=True, adapt_rows="all", run_id="r3"), log=quiet))
+    methods = set(every.column(METHOD).to_pylist())
+    assert "adapted" in methods and "ae" not in methods
+    assert err(every) < err(p)
     # Spark loads the new version on its executors and writes the same rows
     s = rows(run_spark(_drift_job(tmp_path / "spark", files, model=str(version), run_id="r2"), spark=spark, log=quiet))
     assert s.column(METHOD).to_pylist() == a.column(METHOD).to_pylist()

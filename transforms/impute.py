@@ -3,7 +3,7 @@
 ``Imputer.impute`` fills every null cell of the model's columns (except the cells that
 ``_lf_not_applicable`` lists: a value that does not exist is never invented) with one pass of the masked
 autoencoder and adds provenance: ``_lf_imputed`` (the columns filled in the row), ``_lf_method``
-(``none``; ``ae``; ``donor``: the model's fill blended with a copy of the row found among the
+(``none``; ``ae``; ``adapted``: filled by the networks adapted to the run, see ``lakefill.models.adapt``; ``donor``: the model's fill blended with a copy of the row found among the
 training rows, see ``lakefill.models.donors``; ``reverse``) and ``_lf_confidence`` in [0, 1]. ``Imputer.refine`` re-works
 rows by reverse training; a row whose held-back cells do not get better keeps its direct fill.
 
@@ -57,8 +57,13 @@ class Imputer:
     def columns(self) -> list[str]:
         return self.artifact.codec.columns
 
-    def impute(self, table: pa.Table) -> pa.Table:
+    def impute(self, table: pa.Table, *, adapted: bool = False) -> pa.Table:
+        """``adapted``: fill through the artifact's adapted networks where it has them (the job's
+        ``adapt_rows: all``); those rows' ``_lf_method`` is ``adapted``."""
         codec, model = self.artifact.codec, self.artifact.model
+        adapted = adapted and self.artifact.adapted is not None
+        if adapted:
+            model = self.artifact.adapted
         missing_cols = [c for c in self.columns if c not in table.column_names]
         if missing_cols:
             raise KeyError(f"the batch lacks the model's column(s) {missing_cols}")
@@ -71,7 +76,7 @@ class Imputer:
         n_fill = fill.sum(axis=1)
         err = np.where(n_fill > 0, (pred.cell_error * fill).sum(axis=1) / np.maximum(n_fill, 1), 0.0)
         confidence = np.where(n_fill > 0, 1.0 / (1.0 + err / self.artifact.error_reference), 1.0)
-        method = np.where(n_fill > 0, "ae", "none")
+        method = np.where(n_fill > 0, "adapted" if adapted else "ae", "none")
         if pred.donor_rows is not None:  # a copy of the row (a duplicate record) weighed on its fill
             method = np.where((n_fill > 0) & pred.donor_rows, "donor", method)
         names = np.asarray(self.columns, dtype=object)[self._schema_order]
@@ -90,15 +95,16 @@ class Imputer:
         return adapt_model(self.artifact.model, enc.values, enc.observed, enc.targets_num, enc.targets_cat,
                            row_keys=table.column(ROW_ID).to_numpy(), config=config, reverse=self.reverse)
 
-    def refine(self, table: pa.Table, *, adapted=None) -> pa.Table:
+    def refine(self, table: pa.Table, *, adapted=None, model=None) -> pa.Table:
         """Reverse training on already-imputed rows (their ``_lf_imputed`` says which cells).
         ``adapted``: a model from ``adapt``; the rows are then refined through it, and a row keeps
-        the result only if its held-back cells say it beats this model's direct fill."""
+        the result only if its held-back cells say it beats this model's direct fill. ``model``:
+        refine through that model instead of the artifact's (rows filled by the adapted networks)."""
         if table.num_rows == 0:
             return table
         if IMPUTED not in table.column_names:
             raise ValueError(f"refine needs rows from impute (with the {IMPUTED!r} column)")
-        codec, model = self.artifact.codec, self.artifact.model
+        codec, model = self.artifact.codec, model if model is not None else self.artifact.model
         fill = imputed_mask(table.column(IMPUTED), self.columns)  # in the model's column order
         blanked = _blank(table, fill, self.columns)
         enc = codec.encode(blanked)

@@ -148,11 +148,16 @@ class Validate(Step):
 
 
 class Impute(Step):
+    """``adapted``: fill through the model's adapted networks where it has them (``adapt_rows: all``)."""
+
     name = "impute"
     uses_model = inference = isolate = True
 
+    def __init__(self, adapted: bool = False):
+        self.adapted = adapted
+
     def run(self, batch, rt):
-        return StepOutput(rt.imputer().impute(batch))
+        return StepOutput(rt.imputer().impute(batch, adapted=self.adapted))
 
 
 class Refine(Step):
@@ -162,8 +167,8 @@ class Refine(Step):
     name = "refine"
     uses_model = True
 
-    def __init__(self, threshold: float, reverse: dict | None = None):
-        self.threshold, self.reverse = threshold, dict(reverse or {})
+    def __init__(self, threshold: float, reverse: dict | None = None, adapted_fill: bool = False):
+        self.threshold, self.reverse, self.adapted_fill = threshold, dict(reverse or {}), adapted_fill
 
     def run(self, batch, rt):
         confident, low = split_by_confidence(batch, self.threshold)
@@ -175,8 +180,12 @@ class Refine(Step):
             key = ("refine", id(base), _digest(self.reverse))
             worker = _built(key, lambda: Imputer(base.artifact, reverse=ReverseConfig(**self.reverse),
                                                  device=base.device))
-        # a model adapted to this run's rows (the job's ``adapt``) refines through its adapted networks
-        return StepOutput(pa.concat_tables([confident, worker.refine(low, adapted=base.artifact.adapted)]), [],
+        # a model adapted to this run's rows (the job's ``adapt``) refines through its adapted networks;
+        # rows the adapted networks filled (``adapted_fill``) are refined and checked through them alone
+        adapted = base.artifact.adapted
+        refined = (worker.refine(low, model=adapted) if self.adapted_fill and adapted is not None
+                   else worker.refine(low, adapted=adapted))
+        return StepOutput(pa.concat_tables([confident, refined]), [],
                           Counter({"rows_reverse_tried": low.num_rows}))
 
 
@@ -212,13 +221,14 @@ class StagePlan:
 
 def stage_plan(*, schema: TableSchema | dict, policy: NullPolicy | dict, run_id: str, refine: bool = True,
                confidence_threshold: float = 0.5, reverse: dict | None = None,
-               extra_steps: Sequence[Step] = ()) -> StagePlan:
-    """The stage's plan. ``extra_steps`` run after post-validation, before ``finish``, on every engine."""
+               extra_steps: Sequence[Step] = (), adapted_fill: bool = False) -> StagePlan:
+    """The stage's plan. ``extra_steps`` run after post-validation, before ``finish``, on every engine.
+    ``adapted_fill``: every row is filled through the model's adapted networks where it has them."""
     schema_d = schema.model_dump(by_alias=True) if isinstance(schema, TableSchema) else dict(schema)
     policy_d = policy.to_dict() if isinstance(policy, NullPolicy) else dict(policy)
-    steps: list[Step] = [Detect(policy_d, schema_d), Validate(schema_d, "pre"), Impute()]
+    steps: list[Step] = [Detect(policy_d, schema_d), Validate(schema_d, "pre"), Impute(adapted_fill)]
     if refine:
-        steps.append(Refine(confidence_threshold, reverse))
+        steps.append(Refine(confidence_threshold, reverse, adapted_fill))
     steps.append(Validate(schema_d, "post"))
     steps += list(extra_steps)
     steps.append(Finish(run_id))
