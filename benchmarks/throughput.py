@@ -192,12 +192,44 @@ def bench_core(path: Path, rows: int) -> dict:
         n_low += run_steps(plan.steps, chunk.table, rt, timings=steps).counters["rows_reverse_tried"]
     total = time.perf_counter() - t0
     threads = torch.get_num_threads()
-    return {"stage_rows_per_s": rows / total, "seconds": total,
+    adapted = bench_core_adapted(path, rows)
+    return {"stage_rows_per_s": rows / total, "seconds": total, "adapt": adapted,
             "steps_seconds": {k: round(v, 4) for k, v in steps.items()},
             "impute_rows_per_s": rows / steps["impute"], "impute_rows_per_s_per_core": rows / steps["impute"] / threads,
             "torch_threads": threads, "rows_refined": n_low,
             "reverse_rows_per_s": (n_low / steps["refine"]) if n_low else None,
             "baselines_rows_per_s": bench_baselines(path)}
+
+
+def bench_core_adapted(path: Path, rows: int) -> dict:
+    """The same stage with the job's ``adapt: true``: the launcher's adaptation on the first
+    ``sample_rows`` records (its seconds), then the stage refining through the adapted networks
+    when the check rows accept them (letter resampled is the table the model learned: they may not)."""
+    from lakefill.pipelines.launcher import plan_for, prepare
+    from lakefill.transforms.impute import Imputer
+    from lakefill.transforms.io import iter_raw
+    from lakefill.transforms.plan import Runtime, run_steps
+
+    model, _ = model_and_schema()
+    shutil.rmtree(model.parent / f"{model.name}.adapted-core-adapt", ignore_errors=True)
+    cfg = job(path, CACHE / "core-out-adapt", "core-adapt", adapt=True)
+    t0 = time.perf_counter()
+    prep = prepare(cfg, log=lambda *_: None)
+    prepare_s = time.perf_counter() - t0
+    imputer = Imputer(prep.artifact, device="cpu")
+    plan, rt = plan_for(prep), Runtime(lambda: imputer)
+    run_steps(plan.steps, prep.sample.table.slice(0, 100), rt)
+    steps: dict[str, float] = {}
+    n_low = 0
+    t0 = time.perf_counter()
+    for chunk in iter_raw(path, batch_rows=cfg.batch_size):
+        n_low += run_steps(plan.steps, chunk.table, rt, timings=steps).counters["rows_reverse_tried"]
+    total = time.perf_counter() - t0
+    shutil.rmtree(model.parent / f"{model.name}.adapted-core-adapt", ignore_errors=True)
+    a = prep.adaptation or {}
+    return {"used": bool(a.get("used")), "adapt_seconds": a.get("seconds"), "prepare_seconds": round(prepare_s, 3),
+            "rows_fitted": a.get("rows_fitted"), "stage_rows_per_s": rows / total, "rows_refined": n_low,
+            "reverse_rows_per_s": (n_low / steps["refine"]) if n_low else None}
 
 
 def bench_baselines(path: Path, n: int = 20_000) -> dict:
@@ -302,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     for k in ("impute_rows_per_s", "impute_rows_per_s_per_core", "reverse_rows_per_s"):
         if out.get(k):
             print(f"  {k:<27}: {out[k]:>12,.0f}")
+    if out.get("adapt"):
+        a = out["adapt"]
+        print(f"  with adapt: true: adaptation {a['adapt_seconds']} s on {a['rows_fitted']} rows "
+              f"({'used' if a['used'] else 'refused by its check rows'}); stage {a['stage_rows_per_s']:,.0f} rows/s"
+              + (f", refine {a['reverse_rows_per_s']:,.0f} rows/s" if a.get("reverse_rows_per_s") else ""))
     for k, v in (out.get("baselines_rows_per_s") or {}).items():
         print(f"  baseline {k:<18}: {v:>12,.0f} rows/s (20,000-row slice)")
     if args.json:

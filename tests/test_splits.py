@@ -110,8 +110,12 @@ def _key(table, quarantined):
 
 
 @pytest.mark.parametrize("make", [_bad_csv, _jsonl], ids=["csv", "jsonl"])
-def test_the_same_file_in_1_3_and_17_splits_gives_the_same_rows_ids_and_reasons(tmp_path, make):
+def test_the_same_file_in_1_3_and_17_splits_gives_the_same_rows_ids_and_reasons(tmp_path, make, monkeypatch):
     import pyarrow as pa
+
+    from lakefill.transforms import io as lfio
+
+    monkeypatch.setattr(lfio, "MIN_SPLIT_BYTES", 1)  # split a small file as a large one would be
 
     from lakefill.transforms.io import iter_raw, plan_reads, read_unit
 
@@ -126,7 +130,7 @@ def test_the_same_file_in_1_3_and_17_splits_gives_the_same_rows_ids_and_reasons(
         assert _key(pa.concat_tables([c.table for c in parts]), [q for c in parts for q in c.quarantined]) == whole, n
 
 
-def test_beam_and_spark_read_a_split_file_as_the_core_reader_does(tmp_path, spark):
+def test_beam_and_spark_read_a_split_file_as_the_core_reader_does(tmp_path, spark, monkeypatch):
     import apache_beam as beam
     import pyarrow as pa
     from apache_beam.testing.test_pipeline import TestPipeline
@@ -134,8 +138,10 @@ def test_beam_and_spark_read_a_split_file_as_the_core_reader_does(tmp_path, spar
 
     from lakefill.transforms import spark as lf
     from lakefill.transforms.beam import QUARANTINE, ReadRaw
+    from lakefill.transforms import io as lfio
     from lakefill.transforms.io import ROW_ID, iter_raw
 
+    monkeypatch.setattr(lfio, "MIN_SPLIT_BYTES", 1)  # planned in this process (Beam's Direct runner, Spark's driver)
     path = str(_bad_csv(tmp_path / "t.csv"))
     chunks = list(iter_raw(path, batch_rows=64))
     table = pa.concat_tables([c.table for c in chunks])
@@ -155,3 +161,10 @@ def test_beam_and_spark_read_a_split_file_as_the_core_reader_does(tmp_path, spar
         assert sorted(df.loc[~held, ROW_ID]) == ids
         assert sorted(zip(df.loc[held, ROW_ID], df.loc[held, lf.Q_REASON])) == bad
         assert sorted(df.loc[~held, "text"]) == sorted(table.column("text").to_pylist())
+
+
+def test_a_small_file_is_one_read_unit_whatever_the_engine_asks(tmp_path):
+    from lakefill.transforms.io import plan_reads
+
+    path = _bad_csv(tmp_path / "t.csv")
+    assert [u[1] for u in plan_reads(str(path), 64, min_units=8)] == [-1]  # under 1 MiB: one task

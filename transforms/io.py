@@ -466,6 +466,7 @@ def read_parquet_row_group(path: "str | Path | Location", index: int, first_row:
 
 
 SPLIT_BYTES = 128 << 20  # a text file is split into ranges of about this size (as Spark's maxPartitionBytes)
+MIN_SPLIT_BYTES = 1 << 20  # and never into ranges smaller than this (a small file is read by one task)
 
 
 def plan_reads(path: str, batch_rows: int, *, min_units: int = 1, options: dict | None = None,
@@ -479,7 +480,7 @@ def plan_reads(path: str, batch_rows: int, *, min_units: int = 1, options: dict 
       ones (down to one row group each), so that an engine with that many task slots keeps them
       all busy.
     - CSV and JSON Lines (unit -2): byte ranges of about ``split_bytes`` (at least ``min_units``
-      of them) that start and end on record boundaries, quoted newlines included
+      of them, none under ``MIN_SPLIT_BYTES``) that start and end on record boundaries, quoted newlines included
       (``lakefill.transforms.textsplit``); their row ids and line numbers are the ones a reader of
       the whole file gives. A file that is small, or cannot be split safely, is one unit (-1).
 
@@ -501,7 +502,9 @@ def plan_reads(path: str, batch_rows: int, *, min_units: int = 1, options: dict 
                 units = parquet_read_units(f, max(1, -(-rows // min_units)))
             out += [(str(f), index, offset + first, count, 0, 0, 0) for index, count, first in units]
             continue
-        splits = _text_splits(f, max(min_units, -(-f.size() // max(split_bytes, 1))), csv_options)
+        size = f.size()
+        n = min(max(min_units, -(-size // max(split_bytes, 1))), max(1, size // max(MIN_SPLIT_BYTES, 1)))
+        splits = _text_splits(f, n, csv_options)
         if splits is None:
             out.append((str(f), -1, offset, 0, 0, 0, 0))
         else:
