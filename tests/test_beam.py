@@ -230,3 +230,21 @@ def test_the_model_is_loaded_once_per_process_for_every_step_that_uses_it(demo_m
     shutil.copytree(demo_model, tmp_path / "copy")
     other = LakefillModelHandler(str(tmp_path / "copy"), schema, device="cpu").load_model()
     assert other is not first and lb._LOADS[0] >= before + 1
+
+
+def test_a_shared_model_is_loaded_once_for_all_processes_and_gives_the_same_table(beam_run, demo_model, tmp_path):
+    """share_model: Beam's MultiProcessShared serves one model to the SDK processes (two here)."""
+    import json as _json
+
+    cfg, outcome = beam_run
+    shared = run_beam(demo_job(tmp_path, demo_model, batch_size=128, share_model=True),
+                      ["--direct_num_workers=2", "--direct_running_mode=multi_processing"], log=lambda *_: None)
+    report = _json.loads(Path(shared.report).read_text())
+    assert report["metrics"]["model_loads"] == 1
+    a, b = _read(outcome.table), _read(shared.table)
+    for name in a.column_names:
+        x, y = a.column(name), b.column(name)
+        if pa.types.is_floating(x.type):
+            np.testing.assert_allclose(x.to_numpy(), y.to_numpy(), rtol=1e-6, atol=1e-6, err_msg=name)
+        elif name != "_lf_run_id":
+            assert x.to_pylist() == y.to_pylist(), name

@@ -188,7 +188,7 @@ def test_locations_join_and_map_their_options():
         "AZURE_STORAGE_ACCOUNT_KEY": "***", "AWS_REGION": "r"}
 
 
-def test_the_storage_layer_on_gcs_reads_inputs_writes_parts_and_moves_models(gcs, demo_model):
+def test_the_storage_layer_on_gcs_reads_inputs_writes_parts_and_moves_models(gcs, demo_model, monkeypatch):
     """On fake-gcs-server (pyarrow's GcsFileSystem): the input is read, parts are written and
     removed, a model folder goes up and loads back hash-checked. The Delta commit is not tested
     on GCS here: deltalake's object_store uploads with the XML API, which the emulator refuses."""
@@ -205,7 +205,16 @@ def test_the_storage_layer_on_gcs_reads_inputs_writes_parts_and_moves_models(gcs
         q.reason for q in local.quarantined]
     assert sum(c.rows_in for c in iter_raw(root / "raw" / "customers.csv", batch_rows=100)) == ROWS
     assert plan_reads(str(root / "raw" / "customers.csv"), 100, options=gcs.options) == [
-        ("gs://lake/raw/customers.csv", -1, 0, 0)]
+        ("gs://lake/raw/customers.csv", -1, 0, 0, 0, 0, 0)]
+    # the file in byte ranges, each read by range requests: the rows and reasons of the local read
+    from lakefill.transforms import io as lfio
+    from lakefill.transforms.io import read_unit
+
+    monkeypatch.setattr(lfio, "MIN_SPLIT_BYTES", 1)
+    units = plan_reads(str(root / "raw" / "customers.csv"), 100, min_units=3, options=gcs.options)
+    parts = [c for u in units for c in read_unit(u, 100, options=gcs.options)]
+    assert len(units) == 3 and pa.concat_tables([c.table for c in parts]).equals(local.table)
+    assert [q.reason for c in parts for q in c.quarantined] == [q.reason for q in local.quarantined]
     actions = write_part(local.table, root / "t", partition_by=["region"])
     files = sorted(f.path for f in (root / "t").walk())
     assert files == sorted(part_path(root / "t", a).path for a in actions) and len(files) >= 3
