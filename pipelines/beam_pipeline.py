@@ -58,6 +58,7 @@ def build_pipeline(p: beam.Pipeline, prep: Prepared, *, handler: LakefillModelHa
     out = cfg.out
     plan = plan_for(prep, extra_steps)
     handler = handler or LakefillModelHandler(cfg.model, schema, device=cfg.device, max_batches=cfg.inference_batches,
+                                              share=cfg.share_model,
                                               storage_options=cfg.storage_options)
 
     read = p | "ReadRaw" >> ReadRaw(cfg.input, batch_rows=cfg.batch_size, csv_options=cfg.csv_options,

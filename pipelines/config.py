@@ -59,6 +59,8 @@ class JobConfig(BaseModel):
     sample_rows: int = Field(default=200_000, ge=1, description="rows the null policy is fitted on")
     batch_size: int = Field(default=200_000, ge=1, description="rows per Arrow batch through the stage")
     inference_batches: int = Field(default=2, ge=1, description="batches RunInference groups into one model call (Beam)")
+    share_model: bool = Field(default=False, description="Beam: one model per machine, served to every SDK process "
+                              "(MultiProcessShared); each batch then crosses a process boundary. Off: one per process")
     train_if_missing: bool = False
     train_time_budget: float = Field(default=0.0, ge=0.0, allow_inf_nan=False,
                                      description="seconds a model trained for this job may take (0: no limit)")

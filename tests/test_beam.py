@@ -248,3 +248,21 @@ def test_a_shared_model_is_loaded_once_for_all_processes_and_gives_the_same_tabl
             np.testing.assert_allclose(x.to_numpy(), y.to_numpy(), rtol=1e-6, atol=1e-6, err_msg=name)
         elif name != "_lf_run_id":
             assert x.to_pylist() == y.to_pylist(), name
+
+
+def test_a_shared_model_is_reached_through_beams_proxy_and_answers_as_the_model_does(demo_model):
+    from lakefill.transforms import beam as lb
+
+    schema = SCHEMA.model_dump(by_alias=True)
+    local = LakefillModelHandler(str(demo_model), schema, device="cpu").load_model()
+    shared = LakefillModelHandler(str(demo_model), schema, device="cpu", share=True).load_model()
+    assert not isinstance(shared, Imputer) and shared is not local  # a proxy to the machine's one copy
+    assert shared is LakefillModelHandler(str(demo_model), schema, device="cpu", share=True).load_model()
+    assert shared.take_load() == 0  # counted once, when it was loaded
+    policy = NullPolicy(schema=SCHEMA).fit(read_raw(EXAMPLES / "customers.csv").table)
+    typed = Detect(policy.to_dict(), schema).run(read_raw(EXAMPLES / "customers.csv").table.slice(0, 50), None).table
+    a, b = local.impute(typed), shared.impute(typed)
+    assert a.equals(b)
+    low = a.filter(pc.greater(pc.list_value_length(a.column(IMPUTED)), 0))
+    assert local.refine_step(low).equals(shared.refine_step(low))
+    assert lb._MODELS  # both kept for the process's life

@@ -19,6 +19,7 @@ the steps that use it.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import threading
@@ -26,6 +27,7 @@ import time
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
+from apache_beam.utils.multi_process_shared import MultiProcessShared
 import pyarrow as pa
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
@@ -187,8 +189,12 @@ class LakefillModelHandler(ModelHandler[pa.Table, pa.Table, Imputer]):
     """
 
     def __init__(self, model_dir: str, schema: dict, *, device: str = "auto", max_batches: int = 4,
-                 step: Step | None = None, storage_options: dict | None = None):
+                 step: Step | None = None, storage_options: dict | None = None, share: bool = False):
         super().__init__(min_batch_size=1, max_batch_size=max_batches)
+        # share: one model per machine, served to every SDK process by Beam's MultiProcessShared
+        # (the handler does the sharing itself, so RunInference, the refine step and the failure
+        # isolation all reach the same copy; Beam's own large_model would share RunInference's only)
+        self.share = share
         self.model_dir, self.schema_dict, self.device = str(model_dir), schema, device
         self.storage_options = dict(storage_options or {})
         self.max_batches = max_batches
@@ -207,12 +213,17 @@ class LakefillModelHandler(ModelHandler[pa.Table, pa.Table, Imputer]):
         shared by RunInference, the refine step and the failure isolation (and their threads)."""
         model = Location(self.model_dir, self.storage_options)
         manifest = hashlib.sha256((model / "manifest.json").read_bytes()).hexdigest()  # a retrained model is new
-        key = (self.model_dir, manifest, self.device, json.dumps(self.schema_dict, sort_keys=True, default=str))
+        key = (self.model_dir, manifest, self.device, json.dumps(self.schema_dict, sort_keys=True, default=str),
+               self.share)
+        load = functools.partial(_load_imputer, self.model_dir, self.storage_options, self.schema_dict, self.device)
         with _MODELS_LOCK:
             if key not in _MODELS:
-                artifact = load_model_at(model, schema=TableSchema.model_validate(self.schema_dict))
-                _MODELS[key] = Imputer(artifact, device=self.device)
-                _LOADS[0] += 1
+                if self.share:
+                    tag = "lakefill-model-" + hashlib.sha256(json.dumps(key[:4]).encode()).hexdigest()[:32]
+                    _MODELS[key] = MultiProcessShared(load, tag=tag, always_proxy=True).acquire()
+                else:
+                    _MODELS[key] = load()
+                _LOADS[0] += _MODELS[key].take_load()  # a shared model: counted by the first process only
             return _MODELS[key]
 
     def run_inference(self, batch: Sequence[pa.Table], model: Imputer,
@@ -231,6 +242,12 @@ class LakefillModelHandler(ModelHandler[pa.Table, pa.Table, Imputer]):
 
     def get_metrics_namespace(self) -> str:
         return NAMESPACE
+
+
+def _load_imputer(model_dir: str, storage_options: dict, schema: dict, device: str) -> Imputer:
+    """The artifact from its folder or URI, checked by its hashes, as an ``Imputer``."""
+    artifact = load_model_at(Location(model_dir, storage_options), schema=TableSchema.model_validate(schema))
+    return Imputer(artifact, device=device)
 
 
 class _IsolateFailures(beam.DoFn):

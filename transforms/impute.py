@@ -15,6 +15,8 @@ to impute has confidence 1.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,6 +49,8 @@ class Imputer:
         self.artifact = artifact
         self.reverse = reverse
         self.device = resolve_device(device)
+        self._workers: dict[str, Imputer] = {}  # the same model with other reverse-training settings
+        self._unreported_load = True
         artifact.model.to(self.device)
         self._weights = artifact.codec.error_weights()
         # provenance lists columns in the schema's order, not the model's internal order
@@ -94,6 +98,28 @@ class Imputer:
         enc = self.artifact.codec.encode(table)
         return adapt_model(self.artifact.model, enc.values, enc.observed, enc.targets_num, enc.targets_cat,
                            row_keys=table.column(ROW_ID).to_numpy(), config=config, reverse=self.reverse)
+
+    def take_load(self) -> int:
+        """1 the first time it is asked (this model's load, for the ``model_loads`` counter), then 0:
+        a model shared by a machine's processes is counted once, by whichever asks first."""
+        first, self._unreported_load = self._unreported_load, False
+        return int(first)
+
+    def refine_step(self, table: pa.Table, *, reverse: dict | None = None, adapted_fill: bool = False) -> pa.Table:
+        """What the plan's refine step does with this model, in one method call (so that a model
+        shared by a machine's processes, reached through a proxy, runs it the same way):
+        ``reverse``: reverse-training settings other than this imputer's; the artifact's adapted
+        networks refine the rows (``adapted_fill``: rows they filled are refined through them alone)."""
+        worker = self
+        if reverse:
+            key = json.dumps(reverse, sort_keys=True, default=str)
+            if key not in self._workers:
+                self._workers[key] = Imputer(self.artifact, reverse=ReverseConfig(**reverse), device=self.device)
+            worker = self._workers[key]
+        adapted = self.artifact.adapted
+        if adapted_fill and adapted is not None:
+            return worker.refine(table, model=adapted)
+        return worker.refine(table, adapted=adapted)
 
     def refine(self, table: pa.Table, *, adapted=None, model=None) -> pa.Table:
         """Reverse training on already-imputed rows (their ``_lf_imputed`` says which cells).

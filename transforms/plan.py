@@ -35,7 +35,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakefill.models.reverse import ReverseConfig
 from lakefill.schema import TableSchema
 from lakefill.transforms.detect import NullPolicy
 from lakefill.transforms.impute import CONFIDENCE, IMPUTED, METHOD, Imputer
@@ -174,17 +173,9 @@ class Refine(Step):
         confident, low = split_by_confidence(batch, self.threshold)
         if not low.num_rows:
             return StepOutput(batch)
-        base = rt.imputer()
-        worker = base
-        if self.reverse:
-            key = ("refine", id(base), _digest(self.reverse))
-            worker = _built(key, lambda: Imputer(base.artifact, reverse=ReverseConfig(**self.reverse),
-                                                 device=base.device))
         # a model adapted to this run's rows (the job's ``adapt``) refines through its adapted networks;
         # rows the adapted networks filled (``adapted_fill``) are refined and checked through them alone
-        adapted = base.artifact.adapted
-        refined = (worker.refine(low, model=adapted) if self.adapted_fill and adapted is not None
-                   else worker.refine(low, adapted=adapted))
+        refined = rt.imputer().refine_step(low, reverse=self.reverse or None, adapted_fill=self.adapted_fill)
         return StepOutput(pa.concat_tables([confident, refined]), [],
                           Counter({"rows_reverse_tried": low.num_rows}))
 
