@@ -90,10 +90,11 @@ def adapt_model(model, values: np.ndarray, observed: np.ndarray, t_num: np.ndarr
         raise ValueError(f"row_keys has {len(keys)} entries for {len(values)} rows")
     report = {"config": cfg.to_dict(), "rows_offered": int(len(keys)), "used": False}
     # row-key order, then the rows whose keys hash lowest up to max_rows: independent of delivery order
-    pick = RowRandom(keys, cfg.random_state).uniform(11, 1)[:, 0].numpy()
-    order = np.lexsort((keys, pick))[: cfg.max_rows]
+    # the rows used: the max_rows whose keys hash lowest (one draw); the check rows: another draw
+    order = np.lexsort((keys, RowRandom(keys, cfg.random_state).uniform(12, 1)[:, 0].numpy()))[: cfg.max_rows]
     order = order[np.argsort(keys[order], kind="stable")]
-    keys, pick = keys[order], pick[order]
+    keys = keys[order]
+    pick = RowRandom(keys, cfg.random_state).uniform(11, 1)[:, 0].numpy()
     M = torch.from_numpy(np.ascontiguousarray(observed[order], dtype=bool))
     held = held_back(M, RowRandom(keys, reverse.random_state), reverse.holdout)
     M = M & ~held

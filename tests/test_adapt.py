@@ -47,6 +47,16 @@ def test_adaptation_repeats_whatever_the_rows_order(drifted):
     assert a.trees is art.model.trees and a.donors is art.model.donors
 
 
+def test_a_cap_on_rows_keeps_a_hashed_sample_with_rows_to_fit_and_to_check(drifted):
+    _, masked, _, art = drifted
+    imp = Imputer(art)
+    _, report = imp.adapt(masked, AdaptConfig(steps=5, max_rows=100))
+    assert report["rows_offered"] == masked.num_rows > 100
+    assert report["rows_fitted"] + report["rows_checked"] <= 100 and 60 < report["rows_fitted"] < 95
+    _, again = imp.adapt(masked.take(np.arange(masked.num_rows)[::-1]), AdaptConfig(steps=5, max_rows=100))
+    assert again == {**report, "seconds": again["seconds"]}
+
+
 def test_adaptation_never_learns_the_cells_refinement_checks_on(drifted):
     """Changing the values of the cells each row holds back changes nothing in the adapted networks."""
     _, masked, _, art = drifted
