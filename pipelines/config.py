@@ -51,8 +51,8 @@ class JobConfig(BaseModel):
                         "sample_rows records before the run; if that predicts better on rows kept aside, write it as a "
                         "new model version <model>.adapted-<run_id> and refine the low-confidence rows through it")
     adapt_rows: Literal["low_confidence", "all"] = Field(
-        default="low_confidence", description="with adapt: the rows the adapted networks fill: the low-confidence "
-        "rows (the side stage; every other row keeps the trained model's fill) or all of them")
+        default="low_confidence", description="the rows a model's adapted networks fill (adapt, or a model version "
+        "written by it): the low-confidence rows (the side stage; every other row keeps the trained model's fill) or all")
     max_quarantine_share: float = Field(default=0.1, ge=0.0, le=1.0)
     mode: Literal["error", "append", "overwrite", "overwrite_partitions"] = "error"
     partition_by: list[str] = Field(default_factory=list)

@@ -230,7 +230,7 @@ def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
     cfg = prep.config
     return stage_plan(schema=prep.schema, policy=prep.policy, run_id=prep.run_id, refine=cfg.refine,
                       confidence_threshold=cfg.confidence_threshold, extra_steps=extra_steps,
-                      adapted_fill=cfg.adapt and cfg.adapt_rows == "all")
+                      adapted_fill=cfg.adapt_rows == "all")  # where the model has adapted networks
 
 
 def end_of_run(prep: Prepared, report_dir: "Path | Location") -> None:

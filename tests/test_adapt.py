@@ -184,6 +184,10 @@ def test_a_job_with_adapt_writes_a_new_model_version_and_refines_through_it(drif
     methods = set(every.column(METHOD).to_pylist())
     assert "adapted" in methods and "ae" not in methods
     assert err(every) < err(p)
+    # a later run named at the new version, adapt off, fills every row through it as asked
+    later = rows(run_local(_drift_job(tmp_path / "later", files, model=str(version), adapt_rows="all", run_id="r4"),
+                           log=quiet))
+    assert "adapted" in set(later.column(METHOD).to_pylist())
     # Spark loads the new version on its executors and writes the same rows
     s = rows(run_spark(_drift_job(tmp_path / "spark", files, model=str(version), run_id="r2"), spark=spark, log=quiet))
     assert s.column(METHOD).to_pylist() == a.column(METHOD).to_pylist()
