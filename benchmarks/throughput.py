@@ -171,26 +171,33 @@ def bench_store(engine: str, path: Path, rows: int, args: list[str]) -> dict:
             "local_warm_stage_rows_per_s": rows / warm, "local_warm_stage_seconds": warm}
 
 
-def bench_core(path: Path, rows: int) -> dict:
-    """The stage plan in this process, step by step (the local engine's loop without the write)."""
-    import torch
-
+def _core_stage(cfg) -> tuple:
+    """The stage plan in this process, step by step (the local engine's loop without the write):
+    (the prepared run, prepare seconds, loop seconds, seconds per step, rows sent to refine)."""
     from lakefill.pipelines.launcher import plan_for, prepare
     from lakefill.transforms.impute import Imputer
     from lakefill.transforms.io import iter_raw
     from lakefill.transforms.plan import Runtime, run_steps
 
-    cfg = job(path, CACHE / "core-out", "core")
+    t0 = time.perf_counter()
     prep = prepare(cfg, log=lambda *_: None)
+    prepare_s = time.perf_counter() - t0
     imputer = Imputer(prep.artifact, device="cpu")
     plan, rt = plan_for(prep), Runtime(lambda: imputer)
     run_steps(plan.steps, prep.sample.table.slice(0, 100), rt)  # builds the validators once, as a worker does
     steps: dict[str, float] = {}
     n_low = 0
     t0 = time.perf_counter()
-    for chunk in iter_raw(path, batch_rows=cfg.batch_size):
+    for chunk in iter_raw(cfg.input, batch_rows=cfg.batch_size):
         n_low += run_steps(plan.steps, chunk.table, rt, timings=steps).counters["rows_reverse_tried"]
-    total = time.perf_counter() - t0
+    return prep, prepare_s, time.perf_counter() - t0, steps, n_low
+
+
+def bench_core(path: Path, rows: int) -> dict:
+    """The stage plan in this process, step by step (the local engine's loop without the write)."""
+    import torch
+
+    _, _, total, steps, n_low = _core_stage(job(path, CACHE / "core-out", "core"))
     threads = torch.get_num_threads()
     adapted = bench_core_adapted(path, rows)
     return {"stage_rows_per_s": rows / total, "seconds": total, "adapt": adapted,
@@ -205,27 +212,11 @@ def bench_core_adapted(path: Path, rows: int) -> dict:
     """The same stage with the job's ``adapt: true``: the launcher's adaptation on the first
     ``sample_rows`` records (its seconds), then the stage refining through the adapted networks
     when the check rows accept them (letter resampled is the table the model learned: they may not)."""
-    from lakefill.pipelines.launcher import plan_for, prepare
-    from lakefill.transforms.impute import Imputer
-    from lakefill.transforms.io import iter_raw
-    from lakefill.transforms.plan import Runtime, run_steps
-
     model, _ = model_and_schema()
-    shutil.rmtree(model.parent / f"{model.name}.adapted-core-adapt", ignore_errors=True)
-    cfg = job(path, CACHE / "core-out-adapt", "core-adapt", adapt=True)
-    t0 = time.perf_counter()
-    prep = prepare(cfg, log=lambda *_: None)
-    prepare_s = time.perf_counter() - t0
-    imputer = Imputer(prep.artifact, device="cpu")
-    plan, rt = plan_for(prep), Runtime(lambda: imputer)
-    run_steps(plan.steps, prep.sample.table.slice(0, 100), rt)
-    steps: dict[str, float] = {}
-    n_low = 0
-    t0 = time.perf_counter()
-    for chunk in iter_raw(path, batch_rows=cfg.batch_size):
-        n_low += run_steps(plan.steps, chunk.table, rt, timings=steps).counters["rows_reverse_tried"]
-    total = time.perf_counter() - t0
-    shutil.rmtree(model.parent / f"{model.name}.adapted-core-adapt", ignore_errors=True)
+    version = model.parent / f"{model.name}.adapted-core-adapt"
+    shutil.rmtree(version, ignore_errors=True)
+    prep, prepare_s, total, steps, n_low = _core_stage(job(path, CACHE / "core-out-adapt", "core-adapt", adapt=True))
+    shutil.rmtree(version, ignore_errors=True)
     a = prep.adaptation or {}
     return {"used": bool(a.get("used")), "adapt_seconds": a.get("seconds"), "prepare_seconds": round(prepare_s, 3),
             "rows_fitted": a.get("rows_fitted"), "stage_rows_per_s": rows / total, "rows_refined": n_low,
