@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -9,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-__all__ = ["LocalServer", "S3Server"]
+__all__ = ["LocalServer", "S3Server", "SparkCluster"]
 
 
 class LocalServer:
@@ -106,3 +109,86 @@ class S3Server(LocalServer):
                           access_key="lakefill-test", secret_key=self.SECRET,
                           allow_bucket_creation=True).create_dir(name)
         return f"s3://{name}"
+
+
+# -- a real Spark standalone cluster: one master, workers, each its own process ------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _json(url):
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+class SparkCluster:
+    """A Spark standalone cluster on 127.0.0.1: one master and ``workers`` workers (1 core,
+    2 GiB each), each its own process, run by pyspark's own ``spark-class``; executors run this
+    interpreter unless the job says otherwise. ``url`` is the master's; ``env`` (plus ``extra_env``)
+    is what the processes were started with. For tests and for trying a cluster deployment."""
+
+    def __init__(self, root: Path, *, workers: int = 2, extra_env: dict | None = None):
+        import pyspark
+
+        self.spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(extra_env or {})}
+        self.port, self.ui = _free_port(), _free_port()
+        self.url = f"spark://127.0.0.1:{self.port}"
+        self.master = self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                  "--port", str(self.port), "--webui-port", str(self.ui))
+        self._wait(lambda s: True, what="master")
+        self.workers = [self._start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.url, "--host",
+                                    "127.0.0.1", "--cores", "1", "--memory", "2g", "--webui-port", "0",
+                                    "--work-dir", str(root / f"work{i}")) for i in range(workers)]
+        self._wait(lambda s: s["aliveworkers"] == workers, what=f"{workers} workers")
+
+    def _start(self, name, cls, *args):
+        log = open(self.root / f"{name}.log", "w")
+        return subprocess.Popen([self.spark_class, cls, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                start_new_session=True)
+
+    def _wait(self, ok, what, timeout=90):
+        end = time.time() + timeout
+        while time.time() < end:
+            try:
+                if ok(_json(f"http://127.0.0.1:{self.ui}/json/")):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"the standalone cluster's {what} did not come up; see {self.root}")
+
+    def kill_worker(self, i):
+        """The worker and the executor it launched die, as when a machine is lost."""
+        os.killpg(self.workers[i].pid, signal.SIGKILL)
+        for pid in _children(self.workers[i].pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def stop(self):
+        for p in [*self.workers, self.master]:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            child = int(stat.parent.name)
+            out += [child, *_children(child)]
+    return out

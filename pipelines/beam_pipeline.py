@@ -17,6 +17,7 @@ report when it finishes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Sequence
@@ -26,14 +27,15 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from lakefill.errors import ConfigError
-from lakefill.pipelines.config import JobConfig
-from lakefill.pipelines.launcher import Prepared, RunOutcome, config_summary, end_of_run, plan_for, prepare
+from lakefill.pipelines.config import JobConfig, config_from_flags, task_from_flags
+from lakefill.pipelines.launcher import (Prepared, RunOutcome, config_summary, end_of_run, plan_for, prepare,
+                                        train_for_job, worker_end_of_run, worker_policy)
 from lakefill.transforms.beam import (COUNTERS, NAMESPACE, QUARANTINE, FinalizeRun, LakefillModelHandler, ReadRaw,
                                       RunPlan, WriteQuarantine, WriteToLake)
 from lakefill.transforms.plan import Step
 from lakefill.transforms.stage import QuarantineExceeded, RowsLost
 
-__all__ = ["build_pipeline", "run_beam", "pipeline_options"]
+__all__ = ["config_from_flags", "build_pipeline", "build_training", "run_beam", "run_beam_training", "pipeline_options"]
 
 
 def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
@@ -61,9 +63,12 @@ def build_pipeline(p: beam.Pipeline, prep: Prepared, *, handler: LakefillModelHa
                                               share=cfg.share_model,
                                               storage_options=cfg.storage_options)
 
+    policy = None
+    if prep.policy is None:  # a remote launch: a worker fits the null policy on the first records
+        policy = p | "SampleStart" >> beam.Create([cfg]) | "FitPolicy" >> beam.Map(worker_policy)
     read = p | "ReadRaw" >> ReadRaw(cfg.input, batch_rows=cfg.batch_size, csv_options=cfg.csv_options,
                                     options=cfg.storage_options)
-    done = read.main | "Stage" >> RunPlan(plan, handler)
+    done = read.main | "Stage" >> RunPlan(plan, handler, policy)
     parts = done["main"] | "WriteToLake" >> WriteToLake(out / "table", cfg.partition_by)
     quarantine = ((read[QUARANTINE], *done[QUARANTINE]) | "AllQuarantine" >> beam.Flatten()
                   | "WriteQuarantine" >> WriteQuarantine(out / "quarantine", run_id))
@@ -72,9 +77,20 @@ def build_pipeline(p: beam.Pipeline, prep: Prepared, *, handler: LakefillModelHa
     final = FinalizeRun(run_id=run_id, output=out, config=config_summary(cfg),
                         max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,
                         started=started or time.time(), steps=plan.names)
-    return (p | "Start" >> beam.Create([None])
-            | "FinalizeRun" >> beam.ParDo(final, parts=beam.pvalue.AsList(all_parts),
-                                          counters=beam.pvalue.AsList(counters)))
+    summary = (p | "Start" >> beam.Create([None])
+               | "FinalizeRun" >> beam.ParDo(final, parts=beam.pvalue.AsList(all_parts),
+                                             counters=beam.pvalue.AsList(counters)))
+    if policy is not None:  # the launcher reads nothing back: a worker completes the run's report
+        light = dataclasses.replace(prep, artifact=None, sample=None)
+        summary | "CompleteReport" >> beam.Map(lambda done, pol: worker_end_of_run(light, pol, str(out / "reports" / run_id)),
+                                               beam.pvalue.AsSingleton(policy))
+    return summary
+
+
+def build_training(p: beam.Pipeline, config: JobConfig):
+    """A pipeline of one step on one worker: the job's model, trained if it is missing
+    (``train_for_job``). Training runs on the engine, never on the launcher."""
+    return p | "Job" >> beam.Create([config]) | "TrainIfMissing" >> beam.Map(lambda cfg: train_for_job(cfg))
 
 
 def beam_metrics(result) -> dict:
@@ -91,11 +107,29 @@ def beam_metrics(result) -> dict:
     return dict(sorted(out.items()))
 
 
-def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: LakefillModelHandler | None = None,
-             extra_steps: Sequence[Step] = (), log=print) -> RunOutcome:
-    options = pipeline_options(beam_args)  # a bad flag is refused before any work
+def is_remote(options: PipelineOptions) -> bool:
+    """Whether the runner runs the pipeline on other machines than this one (Dataflow, ...)."""
     runner = str(options.view_as(StandardOptions).runner or "")
-    prep = prepare(config, log=log, allow_training=runner.lower().replace("runner", "") in ("direct", "prism", ""))
+    return runner.lower().replace("runner", "") not in ("direct", "prism", "")
+
+
+def run_beam_training(config: JobConfig, beam_args: list[str] | None = None) -> None:
+    """The job's model trained (if missing) as a Beam job: on a Dataflow worker, or here on the
+    Direct runner. The launch template's ``task=train``."""
+    options = pipeline_options(beam_args)
+    p = beam.Pipeline(options=options)
+    build_training(p, config)
+    p.run().wait_until_finish()
+
+
+def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: LakefillModelHandler | None = None,
+             extra_steps: Sequence[Step] = (), log=print, remote: bool | None = None) -> RunOutcome:
+    """The stage as a Beam pipeline. ``remote`` (default: the runner runs elsewhere, Dataflow):
+    the launcher reads no record of the input and trains nothing; a worker fits the null policy
+    and completes the report, and the outcome has no counts (the report on the lake has them)."""
+    options = pipeline_options(beam_args)  # a bad flag is refused before any work
+    remote = is_remote(options) if remote is None else remote
+    prep = prepare(config, log=log, remote=remote)
     out = config.out
     report_dir = out / "reports" / prep.run_id
     started = time.time()
@@ -111,6 +145,8 @@ def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: 
                 raise cls(text.split(f"{cls.__name__}: ", 1)[-1].split("\n")[0]) from err
         raise
     report_path = report_dir / "report.json"
+    if remote:
+        return RunOutcome(prep.run_id, str(out / "table"), str(out / "quarantine"), str(report_path), {}, None)
     report = json.loads(report_path.read_text())
     report["metrics"] = {**report["metrics"], "beam": beam_metrics(result)}
     report["runner"] = options.view_as(StandardOptions).runner
@@ -121,43 +157,13 @@ def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: 
                       report["committed"], report["metrics"])
 
 
-def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
-    """``--job JOB.yaml`` and/or one flag per job-config field (``--input=...``, ``--run_id=...``,
-    ``--partition_by=a,b``), as a Flex Template passes its parameters; the rest are Beam options."""
-    import argparse
-
-    from lakefill.pipelines.config import load_config
-
-    ap = argparse.ArgumentParser(prog="beam_pipeline")
-    ap.add_argument("--job")
-    fields = {(f.alias or name): f for name, f in JobConfig.model_fields.items()}
-    for key in fields:
-        ap.add_argument(f"--{key}")
-    args, beam_args = ap.parse_known_args(argv)
-    given = {k: v for k, v in vars(args).items() if k != "job" and v not in (None, "")}
-    if "partition_by" in given:
-        given["partition_by"] = [c for c in given["partition_by"].split(",") if c]
-    for key, example in (("csv", '{"delimiter": ";"}'), ("storage_options", '{"AWS_REGION": "eu-west-1"}')):
-        if key in given:  # a JSON object
-            try:
-                given[key] = json.loads(given[key])
-            except ValueError as err:
-                raise ConfigError(f"--{key} must be a JSON object such as {example}: {err}") from err
-    if args.job:
-        base = load_config(args.job).model_dump(by_alias=True)
-    else:
-        base = {}
-    try:
-        config = JobConfig.model_validate({**base, **given})
-    except Exception as err:  # pydantic's message names the field
-        raise ConfigError(f"invalid job parameters: {err}") from err
-    return config, beam_args
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lakefill.pipelines.beam_pipeline [--job JOB.yaml] [--FIELD=VALUE ...] [Beam options]``:
-    the entry point for Dataflow launches (Flex Template, BeamRunPythonPipelineOperator)."""
+    """``python -m lakefill.pipelines.beam_pipeline [--task=run|train] [--job JOB.yaml] [--FIELD=VALUE ...]
+    [Beam options]``: the entry point for Dataflow launches (Flex Template, Airflow's Beam operator)."""
     config, beam_args = config_from_flags(argv)
+    if task_from_flags(argv) == "train":
+        run_beam_training(config, beam_args)
+        return 0
     outcome = run_beam(config, beam_args)
     print(json.dumps({"run_id": outcome.run_id, "table": outcome.table, "report": outcome.report,
                       "counts": outcome.counts, "committed": outcome.committed}))

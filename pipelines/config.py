@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lakefill.errors import ConfigError
 from lakefill.schema import read_yaml_mapping
 
-__all__ = ["JobConfig", "CsvConfig", "load_config", "DEFAULT_CONFIG"]
+__all__ = ["JobConfig", "CsvConfig", "load_config", "DEFAULT_CONFIG", "config_from_flags", "task_from_flags"]
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 
@@ -101,25 +102,88 @@ class JobConfig(BaseModel):
             raise ValueError("run_id must be 1-128 characters of letters, digits and _ . : + -, starting with a letter or digit")
         return v
 
-    def resolve(self, base: Path) -> "JobConfig":
-        """Relative paths are relative to the config file's folder."""
-        def r(p: str | None) -> str | None:
-            if p is None or "://" in p or Path(p).is_absolute():
-                return p
-            return str((base / p).resolve())
-        return self.model_copy(update={"input": r(self.input), "schema_path": r(self.schema_path),
-                                       "model": r(self.model), "output": r(self.output)})
+
+PATH_FIELDS = ("input", "schema", "model", "output")
 
 
-def load_config(path: str | Path) -> JobConfig:
-    path = Path(path)
-    raw = read_yaml_mapping(path, error=ConfigError, what="job config")
+def _resolved(p, base: "Path | str"):
+    if not isinstance(p, str) or "://" in p or Path(p).is_absolute():
+        return p
+    if isinstance(base, str):
+        return base.rstrip("/") + "/" + p.removeprefix("./")
+    return str((base / p).resolve())
+
+
+def read_job(path: str | Path) -> dict:
+    """A job config file's fields, not yet validated, its relative paths made relative to it.
+    The file may be local or on an object store (``gs://b/jobs/customers.yaml``, read with the
+    credentials of the environment)."""
+    text = str(path)
+    if "://" in text and not text.startswith("file://"):
+        import tempfile
+
+        from lakefill.transforms.storage import Location
+
+        loc = Location(text)
+        if not loc.is_file():
+            raise ConfigError(f"job config {text} does not exist")
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = read_yaml_mapping(loc.download(Path(tmp) / loc.name), error=ConfigError, what="job config")
+        base: "Path | str" = text.rsplit("/", 1)[0]
+    else:
+        local = Path(text.removeprefix("file://"))
+        raw, base = read_yaml_mapping(local, error=ConfigError, what="job config"), local.resolve().parent
+    return {k: (_resolved(v, base) if k in PATH_FIELDS else v) for k, v in raw.items()}
+
+
+def load_config(path: str | Path, **overrides) -> JobConfig:
+    """A job config from a YAML file (``read_job``), validated; ``overrides`` (field names as in
+    the file) replace its fields before the check, so a file may leave out what they give."""
+    raw = {**read_job(path), **overrides}
     try:
-        cfg = JobConfig.model_validate(raw)
+        return JobConfig.model_validate(raw)
     except ValidationError as err:
         lines = [f"  - {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
         raise ConfigError(f"{path}: invalid job config:\n" + "\n".join(lines)) from err
-    return cfg.resolve(path.resolve().parent)
 
 
 DEFAULT_CONFIG = EXAMPLES / "demo.yaml"
+
+
+def task_from_flags(argv: list[str] | None) -> str:
+    """``--task=run`` (the stage, default) or ``--task=train`` (the job's model, if missing)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="lakefill job", allow_abbrev=False)
+    ap.add_argument("--task", choices=["run", "train"], default="run")
+    return ap.parse_known_args(argv)[0].task
+
+
+def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
+    """``--job JOB.yaml`` and/or one flag per job-config field (``--input=...``, ``--run_id=...``,
+    ``--partition_by=a,b``), as a Flex Template passes its parameters; the rest are Beam options."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="lakefill job", allow_abbrev=False)
+    ap.add_argument("--job")
+    ap.add_argument("--task", choices=["run", "train"], default="run")
+    fields = {(f.alias or name): f for name, f in JobConfig.model_fields.items()}
+    for key in fields:
+        ap.add_argument(f"--{key}")
+    args, beam_args = ap.parse_known_args(argv)
+    given = {k: v for k, v in vars(args).items() if k not in ("job", "task") and v not in (None, "")}
+    if "partition_by" in given:
+        given["partition_by"] = [c for c in given["partition_by"].split(",") if c]
+    for key, example in (("csv", '{"delimiter": ";"}'), ("storage_options", '{"AWS_REGION": "eu-west-1"}')):
+        if key in given:  # a JSON object
+            try:
+                given[key] = json.loads(given[key])
+            except ValueError as err:
+                raise ConfigError(f"--{key} must be a JSON object such as {example}: {err}") from err
+    if args.job:  # the flags override the file's fields (the file may leave out what they give)
+        return load_config(args.job, **given), beam_args
+    try:
+        config = JobConfig.model_validate(given)
+    except Exception as err:  # pydantic's message names the field
+        raise ConfigError(f"invalid job parameters: {err}") from err
+    return config, beam_args

@@ -26,6 +26,7 @@ from lakefill.models.train import fit_model
 from lakefill.pipelines.config import JobConfig
 from lakefill.pipelines.report import render_report
 from lakefill.schema import TableSchema, infer_schema, load_schema
+from lakefill.transforms import io as _io  # workers' reads (a remote launcher reads nothing: tests patch ``read_raw``)
 from lakefill.transforms.detect import NullPolicy
 from lakefill.transforms.impute import Imputer, load_model_at, resolve_device, save_model_to
 from lakefill.transforms.io import ROW_ID, RawRead, input_files, read_raw
@@ -36,8 +37,8 @@ from lakefill.transforms.stage import reason_counts
 from lakefill.transforms.storage import Location, as_location
 from lakefill.transforms.validate import Validator, write_data_docs
 
-__all__ = ["Prepared", "RunOutcome", "prepare", "plan_for", "train_to_dir", "load_schema_at", "config_summary", "record_detection",
-           "write_docs", "end_of_run"]
+__all__ = ["Prepared", "RunOutcome", "prepare", "fit_policy", "train_for_job", "plan_for", "train_to_dir", "load_schema_at", "config_summary", "record_detection",
+           "write_docs", "end_of_run", "worker_policy", "worker_end_of_run"]
 
 
 @dataclass
@@ -46,9 +47,9 @@ class Prepared:
     config: JobConfig
     schema: TableSchema
     artifact: ModelArtifact
-    policy: NullPolicy
+    policy: "NullPolicy | None"  # None: a remote launch, fitted on a worker (``fit_policy``)
     run_id: str
-    sample: RawRead  # the first sample_rows records: the policy is fitted on them, Data Docs show them
+    sample: "RawRead | None"  # the first sample_rows records: the policy is fitted on them, Data Docs show them
     adaptation: dict | None = None  # the job's ``adapt``: what it did (None: not asked)
 
 
@@ -67,7 +68,7 @@ def _default_run_id() -> str:
     return datetime.now(timezone.utc).strftime("run-%Y%m%dT%H%M%SZ")
 
 
-def prepare(config: JobConfig, *, log=print, allow_training: bool = True) -> Prepared:
+def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
     """Everything that can be refused is refused here, before any row is processed.
 
     Every path of the job may be a URI on an object store (``storage_options`` in the job):
@@ -75,12 +76,17 @@ def prepare(config: JobConfig, *, log=print, allow_training: bool = True) -> Pre
     credentials or an output that holds something other than a Delta table stop the run with
     an error that names the URI. The null policy is fitted on the first ``sample_rows``
     records, once, so that every engine (and every worker) applies the same policy.
+
+    ``remote``: this process only submits the job to machines elsewhere (a Dataflow launch): it
+    lists the input but never reads a record of it, and never trains. The job must name its
+    schema; the null policy is fitted on a worker (``fit_policy``), and a missing model is
+    refused with the command that trains it as a job on the engine.
     """
     source, out = config.location(config.input), config.out
     source.check_reachable()
     if not any(c in source.uri for c in "*?[") and not source.exists():
         raise ConfigError(f"input {source} does not exist")
-    files = input_files(source)  # a folder or a glob with no data file: refused, naming it
+    input_files(source)  # a folder or a glob with no data file: refused, naming it
     out.check_reachable()
     run_id = config.run_id or _default_run_id()
     try:  # mode 'error' and a table that has other runs: refused now, not after all the work
@@ -88,22 +94,23 @@ def prepare(config: JobConfig, *, log=print, allow_training: bool = True) -> Pre
         check_writable(out / "quarantine", run_id=run_id, mode="append")
     except FileExistsError as err:
         raise ConfigError(str(err)) from err
-    sample = read_raw(source, limit=config.sample_rows, csv_options=config.csv_options)
-    if config.schema_path:
+    if remote:
+        if not config.schema_path:
+            raise ConfigError("a remote launch (Dataflow) does not read the input, so it cannot infer a schema: "
+                              "give the job a schema file (`lakefill schema infer INPUT > schema.yaml` writes one)")
+        sample, policy = None, None
         schema = load_schema_at(config.location(config.schema_path))
     else:
-        inferred = NullPolicy(sample_rows=config.sample_rows).fit(sample.table)
-        name = files[0].stem if len(files) == 1 else (source.parent if "*" in source.uri else source).name
-        schema = infer_schema(sample.table, name=name, policy=inferred)
-    schema.check_columns([c for c in sample.table.column_names if c != ROW_ID], source=str(source))
-    policy = NullPolicy(schema=schema, sample_rows=config.sample_rows).fit(sample.table)
+        sample = read_raw(source, limit=config.sample_rows, csv_options=config.csv_options)
+        schema, policy = fit_policy(config, sample)
     model = config.location(config.model)
     if not (model / "manifest.json").exists():
         if not config.train_if_missing:
             raise ConfigError(f"model {model} does not exist; train one with `lakefill train` or set train_if_missing: true")
-        if not allow_training:
-            raise ConfigError(f"model {model} does not exist, and this launcher does not train (a Dataflow launch "
-                              f"must not train on the launcher machine); train it first: lakefill train --job JOB.yaml")
+        if remote:
+            raise ConfigError(f"model {model} does not exist, and a remote launch does not train on the launcher "
+                              f"machine; train it first as a job on the engine (the launch with task=train, or "
+                              f"`lakefill train --job JOB.yaml`)")
         log(f"training a model into {model} (train_if_missing)")
         train_to_dir(source, schema, model, sample_rows=config.sample_rows, csv_options=config.csv_options,
                      config=AEConfig(time_budget=config.train_time_budget))
@@ -111,14 +118,46 @@ def prepare(config: JobConfig, *, log=print, allow_training: bool = True) -> Pre
     resolve_device(config.device)
     adaptation = None
     if config.adapt and (config.refine or config.adapt_rows == "all"):
-        if not allow_training:
-            raise ConfigError("adapt: true fine-tunes the model on the run's first rows, and this launcher does not "
-                              "train (a Dataflow launch must not train on the launcher machine); run the job with "
+        if remote:
+            raise ConfigError("adapt: true fine-tunes the model on the run's first rows, and a remote launch does not "
+                              "read them (a Dataflow launch must not train on the launcher machine); run the job with "
                               "adapt: false, or adapt on the Direct runner, Spark or the local engine")
         artifact, adaptation = adapt_to_run(config, schema, policy, artifact, sample, run_id, log=log)
         if adaptation.get("model"):  # every engine loads the new version (the report names it as the run's model)
             config = config.model_copy(update={"model": adaptation["model"]})
     return Prepared(config, schema, artifact, policy, run_id, sample, adaptation)
+
+
+def fit_policy(config: JobConfig, sample: RawRead) -> tuple[TableSchema, NullPolicy]:
+    """The run's schema (the job's file, or inferred from ``sample``) and its null policy fitted
+    on ``sample``, the first ``sample_rows`` records. The launcher calls it, or a worker when the
+    launch is remote."""
+    source = config.location(config.input)
+    if config.schema_path:
+        schema = load_schema_at(config.location(config.schema_path))
+    else:
+        inferred = NullPolicy(sample_rows=config.sample_rows).fit(sample.table)
+        files = input_files(source)
+        name = files[0].stem if len(files) == 1 else (source.parent if "*" in source.uri else source).name
+        schema = infer_schema(sample.table, name=name, policy=inferred)
+    schema.check_columns([c for c in sample.table.column_names if c != ROW_ID], source=str(source))
+    return schema, NullPolicy(schema=schema, sample_rows=config.sample_rows).fit(sample.table)
+
+
+def train_for_job(config: JobConfig, *, log=print) -> dict:
+    """The job's model, trained if it is missing (``lakefill train --job``, and the engines'
+    training jobs: a Beam pipeline's worker, the Spark driver). Returns what it did."""
+    model = config.location(config.model)
+    if (model / MANIFEST).exists():
+        log(f"model {model} is there: nothing to train")
+        return {"model": str(model), "trained": False}
+    source = config.location(config.input)
+    source.check_reachable()
+    schema, _ = fit_policy(config, read_raw(source, limit=config.sample_rows, csv_options=config.csv_options))
+    log(f"training a model into {model}")
+    train_to_dir(source, schema, model, sample_rows=config.sample_rows, csv_options=config.csv_options,
+                 config=AEConfig(time_budget=config.train_time_budget))
+    return {"model": str(model), "trained": True}
 
 
 def adapt_to_run(config: JobConfig, schema: TableSchema, policy: NullPolicy, artifact: ModelArtifact,
@@ -227,8 +266,9 @@ def write_docs(prep: Prepared, report_dir: Path, rows: int = 10_000) -> Path | N
 
 
 def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
+    """The stage plan; for a remote launch its ``detect`` step takes the policy a worker fits."""
     cfg = prep.config
-    return stage_plan(schema=prep.schema, policy=prep.policy, run_id=prep.run_id, refine=cfg.refine,
+    return stage_plan(schema=prep.schema, policy=prep.policy or {}, run_id=prep.run_id, refine=cfg.refine,
                       confidence_threshold=cfg.confidence_threshold, extra_steps=extra_steps,
                       adapted_fill=cfg.adapt_rows == "all")  # where the model has adapted networks
 
@@ -245,6 +285,28 @@ def end_of_run(prep: Prepared, report_dir: "Path | Location") -> None:
         (local / "report.json").write_bytes((loc / "report.json").read_bytes())
         _complete_report(prep, local)
         loc.upload(local)
+
+
+# -- a remote launch: what the launcher does not do, a worker does -------------------------------
+
+def worker_sample(config: JobConfig) -> RawRead:
+    """The run's first ``sample_rows`` records, read on a worker (a remote launch reads none)."""
+    return _io.read_raw(config.location(config.input), limit=config.sample_rows, csv_options=config.csv_options)
+
+
+def worker_policy(config: JobConfig) -> dict:
+    """The null policy of a remote launch, fitted on a worker on the run's first records."""
+    return fit_policy(config, worker_sample(config))[1].to_dict()
+
+
+def worker_end_of_run(prep: Prepared, policy: dict, report_dir: str) -> str:
+    """``end_of_run`` on a worker, for a remote launch: the findings of the policy the workers
+    used, the Data Docs of the first records, ``report.html``, all written under the output."""
+    sample = worker_sample(prep.config)
+    done = Prepared(prep.config, prep.schema, prep.artifact, NullPolicy.from_dict(policy, schema=prep.schema),
+                    prep.run_id, sample, prep.adaptation)
+    end_of_run(done, as_location(report_dir, prep.config.storage_options))
+    return report_dir
 
 
 def _complete_report(prep: Prepared, local: Path) -> None:

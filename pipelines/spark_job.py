@@ -21,8 +21,8 @@ import sys
 import time
 from typing import Sequence
 
-from lakefill.pipelines.config import JobConfig, load_config
-from lakefill.pipelines.launcher import RunOutcome, config_summary, end_of_run, plan_for, prepare
+from lakefill.pipelines.config import JobConfig, config_from_flags
+from lakefill.pipelines.launcher import RunOutcome, config_summary, end_of_run, plan_for, prepare, train_for_job
 from lakefill.transforms.plan import Step
 from lakefill.transforms.stage import Parts, RunTotals, finalize
 
@@ -98,14 +98,20 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: ``spark-submit pipelines/spark_job.py JOB.yaml [--run-id ID]``."""
-    ap = argparse.ArgumentParser(prog="spark_job.py")
-    ap.add_argument("config")
+    """spark-submit entry point: ``spark_job.py [JOB.yaml] [--run-id ID] [--task run|train]
+    [--FIELD=VALUE ...] [Spark settings]``: the job config and/or one flag per job field (as the
+    Airflow DAG passes them). ``--task train``: the job's model trained on the driver if missing."""
+    ap = argparse.ArgumentParser(prog="spark_job.py", allow_abbrev=False)
+    ap.add_argument("config", nargs="?")
     ap.add_argument("--run-id")
-    args, extra = ap.parse_known_args(argv)
-    config = load_config(args.config)
+    ap.add_argument("--task", choices=["run", "train"], default="run")
+    args, rest = ap.parse_known_args(argv)
+    config, extra = config_from_flags(([f"--job={args.config}"] if args.config else []) + rest)
     if args.run_id:
         config = config.model_copy(update={"run_id": args.run_id})
+    if args.task == "train":
+        print(json.dumps(train_for_job(config)))
+        return 0
     outcome = run_spark(config, extra)
     print(json.dumps({"run_id": outcome.run_id, "table": outcome.table, "report": outcome.report,
                       "counts": outcome.counts, "committed": outcome.committed}))

@@ -23,7 +23,7 @@ def test_flex_template_metadata_has_every_job_parameter_with_help_and_regexes():
     meta = json.loads((DEPLOY / "dataflow" / "metadata.json").read_text())
     names = [p["name"] for p in meta["parameters"]]
     fields = [f.alias or n for n, f in JobConfig.model_fields.items()]
-    assert sorted(names) == sorted(["job", *fields])
+    assert sorted(names) == sorted(["job", "task", *fields])
     for p in meta["parameters"]:
         assert p["helpText"].strip() and p["label"].strip(), p["name"]
         assert p["regexes"], p["name"]
@@ -43,6 +43,11 @@ def test_the_pipeline_accepts_the_template_parameters_as_flags(tmp_path):
         "--project=p"])
     assert cfg.run_id == "r9" and cfg.confidence_threshold == 0.3 and cfg.partition_by == ["region", "segment"]
     assert cfg.refine is False and beam_args == ["--runner=DataflowRunner", "--project=p"]
+    # an engine's flag is never taken for a job field it abbreviates (--conf is not --confidence_threshold)
+    cfg, rest = config_from_flags([f"--input={EXAMPLES / 'customers.csv'}", "--model=/m", "--output=/o",
+                                   "--conf", "spark.ui.enabled=false"])
+    assert rest == ["--conf", "spark.ui.enabled=false"]
+    assert cfg.confidence_threshold == JobConfig.model_fields["confidence_threshold"].default
 
 
 def test_dockerfile_uses_the_projects_beam_version_and_python():
@@ -87,37 +92,122 @@ def test_the_submit_command_runs_the_job_with_the_real_spark_submit(demo_model, 
     assert result["committed"] and result["counts"]["rows_written"] == 600
 
 
-@pytest.mark.slow
-def test_airflow_dag_imports_has_the_expected_graph_and_runs_end_to_end(tmp_path):
+def _airflow(tmp_path: Path, spec: dict, extra_env: dict, *, run: bool) -> dict:
+    """``deploy/airflow/check_dag.py`` in Airflow's own environment; what it saw."""
     python = AIRFLOW_VENV / "bin" / "python"
     assert python.exists(), f"Airflow's own environment {AIRFLOW_VENV} is missing: `make airflow-venv` builds it"
-    import yaml
-
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"input": str(EXAMPLES / "customers.csv"),
-                                   "schema": str(EXAMPLES / "customers.schema.yaml"), "model": str(tmp_path / "model"),
-                                   "output": str(tmp_path / "out"), "train_if_missing": True, "mode": "append"}))
     home = tmp_path / "airflow-home"
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__CORE__DAGS_FOLDER": str(DEPLOY / "airflow" / "dags"), "PYTHONPATH": ""}
+           "AIRFLOW__CORE__DAGS_FOLDER": str(DEPLOY / "airflow" / "dags"), "PYTHONPATH": "",
+           # the Airflow worker's PATH has a Spark client (pyspark's spark-submit) as it would in production
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra_env}
     subprocess.run([str(AIRFLOW_VENV / "bin" / "airflow"), "db", "migrate"], env=env, check=True,
                    capture_output=True, timeout=600)
-    out = subprocess.run([str(python), str(DEPLOY / "airflow" / "check_dag.py"),
-                          "--lakefill-bin", str(Path(sys.executable).parent / "lakefill"), "--job", str(job),
-                          "--output", str(tmp_path / "out"), "--workdir", str(ROOT), "--run"],
-                         env=env, capture_output=True, text=True, timeout=1200)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
-    assert lines, out.stdout[-3000:] + out.stderr[-3000:]
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = subprocess.run([str(python), str(DEPLOY / "airflow" / "check_dag.py"), str(tmp_path / "spec.json"),
+                          *(["--run"] if run else [])], env=env, capture_output=True, text=True, timeout=1800)
+    (tmp_path / "airflow.log").write_text(out.stdout + out.stderr)  # every task's log: dag.test() prints them
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    assert lines, out.stdout[-4000:] + out.stderr[-4000:]
     seen = json.loads(lines[-1])
     assert seen["import_errors"] == {} and seen["graph_ok"], seen
-    assert set(seen["rendered"]) == {"ensure_model", "run_beam_local"}
-    for task_id, command in seen["rendered"].items():  # no param becomes shell code
-        words = shlex.split(command)
-        assert seen["hostile"] in words and "touch" not in words, (task_id, command)
-    assert seen["run_state"] == "success", seen
-    assert seen["task_states"]["run_beam_local"] == "success" and seen["task_states"]["run_spark"] == "skipped"
-    report = json.loads((tmp_path / "out" / "reports" / "airflow-test" / "report.json").read_text())
-    assert report["engine"] == "beam" and report["committed"]
+    assert out.returncode == 0, (seen.get("runs"), f"the tasks' logs: {tmp_path / 'airflow.log'}")
+    return seen
+
+
+RENDER = {"engine": "dataflow", "job": "gs://b/jobs/customers.yaml", "input": "gs://b/raw/customers.csv",
+          "schema": "gs://b/schemas/customers.yaml", "model": "gs://b/models/customers", "output": "gs://b/lake",
+          "run_id": "2026-11-30", "storage_options": {"GOOGLE_PROJECT_ID": "p"},
+          "job_options": {"partition_by": ["region", "segment"], "refine": False, "confidence_threshold": 0.4},
+          "python": "/opt/lakefill/env/bin/python", "spark_conf": {"spark.executor.instances": "4"},
+          "spark_env_archive": "s3://b/envs/lakefill-env.tar.gz", "storage_conn_id": "google_cloud_default",
+          "dataflow_options": {"project": "p", "region": "europe-west1", "template": "gs://b/templates/lakefill.json",
+                               "image": "europe-docker.pkg.dev/p/r/lakefill:1", "temp_location": "gs://b/tmp",
+                               "service_account": "lakefill@p.iam.gserviceaccount.com",
+                               "environment": {"maxWorkers": 8}}}
+
+
+def _check_rendered(seen: dict, master: str) -> None:
+    """Every param reaches the task that needs it, in the shape its engine takes."""
+    from deploy.dataflow.launch import check_parameters
+
+    flags = {"job": RENDER["job"], "input": RENDER["input"], "schema": RENDER["schema"], "model": RENDER["model"],
+             "output": RENDER["output"], "run_id": "2026-11-30", "partition_by": "region,segment", "refine": "false",
+             "confidence_threshold": "0.4", "storage_options": '{"GOOGLE_PROJECT_ID": "p"}'}
+    for task in ("train", "run"):
+        lp = seen["dataflow"][task]["launchParameter"]
+        assert lp["parameters"] == {**flags, "task": task}
+        check_parameters(lp["parameters"])  # the template's own metadata accepts them (names, patterns)
+        assert lp["containerSpecGcsPath"] == RENDER["dataflow_options"]["template"]
+        assert lp["environment"] == {"tempLocation": "gs://b/tmp", "sdkContainerImage": RENDER["dataflow_options"]["image"],
+                                     "serviceAccountEmail": RENDER["dataflow_options"]["service_account"],
+                                     "maxWorkers": 8}
+        spark = seen[f"spark_{task}"]
+        assert spark[:3] == ["spark-submit", "--master", master]
+        conf = dict(spark[i + 1].split("=", 1) for i, w in enumerate(spark) if w == "--conf")
+        assert conf["spark.archives"] == RENDER["spark_env_archive"] + "#environment"
+        assert conf["spark.pyspark.python"] == "./environment/bin/python"
+        assert conf["spark.pyspark.driver.python"] == RENDER["python"] and conf["spark.executor.instances"] == "4"
+        app = spark.index(str(DEPLOY / "airflow" / "dags" / "lakefill_entry" / "spark_main.py"))
+        assert spark[app + 1:] == ["--task", task, *[f"--{k}={v}" for k, v in flags.items()]]
+        beam = seen[f"beam_{task}"]
+        assert beam[:2] == [RENDER["python"], str(DEPLOY / "airflow" / "dags" / "lakefill_entry" / "beam_main.py")]
+        assert {f"--{k}={v}" for k, v in flags.items()} | {f"--task={task}", "--runner=DirectRunner"} <= set(beam)
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_the_airflow_dag_runs_on_beam_and_on_a_spark_cluster_against_the_s3_server(s3, tmp_path):
+    """The DAG as Airflow runs it (``dag.test()``): the job config and the data on the S3
+    server, the model trained as a Beam job when missing, a Beam Direct run, then a spark-submit
+    to a standalone cluster; the report read back from the lake; the table's Asset emitted."""
+    import yaml
+
+    from lakefill.testing import SparkCluster
+    from lakefill.transforms.storage import Location
+
+    root = s3.bucket("airflow-dag")
+    Location(f"{root}/jobs/customers.csv", s3.options).upload(EXAMPLES / "customers.csv")
+    Location(f"{root}/jobs/customers.schema.yaml", s3.options).upload(EXAMPLES / "customers.schema.yaml")
+    Location(f"{root}/jobs/customers.yaml", s3.options).write_text(yaml.safe_dump(
+        {"input": "customers.csv", "schema": "customers.schema.yaml", "mode": "append", "train_time_budget": 30}))
+    keys = {k: v for k, v in s3.options.items() if k.startswith("AWS_")}  # the engines' environment
+    public = {k: v for k, v in s3.options.items() if "KEY" not in k}  # no secret on a command line
+    cluster = SparkCluster(tmp_path / "cluster", workers=1, extra_env=keys)
+    try:
+        env = {**keys, "SPARK_LOCAL_IP": "127.0.0.1",
+               "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": cluster.url,
+                                                         "extra": {"deploy-mode": "client"}}),
+               "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws", "login": keys["AWS_ACCESS_KEY_ID"],
+                                                       "password": keys["AWS_SECRET_ACCESS_KEY"],
+                                                       "extra": {"endpoint_url": s3.endpoint,
+                                                                 "region_name": "us-east-1"}})}
+        base = {"job": f"{root}/jobs/customers.yaml", "model": f"{root}/models/customers", "output": f"{root}/lake",
+                "storage_options": public, "python": sys.executable, "storage_conn_id": "aws_default",
+                "train_if_needed": True}
+        runs = [{**base, "engine": "beam-local", "run_id": "airflow-beam"},
+                {**base, "engine": "spark", "run_id": "airflow-spark",
+                 "spark_conf": {"spark.executor.cores": "1", "spark.ui.enabled": "false"}}]
+        seen = _airflow(tmp_path, {"render": RENDER, "runs": runs}, env, run=True)
+    finally:
+        cluster.stop()
+    _check_rendered(seen["rendered"], cluster.url)
+    beam, spark = seen["runs"]
+    assert beam["task_states"]["train_beam_local"] == beam["task_states"]["run_beam_local"] == "success", beam
+    assert beam["task_states"]["run_spark"] == beam["task_states"]["train_dataflow"] == "skipped", beam
+    assert spark["task_states"]["train_spark"] == spark["task_states"]["run_spark"] == "success", spark
+    assert spark["task_states"]["run_beam_local"] == "skipped", spark
+    for run, engine in ((beam, "beam"), (spark, "spark")):
+        assert run["task_states"]["check_report"] == "success", run
+        (event,) = run["asset_events"]
+        assert event["uri"] == f"{root}/lake/table" and event["extra"]["rows_written"] == 600
+        report = json.loads(Location(f"{root}/lake/reports/{event['extra']['run_id']}/report.json",
+                                     s3.options).read_text())
+        assert report["engine"] == engine and report["committed"]
+        assert report["config"]["model"] == f"{root}/models/customers"
+    # the model was trained once, by the Beam job (the Spark run's training task found it)
+    assert Location(f"{root}/models/customers/manifest.json", s3.options).exists()
+    assert "SECRET" not in json.dumps(seen["rendered"])
 
 
 def test_the_flex_template_launch_request_keeps_list_values_and_uris_whole(capsys):
@@ -159,11 +249,64 @@ def test_a_dataflow_launch_refuses_to_train_on_the_launcher(tmp_path):
     from lakefill.pipelines.config import JobConfig
 
     job = JobConfig.model_validate({"input": str(EXAMPLES / "customers.csv"), "model": str(tmp_path / "none"),
+                                    "schema": str(EXAMPLES / "customers.schema.yaml"),
                                     "output": str(tmp_path / "out"), "train_if_missing": True})
-    with pytest.raises(ConfigError, match="does not train"):
-        run_beam(job, ["--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/tmp"],
-                 log=lambda *_: None)
+    dataflow = ["--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/tmp"]
+    with pytest.raises(ConfigError, match="does not train on the launcher machine.*task=train"):
+        run_beam(job, dataflow, log=lambda *_: None)
     assert not (tmp_path / "none").exists()
+    # nor infer a schema: that would read the input
+    with pytest.raises(ConfigError, match="cannot infer a schema.*lakefill schema"):
+        run_beam(job.model_copy(update={"schema_path": None}), dataflow, log=lambda *_: None)
+
+
+@pytest.mark.slow
+def test_a_remote_launch_reads_no_record_and_its_workers_complete_the_run(demo_model, tmp_path, monkeypatch):
+    """A Dataflow-style launch on the Direct runner (remote=True): the launcher's reader is
+    replaced by one that fails, so any record read on the launcher fails the test; a worker fits
+    the null policy and completes the report. Same table and findings as a launcher that reads."""
+    from deltalake import DeltaTable
+
+    from lakefill.pipelines import launcher
+    from lakefill.pipelines.beam_pipeline import run_beam
+    from lakefill.transforms.io import ROW_ID
+    from lakefill.transforms.plan import RUN_ID
+
+    quiet = lambda *_: None  # noqa: E731
+    here = run_beam(demo_job(tmp_path / "here", demo_model, run_id="here"), [], log=quiet)
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("the launcher read the input")
+
+    monkeypatch.setattr(launcher, "read_raw", no_reads)
+    remote = run_beam(demo_job(tmp_path / "remote", demo_model, run_id="remote"), [], remote=True, log=quiet)
+    assert remote.counts == {} and remote.committed is None  # the launcher reads nothing back
+    report = json.loads(Path(remote.report).read_text())
+    expected = json.loads(Path(here.report).read_text())
+    assert report["committed"] and report["counts"] == expected["counts"]
+    assert report["detection"] == expected["detection"] and report["csv_dialect"] == expected["csv_dialect"]
+    folder = Path(remote.report).parent
+    assert (folder / "report.html").exists() and any((folder / "data_docs").rglob("*.html"))
+
+    def table(outcome):
+        return DeltaTable(outcome.table).to_pyarrow_table().sort_by(ROW_ID).drop_columns([RUN_ID])
+
+    assert table(remote).equals(table(here))
+
+
+@pytest.mark.slow
+def test_training_runs_as_a_job_on_each_engine(tmp_path):
+    """``--task train``: the model is trained by the engine (a Beam pipeline's worker, the
+    Spark driver), once: a second launch finds it and trains nothing."""
+    from lakefill.pipelines.beam_pipeline import main as beam_main
+    from lakefill.pipelines.spark_job import main as spark_main
+
+    flags = [f"--input={EXAMPLES / 'customers.csv'}", f"--schema={EXAMPLES / 'customers.schema.yaml'}",
+             f"--output={tmp_path / 'out'}", "--train_time_budget=20"]
+    assert beam_main(["--task=train", f"--model={tmp_path / 'beam-model'}", *flags]) == 0
+    manifest = json.loads((tmp_path / "beam-model" / "manifest.json").read_text())
+    assert spark_main(["--task", "train", f"--model={tmp_path / 'beam-model'}", *flags]) == 0  # there: kept
+    assert json.loads((tmp_path / "beam-model" / "manifest.json").read_text()) == manifest
 
 
 def _package_dirs() -> set[str]:

@@ -2,12 +2,9 @@
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from conftest import EXAMPLES, ROOT, demo_job
 from lakefill.pipelines.beam_pipeline import run_beam
 from lakefill.pipelines.spark_job import parse_spark_args, run_spark
 from lakefill.errors import ConfigError
+from lakefill.testing import SparkCluster
 from lakefill.transforms.io import ROW_ID, read_raw
 
 pytestmark = pytest.mark.slow
@@ -94,84 +92,9 @@ def test_spark_arguments_are_checked():
 
 # -- a real standalone cluster: one master, two workers, each its own process -------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _json(url):
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.loads(r.read())
-
-
-class Cluster:
-    def __init__(self, root: Path):
-        import pyspark
-
-        self.spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
-        self.root = root
-        self.env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-        self.port, self.ui = _free_port(), _free_port()
-        self.url = f"spark://127.0.0.1:{self.port}"
-        self.master = self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                  "--port", str(self.port), "--webui-port", str(self.ui))
-        self._wait(lambda s: True, what="master")
-        self.workers = [self._start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.url, "--host",
-                                    "127.0.0.1", "--cores", "1", "--memory", "2g", "--webui-port", "0",
-                                    "--work-dir", str(root / f"work{i}")) for i in range(2)]
-        self._wait(lambda s: s["aliveworkers"] == 2, what="two workers")
-
-    def _start(self, name, cls, *args):
-        log = open(self.root / f"{name}.log", "w")
-        return subprocess.Popen([self.spark_class, cls, *args], stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                start_new_session=True)
-
-    def _wait(self, ok, what, timeout=90):
-        end = time.time() + timeout
-        while time.time() < end:
-            try:
-                if ok(_json(f"http://127.0.0.1:{self.ui}/json/")):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"the standalone cluster's {what} did not come up; see {self.root}")
-
-    def kill_worker(self, i):
-        """The worker and the executor it launched die, as when a machine is lost."""
-        os.killpg(self.workers[i].pid, signal.SIGKILL)
-        for pid in _children(self.workers[i].pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def stop(self):
-        for p in [*self.workers, self.master]:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            child = int(stat.parent.name)
-            out += [child, *_children(child)]
-    return out
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    c = SparkCluster(tmp_path_factory.mktemp("cluster"))
     yield c
     c.stop()
 
@@ -186,7 +109,7 @@ def _parquet_job(tmp_path, model, run_id, rows_per_group=25):
     return path, raw.num_rows
 
 
-def _submit(job: Path, cluster: Cluster, tmp_path: Path):
+def _submit(job: Path, cluster: SparkCluster, tmp_path: Path):
     """The job as spark-submit would run it: its own driver process, against the cluster."""
     log = open(tmp_path / "driver.log", "w")
     return subprocess.Popen([sys.executable, "-m", "lakefill.pipelines.spark_job", str(job), "--master", cluster.url,

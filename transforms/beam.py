@@ -151,18 +151,25 @@ class RunStep(beam.DoFn):
                 raise ValueError(f"step {self.step.name!r} uses the model: give RunStep a LakefillModelHandler")
             load = self.handler.load_model  # one model per worker process (LakefillModelHandler.load_model)
         self.rt = Runtime(load)
+        self._fitted: tuple | None = None
 
-    def process(self, batch: pa.Table):
-        yield from _emit(run_step(self.step, batch, self.rt))
+    def process(self, batch: pa.Table, policy: dict | None = None):
+        step = self.step
+        if policy is not None:  # the null policy fitted on a worker (a remote launch): this step takes it
+            if self._fitted is None or self._fitted[0] is not policy:
+                self._fitted = (policy, step.with_policy(policy))
+            step = self._fitted[1]
+        yield from _emit(run_step(step, batch, self.rt))
 
 
 class RunPlan(beam.PTransform):
     """Typed or raw batches through every step of the plan, each its own named step of the
     pipeline. Returns {'main': batches, 'quarantine': [lists per step], 'counters': [dicts per step]}."""
 
-    def __init__(self, plan: StagePlan, handler: "LakefillModelHandler"):
+    def __init__(self, plan: StagePlan, handler: "LakefillModelHandler", policy=None):
         super().__init__()
         self.plan, self.handler = plan, handler
+        self.policy = policy  # a PCollection of one fitted null policy (a remote launch), or None
 
     def expand(self, batches):
         quarantine, counters = [], []
@@ -170,7 +177,9 @@ class RunPlan(beam.PTransform):
             if step.inference:
                 out = batches | step.name >> Impute(self.handler.with_step(step))
             else:
-                out = batches | step.name >> beam.ParDo(RunStep(step, self.handler)).with_outputs(
+                side = ({"policy": beam.pvalue.AsSingleton(self.policy)}
+                        if self.policy is not None and hasattr(step, "with_policy") else {})
+                out = batches | step.name >> beam.ParDo(RunStep(step, self.handler), **side).with_outputs(
                     QUARANTINE, COUNTERS, main="main")
             batches = out["main"]
             quarantine.append(out[QUARANTINE])

@@ -115,6 +115,10 @@ class Detect(Step):
         self.policy, self.schema = policy, schema
         self._key = ("detect", _digest(policy, schema))
 
+    def with_policy(self, policy: dict) -> "Detect":
+        """The same step with another fitted policy (one fitted on a worker, for a remote launch)."""
+        return Detect(policy, self.schema)
+
     def _policy(self) -> tuple[NullPolicy, TableSchema]:
         def build():
             schema = TableSchema.model_validate(self.schema)

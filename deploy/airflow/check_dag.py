@@ -1,12 +1,14 @@
 """Checks the lakefill DAG inside Airflow's own virtual environment (run by tests/test_deploy.py).
 
-    AIRFLOW_HOME=TMP python deploy/airflow/check_dag.py --lakefill-bin .venv/bin/lakefill --job JOB.yaml \\
-        --output OUT [--run]
+    AIRFLOW_HOME=TMP python deploy/airflow/check_dag.py SPEC.json [--run]
 
-1. the DagBag imports with no errors; 2. the task graph is the expected one; the shell commands
-rendered with hostile params (printed for the test to split); 3. (--run)
-``dag.test()`` runs the DAG end to end with the local Beam Direct runner on the given job.
-Prints one JSON line with what it saw; exits non-zero on any failure.
+SPEC.json: {"render": {params}, "runs": [{params}, ...]}.
+1. the DagBag imports with no errors; 2. the task graph is the expected one; 3. what each engine's
+tasks get from the ``render`` params: the spark-submit command (the Spark provider's own hook
+builds it, with the ``spark_default`` connection), the Beam command line (the Beam provider's
+option rendering) and the Dataflow Flex Template launch bodies; 4. (--run) ``dag.test()`` with
+each of ``runs``: the task states and the Asset events the run emitted. Prints one JSON line
+with what it saw; exits non-zero on any failure.
 """
 
 import argparse
@@ -15,8 +17,13 @@ import sys
 from pathlib import Path
 
 EXPECTED = {
-    "ensure_model": ["choose_engine"],
-    "choose_engine": ["run_beam_local", "run_dataflow", "run_spark"],
+    "job_parameters": ["check_report", "choose_engine", "run_beam_local", "run_dataflow", "run_spark",
+                       "train_beam_local", "train_dataflow", "train_spark"],
+    "choose_engine": ["run_beam_local", "run_dataflow", "run_spark", "train_beam_local", "train_dataflow",
+                      "train_spark"],
+    "train_dataflow": ["run_dataflow"],
+    "train_spark": ["run_spark"],
+    "train_beam_local": ["run_beam_local"],
     "run_dataflow": ["check_report"],
     "run_spark": ["check_report"],
     "run_beam_local": ["check_report"],
@@ -24,14 +31,31 @@ EXPECTED = {
 }
 
 
+def rendered(dag, params: dict) -> dict:
+    """What each engine's tasks would run with ``params`` (nothing is run)."""
+    from airflow.providers.apache.beam.hooks.beam import beam_options_to_args
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    full = {**dag.params.dump(), **params}
+    out = dag.get_task("job_parameters").python_callable(params=full, ds_nodash="20260101")
+    spark = dag.get_task("run_spark")
+    beam = dag.get_task("run_beam_local")
+    seen = {"run_id": out["run_id"], "dataflow": {"train": out["dataflow_train"], "run": out["dataflow_run"]}}
+    for task in ("train", "run"):
+        hook = SparkSubmitHook(conf=out["spark_conf"], application_args=out[f"spark_{task}"], name=spark.name,
+                               conn_id=spark._conn_id)
+        seen[f"spark_{task}"] = hook._build_spark_submit_command(spark.application)
+        seen[f"beam_{task}"] = [full["python"], beam.py_file,
+                                *beam_options_to_args({**out[f"beam_{task}"], "runner": beam.runner})]
+    return seen
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--lakefill-bin", required=True)
-    ap.add_argument("--job", required=True)
-    ap.add_argument("--output", required=True)
-    ap.add_argument("--workdir", required=True)
+    ap.add_argument("spec")
     ap.add_argument("--run", action="store_true")
     args = ap.parse_args()
+    spec = json.loads(Path(args.spec).read_text())
 
     from airflow.dag_processing.dagbag import DagBag
 
@@ -48,24 +72,25 @@ def main() -> int:
     if not out["graph_ok"]:
         print(json.dumps(out))
         return 1
-    # every shell command rendered by Airflow's own Jinja with hostile params: each must stay one word
-    hostile = "x; touch /tmp/pwned $(id) `id`"
-    env = dag.get_template_env()
-    params = {"job": hostile, "model": hostile, "output": hostile, "run_id": hostile, "lakefill_bin": "lakefill",
-              "train_if_needed": True, "workdir": "."}
-    out["rendered"] = {t.task_id: env.from_string(t.bash_command).render(params=params, ds_nodash="20260101")
-                       for t in dag.tasks if hasattr(t, "bash_command")}
-    out["hostile"] = hostile
+    out["rendered"] = rendered(dag, spec["render"])
+    out["runs"] = []
     if args.run:
-        conf = {"job": args.job, "output": args.output, "run_id": "airflow-test", "engine": "beam-local",
-                "lakefill_bin": args.lakefill_bin, "workdir": args.workdir, "train_if_needed": True}
-        dr = dag.test(run_conf=conf)
-        states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
-        out["run_state"], out["task_states"] = str(dr.state), states
-        if str(dr.state) != "success":
-            print(json.dumps(out))
-            return 1
-    print(json.dumps(out))
+        from airflow.models.asset import AssetEvent
+        from airflow.utils.session import create_session
+
+        for task in dag.tasks:  # a failure shows at once (the DAG's retries wait 5 minutes each)
+            task.retries = 0
+        for conf in spec["runs"]:
+            dr = dag.test(run_conf=conf)
+            states = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+            with create_session() as session:
+                events = [{"uri": e.uri, "extra": e.extra} for e in session.query(AssetEvent).all()
+                          if (e.extra or {}).get("run_id") == conf.get("run_id")]
+            out["runs"].append({"state": str(dr.state), "task_states": states, "asset_events": events})
+            if str(dr.state) != "success":
+                print(json.dumps(out, default=str))
+                return 1
+    print(json.dumps(out, default=str))
     return 0
 
 

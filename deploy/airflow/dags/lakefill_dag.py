@@ -1,26 +1,106 @@
-"""Airflow 3 DAG: train the lakefill model if needed, run the stage on Dataflow, Spark or the
-local Beam Direct runner, then check the run report.
+"""Airflow 3 DAG: the lakefill stage as a job on Dataflow, on Spark or on the local Beam Direct
+runner; the model trained as a job on the same engine when it is missing; the run report read
+from the lake and checked; the table emitted as an Airflow Asset.
 
-Retries are safe: the lake commit is idempotent per run id (default: ``lakefill-<logical date>``),
-so a retried or re-triggered run never writes a row twice.
+    job_parameters -> choose_engine -> train_<engine> (when train_if_needed) -> run_<engine> -> check_report
 
-Airflow runs in its own virtual environment; the pipeline runs in the pipeline's environment
-(``lakefill_bin``: its ``lakefill`` command) or, on Dataflow and Spark, on the cluster.
+- Dataflow: ``DataflowStartFlexTemplateOperator`` launches the Flex Template
+  (``deploy/dataflow``) with ``task=train`` then ``task=run``; the launcher reads no record and
+  trains nothing (the workers do). Params ``dataflow_options``: project, region, template (the
+  template spec's gs:// path), image, temp_location, service_account, machine_type, network,
+  subnetwork, and ``environment`` (more ``FlexTemplateRuntimeEnvironment`` fields).
+- Spark: ``SparkSubmitOperator`` on the connection ``spark_default`` (its master and deploy
+  mode) with ``spark_conf``; ``spark_env_archive`` (``deploy/spark/package.sh``'s packed
+  environment on a store) is unpacked by the executors (``spark.archives``) and their Python
+  runs from it; ``python`` is the driver's Python in client mode.
+- beam-local: ``BeamRunPythonPipelineOperator`` with the Direct runner, run by the pipeline
+  environment's Python (``python``; Airflow's own environment has no lakefill).
+
+Every path param may be an object-store URI (``s3://``, ``gs://``, ``abfss://``): the job config
+(``job``, optional; the other params override its fields), input, schema, model and output
+are read by the engine with its own credentials (``storage_options`` adds endpoints or keys).
+``check_report`` reads ``OUTPUT/reports/RUN_ID/report.json`` through Airflow's object storage
+(the connection ``storage_conn_id``) and fails the DAG run if the run committed nothing, lost
+rows or quarantined over its share. Retries are safe: the lake commit is idempotent per run id
+(default ``lakefill-<logical date>``).
 """
 
 from __future__ import annotations
 
-import shlex
+import json
 from datetime import datetime
+from pathlib import Path
 
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG, Param, task
+from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
+from airflow.sdk import DAG, Asset, AssetAlias, ObjectStoragePath, Param, task
 
-RUN_ID = "{{ params.run_id or ('lakefill-' + ds_nodash) }}"
-# in a shell command every param is quoted (the `sh` filter is shlex.quote): no param becomes shell code
-RUN_ID_SH = "{{ (params.run_id or ('lakefill-' + ds_nodash)) | sh }}"
+# the entry points the engines run (this DAG's folder travels with it; lakefill_entry is in .airflowignore)
+ENTRY = Path(__file__).resolve().parent / "lakefill_entry"
+TABLES = AssetAlias("lakefill-tables")  # each run emits its table's Asset (the output's table URI) through it
+JOB_FIELDS = ("job", "input", "schema", "model", "output", "run_id")
+ENVIRONMENT = {"temp_location": "tempLocation", "service_account": "serviceAccountEmail",
+               "machine_type": "machineType", "network": "network", "subnetwork": "subnetwork"}
+
+
+class PipelineEnvBeamOperator(BeamRunPythonPipelineOperator):
+    """The Beam operator, with the interpreter as a param: the pipeline environment's Python."""
+    template_fields = (*BeamRunPythonPipelineOperator.template_fields, "py_interpreter")
+
+
+def job_flags(params: dict, run_id: str) -> dict[str, str]:
+    """The job's fields as the engines' flags take them (``--FIELD=VALUE``; the Flex Template's
+    parameters): lists joined with commas, objects as JSON, empty values left out."""
+    fields = {k: params.get(k) for k in JOB_FIELDS}
+    fields["run_id"] = run_id
+    fields.update(params.get("job_options") or {})
+    if params.get("storage_options"):
+        fields["storage_options"] = params["storage_options"]
+    out = {}
+    for key, value in fields.items():
+        if value is None or value == "" or value == [] or value == {}:
+            continue
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        elif isinstance(value, dict):
+            value = json.dumps(value, sort_keys=True)
+        out[key] = str(value)
+    return out
+
+
+def dataflow_request(params: dict, flags: dict[str, str], task_name: str, run_id: str) -> dict:
+    """The ``flexTemplates.launch`` body of one task (train or run)."""
+    opts = params.get("dataflow_options") or {}
+    missing = [k for k in ("project", "region", "template") if not opts.get(k)]
+    if missing:
+        raise ValueError(f"engine dataflow needs dataflow_options {missing} (the template: deploy/dataflow/build.sh)")
+    if not str(opts["template"]).startswith("gs://"):
+        raise ValueError(f"dataflow_options.template must be the gs:// path of the template spec, got {opts['template']!r}")
+    environment = {ENVIRONMENT[k]: opts[k] for k in ENVIRONMENT if opts.get(k)}
+    if opts.get("image"):
+        environment["sdkContainerImage"] = opts["image"]
+    environment.update(opts.get("environment") or {})
+    name = "".join(c if c.isalnum() else "-" for c in f"lakefill-{task_name}-{run_id}".lower()).strip("-")[:60]
+    return {"launchParameter": {"jobName": name, "containerSpecGcsPath": opts["template"],
+                                "parameters": {**flags, "task": task_name}, "environment": environment}}
+
+
+def spark_settings(params: dict) -> dict[str, str]:
+    """``spark-submit --conf`` settings: the params' ``spark_conf`` over lakefill's; with a packed
+    environment the executors run its Python (``spark.archives``, unpacked as ``environment``)."""
+    python = params.get("python") or "python3"
+    conf = {"spark.sql.execution.arrow.pyspark.enabled": "true", "spark.pyspark.driver.python": python}
+    if params.get("spark_env_archive"):
+        conf["spark.archives"] = f"{params['spark_env_archive']}#environment"
+        conf["spark.pyspark.python"] = "./environment/bin/python"
+    else:
+        conf["spark.pyspark.python"] = python
+    conf.update({k: str(v) for k, v in (params.get("spark_conf") or {}).items()})
+    return conf
+
 
 with DAG(
     dag_id="lakefill",
@@ -31,71 +111,106 @@ with DAG(
     max_active_runs=1,
     default_args={"retries": 2},
     tags=["lakefill", "data-quality"],
-    user_defined_filters={"sh": shlex.quote},
     params={
-        "job": Param("pipelines/examples/demo.yaml", type="string", description="lakefill job config (YAML)"),
-        "output": Param("", type="string", description="output folder; empty: the job config's"),
-        "run_id": Param("", type="string", description="run id; empty: lakefill-<logical date>"),
         "engine": Param("beam-local", enum=["dataflow", "spark", "beam-local"]),
-        "model": Param("", type="string", description="model folder; empty: the job config's"),
-        "train_if_needed": Param(True, type="boolean"),
-        "lakefill_bin": Param("lakefill", type="string", description="the pipeline environment's lakefill command"),
-        "workdir": Param(".", type="string", description="the lakefill checkout (for relative paths)"),
-        "dataflow_options": Param({}, type="object", description="Beam pipeline options for Dataflow"),
+        "job": Param("", type="string", description="job config (YAML), a path or URI the engine reads; optional"),
+        "input": Param("", type="string", description="input file, folder or glob (URI); empty: the job's"),
+        "schema": Param("", type="string", description="schema file (URI); empty: the job's"),
+        "model": Param("", type="string", description="model folder (URI); empty: the job's"),
+        "output": Param("", type="string", description="the lake folder (URI): table, quarantine, reports; "
+                                                       "required (the report is read from it)"),
+        "run_id": Param("", type="string", description="run id; empty: lakefill-<logical date>"),
+        "storage_options": Param({}, type="object", description="the job's storage_options (endpoints, flags)"),
+        "job_options": Param({}, type="object", description="any other job field, e.g. {\"partition_by\": [\"region\"]}"),
+        "train_if_needed": Param(True, type="boolean", description="train the model as a job when it is missing"),
+        "python": Param("python3", type="string", description="the pipeline environment's Python (beam-local; "
+                                                               "Spark's driver in client mode)"),
+        "dataflow_options": Param({}, type="object", description="project, region, template, image, temp_location, "
+                                                                  "service_account, machine_type, network, "
+                                                                  "subnetwork, environment"),
         "spark_conf": Param({}, type="object", description="spark-submit --conf settings"),
+        "spark_env_archive": Param("", type="string", description="packed environment (.tar.gz URI) for executors"),
+        "storage_conn_id": Param("", type="string", description="Airflow connection to read the report with "
+                                                                "(e.g. aws_default); empty: the scheme's default"),
     },
 ) as dag:
 
-    ensure_model = BashOperator(
-        task_id="ensure_model",
-        cwd="{{ params.workdir }}",
-        bash_command=(
-            "{{ params.lakefill_bin | sh }} train --job {{ params.job | sh }} --quiet"
-            "{% if params.model %} --out {{ params.model | sh }}{% endif %}"
-            "{% if params.train_if_needed %} --if-missing{% else %} --check-only{% endif %}"
-        ),
-    )
+    @task(task_id="job_parameters", multiple_outputs=True)
+    def job_parameters(params=None, **context) -> dict:
+        """Every param rendered once into what each engine's task takes."""
+        if not params["output"]:
+            raise ValueError("param output is required: the lake folder the job writes and the report is read from")
+        run_id = params["run_id"] or "lakefill-" + context["ds_nodash"]
+        flags = job_flags(params, run_id)
+        # the beam pipeline's own options are its flags; the operator adds --runner
+        beam = {**flags, "direct_running_mode": "in_memory"}
+        args = [f"--{k}={v}" for k, v in flags.items()]
+        out = {"run_id": run_id, "flags": flags, "spark_conf": spark_settings(params),
+               "spark_train": ["--task", "train", *args], "spark_run": ["--task", "run", *args],
+               "beam_train": {**beam, "task": "train"}, "beam_run": {**beam, "task": "run"}}
+        if params["engine"] == "dataflow":
+            out["dataflow_train"] = dataflow_request(params, flags, "train", run_id)
+            out["dataflow_run"] = dataflow_request(params, flags, "run", run_id)
+        else:
+            out["dataflow_train"] = out["dataflow_run"] = {}
+        return out
+
+    job = job_parameters()
 
     @task.branch(task_id="choose_engine")
     def choose_engine(params=None):
-        return {"dataflow": "run_dataflow", "spark": "run_spark", "beam-local": "run_beam_local"}[params["engine"]]
+        name = {"dataflow": "dataflow", "spark": "spark", "beam-local": "beam_local"}[params["engine"]]
+        return ([f"train_{name}"] if params["train_if_needed"] else []) + [f"run_{name}"]
 
-    run_dataflow = BeamRunPythonPipelineOperator(
-        task_id="run_dataflow",
-        py_file="pipelines/beam_pipeline.py",
-        runner="DataflowRunner",
-        pipeline_options={"job": "{{ params.job }}", "run_id": RUN_ID, "setup_file": "./setup.py"},
-        default_pipeline_options={},
-        dataflow_config={"job_name": "lakefill-{{ ds_nodash }}", "wait_until_finished": True},
-    )
+    branch = choose_engine()
+    after_train = {"trigger_rule": "none_failed_min_one_success"}  # runs when its training was skipped too
+    flex = {"location": "{{ params.dataflow_options.region }}", "project_id": "{{ params.dataflow_options.project }}",
+            "wait_until_finished": True}
+    train_dataflow = DataflowStartFlexTemplateOperator(task_id="train_dataflow", body=job["dataflow_train"], **flex)
+    run_dataflow = DataflowStartFlexTemplateOperator(task_id="run_dataflow", body=job["dataflow_run"], **flex,
+                                                     **after_train)
+    spark = {"application": str(ENTRY / "spark_main.py"), "conf": job["spark_conf"], "name": "lakefill",
+             "conn_id": "spark_default"}
+    train_spark = SparkSubmitOperator(task_id="train_spark", application_args=job["spark_train"], **spark)
+    run_spark = SparkSubmitOperator(task_id="run_spark", application_args=job["spark_run"], **spark, **after_train)
+    beam = {"py_file": str(ENTRY / "beam_main.py"), "runner": "DirectRunner", "py_interpreter": "{{ params.python }}"}
+    train_beam_local = PipelineEnvBeamOperator(task_id="train_beam_local", pipeline_options=job["beam_train"], **beam)
+    run_beam_local = PipelineEnvBeamOperator(task_id="run_beam_local", pipeline_options=job["beam_run"], **beam,
+                                             **after_train)
 
-    run_spark = SparkSubmitOperator(
-        task_id="run_spark",
-        application="{{ params.workdir }}/pipelines/spark_job.py",
-        application_args=["{{ params.job }}", "--run-id", RUN_ID],
-        conf={"spark.sql.execution.arrow.pyspark.enabled": "true"},
-        name="lakefill",
-    )
+    @task(task_id="check_report", trigger_rule="none_failed_min_one_success", outlets=[TABLES])
+    def check_report(lakefill_run: str, params=None, outlet_events=None):
+        """Fail the DAG run if the run did not commit, lost rows, or quarantined too much; emit
+        the table's Asset with the run's counts."""
+        run_id, output = lakefill_run, params["output"].rstrip("/")
+        uri = output if "://" in output else "file://" + output
+        path = ObjectStoragePath(f"{uri}/reports/{run_id}/report.json", conn_id=params["storage_conn_id"] or None)
+        report = json.loads(path.read_text())
+        problems = report_problems(report)
+        if problems:
+            raise RuntimeError(f"run {run_id} failed its report check ({path}): " + "; ".join(problems))
+        counts = report["counts"]
+        outlet_events[TABLES].add(Asset(f"{uri}/table"), extra={"run_id": run_id, **counts})
+        return counts
 
-    run_beam_local = BashOperator(
-        task_id="run_beam_local",
-        cwd="{{ params.workdir }}",
-        bash_command="{{ params.lakefill_bin | sh }} run {{ params.job | sh }} --engine beam --run-id " + RUN_ID_SH
-                     + "{% if params.output %} --output {{ params.output | sh }}{% endif %}",
-    )
+    def report_problems(report: dict) -> list[str]:
+        """Why the run's report fails the check (the checks of ``lakefill report --check``)."""
+        c, problems = report.get("counts", {}), []
+        if c.get("rows_in") != c.get("rows_written", 0) + c.get("rows_quarantined", 0):
+            problems.append(f"rows lost: {c}")
+        limit = (report.get("config") or {}).get("max_quarantine_share")
+        if limit is not None and c.get("rows_quarantined", 0) > limit * max(c.get("rows_in") or 1, 1):
+            problems.append(f"quarantined {c.get('rows_quarantined')} of {c.get('rows_in')} rows, over {limit:.1%}")
+        if not report.get("committed") and not report.get("already_committed"):
+            problems.append("the run committed nothing to the table")
+        over = [col for col, v in (report.get("column_shares") or {}).items() if v.get("over")]
+        if over:
+            problems.append(f"columns {over} imputed over their max_imputed_share")
+        return problems
 
-    @task(task_id="check_report", trigger_rule="none_failed_min_one_success")
-    def check_report(params=None, ti=None, **context):
-        """Fail the DAG run if the run did not commit, lost rows, or quarantined too much."""
-        import subprocess
-
-        run_id = params["run_id"] or "lakefill-" + context["ds_nodash"]
-        out = subprocess.run([params["lakefill_bin"], "report", "--job", params["job"], "--run-id", run_id,
-                              "--check"] + (["--output", params["output"]] if params["output"] else []),
-                             cwd=params["workdir"], capture_output=True, text=True)
-        print(out.stdout)
-        if out.returncode != 0:
-            raise RuntimeError(f"run {run_id} failed its report check:\n{out.stdout}\n{out.stderr}")
-        return out.stdout.strip().splitlines()[-1]
-
-    ensure_model >> choose_engine() >> [run_dataflow, run_spark, run_beam_local] >> check_report()
+    check = check_report(job["run_id"])
+    job >> branch
+    branch >> [train_dataflow, run_dataflow, train_spark, run_spark, train_beam_local, run_beam_local]
+    train_dataflow >> run_dataflow >> check
+    train_spark >> run_spark >> check
+    train_beam_local >> run_beam_local >> check
