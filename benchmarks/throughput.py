@@ -1,6 +1,6 @@
 """Protocol D (docs/benchmarks.md): rows per second of the stage, per engine.
 
-    python -m benchmarks.throughput --engine beam|spark|core --rows N --json OUT.json
+    python -m benchmarks.throughput --engine beam|spark|core --rows N [--device cpu|gpu] --json OUT.json
 
 The input is ``tabular/letter.csv`` resampled to N rows (seeded) with 20% of the cells blanked
 at random (MCAR), written once as Parquet (row groups of 25,000 rows) under the cache folder.
@@ -19,6 +19,13 @@ server on 127.0.0.1 (moto's server mode, ``lakefill.testing.S3Server``), in the 
 stage on local disk, then the stage on local disk once more (both warm); the JSON adds
 ``store``, ``store_stage_rows_per_s``, ``local_warm_stage_rows_per_s`` and ``store_ratio``
 (store / the warm local run).
+
+Every run also measures, on the same input: the stage with the job's ``impute: false`` (read,
+detect, validate, write: ``no_model_rows_per_s``), the model alone (``Imputer.impute`` in this
+process on the stage's own parsed batches: ``model_only_rows_per_s``), the model's FLOPs per row
+(torch's FlopCounterMode) and the machine's dense fp32 matmul rate with the same threads, and
+the ratios ``stage_to_model``, ``no_model_to_passthrough`` and ``model_to_machine``.
+``--device gpu`` runs the model on the GPU (``benchmarks/gpu.sh`` runs the GPU set).
 
 Every figure is wall-clock on this machine and printed with the machine's description.
 """
@@ -42,6 +49,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 LETTER = ROOT.parent / "shared" / "data" / "tabular" / "letter.csv"
 CACHE = ROOT / "benchmarks" / ".cache"
+DEVICE = ["cpu"]  # --device: where the model runs in every job of the run (cpu | gpu)
 
 
 def machine() -> str:
@@ -134,7 +142,7 @@ def job(input_path: Path, out: Path, run_id: str, **extra):
     model, schema = model_and_schema()
     return JobConfig.model_validate({"input": str(input_path), "schema": str(schema), "model": str(model),
                                      "output": str(out), "run_id": run_id, "mode": "overwrite",
-                                     "max_quarantine_share": 1.0, **extra})
+                                     "max_quarantine_share": 1.0, "device": DEVICE[0], **extra})
 
 
 def bench_store(engine: str, path: Path, rows: int, args: list[str]) -> dict:
@@ -182,7 +190,7 @@ def _core_stage(cfg) -> tuple:
     t0 = time.perf_counter()
     prep = prepare(cfg, log=lambda *_: None)
     prepare_s = time.perf_counter() - t0
-    imputer = Imputer(prep.artifact, device="cpu")
+    imputer = Imputer(prep.artifact, device=cfg.device) if prep.artifact is not None else None
     plan, rt = plan_for(prep), Runtime(lambda: imputer)
     run_steps(plan.steps, prep.sample.table.slice(0, 100), rt)  # builds the validators once, as a worker does
     steps: dict[str, float] = {}
@@ -239,6 +247,89 @@ def bench_baselines(path: Path, n: int = 20_000) -> dict:
     return out
 
 
+def matmul_rate(device: str = "cpu", n: int = 2048, repeats: int = 8) -> float:
+    """The machine's dense fp32 matmul rate (FLOP/s) with torch's threads as they are set:
+    ``repeats`` products of two n x n matrices, after one warm-up."""
+    import torch
+
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    (a @ b).sum().item()
+    sync()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        c = a @ b
+    sync()
+    seconds = time.perf_counter() - t
+    del c
+    return 2 * n ** 3 * repeats / seconds
+
+
+def flops_per_row(imputer, batch: pa.Table) -> float:
+    """The model's FLOPs per row in ``Imputer.impute`` (torch's FlopCounterMode counts every
+    matmul and convolution of the forward passes on ``batch``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        imputer.impute(batch)
+    return counter.get_total_flops() / max(batch.num_rows, 1)
+
+
+def model_cost(path: Path, rows: int, device: str = "cpu", cap: int = 1_000_000) -> dict:
+    """The model alone, in this process, on the stage's own parsed batches: the first ``cap``
+    rows read, detected and pre-validated as the stage does (``detect``, ``validate_pre``), then
+    ``Imputer.impute`` timed on those batches alone; its FLOPs per row; the machine's matmul
+    rate with the same threads; and the model's share of that rate."""
+    import torch
+
+    from lakefill.pipelines.launcher import plan_for, prepare
+    from lakefill.transforms.impute import Imputer
+    from lakefill.transforms.io import iter_raw
+    from lakefill.transforms.plan import Runtime, run_steps
+
+    cfg = job(path, CACHE / "model-only-out", "model-only", device=device)
+    prep = prepare(cfg, log=lambda *_: None)
+    imputer = Imputer(prep.artifact, device=cfg.device)
+    plan, rt = plan_for(prep), Runtime(lambda: imputer)
+    head = [s for s in plan.steps if s.name in ("detect", "validate_pre")]
+    batches, n = [], 0
+    for chunk in iter_raw(cfg.input, batch_rows=cfg.batch_size):
+        batches.append(run_steps(head, chunk.table, rt).table)
+        n += batches[-1].num_rows
+        if n >= min(cap, rows):
+            break
+    imputer.impute(batches[0].slice(0, 1000))  # warm (first call allocates)
+    t = time.perf_counter()
+    for b in batches:
+        imputer.impute(b)
+    seconds = time.perf_counter() - t
+    per_row = flops_per_row(imputer, batches[0].slice(0, 10_000))
+    rate = matmul_rate(device)
+    model_rps = n / seconds
+    return {"model_only_rows_per_s": model_rps, "model_only_rows": n, "model_only_seconds": round(seconds, 3),
+            "model_only_process": "this process (the launcher's), torch threads " + str(torch.get_num_threads()),
+            "model_flops_per_row": round(per_row, 1), "matmul_flops_per_s": round(rate, 1),
+            "model_to_machine": round(model_rps * per_row / rate, 4)}
+
+
+def no_model_run(engine: str, path: Path, rows: int, args: list[str]) -> float:
+    """The stage with imputation and refinement off (the job's ``impute: false``: read, detect,
+    validate, write), rows/s, on the same engine."""
+    if engine == "core":  # the loop alone, as the core stage's figure
+        return rows / _core_stage(job(path, CACHE / "core-out-no-model", "no-model", impute=False))[2]
+    t = time.perf_counter()
+    if engine == "beam":
+        from lakefill.pipelines.beam_pipeline import run_beam
+
+        run_beam(job(path, CACHE / f"beam-out-no-model-{rows}", "no-model", impute=False), args, log=lambda *_: None)
+    else:
+        from lakefill.pipelines.spark_job import run_spark
+
+        run_spark(job(path, CACHE / f"spark-out-no-model-{rows}", "no-model", impute=False), args, log=lambda *_: None)
+    return rows / (time.perf_counter() - t)
+
+
 def bench_beam(path: Path, rows: int, beam_args: list[str]) -> dict:
     import apache_beam as beam
 
@@ -291,9 +382,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--store", choices=["local", "s3"], default="local",
                     help="s3: also run the stage with every path on an S3 server on loopback (beam, spark)")
+    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                    help="where the model runs (gpu: a CUDA GPU torch can see, else refused before any work)")
     args, extra = ap.parse_known_args(argv)
     if args.store != "local" and args.engine == "core":
         ap.error("--store s3 needs --engine beam or spark (the core benchmark writes no lake)")
+    if args.device == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            ap.error("--device gpu: torch sees no CUDA GPU on this machine (torch.cuda.is_available() is false)")
+    DEVICE[0] = args.device
     path = make_input(args.rows)
     model_and_schema()
     if args.engine == "core":
@@ -302,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         res = bench_beam(path, args.rows, extra)  # default: the Direct runner's defaults (in-memory, one worker)
     else:
         res = bench_spark(path, args.rows, extra)
+    # the extended figures (same run): the stage without the model, the model alone, the machine
+    res["no_model_rows_per_s"] = no_model_run(args.engine, path, args.rows, extra)
+    res.update(model_cost(path, args.rows, args.device))
     if args.store != "local":
         res.update(bench_store(args.engine, path, args.rows, extra))
         res["store"] = args.store
@@ -311,8 +413,11 @@ def main(argv: list[str] | None = None) -> int:
            "passthrough_rows_per_s": None if passthrough is None else round(passthrough, 1),
            "ratio": None,
            "machine": machine(), **res}
+    out["device"] = args.device
     if passthrough is not None:
         out["ratio"] = round(out["stage_rows_per_s"] / passthrough, 3)
+        out["no_model_to_passthrough"] = round(out["no_model_rows_per_s"] / passthrough, 3)
+    out["stage_to_model"] = round(out["stage_rows_per_s"] / out["model_only_rows_per_s"], 3)
     print(f"engine {out['engine']}, {out['rows']:,} rows, on {out['machine']}")
     print(f"  stage        : {out['stage_rows_per_s']:>12,.0f} rows/s")
     if passthrough is not None:
@@ -322,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  stage on {out['store']:<5}: {out['store_stage_rows_per_s']:>12,.0f} rows/s "
               f"({out['store_ratio']:.2f}x the stage on local disk run after it: "
               f"{out['local_warm_stage_rows_per_s']:,.0f} rows/s)")
+    print(f"  no model     : {out['no_model_rows_per_s']:>12,.0f} rows/s (impute: false)"
+          + (f", {out['no_model_to_passthrough']:.3f}x the pass-through" if passthrough is not None else ""))
+    print(f"  model alone  : {out['model_only_rows_per_s']:>12,.0f} rows/s on {out['device']} "
+          f"(the stage is {out['stage_to_model']:.3f}x it); {out['model_flops_per_row']:,.0f} FLOPs/row, "
+          f"{out['model_to_machine']:.3f}x the machine's matmul rate ({out['matmul_flops_per_s'] / 1e9:,.1f} GFLOP/s)")
     for k in ("impute_rows_per_s", "impute_rows_per_s_per_core", "reverse_rows_per_s"):
         if out.get(k):
             print(f"  {k:<27}: {out[k]:>12,.0f}")

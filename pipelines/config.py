@@ -47,6 +47,8 @@ class JobConfig(BaseModel):
     run_id: str | None = None
     confidence_threshold: float = Field(default=0.15, ge=0.0, le=1.0,
                                         description="rows under it are refined by reverse training")
+    impute: bool = Field(default=True, description="false: detect, validate and write only; nulls stay null, no "
+                         "model is read or trained (a validation run)")
     refine: bool = True
     adapt: bool = Field(default=False, description="fine-tune a copy of the model's networks on the run's first "
                         "sample_rows records before the run; if that predicts better on rows kept aside, write it as a "

@@ -46,7 +46,7 @@ class Prepared:
     """What a run needs before it touches a row: refused here if anything is wrong."""
     config: JobConfig
     schema: TableSchema
-    artifact: ModelArtifact
+    artifact: "ModelArtifact | None"  # None: the job's impute is false (no model)
     policy: "NullPolicy | None"  # None: a remote launch, fitted on a worker (``fit_policy``)
     run_id: str
     sample: "RawRead | None"  # the first sample_rows records: the policy is fitted on them, Data Docs show them
@@ -103,6 +103,8 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
     else:
         sample = read_raw(source, limit=config.sample_rows, csv_options=config.csv_options)
         schema, policy = fit_policy(config, sample)
+    if not config.impute:  # a validation run: no model is read or trained
+        return Prepared(config, schema, None, policy, run_id, sample, None)
     model = config.location(config.model)
     if not (model / "manifest.json").exists():
         if not config.train_if_missing:
@@ -269,7 +271,7 @@ def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
     """The stage plan; for a remote launch its ``detect`` step takes the policy a worker fits."""
     cfg = prep.config
     return stage_plan(schema=prep.schema, policy=prep.policy or {}, run_id=prep.run_id, refine=cfg.refine,
-                      confidence_threshold=cfg.confidence_threshold, extra_steps=extra_steps,
+                      confidence_threshold=cfg.confidence_threshold, extra_steps=extra_steps, impute=cfg.impute,
                       adapted_fill=cfg.adapt_rows == "all")  # where the model has adapted networks
 
 

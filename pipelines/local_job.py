@@ -29,9 +29,9 @@ def run_local(config: JobConfig, *, extra_steps: Sequence[Step] = (), log=print)
     cfg, run_id = prep.config, prep.run_id
     out = cfg.out
     plan = plan_for(prep, extra_steps)
-    imputer = Imputer(prep.artifact, device=cfg.device)
+    imputer = Imputer(prep.artifact, device=cfg.device) if prep.artifact is not None else None
     rt = Runtime(lambda: imputer)
-    totals = RunTotals().add({"model_loads": 1})  # prepare loaded it, once
+    totals = RunTotals().add({"model_loads": int(imputer is not None)})  # prepare loaded it, once
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     for chunk in iter_raw(cfg.location(cfg.input), batch_rows=cfg.batch_size, csv_options=cfg.csv_options):

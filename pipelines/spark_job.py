@@ -78,7 +78,8 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
     plan = plan_for(prep, extra_steps)
     t0 = time.perf_counter()
     spark = spark or spark_session(spark_args)
-    model = lf.broadcast_model(spark, cfg.location(cfg.model), prep.schema, device=cfg.device)
+    model = (lf.broadcast_model(spark, cfg.location(cfg.model), prep.schema, device=cfg.device)
+             if prep.artifact is not None else None)  # impute: false reads no model
     rows = lf.run_plan(spark, plan, model, cfg.input, table_uri=out / "table", quarantine_uri=out / "quarantine",
                        run_id=run_id, partition_by=cfg.partition_by, batch_rows=cfg.batch_size,
                        csv_options=cfg.csv_options, options=cfg.storage_options).collect()
@@ -87,7 +88,7 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
     for r in rows:
         totals.add(Parts.from_dict(json.loads(r["parts"])))
     metrics = {"steps": plan.names, "spark": {
-        "parts": len(rows), "spark_master": spark.sparkContext.master, "model_sha256": model.sha256,
+        "parts": len(rows), "spark_master": spark.sparkContext.master, "model_sha256": model.sha256 if model else None,
         "executor_folders": sorted({r["worker"] for r in rows}), "executor_pythons": sorted({r["python"] for r in rows})}}
     done = finalize(totals.sort(), run_id=run_id, engine="spark", output=out, config=config_summary(cfg),
                     max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,

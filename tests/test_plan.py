@@ -159,3 +159,22 @@ def test_a_step_that_needs_the_model_says_so_without_one():
 
     with pytest.raises(RuntimeError, match="needs the model"):
         Impute().run(read_raw(EXAMPLES / "customers.csv").table.slice(0, 3), Runtime())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_validation_run_reads_no_model_and_fills_nothing(engine, request, tmp_path):
+    """``impute: false``: detect, pre-validate, write. The model named does not exist and is not
+    needed; disguised nulls become nulls and stay null; nothing is imputed or refined."""
+    from conftest import run_engine
+
+    cfg = demo_job(tmp_path, tmp_path / "no-model", impute=False, run_id="validate-only")
+    outcome = run_engine(engine, cfg, request)
+    report = json.loads(open(outcome.report).read())
+    assert report["metrics"]["steps"] == ["detect", "validate_pre", "finish"]
+    assert report["committed"] and report["counts"]["rows_written"] == 600
+    assert report["counts"]["cells_imputed"] == 0 and report["metrics"].get("model_loads", 0) == 0
+    assert sum(report["counts"]["disguised_nulls_replaced"].values()) > 0
+    table = _read(outcome.table)
+    assert "_lf_imputed" not in table.column_names and table.column("blood_pressure").null_count > 0
+    assert not (tmp_path / "no-model").exists()

@@ -86,3 +86,73 @@ def test_data_docs_show_the_failures_the_table_and_the_run_and_need_no_network(v
             if "bootstrap" in href:
                 assert (page.parent / href).resolve().exists(), href
     assert (site / "static" / "offline" / "bootstrap.min.css").stat().st_size > 100_000
+
+
+# -- the suite evaluated with Arrow kernels gives GX's own result, row for row ------------------
+
+FUZZ_SCHEMA = TableSchema.model_validate({"name": "fuzz", "columns": [
+    {"name": "id", "type": "id", "unique": True, "nullable": False},
+    {"name": "code", "type": "integer", "unique": True},
+    {"name": "age", "type": "integer", "impute": True, "range": {"min": 0, "max": 120}},
+    {"name": "bp", "type": "numeric", "impute": True, "range": {"min": 40.5, "max": 250}},
+    {"name": "score", "type": "numeric", "nullable": False, "range": {"min": -1, "max": None}},
+    {"name": "color", "type": "categorical", "impute": True, "categories": ["red", "blue", "Grün", "n/a"]},
+    {"name": "plan", "type": "categorical", "nullable": False, "categories": ["a", "b"]},
+    {"name": "note", "type": "text"},
+]})
+
+
+def _fuzz_batch(rng, n: int) -> pa.Table:
+    import numpy as np
+
+    def pick(options, p_null=0.15):
+        return [None if rng.random() < p_null else options[rng.integers(len(options))] for _ in range(n)]
+
+    floats = [float("nan"), float("inf"), -float("inf"), -0.0, 0.0, 40.5, 40.4999, 250.0, 250.0001, 1e300, -1.0,
+              -1.0000001, 99.9]
+    texts = ["red", " red", "RED", "blue", "Grün", "Gru\u0308n", "green", "", "n/a", "N/A", "a", "b", "c", "ä"]
+    names = [c.name for c in FUZZ_SCHEMA.columns]
+    na = [[names[j] for j in range(len(names)) if rng.random() < 0.1] for _ in range(n)]
+    return pa.table({
+        "id": pick([f"k{i}" for i in range(n // 2 + 1)], 0.05),
+        "code": pa.array(pick(list(range(-3, n)) + [2**62], 0.1), pa.int64()),
+        "age": pa.array(pick([-1, 0, 5, 120, 121, 300, 2**40], 0.2), pa.int64()),
+        "bp": pa.array(pick(floats, 0.2), pa.float64()),
+        "score": pa.array(pick(floats, 0.1), pa.float64()),
+        "color": pick(texts), "plan": pick(texts), "note": pick(texts),
+        "_lf_not_applicable": pa.array(na, pa.list_(pa.string())),
+        "_lf_row_id": pa.array(rng.permutation(np.arange(1000, 1000 + n)), pa.int64()),
+    })
+
+
+@pytest.mark.parametrize("stage", ["pre", "post"])
+def test_the_arrow_evaluation_gives_gx_s_own_result_row_for_row(stage):
+    """Over many generated batches with every bad input the schema's expectations meet (nulls,
+    NaN, infinities, -0.0, bounds and just past them, huge integers, duplicates, unknown and
+    unnormalised categories, not-applicable cells), the Arrow kernels and GX quarantine the same
+    rows with the same reasons, in the same order, and count the same failures."""
+    import numpy as np
+
+    arrow, gx = Validator(FUZZ_SCHEMA, stage=stage), Validator(FUZZ_SCHEMA, stage=stage, engine="gx")
+    assert arrow.checks is not None and gx.checks is None
+    assert {c.type for c in arrow.checks} == {"expect_column_values_to_be_between", "expect_column_values_to_be_in_set",
+                                               "expect_column_values_to_be_unique", "expect_column_values_to_not_be_null"}
+    rng = np.random.default_rng(7 if stage == "pre" else 8)
+    for k in range(40):
+        batch = _fuzz_batch(rng, int(rng.integers(1, 120)))
+        good_a, bad_a = arrow.validate(batch)
+        good_g, bad_g = gx.validate(batch)
+        assert good_a.equals(good_g), k
+        assert [(q.row_id, q.reason, q.stage, q.record) for q in bad_a] == \
+               [(q.row_id, q.reason, q.stage, q.record) for q in bad_g], k
+        assert arrow.last_failures == gx.last_failures, k
+    assert arrow.engine_used == {"arrow": 40} and gx.engine_used == {"gx": 40}
+    assert arrow.summary.to_dict() == gx.summary.to_dict() and arrow.summary.rows_failed > 0
+    assert set(arrow.summary.by_expectation) == {c.label for c in arrow.checks}  # every check failed some rows
+
+
+def test_a_suite_with_an_expectation_arrow_does_not_take_runs_in_gx():
+    v = Validator(SCHEMA)  # the user's regex expectation on 'note'
+    assert v.checks is None
+    v.validate(_batch())
+    assert v.engine_used == {"gx": 1}

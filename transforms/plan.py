@@ -216,15 +216,18 @@ class StagePlan:
 
 def stage_plan(*, schema: TableSchema | dict, policy: NullPolicy | dict, run_id: str, refine: bool = True,
                confidence_threshold: float = 0.5, reverse: dict | None = None,
-               extra_steps: Sequence[Step] = (), adapted_fill: bool = False) -> StagePlan:
+               extra_steps: Sequence[Step] = (), adapted_fill: bool = False, impute: bool = True) -> StagePlan:
     """The stage's plan. ``extra_steps`` run after post-validation, before ``finish``, on every engine.
+    ``impute`` false: detect, pre-validate, (your steps), finish: a validation run with no model.
     ``adapted_fill``: every row is filled through the model's adapted networks where it has them."""
     schema_d = schema.model_dump(by_alias=True) if isinstance(schema, TableSchema) else dict(schema)
     policy_d = policy.to_dict() if isinstance(policy, NullPolicy) else dict(policy)
-    steps: list[Step] = [Detect(policy_d, schema_d), Validate(schema_d, "pre"), Impute(adapted_fill)]
-    if refine:
-        steps.append(Refine(confidence_threshold, reverse, adapted_fill))
-    steps.append(Validate(schema_d, "post"))
+    steps: list[Step] = [Detect(policy_d, schema_d), Validate(schema_d, "pre")]
+    if impute:  # without it (a validation run) nothing is filled, so nothing is refined or post-validated
+        steps.append(Impute(adapted_fill))
+        if refine:
+            steps.append(Refine(confidence_threshold, reverse, adapted_fill))
+        steps.append(Validate(schema_d, "post"))
     steps += list(extra_steps)
     steps.append(Finish(run_id))
     names = [s.name for s in steps]

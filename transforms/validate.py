@@ -8,6 +8,14 @@ A cell that detection found to be "not applicable" (listed in the row's ``_lf_no
 is no missing value and no out-of-range one: the schema's range, set and not-null expectations
 check the applicable cells only (a GX ``row_condition`` on a helper flag per column,
 ``not_applicable_<j>_<name>``, computed from that list for each batch).
+
+GX's suite is the definition (and the source of the Data Docs). A suite made only of the four
+row-level expectations the schema emits (between, in set, unique, not null; with their row
+condition) is evaluated per batch with Arrow compute kernels (``compile_suite``), giving the
+rows, reasons, order and counts GX gives (a test compares the two row for row on generated
+batches with every bad input); a suite with any other expectation (a user's regex, a
+table-level check) runs in GX, as does a batch whose column type the kernels do not take.
+``Validator(..., engine="gx")`` always runs GX.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lakefill._arrow import lists_to_flags, normalize_array
 from lakefill.errors import SchemaError, ValidationFailed
@@ -30,7 +39,7 @@ from lakefill.transforms.detect import NOT_APPLICABLE
 from lakefill.transforms.io import ROW_ID, Quarantined
 from lakefill.schema import Expectation, TableSchema
 
-__all__ = ["Validator", "ValidationSummary", "build_suite"]
+__all__ = ["Validator", "ValidationSummary", "build_suite", "compile_suite"]
 
 Stage = Literal["pre", "post"]
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -123,10 +132,107 @@ class ValidationSummary:
                 "failures_by_expectation": dict(sorted(self.by_expectation.items()))}
 
 
+# -- the suite's row-level expectations, evaluated with Arrow compute kernels ---------------------
+
+COMPILED = ("expect_column_values_to_be_between", "expect_column_values_to_be_in_set",
+            "expect_column_values_to_be_unique", "expect_column_values_to_not_be_null")
+_CONDITION = re.compile(r"^`([^`]+)` == False$")
+_DEFAULTS = {"mostly": 1.0, "strict_min": False, "strict_max": False, "condition_parser": "pandas", "meta": None,
+             "notes": None, "description": None, "id": None, "rendered_content": None, "windows": None,
+             "batch_id": None, "result_format": None, "include_config": True, "catch_exceptions": True}
+
+
+@dataclass
+class _Check:
+    type: str
+    column: str
+    label: str
+    flag: int | None  # the schema column whose "not applicable" flag excludes a row (the row_condition)
+    min: float | None = None
+    max: float | None = None
+    values: list | None = None
+
+
+def compile_suite(schema: TableSchema, suite) -> list[_Check] | None:
+    """The suite's expectations as checks on Arrow batches, when every one of them is a
+    row-level expectation of the four kinds the schema emits (between, in set, unique, not null)
+    with no setting the evaluation does not take (``mostly``, strict bounds, another row
+    condition); None otherwise (the suite then runs in GX). GX's suite stays the definition:
+    the checks are read from its expectation configurations."""
+    flags = {_na_flag(j, name): j for j, name in enumerate(schema.names)}
+    checks = []
+    for exp in suite.expectations:
+        cfg = exp.configuration
+        kw = {k: v for k, v in cfg.kwargs.items() if v is not None}
+        if cfg.type not in COMPILED or "column" not in kw:
+            return None
+        column, condition = kw.pop("column"), kw.pop("row_condition", None)
+        flag = None
+        if isinstance(condition, dict) and condition.get("type") == "pass_through":  # GX's stored form
+            condition = condition.get("pass_through_filter")
+        if condition is not None:
+            m = _CONDITION.match(condition) if isinstance(condition, str) else None
+            if m is None or m.group(1) not in flags:
+                return None
+            flag = flags[m.group(1)]
+        bounds = {k: kw.pop(k, None) for k in ("min_value", "max_value")}
+        values = kw.pop("value_set", None)
+        if any(_DEFAULTS.get(k, object()) != v for k, v in kw.items()):
+            return None
+        checks.append(_Check(cfg.type, column, f"{cfg.type}({column})", flag, bounds["min_value"],
+                             bounds["max_value"], None if values is None else list(values)))
+    return checks
+
+
+def _nulls(col: pa.ChunkedArray) -> np.ndarray:
+    """Null cells as pandas sees them (a float NaN is null there)."""
+    missing = col.is_null().to_numpy(zero_copy_only=False)
+    if pa.types.is_floating(col.type):
+        missing |= pc.is_nan(col).fill_null(False).to_numpy(zero_copy_only=False)
+    return missing
+
+
+def _unexpected(check: _Check, col: pa.ChunkedArray, applicable: np.ndarray) -> np.ndarray:
+    """The rows a check flags (GX's map expectations: null cells are never unexpected but for
+    not-null; rows outside the row condition are not evaluated)."""
+    missing = _nulls(col)
+    if check.type == "expect_column_values_to_not_be_null":
+        return missing & applicable
+    if check.type == "expect_column_values_to_be_between":
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            raise _NotCompiled(col.type)
+        values = col.to_numpy(zero_copy_only=False).astype(float)
+        out = np.zeros(len(col), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            if check.min is not None:
+                out |= values < check.min
+            if check.max is not None:
+                out |= values > check.max
+        return out & ~missing & applicable
+    if check.type == "expect_column_values_to_be_in_set":
+        if not pa.types.is_string(col.type) or not all(isinstance(v, str) for v in check.values):
+            raise _NotCompiled(col.type)
+        inside = pc.is_in(col, value_set=pa.array(check.values, pa.string())).fill_null(True)
+        return ~inside.to_numpy(zero_copy_only=False) & ~missing & applicable
+    # unique: every occurrence of a value seen more than once (pandas' duplicated(keep=False))
+    if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type)):
+        raise _NotCompiled(col.type)
+    present = ~missing
+    flat = col.combine_chunks()
+    index = pc.index_in(flat, value_set=pc.unique(flat)).to_numpy(zero_copy_only=False)
+    index = np.where(present, np.nan_to_num(index.astype(float), nan=0), 0).astype(np.int64)
+    counts = np.bincount(index[present], minlength=int(index.max(initial=0)) + 1)
+    return present & (counts[index] > 1)
+
+
+class _NotCompiled(Exception):
+    """A column type the Arrow evaluation does not take: the batch goes to GX."""
+
+
 class Validator:
     """Runs a schema's suite on Arrow batches. Built once; ``validate`` is called per batch."""
 
-    def __init__(self, schema: TableSchema, *, stage: Stage = "pre"):
+    def __init__(self, schema: TableSchema, *, stage: Stage = "pre", engine: Literal["arrow", "gx"] = "arrow"):
         self.schema = schema
         self.stage = stage
         gx = _gx()
@@ -138,6 +244,10 @@ class Validator:
         source = self._context.data_sources.add_pandas(f"lakefill_{stage}")
         self._batch_definition = source.add_dataframe_asset("batch").add_batch_definition_whole_dataframe("whole")
         self.suite = self._context.suites.add(build_suite(schema, stage=stage))
+        # the suite evaluated with Arrow kernels where it can be (tests compare it with GX's result
+        # row for row); otherwise, and with engine: gx, in GX itself
+        self.checks = compile_suite(schema, self.suite) if engine == "arrow" else None
+        self.engine_used: Counter = Counter()  # batches per evaluation (arrow / gx)
         self.summary = ValidationSummary()
         self.last_results = None
         self.last_failures: Counter = Counter()  # the last batch's failing rows per expectation
@@ -150,6 +260,56 @@ class Validator:
         if ROW_ID not in table.column_names:
             raise ValueError(f"the batch needs a {ROW_ID!r} column to name failing rows")
         names = [n for n in table.column_names if n == ROW_ID or not n.startswith("_lf_")]
+        reasons = None
+        if self.checks is not None:
+            try:
+                reasons = self._arrow_reasons(table, names)
+                self.engine_used["arrow"] += 1
+            except _NotCompiled:
+                reasons = None
+        if reasons is None:
+            reasons = self._gx_reasons(table, names)
+            self.engine_used["gx"] += 1
+        self.summary.batches += 1
+        self.summary.rows += table.num_rows
+        self.summary.rows_failed += len(reasons)
+        if not reasons:
+            return table, []
+        row_ids = table.column(ROW_ID).to_numpy()
+        bad = np.isin(row_ids, np.fromiter(reasons, dtype=np.int64))
+        originals = table.filter(pa.array(bad)).select([n for n in table.column_names if not n.startswith("_lf_")])
+        quarantined = [Quarantined(int(rid), "; ".join(reasons[int(rid)]), f"validate-{self.stage}", json.dumps(rec, default=str))
+                       for rid, rec in zip(row_ids[bad], originals.to_pylist())]
+        return table.filter(pa.array(~bad)), quarantined
+
+    def _arrow_reasons(self, table: pa.Table, names: list[str]) -> dict[int, list[str]]:
+        """The compiled checks on the batch: the same reasons, per row and in the same order, as GX."""
+        categorical = {c.name for c in self.schema.columns if c.type == "categorical"}
+        flags = (lists_to_flags(table.column(NOT_APPLICABLE), self.schema.names) if NOT_APPLICABLE in table.column_names
+                 else np.zeros((table.num_rows, len(self.schema.names)), dtype=bool))
+        row_ids = table.column(ROW_ID).to_numpy(zero_copy_only=False)
+        found: list[tuple[_Check, np.ndarray, pa.ChunkedArray]] = []
+        for check in self.checks:
+            if check.column not in names:
+                raise ValidationFailed(f"expectation {check.type} could not run: column {check.column!r} is not "
+                                       f"in the batch")
+            col = table.column(check.column)
+            if check.column in categorical and pa.types.is_string(col.type):  # sets compare normalised text
+                col = pa.chunked_array([normalize_array(col)])
+            applicable = ~flags[:, check.flag] if check.flag is not None else np.ones(table.num_rows, dtype=bool)
+            rows = np.flatnonzero(_unexpected(check, col, applicable))
+            if len(rows):
+                found.append((check, rows, col))
+        reasons: dict[int, list[str]] = {}
+        for check, rows, col in found:  # the values as GX reports them: from the column as pandas reads it
+            values = col.to_pandas()
+            self.summary.by_expectation[check.label] += len(rows)
+            self.last_failures[check.label] += len(rows)
+            for i in rows:
+                reasons.setdefault(int(row_ids[i]), []).append(f"{check.label}: value {_plain(values.iloc[i])!r}")
+        return reasons
+
+    def _gx_reasons(self, table: pa.Table, names: list[str]) -> dict[int, list[str]]:
         frame = _frame(self.schema, table, names)
         batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
         results = batch.validate(self.suite, result_format={
@@ -179,17 +339,7 @@ class Validator:
                 reasons.setdefault(rid, []).append(f"{label}: value {_plain(value)!r}")
         if table_failures:
             raise ValidationFailed("table-level expectation(s) failed: " + "; ".join(table_failures))
-        self.summary.batches += 1
-        self.summary.rows += table.num_rows
-        self.summary.rows_failed += len(reasons)
-        if not reasons:
-            return table, []
-        row_ids = table.column(ROW_ID).to_numpy()
-        bad = np.isin(row_ids, np.fromiter(reasons, dtype=np.int64))
-        originals = table.filter(pa.array(bad)).select([n for n in table.column_names if not n.startswith("_lf_")])
-        quarantined = [Quarantined(int(rid), "; ".join(reasons[int(rid)]), f"validate-{self.stage}", json.dumps(rec, default=str))
-                       for rid, rec in zip(row_ids[bad], originals.to_pylist())]
-        return table.filter(pa.array(~bad)), quarantined
+        return reasons
 
     def write_data_docs(self, table: pa.Table, out_dir: str | Path, *, run_id: str | None = None,
                         asset: str | None = None) -> Path:
