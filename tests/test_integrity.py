@@ -1,7 +1,6 @@
 """Integrity and security of what lakefill writes and loads (hostile and odd inputs)."""
 
 import json
-import shlex
 import stat
 from decimal import Decimal
 from pathlib import Path
@@ -171,39 +170,28 @@ def test_concurrent_first_commits_both_land_and_report_their_versions(tmp_path, 
 # -- the Airflow DAG's params ------------------------------------------------------------------
 
 def test_dag_params_never_become_shell_code():
-    """Every param the DAG puts in a shell command goes through its `sh` filter (shlex.quote):
-    rendered with hostile values, each stays one word. (tests/test_deploy.py renders the same
-    commands with Airflow itself, in Airflow's venv.)"""
+    """The DAG runs no shell (no BashOperator, no bash_command): every engine's command is an
+    argument list, and a param, hostile or not, is one argument (``--FIELD=VALUE``). Checked on
+    the DAG's own source (its ``job_flags``, run here without Airflow; tests/test_deploy.py
+    renders every task's command with Airflow itself)."""
     import ast
-    import re
-
-    import jinja2
 
     source = (Path(__file__).resolve().parents[1] / "deploy" / "airflow" / "dags" / "lakefill_dag.py").read_text()
     tree = ast.parse(source)
-    consts = {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body
-              if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and isinstance(n.value, ast.Constant)}
-    commands = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.keyword) and node.arg == "bash_command":
-            parts = []
-            for piece in ast.walk(node.value):
-                if isinstance(piece, ast.Constant) and isinstance(piece.value, str):
-                    parts.append(piece.value)
-                elif isinstance(piece, ast.Name) and piece.id in consts:
-                    parts.append(consts[piece.id])
-            commands.append(ast.unparse(node.value))
-    env = jinja2.Environment()
-    env.filters["sh"] = shlex.quote
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.arg for n in ast.walk(tree) if isinstance(n, ast.keyword)}
+    assert not names & {"BashOperator", "bash_command", "shell"}, names & {"BashOperator", "bash_command", "shell"}
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "job_flags")
+    scope = {"json": json, "JOB_FIELDS": ("job", "input", "schema", "model", "output", "run_id")}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), "lakefill_dag.py", "exec"), scope)
     hostile = "x; touch /tmp/pwned $(id) `id` 'q' \"d\""
-    params = {"job": hostile, "model": hostile, "output": hostile, "run_id": hostile, "lakefill_bin": "lakefill",
-              "train_if_needed": True}
-    assert len(commands) == 2
-    for expr in commands:
-        template = eval(expr, {}, dict(consts))  # the command's string, as the DAG builds it
-        assert "{{ params." not in re.sub(r"\{\{ params\.\w+ \| sh \}\}", "", template), template
-        words = shlex.split(env.from_string(template).render(params=params, ds_nodash="20260101"))
-        assert words.count(hostile) >= 2 and "touch" not in words, words
+    flags = scope["job_flags"]({"job": hostile, "input": hostile, "model": hostile, "output": hostile,
+                                "schema": "", "job_options": {"partition_by": [hostile, "b"], "refine": False},
+                                "storage_options": {"K": hostile}}, hostile)
+    args = [f"--{k}={v}" for k, v in flags.items()]
+    assert f"--input={hostile}" in args and f"--run_id={hostile}" in args and "--refine=false" in args
+    assert f"--partition_by={hostile},b" in args and "schema" not in flags
+    assert json.loads(flags["storage_options"]) == {"K": hostile}
 
 
 # -- exact decimals ---------------------------------------------------------------------------

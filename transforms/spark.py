@@ -265,6 +265,7 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
 
     def fn(batches):
         rt = Runtime(lambda: _imputer(model))
+        _LOADS[0] = 0  # a load this worker made outside a run (the DataFrame functions) is not this run's
         for chunk in _read_chunks(batches, batch_rows, csv_options, options):
             done = run_steps(steps, chunk.table, rt)
             parts = write_outputs(done.table, list(chunk.quarantined) + done.quarantined, **out)
