@@ -17,6 +17,7 @@ report when it finishes.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import time
@@ -27,7 +28,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from lakefill.errors import ConfigError
-from lakefill.pipelines.config import JobConfig, config_from_flags, task_from_flags
+from lakefill.pipelines.config import JobConfig, config_from_flags
 from lakefill.pipelines.launcher import (Prepared, RunOutcome, config_summary, end_of_run, plan_for, prepare,
                                         train_for_job, worker_end_of_run, worker_policy)
 from lakefill.transforms.beam import (COUNTERS, NAMESPACE, QUARANTINE, FinalizeRun, LakefillModelHandler, ReadRaw,
@@ -160,8 +161,11 @@ def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: 
 def main(argv: list[str] | None = None) -> int:
     """``python -m lakefill.pipelines.beam_pipeline [--task=run|train] [--job JOB.yaml] [--FIELD=VALUE ...]
     [Beam options]``: the entry point for Dataflow launches (Flex Template, Airflow's Beam operator)."""
-    config, beam_args = config_from_flags(argv)
-    if task_from_flags(argv) == "train":
+    ap = argparse.ArgumentParser(prog="beam_pipeline", allow_abbrev=False)
+    ap.add_argument("--task", choices=["run", "train"], default="run")
+    args, rest = ap.parse_known_args(argv)
+    config, beam_args = config_from_flags(rest)
+    if args.task == "train":
         run_beam_training(config, beam_args)
         return 0
     outcome = run_beam(config, beam_args)

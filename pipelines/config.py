@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lakefill.errors import ConfigError
 from lakefill.schema import read_yaml_mapping
 
-__all__ = ["JobConfig", "CsvConfig", "load_config", "DEFAULT_CONFIG", "config_from_flags", "task_from_flags"]
+__all__ = ["JobConfig", "CsvConfig", "load_config", "DEFAULT_CONFIG", "config_from_flags"]
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 
@@ -152,15 +152,6 @@ def load_config(path: str | Path, **overrides) -> JobConfig:
 DEFAULT_CONFIG = EXAMPLES / "demo.yaml"
 
 
-def task_from_flags(argv: list[str] | None) -> str:
-    """``--task=run`` (the stage, default) or ``--task=train`` (the job's model, if missing)."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="lakefill job", allow_abbrev=False)
-    ap.add_argument("--task", choices=["run", "train"], default="run")
-    return ap.parse_known_args(argv)[0].task
-
-
 def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
     """``--job JOB.yaml`` and/or one flag per job-config field (``--input=...``, ``--run_id=...``,
     ``--partition_by=a,b``), as a Flex Template passes its parameters; the rest are Beam options."""
@@ -168,12 +159,11 @@ def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
 
     ap = argparse.ArgumentParser(prog="lakefill job", allow_abbrev=False)
     ap.add_argument("--job")
-    ap.add_argument("--task", choices=["run", "train"], default="run")
     fields = {(f.alias or name): f for name, f in JobConfig.model_fields.items()}
     for key in fields:
         ap.add_argument(f"--{key}")
     args, beam_args = ap.parse_known_args(argv)
-    given = {k: v for k, v in vars(args).items() if k not in ("job", "task") and v not in (None, "")}
+    given = {k: v for k, v in vars(args).items() if k != "job" and v not in (None, "")}
     if "partition_by" in given:
         given["partition_by"] = [c for c in given["partition_by"].split(",") if c]
     for key, example in (("csv", '{"delimiter": ";"}'), ("storage_options", '{"AWS_REGION": "eu-west-1"}')):

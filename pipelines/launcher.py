@@ -11,6 +11,7 @@ The engines (``local_job``, ``beam_pipeline``, ``spark_job``) run the plan in be
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -114,8 +115,7 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
                               f"machine; train it first as a job on the engine (the launch with task=train, or "
                               f"`lakefill train --job JOB.yaml`)")
         log(f"training a model into {model} (train_if_missing)")
-        train_to_dir(source, schema, model, sample_rows=config.sample_rows, csv_options=config.csv_options,
-                     config=AEConfig(time_budget=config.train_time_budget))
+        _train(config, schema)
     artifact = load_model_at(model, schema=schema)
     resolve_device(config.device)
     adaptation = None
@@ -146,9 +146,15 @@ def fit_policy(config: JobConfig, sample: RawRead) -> tuple[TableSchema, NullPol
     return schema, NullPolicy(schema=schema, sample_rows=config.sample_rows).fit(sample.table)
 
 
+def _train(config: JobConfig, schema: TableSchema) -> None:
+    """The job's model trained on its input into its ``model`` folder, within its time budget."""
+    train_to_dir(config.location(config.input), schema, config.location(config.model), sample_rows=config.sample_rows,
+                 csv_options=config.csv_options, config=AEConfig(time_budget=config.train_time_budget))
+
+
 def train_for_job(config: JobConfig, *, log=print) -> dict:
-    """The job's model, trained if it is missing (``lakefill train --job``, and the engines'
-    training jobs: a Beam pipeline's worker, the Spark driver). Returns what it did."""
+    """The job's model, trained if it is missing: the engines' training jobs (``--task train``:
+    a Beam pipeline's worker, the Spark driver). Returns what it did."""
     model = config.location(config.model)
     if (model / MANIFEST).exists():
         log(f"model {model} is there: nothing to train")
@@ -157,8 +163,7 @@ def train_for_job(config: JobConfig, *, log=print) -> dict:
     source.check_reachable()
     schema, _ = fit_policy(config, read_raw(source, limit=config.sample_rows, csv_options=config.csv_options))
     log(f"training a model into {model}")
-    train_to_dir(source, schema, model, sample_rows=config.sample_rows, csv_options=config.csv_options,
-                 config=AEConfig(time_budget=config.train_time_budget))
+    _train(config, schema)
     return {"model": str(model), "trained": True}
 
 
@@ -304,9 +309,8 @@ def worker_policy(config: JobConfig) -> dict:
 def worker_end_of_run(prep: Prepared, policy: dict, report_dir: str) -> str:
     """``end_of_run`` on a worker, for a remote launch: the findings of the policy the workers
     used, the Data Docs of the first records, ``report.html``, all written under the output."""
-    sample = worker_sample(prep.config)
-    done = Prepared(prep.config, prep.schema, prep.artifact, NullPolicy.from_dict(policy, schema=prep.schema),
-                    prep.run_id, sample, prep.adaptation)
+    done = dataclasses.replace(prep, policy=NullPolicy.from_dict(policy, schema=prep.schema),
+                               sample=worker_sample(prep.config))
     end_of_run(done, as_location(report_dir, prep.config.storage_options))
     return report_dir
 

@@ -217,11 +217,10 @@ def _unexpected(check: _Check, col: pa.ChunkedArray, applicable: np.ndarray) -> 
     # unique: every occurrence of a value seen more than once (pandas' duplicated(keep=False))
     if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type)):
         raise _NotCompiled(col.type)
-    present = ~missing
-    flat = col.combine_chunks()
-    index = pc.index_in(flat, value_set=pc.unique(flat)).to_numpy(zero_copy_only=False)
-    index = np.where(present, np.nan_to_num(index.astype(float), nan=0), 0).astype(np.int64)
-    counts = np.bincount(index[present], minlength=int(index.max(initial=0)) + 1)
+    present, flat = ~missing, col.combine_chunks()
+    values = pc.unique(flat)
+    index = pc.index_in(flat, value_set=values).fill_null(0).to_numpy(zero_copy_only=False)
+    counts = np.bincount(index[present], minlength=len(values))
     return present & (counts[index] > 1)
 
 
