@@ -11,7 +11,7 @@ OUT=benchmarks/results
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'torch sees no CUDA GPU here')"
 "$PY" -c "import torch; print('GPU:', torch.cuda.get_device_name(0))"
 for device in gpu cpu; do
-  "$PY" -m benchmarks.throughput --engine core --rows "$ROWS" --device "$device" \
+  "$PY" -m benchmarks.throughput --engine core --rows "$ROWS" --device "$device" --bf16 \
     --json "$OUT/throughput_core_${ROWS}_${device}.json"
 done
 "$PY" -m benchmarks.throughput --engine spark --rows "$ROWS" --device gpu \

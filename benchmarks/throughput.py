@@ -313,20 +313,92 @@ def model_cost(path: Path, rows: int, device: str = "cpu", cap: int = 1_000_000)
             "model_to_machine": round(model_rps * per_row / rate, 4)}
 
 
+def bf16_check(path: Path, device: str = "cpu", rows: int = 100_000) -> dict:
+    """The model in bfloat16 (torch.autocast) against fp32 on the same batches: rows/s of each,
+    and the RMSE of the filled cells against letter's true values (the resampled input's holes
+    are letter rows' cells, so every filled cell has its true value in letter). bf16 holds when
+    the RMSE moves by at most 1e-4."""
+    import torch
+
+    from lakefill.pipelines.launcher import plan_for, prepare
+    from lakefill.transforms.impute import Imputer
+    from lakefill.transforms.io import iter_raw
+    from lakefill.transforms.plan import Runtime, run_steps
+
+    cfg = job(path, CACHE / "bf16-out", "bf16", device=device)
+    prep = prepare(cfg, log=lambda *_: None)
+    imputer = Imputer(prep.artifact, device=cfg.device)
+    head = [s for s in plan_for(prep).steps if s.name in ("detect", "validate_pre")]
+    batch = run_steps(head, next(iter(iter_raw(cfg.input, batch_rows=rows))).table, Runtime(lambda: imputer)).table
+    truth = _truth(path, rows)
+    kind = "cuda" if str(imputer.device).startswith("cuda") else "cpu"
+    out = {}
+    for precision in ("fp32", "bf16"):
+        ctx = (torch.autocast(kind, dtype=torch.bfloat16) if precision == "bf16" else _nothing())
+        with ctx:
+            imputer.impute(batch.slice(0, 1000))  # warm
+            t = time.perf_counter()
+            filled = imputer.impute(batch)
+            seconds = time.perf_counter() - t
+        out[f"{precision}_rows_per_s"] = batch.num_rows / seconds
+        out[f"{precision}_rmse"] = _fill_rmse(filled, truth)
+    out["bf16_rmse_change"] = out["bf16_rmse"] - out["fp32_rmse"]
+    out["bf16_holds"] = abs(out["bf16_rmse_change"]) <= 1e-4
+    out["device"] = kind
+    return out
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _truth(path: Path, rows: int) -> pa.Table:
+    """The resampled input's first ``rows`` rows without holes (``make_input``'s draws again)."""
+    base = pacsv.read_csv(LETTER)
+    rng = np.random.default_rng(int(path.stem.split("_s")[1].split("_")[0]))
+    n = min(100_000, rows)
+    take = rng.integers(0, base.num_rows, n)
+    return base.take(pa.array(take))
+
+
+def _fill_rmse(filled: pa.Table, truth: pa.Table) -> float:
+    """RMSE over the imputed cells, each column on letter's min-max [0, 1] scale."""
+    from lakefill.transforms.impute import IMPUTED, imputed_mask
+
+    n = min(filled.num_rows, truth.num_rows)
+    names = [c for c in truth.column_names if c in filled.column_names and pa.types.is_integer(truth.column(c).type)]
+    mask = imputed_mask(filled.column(IMPUTED).slice(0, n), names)
+    sq, count = 0.0, 0
+    for j, c in enumerate(names):
+        t = truth.column(c).to_numpy().astype(float)[:n]
+        f = filled.column(c).slice(0, n).to_numpy(zero_copy_only=False).astype(float)
+        span = (t.max() - t.min()) or 1.0
+        m = mask[:, j]
+        sq += float((((f[m] - t[m]) / span) ** 2).sum())
+        count += int(m.sum())
+    return (sq / count) ** 0.5 if count else float("nan")
+
+
 def no_model_run(engine: str, path: Path, rows: int, args: list[str]) -> float:
     """The stage with imputation and refinement off (the job's ``impute: false``: read, detect,
     validate, write), rows/s, on the same engine."""
     if engine == "core":  # the loop alone, as the core stage's figure
         return rows / _core_stage(job(path, CACHE / "core-out-no-model", "no-model", impute=False))[2]
+    out = CACHE / f"{engine}-out-no-model-{rows}"
+    shutil.rmtree(out, ignore_errors=True)  # a run id already in the table would commit nothing
     t = time.perf_counter()
     if engine == "beam":
         from lakefill.pipelines.beam_pipeline import run_beam
 
-        run_beam(job(path, CACHE / f"beam-out-no-model-{rows}", "no-model", impute=False), args, log=lambda *_: None)
+        run_beam(job(path, out, "no-model", impute=False), args, log=lambda *_: None)
     else:
         from lakefill.pipelines.spark_job import run_spark
 
-        run_spark(job(path, CACHE / f"spark-out-no-model-{rows}", "no-model", impute=False), args, log=lambda *_: None)
+        run_spark(job(path, out, "no-model", impute=False), args, log=lambda *_: None)
     return rows / (time.perf_counter() - t)
 
 
@@ -384,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="s3: also run the stage with every path on an S3 server on loopback (beam, spark)")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
                     help="where the model runs (gpu: a CUDA GPU torch can see, else refused before any work)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="also time the model in bfloat16 (torch.autocast) against fp32 on 100,000 rows and "
+                         "check the filled cells' RMSE moves by at most 1e-4 (JSON key bf16)")
     args, extra = ap.parse_known_args(argv)
     if args.store != "local" and args.engine == "core":
         ap.error("--store s3 needs --engine beam or spark (the core benchmark writes no lake)")
@@ -404,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     # the extended figures (same run): the stage without the model, the model alone, the machine
     res["no_model_rows_per_s"] = no_model_run(args.engine, path, args.rows, extra)
     res.update(model_cost(path, args.rows, args.device))
+    if args.bf16:
+        res["bf16"] = bf16_check(path, args.device, min(args.rows, 100_000))
     if args.store != "local":
         res.update(bench_store(args.engine, path, args.rows, extra))
         res["store"] = args.store
@@ -432,6 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  model alone  : {out['model_only_rows_per_s']:>12,.0f} rows/s on {out['device']} "
           f"(the stage is {out['stage_to_model']:.3f}x it); {out['model_flops_per_row']:,.0f} FLOPs/row, "
           f"{out['model_to_machine']:.3f}x the machine's matmul rate ({out['matmul_flops_per_s'] / 1e9:,.1f} GFLOP/s)")
+    if out.get("bf16"):
+        b = out["bf16"]
+        print(f"  bf16 vs fp32 : {b['bf16_rows_per_s']:>12,.0f} vs {b['fp32_rows_per_s']:,.0f} rows/s on {b['device']}; "
+              f"RMSE {b['bf16_rmse']:.5f} vs {b['fp32_rmse']:.5f} ({'holds' if b['bf16_holds'] else 'does not hold'} to 1e-4)")
     for k in ("impute_rows_per_s", "impute_rows_per_s_per_core", "reverse_rows_per_s"):
         if out.get(k):
             print(f"  {k:<27}: {out[k]:>12,.0f}")

@@ -51,3 +51,23 @@ def lists_to_flags(col, names: list[str]) -> np.ndarray:
     ok = index >= 0
     mask[parents[ok], index[ok]] = True
     return mask
+
+
+def is_typed_number(t: pa.DataType) -> bool:
+    """A raw column the reader keeps as numbers (a Parquet integer or float64 column): detection
+    and parsing treat it as the text Arrow writes for it (``as_text``) without making that text
+    unless a rule needs it. (A float32's text is its shortest decimal, which as a float64 is not
+    its value: float32 columns are read as text, as before.)"""
+    return pa.types.is_integer(t) or pa.types.is_float64(t)
+
+
+def as_text(table: pa.Table) -> pa.Table:
+    """The raw table with its typed number columns as the text Arrow casts them to (what every
+    rule of detection and schema inference is written for); the field metadata is kept. The
+    ``_lf_`` columns (the row id) stay as they are."""
+    typed = [not f.name.startswith("_lf_") and is_typed_number(f.type) for f in table.schema]
+    if not any(typed):
+        return table
+    fields = [pa.field(f.name, pa.string(), metadata=f.metadata) if t else f for f, t in zip(table.schema, typed)]
+    return pa.Table.from_arrays([table.column(f.name).cast(pa.string()) if t else table.column(f.name)
+                                 for f, t in zip(table.schema, typed)], schema=pa.schema(fields))

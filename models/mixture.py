@@ -117,7 +117,7 @@ def predict(model: MaskedAutoencoder | Ensemble, values: np.ndarray, given: np.n
     for s in range(0, len(values), batch_size):
         X = torch.from_numpy(np.ascontiguousarray(values[s:s + batch_size], dtype=np.float32)).to(dev)
         G = torch.from_numpy(np.ascontiguousarray(given[s:s + batch_size], dtype=np.float32)).to(dev)
-        outs.append([t.cpu() for t in model(model.blank(X, G), G)])
+        outs.append([t.float().cpu() for t in model(model.blank(X, G), G)])  # float32 under a bf16 autocast too
     if not outs:
         outs.append([t.cpu() for t in model(torch.zeros(0, values.shape[1], device=dev), torch.zeros(0, given.shape[1], device=dev))])
     mu = torch.cat([o[0] for o in outs]).numpy()

@@ -20,8 +20,16 @@ Numeric score: RMSE over the hidden numeric cells on the complete data's min-max
 Categorical score: accuracy over the hidden categorical cells. All methods are scored on their
 unrounded numeric output (lakefill's integer columns are rounded only when written to a table).
 lakefill also reports confidence quality: the Spearman correlation between (1 - row
-confidence) and the row's true mean squared error, and the share of the total squared error
-carried by the 20% least-confident rows.
+confidence) and the row's true mean error (squared error on the min-max scale for numbers, 0/1
+for categories), and the share of the total error carried by the 20% least-confident rows. And
+the same two figures if the model's predicted cell errors were exactly right (``_if_calibrated``:
+each hidden cell's error drawn from its prediction, a category wrong with probability 1 - max p,
+a number's squared error its predicted variance times a chi-square(1) draw; 20 draws seeded by
+the seed): the ceiling of a confidence built from this model's predictions, so that a low
+Spearman can be told apart from a badly calibrated one (``calibration_categorical`` and
+``calibration_numeric``: the hidden cells' mean true error over their mean predicted error);
+``_by_expected_errors``: the two figures for the rows ranked by their expected number of errors
+(the sum of their cells' predicted errors) instead of the confidence's mean.
 """
 
 from __future__ import annotations
@@ -205,7 +213,9 @@ def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool
     for c in problem.cat_cols:
         k2 = codec.cat_columns_.index(c)
         Chat.append(np.asarray(codec.categories_[c], dtype=object)[probs[k2].argmax(1)])
-    return Xhat, Chat, fit_s, imp_s, confidence, extra, fitted
+    expected = pred.cell_error[:, [codec.num_columns_.index(c) for c in problem.num_cols]
+                               + [len(codec.num_columns_) + codec.cat_columns_.index(c) for c in problem.cat_cols]]
+    return Xhat, Chat, fit_s, imp_s, confidence, expected, extra, fitted
 
 
 def _design(problem: Problem, mask: np.ndarray, onehot: bool):
@@ -308,20 +318,42 @@ def score(problem: Problem, mask: np.ndarray, Xhat: np.ndarray, Chat: list[np.nd
     return rmse, acc, sq
 
 
-def confidence_quality(problem: Problem, mask: np.ndarray, sq: np.ndarray, confidence: np.ndarray, Chat) -> dict:
+def confidence_quality(problem: Problem, mask: np.ndarray, sq: np.ndarray, confidence: np.ndarray, Chat,
+                       expected: np.ndarray | None = None, seed: int = 0, draws: int = 20) -> dict:
+    """The confidence's two figures on the true errors; with ``expected`` (the predicted error of
+    every cell, the problem's columns in order) also their calibrated ceiling (module docstring)."""
     cell_err = np.concatenate([sq] + [(Chat[k] != c).astype(float)[:, None] for k, c in enumerate(problem.C)], 1)
+    out = dict(zip(("confidence_spearman", "least_confident_20pct_error_share"), _rank_quality(mask, cell_err, confidence)))
+    if expected is None:
+        return out
+    is_num = np.arange(cell_err.shape[1]) < len(problem.num_cols)
+    rng = np.random.default_rng(seed)
+    ceiling = np.mean([_rank_quality(mask, np.where(is_num, expected * rng.chisquare(1, expected.shape),
+                                                    rng.random(expected.shape) < expected), confidence)
+                       for _ in range(draws)], axis=0)
+    out.update(confidence_spearman_if_calibrated=float(ceiling[0]), least_confident_20pct_error_share_if_calibrated=float(ceiling[1]))
+    # the other ranking these predictions give: by the row's expected number of errors, not their mean
+    by_sum = _rank_quality(mask, cell_err, -(expected * mask).sum(1))
+    out.update(confidence_spearman_by_expected_errors=by_sum[0], least_confident_20pct_error_share_by_expected_errors=by_sum[1])
+    for kind, cols in (("numeric", is_num), ("categorical", ~is_num)):
+        h = mask & cols
+        if h.any():
+            out[f"calibration_{kind}"] = float(cell_err[h].mean() / max(expected[h].mean(), 1e-12))
+    return out
+
+
+def _rank_quality(mask: np.ndarray, cell_err: np.ndarray, confidence: np.ndarray) -> tuple[float, float]:
+    """Spearman of (1 - confidence) with the rows' mean error; the 20% least-confident rows' share of the error."""
+    from scipy.stats import spearmanr
+
     n_h = mask.sum(1)
     rows = n_h > 0
     row_sum = (cell_err * mask).sum(1)[rows]
-    row_err = row_sum / n_h[rows]
     conf = confidence[rows]
-    from scipy.stats import spearmanr
-
-    rho = float(spearmanr(1 - conf, row_err).statistic)
+    rho = float(spearmanr(1 - conf, row_sum / n_h[rows]).statistic)
     order = np.argsort(conf, kind="stable")
     k = int(math.ceil(0.2 * len(order)))
-    share = float(row_sum[order[:k]].sum() / max(row_sum.sum(), 1e-12))
-    return {"confidence_spearman": rho, "least_confident_20pct_error_share": share}
+    return rho, float(row_sum[order[:k]].sum() / max(row_sum.sum(), 1e-12))
 
 
 def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism: str, seeds: list[int],
@@ -340,17 +372,17 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
         for m in methods:
             if m.startswith("lakefill"):
                 cfg = AEConfig(random_state=seed, **(ae_config or {}))
-                Xhat, Chat, fit_s, imp_s, conf, extra, fitted = run_lakefill(
+                Xhat, Chat, fit_s, imp_s, conf, expected, extra, fitted = run_lakefill(
                     problem, mask, seed, reverse=m in ("lakefill-reverse", "lakefill-adapt"), config=cfg,
                     adapt=m == "lakefill-adapt",
                     fitted=fit[0] if fit else None, fit_s=fit[1] if fit else None)
                 fit = (fitted, fit_s)
             else:
                 Xhat, Chat, fit_s, imp_s = run_baseline(m, problem, mask, seed)
-                conf, extra = None, {}
+                conf, expected, extra = None, None, {}
             rmse, acc, sq = score(problem, mask, Xhat, Chat)
             if conf is not None:
-                extra.update(confidence_quality(problem, mask, sq, conf, Chat))
+                extra.update(confidence_quality(problem, mask, sq, conf, Chat, expected, seed))
             per[m]["rmse"].append(rmse)
             per[m]["accuracy"].append(acc)
             per[m]["fit"].append(fit_s)
@@ -401,7 +433,9 @@ def format_table(out: dict) -> str:
     for m, r in out["results"].items():
         if "confidence_spearman" in r:
             lines.append(f"{m}: confidence Spearman {r['confidence_spearman']:.3f}, "
-                         f"20% least-confident rows carry {r['least_confident_20pct_error_share']:.1%} of the squared error")
+                         f"20% least-confident rows carry {r['least_confident_20pct_error_share']:.1%} of the error"
+                         + (f" (if the predicted errors were exact: {r['confidence_spearman_if_calibrated']:.3f}, "
+                            f"{r['least_confident_20pct_error_share_if_calibrated']:.1%})" if "confidence_spearman_if_calibrated" in r else ""))
     return "\n".join(lines)
 
 

@@ -7,6 +7,11 @@ per column, the confidence histogram with the refinement threshold marked, and t
 reduction of the re-worked rows where it can be measured (reverse training's check on each
 row's held-back observed cells, ``_lf_check_before`` / ``_lf_check_after``).
 
+The page's cost does not grow with the run: the per-column counts come from the run's
+counters (``written_*``, counted by the plan's finish step), the value plots from the run's
+first ``SAMPLE_ROWS`` rows, the reverse-training check from its two columns of the re-worked
+rows only. (A report of a run made before those counters reads the counts' three columns.)
+
     lakefill report OUT/reports/RUN_ID     # (re)renders and prints the page's path and counts
 """
 
@@ -24,9 +29,11 @@ import pyarrow.compute as pc
 
 from lakefill._arrow import list_value_counts
 
-__all__ = ["refine_check", "render_report", "column_shares"]
+__all__ = ["refine_check", "render_report", "column_shares", "column_shares_of_run"]
 
 MAX_COLUMNS_PLOTTED = 12
+SAMPLE_ROWS = 100_000  # the value plots read at most this many of the run's rows
+_COUNTED = {"imputed": "_lf_imputed", "replaced": "_lf_disguised", "not_applicable": "_lf_not_applicable"}
 
 
 def _png(fig) -> str:
@@ -38,7 +45,11 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _run_rows(report: dict, options: dict | None = None) -> pa.Table | None:
+def _run_rows(report: dict, options: dict | None = None, *, columns: list[str] | None = None,
+              limit: int | None = None, where=None) -> pa.Table | None:
+    """This run's rows of the table (``columns`` of them that exist, the first ``limit`` rows,
+    those matching the dataset expression ``where``); None when there is no table."""
+    import pyarrow.dataset as ds
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
@@ -46,10 +57,16 @@ def _run_rows(report: dict, options: dict | None = None) -> pa.Table | None:
 
     try:
         uri, opts = Location(report["table"], options or {}).delta()
-        dt = DeltaTable(uri, storage_options=opts)
+        dataset = DeltaTable(uri, storage_options=opts).to_pyarrow_dataset()
+        names = dataset.schema.names
         # only this run's rows: files of other runs are pruned on their min/max statistics
-        has_run_id = "_lf_run_id" in [f.name for f in dt.schema().fields]
-        return dt.to_pyarrow_table(filters=[("_lf_run_id", "=", report["run_id"])] if has_run_id else None)
+        flt = (ds.field("_lf_run_id") == report["run_id"]) if "_lf_run_id" in names else None
+        if where is not None:
+            flt = where if flt is None else flt & where
+        cols = None if columns is None else [c for c in columns if c in names]
+        if limit is not None:
+            return dataset.head(limit, columns=cols, filter=flt)
+        return dataset.to_table(columns=cols, filter=flt)
     except (TableNotFoundError, OSError, KeyError):
         return None
 
@@ -64,7 +81,9 @@ def _imputed_masks(table: pa.Table) -> dict[str, np.ndarray]:
     return {name: mask[:, j] for j, name in enumerate(names)}
 
 
-def _plots(report: dict, table: pa.Table | None, check: dict | None) -> list[tuple[str, str]]:
+def _plots(report: dict, table: pa.Table | None, check: dict | None, of_rows: int | None = None) -> list[tuple[str, str]]:
+    """``table``: the run's rows the value plots show; ``of_rows``: how many it wrote (the
+    titles say when the plots show only its first rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,6 +106,7 @@ def _plots(report: dict, table: pa.Table | None, check: dict | None) -> list[tup
     if table is None or table.num_rows == 0 or "_lf_imputed" not in table.column_names:
         return plots
     masks = _imputed_masks(table)
+    part = f" (the run's first {table.num_rows:,} of {of_rows:,} rows)" if of_rows and of_rows > table.num_rows else ""
     data_cols = [c for c in table.column_names if not c.startswith("_lf_")]
     before = [int(masks.get(c, np.zeros(0, bool)).sum()) + table.column(c).null_count for c in data_cols]
     after = [table.column(c).null_count for c in data_cols]
@@ -96,7 +116,7 @@ def _plots(report: dict, table: pa.Table | None, check: dict | None) -> list[tup
     ax.bar(x + 0.2, np.asarray(after) / table.num_rows, 0.4, label="after", color="#55a868")
     ax.set_xticks(x, data_cols, rotation=45, ha="right")
     ax.set_ylabel("share of rows missing")
-    ax.set_title("Missingness per column, before and after")
+    ax.set_title("Missingness per column, before and after" + part)
     ax.legend()
     plots.append(("Missingness per column", _png(fig)))
     numeric = [c for c in data_cols if c in masks and (pa.types.is_integer(table.column(c).type)
@@ -121,7 +141,7 @@ def _plots(report: dict, table: pa.Table | None, check: dict | None) -> list[tup
             ax.legend(fontsize=7)
         for ax in axes.ravel()[len(numeric):]:
             ax.axis("off")
-        fig.suptitle("Observed vs imputed values")
+        fig.suptitle("Observed vs imputed values" + part)
         fig.tight_layout()
         plots.append(("Observed vs imputed values (numeric columns)", _png(fig)))
     cats = [c for c in data_cols if c in masks and pa.types.is_string(table.column(c).type)][:MAX_COLUMNS_PLOTTED]
@@ -139,7 +159,7 @@ def _plots(report: dict, table: pa.Table | None, check: dict | None) -> list[tup
             ax.set_xticks(x, levels, rotation=45, ha="right")
             ax.set_title(name)
             ax.legend(fontsize=7)
-        fig.suptitle("Observed vs imputed categories (share of rows)")
+        fig.suptitle("Observed vs imputed categories (share of rows)" + part)
         fig.tight_layout()
         plots.append(("Observed vs imputed categories", _png(fig)))
     if check:
@@ -206,19 +226,35 @@ def _findings_table(report: dict) -> str:
 def column_shares(table: pa.Table | None, report: dict) -> dict[str, dict]:
     """Per column of this run's rows: cells written, replaced as disguised nulls, imputed, not
     applicable; the imputed share against the schema's ``max_imputed_share`` (``over`` when it
-    is above), and the findings (value, detector) behind the replacements."""
+    is above), and the findings (value, detector) behind the replacements. Counted on ``table``
+    (the run's rows); ``column_shares_of_run`` gives the same from the run's counters."""
     if table is None or table.num_rows == 0 or "_lf_imputed" not in table.column_names:
         return {}
+    counts = {label: list_value_counts(table.column(name)) if name in table.column_names else {}
+              for label, name in _COUNTED.items()}
+    return _column_shares(report, table.num_rows, counts)
+
+
+def column_shares_of_run(report: dict, options: dict | None = None) -> dict[str, dict]:
+    """``column_shares`` from the run's ``written_*`` counters (the finish step's); a report
+    without them (a run made before they were counted) is counted on the table's three columns."""
+    metrics = report.get("metrics") or {}
+    if "written_rows" not in metrics:
+        return column_shares(_run_rows(report, options, columns=list(_COUNTED.values())), report)
+    counts = {label: {k[len(f"written_{label}:"):]: int(v) for k, v in metrics.items() if k.startswith(f"written_{label}:")}
+              for label in _COUNTED}
+    return _column_shares(report, int(metrics["written_rows"]), counts)
+
+
+def _column_shares(report: dict, rows: int, counts: dict[str, dict[str, int]]) -> dict[str, dict]:
     limits = report.get("max_imputed_share") or {}
     findings = (report.get("detection") or {}).get("columns") or {}
-
-    imputed, replaced, na = (list_value_counts(table.column(name)) if name in table.column_names else {}
-                             for name in ("_lf_imputed", "_lf_disguised", "_lf_not_applicable"))
+    imputed, replaced, na = counts["imputed"], counts["replaced"], counts["not_applicable"]
     out = {}
     for col in sorted(set(imputed) | set(replaced) | set(na)):
-        share = imputed.get(col, 0) / table.num_rows
+        share = imputed.get(col, 0) / rows
         limit = limits.get(col, 0.5)
-        out[col] = {"cells": table.num_rows, "replaced": replaced.get(col, 0), "imputed": imputed.get(col, 0),
+        out[col] = {"cells": rows, "replaced": replaced.get(col, 0), "imputed": imputed.get(col, 0),
                     "not_applicable": na.get(col, 0), "imputed_share": round(share, 6), "max_imputed_share": limit,
                     "over": share > limit,
                     "found": [{"value": f["value"], "detector": f["detector"], "kind": f.get("kind", "missing")}
@@ -259,13 +295,18 @@ def render_report(run_dir: str | Path, *, options: dict | None = None) -> Path:
     run_dir = Path(run_dir)
     report = json.loads((run_dir / "report.json").read_text())
     counts = report.get("counts", {})
-    table = _run_rows(report, options)
-    shares = column_shares(table, report)
+    table = _run_rows(report, options, limit=SAMPLE_ROWS)  # the value plots' rows
+    shares = column_shares_of_run(report, options)
     if shares != report.get("column_shares"):  # kept in report.json for `lakefill report --check`
         report["column_shares"] = shares
         (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    check = refine_check(table)
-    plots = _plots(report, table, check)
+    check = None
+    if table is not None and "_lf_check_before" in table.column_names:  # every re-worked row, two columns
+        import pyarrow.dataset as ds
+
+        check = refine_check(_run_rows(report, options, columns=["_lf_check_before", "_lf_check_after"],
+                                       where=ds.field("_lf_check_before").is_valid()))
+    plots = _plots(report, table, check, of_rows=counts.get("rows_written"))
     check_rows = ({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in check.items() if not k.startswith("_")}
                   if check else {})
     main = {k: counts.get(k) for k in ("rows_in", "rows_written", "rows_quarantined", "cells_imputed", "rows_refined")
@@ -277,6 +318,9 @@ def render_report(run_dir: str | Path, *, options: dict | None = None) -> Path:
              else "GX Data Docs: none for this run",
              f"table: <code>{html.escape(str(report.get('table')))}</code>",
              f"quarantine: <code>{html.escape(str(report.get('quarantine')))}</code>"]
+    written = counts.get("rows_written") or 0
+    sample_note = (f"<p>Values and missingness: the run's first {table.num_rows:,} of {written:,} rows.</p>"
+                   if table is not None and 0 < table.num_rows < written else "")
     figures = "".join(f'<figure><img alt="{html.escape(t)}" src="{src}"><figcaption>{html.escape(t)}</figcaption></figure>'
                       for t, src in plots)
     page = f"""<!doctype html>
@@ -304,7 +348,7 @@ model <code>{html.escape(str(report.get('model')))}</code> &mdash;
 {_table(check_rows, ("reverse training check (held-back cells)", "")) if check_rows else ""}
 {_table(_adaptation_rows(report.get("adaptation")), ("adaptation (the job's adapt)", "")) if report.get("adaptation") else ""}
 <h2>Plots</h2>
-{figures or "<p>No rows were written, so there is nothing to plot.</p>"}
+{sample_note}{figures or "<p>No rows were written, so there is nothing to plot.</p>"}
 <h2>Timings (s)</h2>
 {_table(report.get("timings_seconds", {}), ("step", "seconds"))}
 <script>

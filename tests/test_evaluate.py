@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lakefill.pipelines.cli import main
-from lakefill.pipelines.evaluate import evaluate, load_problem
+from benchmarks import posterior_bound
+from lakefill.pipelines.evaluate import Problem, confidence_quality, evaluate, load_problem
 
 TINY = {"hidden": 32, "depth": 1, "code": 8, "epochs": 40, "min_steps": 0, "extra_sizes": [], "donors": False,
         "trees": False}
@@ -36,6 +37,8 @@ def test_evaluate_scores_booleans_and_categories_against_the_complete_table(tmp_
     for method, r in out["results"].items():
         assert {"rmse", "rmse_std", "accuracy", "accuracy_std", "fit_seconds", "impute_seconds"} <= set(r), method
     lf, mean = out["results"]["lakefill"], out["results"]["mean"]
+    assert {"confidence_spearman", "confidence_spearman_if_calibrated", "least_confident_20pct_error_share_if_calibrated",
+            "confidence_spearman_by_expected_errors", "calibration_numeric", "calibration_categorical"} <= set(lf)
     # the categories follow x, so a fill that reads x is right on nearly every hidden cell (a
     # boolean scored as the wrong text scored 0 on its column)
     assert lf["accuracy"] > 0.85 > mean["accuracy"]
@@ -57,3 +60,75 @@ def test_evaluate_command_writes_the_protocol_json(tmp_path, capsys):
     assert "knn" in capsys.readouterr().out
     assert main(["evaluate", "--data", str(data), "--methods", "mean,gain"]) == 2
     assert "gain" in capsys.readouterr().err
+
+
+def _errors_problem(n=4000, seed=0):
+    """Cells whose predicted errors are known: 1 numeric and 3 categorical columns, 30% hidden."""
+    rng = np.random.default_rng(seed)
+    expected = np.concatenate([rng.uniform(0.001, 0.05, (n, 1)), rng.uniform(0.0, 0.9, (n, 3))], 1)
+    mask = rng.random((n, 4)) < 0.3
+    sq = expected[:, :1] * rng.chisquare(1, (n, 1))  # the errors the predictions promise
+    wrong = rng.random((n, 3)) < expected[:, 1:]
+    C = [np.zeros(n, dtype=object) for _ in range(3)]
+    Chat = [np.where(wrong[:, k], 1, 0).astype(object) for k in range(3)]
+    problem = Problem("t", ["x"], ["a", "b", "c"], np.zeros((n, 1)), C, None, None)
+    n_h = np.maximum(mask.sum(1), 1)
+    confidence = 1 - (expected * mask).sum(1) / n_h
+    return problem, mask, sq, Chat, expected, confidence
+
+
+def test_the_confidence_ceiling_tells_a_calibrated_model_from_an_overconfident_one():
+    problem, mask, sq, Chat, expected, confidence = _errors_problem()
+    q = confidence_quality(problem, mask, sq, confidence, Chat, expected, seed=0)
+    # errors drawn as predicted: the confidence reaches its ceiling and the ratios are near 1
+    assert q["confidence_spearman"] > 0.3
+    assert abs(q["confidence_spearman"] - q["confidence_spearman_if_calibrated"]) < 0.04
+    assert abs(q["least_confident_20pct_error_share"] - q["least_confident_20pct_error_share_if_calibrated"]) < 0.04
+    assert 0.9 < q["calibration_numeric"] < 1.1 and 0.9 < q["calibration_categorical"] < 1.1
+    # a model that promises half the error it makes: found by the ratios
+    q2 = confidence_quality(problem, mask, sq, confidence, Chat, expected / 2, seed=0)
+    assert 1.8 < q2["calibration_numeric"] < 2.2 and 1.8 < q2["calibration_categorical"] < 2.2
+    assert q2["confidence_spearman"] == q["confidence_spearman"]  # the true figures do not use the predictions
+    # a confidence that knows nothing about the errors: no correlation, and no ceiling either
+    noise = np.random.default_rng(1).random(len(confidence))
+    q3 = confidence_quality(problem, mask, sq, noise, Chat, expected, seed=0)
+    assert abs(q3["confidence_spearman"]) < 0.1 and abs(q3["confidence_spearman_if_calibrated"]) < 0.1
+    assert q3["least_confident_20pct_error_share"] < q["least_confident_20pct_error_share"]
+
+
+def _factorial(path):
+    """Every combination of three attributes once; the class is a function of two of them."""
+    lines = ["a,b,c,cls"]
+    for a in ("x", "y", "z", "w"):
+        for b in ("p", "q", "r"):
+            for c in ("u", "v"):
+                lines.append(f"{a},{b},{c},{'good' if a in ('x', 'y') and b != 'r' else 'bad'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_posterior_bound_knows_the_class_and_not_the_free_attribute(tmp_path):
+    problem = load_problem(_factorial(tmp_path / "f.csv"), None)
+    assert problem.cat_cols == ["a", "b", "c", "cls"] and not problem.num_cols
+    n = problem.table.num_rows
+    mask = np.zeros((n, 4), dtype=bool)
+    mask[:, 3] = True  # the class hidden, every attribute seen: one candidate row, always right
+    mask[:12, 2] = True  # c hidden too on some rows: c is free (2 values, half the rows each)
+    wrong, expected, candidates = posterior_bound.posterior(problem.C, mask)
+    assert not wrong[12:, 3].any() and (expected[12:, 3] == 0).all() and (candidates[12:, 3] == 1).all()
+    assert (expected[:12, 2] == 0.5).all() and (candidates[:12, 2] == 2).all()  # c: a coin, whatever else is seen
+    assert (expected[:12, 3] == 0).all()  # the class does not depend on c: still known
+    assert (wrong[~mask] == 0).all() and (expected[~mask] == 0).all()
+
+
+def test_the_posterior_bound_command(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert posterior_bound.main(["--data", str(_factorial(tmp_path / "f.csv")), "--seeds", "0,1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    p = result["posterior"]
+    assert result["seeds"] == [0, 1] and len(result["per_seed"]) == 2 and 0 < p["accuracy"] <= 1
+    assert {"confidence_spearman", "least_confident_20pct_error_share", "ranked_by_expected_errors", "informative"} <= set(p)
+    assert "exact posterior" in capsys.readouterr().out
+    numeric = _table(tmp_path / "t.csv", n=100)
+    assert posterior_bound.main(["--data", str(numeric)]) == 2
+    assert "t.csv" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import pytest
 
 from conftest import write
 from lakefill.errors import InputError
+from lakefill._arrow import as_text
 from lakefill.transforms.io import ROW_ID, read_raw, iter_raw, parquet_read_units, plan_reads, parquet_row_groups, read_parquet_row_group
 
 
@@ -67,7 +68,9 @@ def test_reserved_prefix_refused(tmp_path):
 def test_parquet_and_jsonl(tmp_path):
     pq.write_table(pa.table({"a": [1, 2], "b": ["x", None]}), tmp_path / "t.parquet")
     r = read_raw(tmp_path / "t.parquet")
-    assert r.table.column("a").to_pylist() == ["1", "2"] and r.table.column("b").to_pylist() == ["x", None]
+    # numbers stay numbers (their text on demand, as_text); other columns are read as text
+    assert r.table.column("a").to_pylist() == [1, 2] and r.table.column("b").to_pylist() == ["x", None]
+    assert as_text(r.table).column("a").to_pylist() == ["1", "2"]
     r = read_raw(write(tmp_path / "t.jsonl", '{"a": 1, "b": "x"}\nnot json\n{"a": 3, "b": null}\n'))
     assert r.table.column("a").to_pylist() == ["1", "3"]
     assert r.quarantined[0].row_id == 1 and "not a JSON object" in r.quarantined[0].reason
@@ -84,7 +87,7 @@ def test_chunked_reading_matches_the_whole_read(tmp_path, fmt):
         pq.write_table(table, path, row_group_size=5)
         assert parquet_row_groups(path) == [(0, 0), (1, 5), (2, 10), (3, 15), (4, 20)]
         rg = read_parquet_row_group(path, 2, 10)
-        assert rg.table.column(ROW_ID).to_pylist() == list(range(10, 15)) and rg.table.column("a").to_pylist()[0] == "10"
+        assert rg.table.column(ROW_ID).to_pylist() == list(range(10, 15)) and rg.table.column("a").to_pylist()[0] == 10
         # read units: consecutive row groups up to the batch size, one group when it is larger
         assert parquet_read_units(path, 10) == [(0, 2, 0), (2, 2, 10), (4, 1, 20)]
         assert parquet_read_units(path, 12) == [(0, 2, 0), (2, 2, 10), (4, 1, 20)]
@@ -108,3 +111,51 @@ def test_chunked_reading_matches_the_whole_read(tmp_path, fmt):
     assert pa.concat_tables([c.table for c in chunks]).equals(whole.table)
     assert [q.row_id for c in chunks for q in c.quarantined] == [q.row_id for q in whole.quarantined]
     assert sum(c.rows_in for c in chunks) == whole.rows_in == 23
+
+
+def test_a_parquet_number_column_is_detected_and_parsed_as_its_text(tmp_path):
+    """Parquet integer and float64 columns stay numbers through the reader; detection, schema
+    inference and parsing give exactly what they give on the same columns' text."""
+    import numpy as np
+
+    from lakefill.schema import infer_schema
+    from lakefill.transforms.detect import NullPolicy
+    from lakefill.transforms.io import RawRead
+    from lakefill.transforms.parse import detect_and_parse
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    age = rng.integers(18, 90, n).astype(object)
+    age[rng.random(n) < 0.08] = -1  # a sentinel: the lone negative of a non-negative column
+    age[rng.random(n) < 0.05] = None
+    weight = rng.normal(70, 12, n)
+    weight[rng.random(n) < 0.05] = np.nan  # the text "nan": a null token
+    weight[rng.random(n) < 0.04] = 99999.0
+    big = (2**62 + rng.integers(0, 1000, n)).astype(object)  # above 2^53: as the text would parse
+    flag = rng.integers(0, 2, n).astype(object)
+    flag[7] = 5  # not a boolean: its row goes to quarantine
+    table = pa.table({"age": pa.array(age, pa.int64()), "weight": pa.array(weight, pa.float64()),
+                      "big": pa.array(big, pa.int64()), "flag": pa.array(flag, pa.int64()),
+                      "small": pa.array(rng.normal(0, 1, n), pa.float32()),
+                      "name": pa.array([f"n{i % 50}" for i in range(n)])})
+    pq.write_table(table, tmp_path / "t.parquet")
+    raw = read_raw(tmp_path / "t.parquet")
+    types = {f.name: f.type for f in raw.table.schema}
+    assert types["age"] == pa.int64() and types["weight"] == pa.float64() and types["small"] == pa.string()
+    text = RawRead(raw.path, as_text(raw.table), raw.quarantined)
+    assert all(pa.types.is_string(f.type) for f in text.table.schema if f.name != "_lf_row_id")
+    policy = NullPolicy().fit(raw.table)
+    assert policy.to_dict() == NullPolicy().fit(text.table).to_dict()
+    assert policy.null_values("age") == {"-1"} and "99999" in policy.null_values("weight")
+    schema = infer_schema(raw.table, name="t", policy=policy)
+    assert schema == infer_schema(text.table, name="t", policy=policy)
+    for types in ({}, {"flag": "boolean", "weight": "numeric", "big": "integer", "age": "numeric"},
+                  {"weight": "text", "big": "numeric", "age": "categorical"}):
+        typed = schema.model_copy(update={"columns": [c.model_copy(update={"type": types.get(c.name, c.type)})
+                                                      for c in schema.columns]})
+        a, b = detect_and_parse(raw, typed), detect_and_parse(text, typed)
+        assert a.table.equals(b.table) and a.disguised == b.disguised and a.disguised["age"] > 0, types
+        assert [q.__dict__ for q in a.quarantined] == [q.__dict__ for q in b.quarantined], types
+        if types.get("flag") == "boolean":  # not a boolean: its row goes to quarantine, as its text
+            assert len(a.quarantined) == 1 and '"flag": "5"' in a.quarantined[0].record
+            assert "is not a boolean" in a.quarantined[0].reason

@@ -54,6 +54,43 @@ def test_the_refinement_check_in_the_report_matches_the_rows(run):
     assert pc.sum(pc.is_null(t.column("_lf_check_before"))).as_py() == t.num_rows - int(checked.sum())
 
 
+def test_the_report_counts_from_the_run_and_plots_a_bounded_sample(run, monkeypatch):
+    """Per-column shares come from the finish step's counters (equal to counting the table);
+    the value plots read at most SAMPLE_ROWS rows; the refinement check reads every re-worked row."""
+    import json
+    from pathlib import Path
+
+    from deltalake import DeltaTable
+
+    from lakefill.pipelines import report as rep
+
+    run_dir = Path(run.report).parent
+    report = json.loads((run_dir / "report.json").read_text())
+    table = DeltaTable(run.table).to_pyarrow_table()
+    assert report["metrics"]["written_rows"] == table.num_rows == report["counts"]["rows_written"]
+    assert report["column_shares"] == rep.column_shares(table, report) != {}
+    # a report of a run made before the counters: counted on the table's columns, the same
+    old = {**report, "metrics": {k: v for k, v in report["metrics"].items() if not k.startswith("written_")}}
+    assert rep.column_shares_of_run(old) == report["column_shares"]
+    whole = rep.refine_check(table)
+    seen = []
+    real = rep._run_rows
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        seen.append((kw.get("limit"), kw.get("columns"), None if out is None else out.num_rows))
+        return out
+
+    monkeypatch.setattr(rep, "SAMPLE_ROWS", 40)
+    monkeypatch.setattr(rep, "_run_rows", spy)
+    text = rep.render_report(run_dir).read_text()
+    assert f"the run's first 40 of {table.num_rows:,} rows" in text
+    assert json.loads((run_dir / "report.json").read_text())["column_shares"] == report["column_shares"]
+    # no read of the whole table: the sample (40 rows), then the check's two columns of the re-worked rows
+    assert seen == [(40, None, 40), (None, ["_lf_check_before", "_lf_check_after"], whole["rows_checked"])]
+    assert f"<td>rows_checked</td><td class=n>{whole['rows_checked']}</td>" in text
+
+
 def test_lakefill_report_prints_the_counts_and_the_page(run, capsys):
     from pathlib import Path
 

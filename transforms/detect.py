@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakefill._arrow import flags_to_lists, list_value_counts
+from lakefill._arrow import as_text, flags_to_lists, is_typed_number, list_value_counts
 from lakefill._values import NULL_TOKENS, parse_number
 
 __all__ = ["Finding", "NullPolicy", "DISGUISED", "NOT_APPLICABLE", "NotFittedError", "MAX_REPLACED_SHARE"]
@@ -110,7 +110,7 @@ class NullPolicy:
     def fit(self, table: pa.Table) -> "NullPolicy":
         if self.sample_rows < 1:
             raise ValueError(f"sample_rows must be >= 1, got {self.sample_rows}")
-        sample = table.slice(0, self.sample_rows)
+        sample = as_text(table.slice(0, self.sample_rows))  # every rule reads a number column's text
         if self.schema is not None:
             self.schema.check_columns([c for c in sample.column_names if not c.startswith("_lf_")], source="NullPolicy.fit")
         # text columns only: nested and binary columns pass through (see lakefill.transforms.io)
@@ -370,21 +370,38 @@ class NullPolicy:
             if c not in self.columns_:
                 arrays[c] = col
                 continue
-            trimmed = pc.utf8_trim_whitespace(col)
+            if is_typed_number(col.type) and not self._needs_text(c, col):  # only its nulls are missing
+                flags.append(np.zeros(table.num_rows, bool))
+                na_flags.append(np.zeros(table.num_rows, bool))
+                counts[c] = 0
+                arrays[c] = col
+                continue
+            text = col.cast(pa.string()) if is_typed_number(col.type) else col
+            trimmed = pc.utf8_trim_whitespace(text)
             blank = pc.fill_null(pc.equal(trimmed, ""), True)
             na_values = self._flagged_na(c)
             na = _in(trimmed, na_values)
-            nulled = pc.and_not(self.null_mask(c, col), blank)
+            nulled = pc.and_not(self.null_mask(c, text), blank)
             disguised = pc.fill_null(pc.and_not(nulled, na), False)
             counts[c] = int(pc.sum(disguised).as_py() or 0)
             flags.append(_numpy(disguised))
             na_flags.append(_numpy(na))
-            arrays[c] = pc.if_else(pc.or_(blank, nulled), pa.scalar(None, pa.string()), col)
+            arrays[c] = pc.if_else(pc.or_(blank, nulled), pa.scalar(None, col.type), col)
         names = np.asarray(self.columns_, dtype=object)
         empty = np.zeros((table.num_rows, 0), bool)
         arrays[DISGUISED] = flags_to_lists(np.stack(flags, axis=1) if flags else empty, names)
         arrays[NOT_APPLICABLE] = flags_to_lists(np.stack(na_flags, axis=1) if na_flags else empty, names)
         return pa.table(arrays), counts
+
+    def _needs_text(self, column: str, col) -> bool:
+        """Whether a typed number column can hold a value this policy nulls or flags: a value
+        it lists, or (null tokens on) a float's NaN, whose text is the token "nan". Otherwise
+        its text (``as_text``) holds no blank, no token and no listed value, and only its
+        nulls are missing: the same result without making the text."""
+        if self.null_values(column) or self._flagged_na(column):
+            return True
+        return (self._on(column, "token") and pa.types.is_floating(col.type)
+                and bool(pc.any(pc.is_nan(col)).as_py()))
 
     def not_applicable_counts(self, table: pa.Table) -> dict[str, int]:
         """Cells per column listed in an applied batch's ``_lf_not_applicable``."""

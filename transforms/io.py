@@ -27,11 +27,13 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from lakefill._arrow import as_text, is_typed_number
 from lakefill.errors import InputError
 from lakefill.transforms.storage import Location, as_location
 from lakefill.transforms.textsplit import TextSplit, text_splits
 
-__all__ = ["ROW_ID", "FILE_ROWS", "input_files", "RawRead", "Quarantined", "CsvOptions", "is_passthrough_type", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
+__all__ = ["ROW_ID", "FILE_ROWS", "input_files", "RawRead", "Quarantined", "CsvOptions", "is_passthrough_type",
+           "is_typed_number", "as_text", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
            "read_parquet_row_group", "plan_reads", "read_unit", "SPLIT_BYTES", "quarantine_table", "QUARANTINE_SCHEMA"]
 
 ROW_ID = "_lf_row_id"
@@ -399,13 +401,18 @@ def is_passthrough_type(t: pa.DataType) -> bool:
 
 def _as_strings(path: str, table: pa.Table | pa.RecordBatch, first_row: int) -> RawRead:
     """Each column as strings (the type it was cast from in the field's metadata, so that schema
-    inference can keep a decimal a decimal); nested and binary columns as they are."""
+    inference can keep a decimal a decimal), but integer and float columns, which stay numbers
+    (``is_typed_number``, same metadata: ``as_text`` gives their text); nested and binary
+    columns as they are."""
     arrays, fields = [], []
     for source in table.schema:
         col = table.column(source.name)
         if pa.types.is_string(col.type) or is_passthrough_type(col.type):
             arrays.append(col)
             fields.append(pa.field(source.name, col.type))
+        elif is_typed_number(col.type):
+            arrays.append(col)
+            fields.append(pa.field(source.name, col.type, metadata={"lakefill.source_type": str(col.type)}))
         else:
             arrays.append(col.cast(pa.string()))
             fields.append(pa.field(source.name, pa.string(), metadata={"lakefill.source_type": str(col.type)}))

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakefill._arrow import normalize_array
+from lakefill._arrow import as_text, is_typed_number, normalize_array
 from lakefill._values import _THOUSANDS, parse_bool, parse_datetime_array, parse_number
 from lakefill.transforms.detect import NullPolicy
 from lakefill.transforms.io import ROW_ID, Quarantined, RawRead
@@ -42,6 +42,8 @@ def parse_table(table: pa.Table, schema: TableSchema) -> tuple[pa.Table, list[Qu
         if spec.type == "passthrough":
             arrays[name] = col
             continue
+        if is_typed_number(col.type) and spec.type not in ("numeric", "integer"):
+            col = col.cast(pa.string())  # a number read as another type is parsed from its text
         typed, bad = _cast(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col, spec)
         for i in bad:
             bad_rows.setdefault(int(i), f"type: column {name!r}: value {col[int(i)].as_py()!r} is not {_a(spec.type)}")
@@ -55,7 +57,7 @@ def parse_table(table: pa.Table, schema: TableSchema) -> tuple[pa.Table, list[Qu
     keep = np.ones(table.num_rows, dtype=bool)
     keep[idx] = False
     row_ids = table.column(ROW_ID).to_numpy() if ROW_ID in table.column_names else np.arange(table.num_rows)
-    originals = table.take(pa.array(idx)).select([n for n in table.column_names if not n.startswith("_lf_")]).to_pylist()
+    originals = as_text(table.take(pa.array(idx)).select([n for n in table.column_names if not n.startswith("_lf_")])).to_pylist()
     quarantined = [Quarantined(int(row_ids[i]), bad_rows[int(i)], "parse", json.dumps(rec, default=str))
                    for i, rec in zip(idx, originals)]
     return typed.filter(pa.array(keep)), quarantined
@@ -90,15 +92,18 @@ def _cast(col: pa.Array, spec) -> tuple[pa.Array, np.ndarray]:
     target = arrow_type(spec)
     if pa.types.is_string(target):
         return col.cast(pa.string()), np.empty(0, dtype=np.int64)
-    trimmed = pc.utf8_trim_whitespace(col)
+    trimmed = col if is_typed_number(col.type) else pc.utf8_trim_whitespace(col)
     if type_ == "decimal":
         return _cast_decimal(col, trimmed, target)
     if type_ in ("numeric", "integer"):
-        try:  # fast path: plain numbers
-            floats = pc.cast(trimmed, pa.float64())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            floats = pa.array([None if v is None else parse_number(v) for v in trimmed.to_pylist()], pa.float64())
-        bad = _bad_positions(col, floats)
+        if is_typed_number(col.type):  # read as numbers: the values its text would parse to (unsafe: no
+            floats, bad = pc.cast(col, pa.float64(), safe=False), np.empty(0, dtype=np.int64)  # check on > 2^53)
+        else:
+            try:  # fast path: plain numbers
+                floats = pc.cast(trimmed, pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                floats = pa.array([None if v is None else parse_number(v) for v in trimmed.to_pylist()], pa.float64())
+            bad = _bad_positions(col, floats)
         if type_ == "integer":
             values = floats.to_numpy(zero_copy_only=False)
             frac = np.zeros(len(values), dtype=bool)

@@ -36,7 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakefill.schema import TableSchema
-from lakefill.transforms.detect import NullPolicy
+from lakefill._arrow import list_value_counts
+from lakefill.transforms.detect import DISGUISED, NOT_APPLICABLE, NullPolicy
 from lakefill.transforms.impute import CONFIDENCE, IMPUTED, METHOD, Imputer
 from lakefill.transforms.io import ROW_ID, Quarantined
 from lakefill.transforms.parse import parse_table
@@ -186,7 +187,10 @@ class Refine(Step):
 
 class Finish(Step):
     """The run id column, rows in row-id order; counters of the rows that go to the table:
-    ``cells_imputed``, ``rows_refined`` and the confidence histogram (``confidence_bin:<edge>``)."""
+    ``cells_imputed``, ``rows_refined``, the confidence histogram (``confidence_bin:<edge>``) and,
+    where rows are imputed, ``written_rows`` and per column ``written_imputed:<col>``,
+    ``written_replaced:<col>`` (disguised nulls) and ``written_not_applicable:<col>``: the
+    report's per-column shares, counted here so that it never reads the run's table back."""
 
     name = "finish"
 
@@ -199,6 +203,10 @@ class Finish(Step):
             counters.update({bin_label(k): n for k, n in enumerate(confidence_histogram(batch)) if n})
         if IMPUTED in batch.column_names:
             counters["cells_imputed"] = cells_imputed(batch)
+            counters["written_rows"] = batch.num_rows
+            for name, label in ((IMPUTED, "imputed"), (DISGUISED, "replaced"), (NOT_APPLICABLE, "not_applicable")):
+                if name in batch.column_names:
+                    counters.update({f"written_{label}:{col}": n for col, n in list_value_counts(batch.column(name)).items()})
         if METHOD in batch.column_names:
             counters["rows_refined"] = refined_rows(batch)
         return StepOutput(with_run_id(batch, self.run_id).sort_by(ROW_ID), [], +counters)
