@@ -49,3 +49,25 @@ def test_the_device_flag_takes_cpu_or_gpu_only(capsys):
     with pytest.raises(SystemExit) as err:
         main(["--engine", "core", "--device", "tpu"])
     assert err.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+def test_the_bf16_check_scores_the_filled_cells_against_the_truth():
+    """``--bf16``'s RMSE: only the cells the fill lists in ``_lf_imputed``, each column on the
+    truth's min-max scale (a wrong filled cell counts, a wrong observed cell does not)."""
+    import pyarrow as pa
+
+    from benchmarks.throughput import _fill_rmse
+
+    truth = pa.table({"a": pa.array([0, 10, 20, 30], pa.int64()), "b": pa.array([0, 1, 2, 3], pa.int64())})
+    imputed = pa.array([["a"], [], ["a", "b"], []], pa.list_(pa.string()))
+    exact = truth.append_column("_lf_imputed", imputed)
+    assert _fill_rmse(exact, truth) == 0.0
+    off = pa.table({"a": pa.array([3, 99, 20, 30], pa.int64()), "b": pa.array([0, 1, 5, 3], pa.int64()),
+                    "_lf_imputed": imputed})  # row 1's a is wrong but observed: not scored
+    # a: (3 - 0) / 30 on row 0, 0 on row 2; b: (5 - 2) / 3 on row 2
+    assert _fill_rmse(off, truth) == pytest.approx(((0.1 ** 2 + 0 + 1.0) / 3) ** 0.5)
+
+
+def test_the_gpu_script_times_bf16_on_both_devices():
+    text = (ROOT / "benchmarks" / "gpu.sh").read_text()
+    assert '--device "$device" --bf16' in text and "for device in gpu cpu" in text
