@@ -14,5 +14,9 @@ for device in gpu cpu; do
   "$PY" -m benchmarks.throughput --engine core --rows "$ROWS" --device "$device" --bf16 \
     --json "$OUT/throughput_core_${ROWS}_${device}.json"
 done
-"$PY" -m benchmarks.throughput --engine spark --rows "$ROWS" --device gpu \
+# Spark with the model on the GPU: a standalone cluster on 127.0.0.1 whose worker offers the GPU
+# (benchmarks/gpu_discovery.sh; each task asks for 1/cores of it), against Spark local[*] on the CPU
+"$PY" -m benchmarks.throughput --engine spark --rows "$ROWS" --device gpu --spark-gpu-cluster \
   --json "$OUT/throughput_spark_${ROWS}_gpu.json"
+"$PY" -m benchmarks.throughput --engine spark --rows "$ROWS" --device cpu \
+  --json "$OUT/throughput_spark_${ROWS}_cpu.json"

@@ -430,6 +430,27 @@ def bench_beam(path: Path, rows: int, beam_args: list[str]) -> dict:
             "beam_args": beam_args}
 
 
+DISCOVERY = ROOT / "benchmarks" / "gpu_discovery.sh"
+
+
+def gpu_cluster_args(master: str, cores: int, discovery: Path = DISCOVERY) -> list[str]:
+    """Spark settings for a standalone cluster whose workers offer their GPUs (``gpu_cluster``):
+    one GPU per executor, shared by its ``cores`` task slots (each task asks for 1/cores of it)."""
+    return ["--master", master, "--conf", f"spark.executor.cores={cores}",
+            "--conf", "spark.executor.resource.gpu.amount=1",
+            "--conf", f"spark.executor.resource.gpu.discoveryScript={discovery}",
+            "--conf", f"spark.task.resource.gpu.amount={1 / cores:.6g}", "--conf", "spark.ui.enabled=false"]
+
+
+def gpu_cluster(root: Path, cores: int, discovery: Path = DISCOVERY, extra_env: dict | None = None):
+    """A one-worker standalone cluster on 127.0.0.1 whose worker offers the GPUs the discovery
+    script finds (``spark.worker.resource.gpu.*``); stop it with ``.stop()``."""
+    from lakefill.testing import SparkCluster
+
+    opts = f"-Dspark.worker.resource.gpu.amount=1 -Dspark.worker.resource.gpu.discoveryScript={discovery}"
+    return SparkCluster(root, workers=1, cores=cores, worker_opts=opts, extra_env=extra_env)
+
+
 def bench_spark(path: Path, rows: int, spark_args: list[str]) -> dict:
     from lakefill.pipelines.spark_job import run_spark, spark_session
 
@@ -444,7 +465,7 @@ def bench_spark(path: Path, rows: int, spark_args: list[str]) -> dict:
     stage = time.perf_counter() - t
     return {"stage_rows_per_s": rows / stage, "passthrough_rows_per_s": rows / passthrough,
             "stage_seconds": stage, "passthrough_seconds": passthrough, "counts": outcome.counts,
-            "spark_args": spark_args}
+            "spark_args": spark_args, "task_gpus": (outcome.metrics or {}).get("spark", {}).get("task_gpus", [])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,12 +477,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="s3: also run the stage with every path on an S3 server on loopback (beam, spark)")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
                     help="where the model runs (gpu: a CUDA GPU torch can see, else refused before any work)")
+    ap.add_argument("--spark-gpu-cluster", action="store_true",
+                    help="spark: run on a one-worker standalone cluster on 127.0.0.1 whose worker offers its GPU "
+                         "(benchmarks/gpu_discovery.sh; spark.task.resource.gpu.amount = 1 / cores); the JSON's "
+                         "task_gpus lists the GPU addresses the tasks were given")
     ap.add_argument("--bf16", action="store_true",
                     help="also time the model in bfloat16 (torch.autocast) against fp32 on 100,000 rows and "
                          "check the filled cells' RMSE moves by at most 1e-4 (JSON key bf16)")
     args, extra = ap.parse_known_args(argv)
     if args.store != "local" and args.engine == "core":
         ap.error("--store s3 needs --engine beam or spark (the core benchmark writes no lake)")
+    if args.spark_gpu_cluster and args.engine != "spark":
+        ap.error("--spark-gpu-cluster needs --engine spark")
     if args.device == "gpu":
         import torch
 
@@ -474,10 +501,21 @@ def main(argv: list[str] | None = None) -> int:
         res = bench_core(path, args.rows)
     elif args.engine == "beam":
         res = bench_beam(path, args.rows, extra)  # default: the Direct runner's defaults (in-memory, one worker)
+    elif args.spark_gpu_cluster:
+        cores = os.cpu_count() or 1
+        cluster = gpu_cluster(CACHE / "gpu-cluster", cores)
+        try:
+            extra = gpu_cluster_args(cluster.url, cores) + extra
+            res = bench_spark(path, args.rows, extra)
+            res["spark_gpu_cluster"] = {"master": cluster.url, "cores": cores, "discovery": str(DISCOVERY)}
+            res["no_model_rows_per_s"] = no_model_run(args.engine, path, args.rows, extra)
+        finally:
+            cluster.stop()
     else:
         res = bench_spark(path, args.rows, extra)
     # the extended figures (same run): the stage without the model, the model alone, the machine
-    res["no_model_rows_per_s"] = no_model_run(args.engine, path, args.rows, extra)
+    if "no_model_rows_per_s" not in res:
+        res["no_model_rows_per_s"] = no_model_run(args.engine, path, args.rows, extra)
     res.update(model_cost(path, args.rows, args.device))
     if args.bf16:
         res["bf16"] = bf16_check(path, args.device, min(args.rows, 100_000))

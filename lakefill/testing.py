@@ -125,12 +125,13 @@ def _json(url):
 
 
 class SparkCluster:
-    """A Spark standalone cluster on 127.0.0.1: one master and ``workers`` workers (1 core,
-    2 GiB each), each its own process, run by pyspark's own ``spark-class``; executors run this
+    """A Spark standalone cluster on 127.0.0.1: one master and ``workers`` workers (``cores``
+    cores, 2 GiB each; ``worker_opts``: their SPARK_WORKER_OPTS), each its own process, run by pyspark's own ``spark-class``; executors run this
     interpreter unless the job says otherwise. ``url`` is the master's; ``env`` (plus ``extra_env``)
     is what the processes were started with. For tests and for trying a cluster deployment."""
 
-    def __init__(self, root: Path, *, workers: int = 2, extra_env: dict | None = None):
+    def __init__(self, root: Path, *, workers: int = 2, cores: int = 1, worker_opts: str = "",
+                 extra_env: dict | None = None):
         import pyspark
 
         self.spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
@@ -138,13 +139,15 @@ class SparkCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
                     "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(extra_env or {})}
+        if worker_opts:  # the workers' own settings, e.g. the GPUs they offer (spark.worker.resource.gpu.*)
+            self.env["SPARK_WORKER_OPTS"] = worker_opts
         self.port, self.ui = _free_port(), _free_port()
         self.url = f"spark://127.0.0.1:{self.port}"
         self.master = self._start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                   "--port", str(self.port), "--webui-port", str(self.ui))
         self._wait(lambda s: True, what="master")
         self.workers = [self._start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", self.url, "--host",
-                                    "127.0.0.1", "--cores", "1", "--memory", "2g", "--webui-port", "0",
+                                    "127.0.0.1", "--cores", str(cores), "--memory", "2g", "--webui-port", "0",
                                     "--work-dir", str(root / f"work{i}")) for i in range(workers)]
         self._wait(lambda s: s["aliveworkers"] == workers, what=f"{workers} workers")
 

@@ -89,7 +89,8 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
         totals.add(Parts.from_dict(json.loads(r["parts"])))
     metrics = {"steps": plan.names, "spark": {
         "parts": len(rows), "spark_master": spark.sparkContext.master, "model_sha256": model.sha256 if model else None,
-        "executor_folders": sorted({r["worker"] for r in rows}), "executor_pythons": sorted({r["python"] for r in rows})}}
+        "executor_folders": sorted({r["worker"] for r in rows}), "executor_pythons": sorted({r["python"] for r in rows}),
+        "task_gpus": sorted({a for r in rows for a in (r["gpus"] or "").split(",") if a})}}
     done = finalize(totals.sort(), run_id=run_id, engine="spark", output=out, config=config_summary(cfg),
                     max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,
                     timings={"spark_job": job_seconds, "total": time.perf_counter() - t0}, metrics=metrics, log=log)

@@ -133,6 +133,28 @@ def test_standalone_cluster_runs_the_job_with_the_model_on_both_executors(cluste
 
 
 @pytest.mark.cluster
+def test_tasks_get_the_gpu_their_worker_discovered(demo_model, tmp_path):
+    """The GPU set of protocol D (benchmarks/gpu.sh): a worker that offers a GPU (its discovery
+    script; here told the address, as this machine has none) and tasks that each ask for a share
+    of it: every task of the job ran holding GPU 0, and the report says so."""
+    from benchmarks.throughput import gpu_cluster, gpu_cluster_args
+
+    cluster = gpu_cluster(tmp_path / "cluster", cores=2, extra_env={"LAKEFILL_GPU_ADDRESSES": "0"})
+    try:
+        job, n = _parquet_job(tmp_path, demo_model, "gpu")
+        log = open(tmp_path / "driver.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "lakefill.pipelines.spark_job", str(job),
+                                 *gpu_cluster_args(cluster.url, 2)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=cluster.env)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "driver.log").read_text()[-4000:]
+    finally:
+        cluster.stop()
+    report = json.loads((tmp_path / "out" / "reports" / "gpu" / "report.json").read_text())
+    assert report["metrics"]["spark"]["task_gpus"] == ["0"] and report["counts"]["rows_in"] == n
+    assert "spark.task.resource.gpu.amount=0.5" in gpu_cluster_args("spark://x:1", 2)
+
+
+@pytest.mark.cluster
 def test_a_worker_killed_mid_job_writing_to_s3_loses_and_duplicates_nothing(cluster, demo_model, tmp_path, s3):
     """Input, model and output only on the S3 server (each worker has its own work folder, no
     shared disk); one worker is killed while tasks write their parts: Spark's retry completes

@@ -71,3 +71,9 @@ def test_the_bf16_check_scores_the_filled_cells_against_the_truth():
 def test_the_gpu_script_times_bf16_on_both_devices():
     text = (ROOT / "benchmarks" / "gpu.sh").read_text()
     assert '--device "$device" --bf16' in text and "for device in gpu cpu" in text
+
+
+def test_the_spark_gpu_cluster_flag_is_for_spark_only(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["--engine", "core", "--rows", "1000", "--spark-gpu-cluster"])
+    assert err.value.code == 2 and "--spark-gpu-cluster needs --engine spark" in capsys.readouterr().err

@@ -60,7 +60,7 @@ __all__ = ["Q_REASON", "Q_STAGE", "Q_RECORD", "ModelRef", "Counters", "broadcast
 
 Q_REASON, Q_STAGE, Q_RECORD = "_lf_q_reason", "_lf_q_stage", "_lf_q_record"
 Q_FIELDS = [pa.field(Q_REASON, pa.string()), pa.field(Q_STAGE, pa.string()), pa.field(Q_RECORD, pa.string())]
-PARTS_SCHEMA = "parts string, worker string, python string"
+PARTS_SCHEMA = "parts string, worker string, python string, gpus string"
 
 
 # -- counters (Spark accumulators) -------------------------------------------------------------
@@ -201,7 +201,10 @@ def _task_device(setting: str) -> str:
     ctx = TaskContext.get()
     gpus = ctx.resources().get("gpu") if ctx is not None else None
     if setting in ("auto", "gpu") and gpus is not None and gpus.addresses:
-        return f"cuda:{gpus.addresses[0]}"
+        import torch
+
+        if torch.cuda.is_available():  # a GPU given to the task that this torch cannot use: as without one
+            return f"cuda:{gpus.addresses[0]}"
     return resolve_device(setting)
 
 
@@ -274,7 +277,7 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
             parts.counters["model_loads"] += _LOADS[0]
             _LOADS[0] = 0
             yield pa.RecordBatch.from_pylist([{"parts": json.dumps(parts.to_dict()), "worker": _worker(),
-                                               "python": sys.prefix}], schema=_PARTS)
+                                               "python": sys.prefix, "gpus": _task_gpus()}], schema=_PARTS)
 
     return todo.mapInArrow(fn, PARTS_SCHEMA)
 
@@ -402,9 +405,19 @@ def write_lake(df: DataFrame, table_uri: str, quarantine_uri: str, run_id: str, 
             parts = write_outputs(good.cast(final_schema) if good.num_rows else None, rows, **out)
             if parts.table_actions or parts.quarantine_actions:
                 yield pa.RecordBatch.from_pylist([{"parts": json.dumps(parts.to_dict()), "worker": _worker(),
-                                                   "python": sys.prefix}], schema=_PARTS)
+                                                   "python": sys.prefix, "gpus": _task_gpus()}], schema=_PARTS)
 
     return df.mapInArrow(fn, PARTS_SCHEMA)
+
+
+def _task_gpus() -> str:
+    """The GPU addresses Spark gave the task (``spark.task.resource.gpu.amount`` on executors
+    that discovered GPUs), comma-separated; empty when it gave none."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    resources = ctx.resources() if ctx is not None else {}
+    return ",".join(resources["gpu"].addresses) if "gpu" in resources else ""
 
 
 def _worker() -> str:
@@ -413,4 +426,4 @@ def _worker() -> str:
 
 
 _NOTHING_HELD = pa.schema([pa.field(ROW_ID, pa.int64())] + Q_FIELDS).empty_table()
-_PARTS = pa.schema([("parts", pa.string()), ("worker", pa.string()), ("python", pa.string())])
+_PARTS = pa.schema([("parts", pa.string()), ("worker", pa.string()), ("python", pa.string()), ("gpus", pa.string())])
