@@ -277,7 +277,8 @@ def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
     cfg = prep.config
     return stage_plan(schema=prep.schema, policy=prep.policy or {}, run_id=prep.run_id, refine=cfg.refine,
                       confidence_threshold=cfg.confidence_threshold, extra_steps=extra_steps, impute=cfg.impute,
-                      adapted_fill=cfg.adapt_rows == "all")  # where the model has adapted networks
+                      adapted_fill=cfg.adapt_rows == "all",  # where the model has adapted networks
+                      precision=cfg.precision)
 
 
 def end_of_run(prep: Prepared, report_dir: "Path | Location") -> None:

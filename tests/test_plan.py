@@ -178,3 +178,39 @@ def test_a_validation_run_reads_no_model_and_fills_nothing(engine, request, tmp_
     table = _read(outcome.table)
     assert "_lf_imputed" not in table.column_names and table.column("blood_pressure").null_count > 0
     assert not (tmp_path / "no-model").exists()
+
+
+@pytest.mark.slow
+def test_a_bf16_run_fills_the_same_cells_close_to_fp32_and_the_same_on_every_engine(demo_model, request, tmp_path):
+    """``precision: bf16``: the forward pass under bfloat16 autocast. The same cells are filled,
+    each close to the fp32 fill; the three engines give the same bf16 table (same model, same
+    input, same machine)."""
+    from conftest import run_engine
+
+    fp32 = _read(run_engine("local", demo_job(tmp_path / "a", demo_model, run_id="fp32"), request).table)
+    tables = {}
+    for engine in ENGINES:
+        outcome = run_engine(engine, demo_job(tmp_path / engine, demo_model, run_id="bf16", precision="bf16",
+                                              refine=False), request)
+        assert json.loads(open(outcome.report).read())["config"]["precision"] == "bf16"
+        tables[engine] = _read(outcome.table)
+    bf16 = tables["local"]
+    for engine in ("beam", "spark"):
+        for name in bf16.column_names:
+            if name != "_lf_run_id":
+                assert tables[engine].column(name).to_pylist() == bf16.column(name).to_pylist(), (engine, name)
+    assert bf16.column(ROW_ID).to_pylist() == fp32.column(ROW_ID).to_pylist()
+    assert bf16.column("_lf_imputed").to_pylist() == fp32.column("_lf_imputed").to_pylist()
+    filled = imputed_cells = 0
+    for name in ("age", "income", "blood_pressure", "weight_kg"):
+        mask = np.array([name in (v or []) for v in fp32.column("_lf_imputed").to_pylist()])
+        a = fp32.column(name).to_numpy(zero_copy_only=False).astype(float)
+        b = bf16.column(name).to_numpy(zero_copy_only=False).astype(float)
+        span = np.nanmax(a) - np.nanmin(a)
+        assert mask.any() and np.all(np.abs(a[mask] - b[mask]) <= 0.03 * span), name
+        assert np.array_equal(a[~mask], b[~mask], equal_nan=True), name  # observed cells untouched
+        filled += int((a[mask] != b[mask]).sum())
+        imputed_cells += int(mask.sum())
+    assert filled > 0  # bf16 is not fp32 (a test that could not tell them apart would prove nothing)
+    conf_a, conf_b = fp32.column("_lf_confidence").to_numpy(), bf16.column("_lf_confidence").to_numpy()
+    assert np.max(np.abs(conf_a - conf_b)) < 0.05

@@ -61,9 +61,13 @@ class Imputer:
     def columns(self) -> list[str]:
         return self.artifact.codec.columns
 
-    def impute(self, table: pa.Table, *, adapted: bool = False) -> pa.Table:
+    def impute(self, table: pa.Table, *, adapted: bool = False, precision: str = "fp32") -> pa.Table:
         """``adapted``: fill through the artifact's adapted networks where it has them (the job's
-        ``adapt_rows: all``); those rows' ``_lf_method`` is ``adapted``."""
+        ``adapt_rows: all``); those rows' ``_lf_method`` is ``adapted``. ``precision``: ``bf16``
+        runs the forward pass under ``torch.autocast(bfloat16)`` (the outputs come back as float32;
+        the same input gives the same fill on the same machine)."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
         codec, model = self.artifact.codec, self.artifact.model
         adapted = adapted and self.artifact.adapted is not None
         if adapted:
@@ -72,7 +76,13 @@ class Imputer:
         if missing_cols:
             raise KeyError(f"the batch lacks the model's column(s) {missing_cols}")
         enc = codec.encode(table)
-        pred = predict(model, enc.values, enc.observed, num_weights=self._weights)
+        if precision == "bf16":
+            import torch
+
+            with torch.autocast("cuda" if str(self.device).startswith("cuda") else "cpu", dtype=torch.bfloat16):
+                pred = predict(model, enc.values, enc.observed, num_weights=self._weights)
+        else:
+            pred = predict(model, enc.values, enc.observed, num_weights=self._weights)
         fill = ~enc.observed
         if NOT_APPLICABLE in table.column_names:  # a value that does not exist is never invented
             fill &= ~imputed_mask(table.column(NOT_APPLICABLE), self.columns)

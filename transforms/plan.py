@@ -152,16 +152,17 @@ class Validate(Step):
 
 
 class Impute(Step):
-    """``adapted``: fill through the model's adapted networks where it has them (``adapt_rows: all``)."""
+    """``adapted``: fill through the model's adapted networks where it has them (``adapt_rows: all``);
+    ``precision``: the forward pass in ``fp32`` or ``bf16`` (``Imputer.impute``)."""
 
     name = "impute"
     uses_model = inference = isolate = True
 
-    def __init__(self, adapted: bool = False):
-        self.adapted = adapted
+    def __init__(self, adapted: bool = False, precision: str = "fp32"):
+        self.adapted, self.precision = adapted, precision
 
     def run(self, batch, rt):
-        return StepOutput(rt.imputer().impute(batch, adapted=self.adapted))
+        return StepOutput(rt.imputer().impute(batch, adapted=self.adapted, precision=self.precision))
 
 
 class Refine(Step):
@@ -224,7 +225,8 @@ class StagePlan:
 
 def stage_plan(*, schema: TableSchema | dict, policy: NullPolicy | dict, run_id: str, refine: bool = True,
                confidence_threshold: float = 0.5, reverse: dict | None = None,
-               extra_steps: Sequence[Step] = (), adapted_fill: bool = False, impute: bool = True) -> StagePlan:
+               extra_steps: Sequence[Step] = (), adapted_fill: bool = False, impute: bool = True,
+               precision: str = "fp32") -> StagePlan:
     """The stage's plan. ``extra_steps`` run after post-validation, before ``finish``, on every engine.
     ``impute`` false: detect, pre-validate, (your steps), finish: a validation run with no model.
     ``adapted_fill``: every row is filled through the model's adapted networks where it has them."""
@@ -232,7 +234,7 @@ def stage_plan(*, schema: TableSchema | dict, policy: NullPolicy | dict, run_id:
     policy_d = policy.to_dict() if isinstance(policy, NullPolicy) else dict(policy)
     steps: list[Step] = [Detect(policy_d, schema_d), Validate(schema_d, "pre")]
     if impute:  # without it (a validation run) nothing is filled, so nothing is refined or post-validated
-        steps.append(Impute(adapted_fill))
+        steps.append(Impute(adapted_fill, precision))
         if refine:
             steps.append(Refine(confidence_threshold, reverse, adapted_fill))
         steps.append(Validate(schema_d, "post"))
