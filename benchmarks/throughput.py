@@ -318,8 +318,6 @@ def bf16_check(path: Path, device: str = "cpu", rows: int = 100_000) -> dict:
     and the RMSE of the filled cells against letter's true values (the resampled input's holes
     are letter rows' cells, so every filled cell has its true value in letter). bf16 holds when
     the RMSE moves by at most 1e-4."""
-    import torch
-
     from lakefill.pipelines.launcher import plan_for, prepare
     from lakefill.transforms.impute import Imputer
     from lakefill.transforms.io import iter_raw
@@ -331,29 +329,18 @@ def bf16_check(path: Path, device: str = "cpu", rows: int = 100_000) -> dict:
     head = [s for s in plan_for(prep).steps if s.name in ("detect", "validate_pre")]
     batch = run_steps(head, next(iter(iter_raw(cfg.input, batch_rows=rows))).table, Runtime(lambda: imputer)).table
     truth = _truth(path, rows)
-    kind = "cuda" if str(imputer.device).startswith("cuda") else "cpu"
     out = {}
-    for precision in ("fp32", "bf16"):
-        ctx = (torch.autocast(kind, dtype=torch.bfloat16) if precision == "bf16" else _nothing())
-        with ctx:
-            imputer.impute(batch.slice(0, 1000))  # warm
-            t = time.perf_counter()
-            filled = imputer.impute(batch)
-            seconds = time.perf_counter() - t
+    for precision in ("fp32", "bf16"):  # the job's precision option (Imputer.impute)
+        imputer.impute(batch.slice(0, 1000), precision=precision)  # warm
+        t = time.perf_counter()
+        filled = imputer.impute(batch, precision=precision)
+        seconds = time.perf_counter() - t
         out[f"{precision}_rows_per_s"] = batch.num_rows / seconds
         out[f"{precision}_rmse"] = _fill_rmse(filled, truth)
     out["bf16_rmse_change"] = out["bf16_rmse"] - out["fp32_rmse"]
     out["bf16_holds"] = abs(out["bf16_rmse_change"]) <= 1e-4
-    out["device"] = kind
+    out["device"] = "cuda" if str(imputer.device).startswith("cuda") else "cpu"
     return out
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _truth(path: Path, rows: int) -> pa.Table:

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lakefill._arrow import as_text
 from lakefill.errors import SchemaError
 from lakefill._values import (
     is_blank,
@@ -255,8 +256,6 @@ def infer_schema(table: pa.Table, *, name: str = "table", policy=None, max_categ
     Columns are typed by what their non-null values parse as; a column whose every value is
     null becomes ``text`` with ``impute: false`` (nothing to learn from).
     """
-    from lakefill._arrow import as_text
-
     table = as_text(table)  # a Parquet number column is inferred from its text, as a CSV's
     columns = []
     for col_name in table.column_names:

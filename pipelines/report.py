@@ -33,7 +33,6 @@ __all__ = ["refine_check", "render_report", "column_shares", "column_shares_of_r
 
 MAX_COLUMNS_PLOTTED = 12
 SAMPLE_ROWS = 100_000  # the value plots read at most this many of the run's rows
-_COUNTED = {"imputed": "_lf_imputed", "replaced": "_lf_disguised", "not_applicable": "_lf_not_applicable"}
 
 
 def _png(fig) -> str:
@@ -228,21 +227,25 @@ def column_shares(table: pa.Table | None, report: dict) -> dict[str, dict]:
     applicable; the imputed share against the schema's ``max_imputed_share`` (``over`` when it
     is above), and the findings (value, detector) behind the replacements. Counted on ``table``
     (the run's rows); ``column_shares_of_run`` gives the same from the run's counters."""
+    from lakefill.transforms.plan import WRITTEN_COUNTS
+
     if table is None or table.num_rows == 0 or "_lf_imputed" not in table.column_names:
         return {}
     counts = {label: list_value_counts(table.column(name)) if name in table.column_names else {}
-              for label, name in _COUNTED.items()}
+              for label, name in WRITTEN_COUNTS.items()}
     return _column_shares(report, table.num_rows, counts)
 
 
 def column_shares_of_run(report: dict, options: dict | None = None) -> dict[str, dict]:
     """``column_shares`` from the run's ``written_*`` counters (the finish step's); a report
     without them (a run made before they were counted) is counted on the table's three columns."""
+    from lakefill.transforms.plan import WRITTEN_COUNTS
+
     metrics = report.get("metrics") or {}
     if "written_rows" not in metrics:
-        return column_shares(_run_rows(report, options, columns=list(_COUNTED.values())), report)
+        return column_shares(_run_rows(report, options, columns=list(WRITTEN_COUNTS.values())), report)
     counts = {label: {k[len(f"written_{label}:"):]: int(v) for k, v in metrics.items() if k.startswith(f"written_{label}:")}
-              for label in _COUNTED}
+              for label in WRITTEN_COUNTS}
     return _column_shares(report, int(metrics["written_rows"]), counts)
 
 

@@ -76,12 +76,7 @@ class Imputer:
         if missing_cols:
             raise KeyError(f"the batch lacks the model's column(s) {missing_cols}")
         enc = codec.encode(table)
-        if precision == "bf16":
-            import torch
-
-            with torch.autocast("cuda" if str(self.device).startswith("cuda") else "cpu", dtype=torch.bfloat16):
-                pred = predict(model, enc.values, enc.observed, num_weights=self._weights)
-        else:
+        with _autocast(precision, self.device):
             pred = predict(model, enc.values, enc.observed, num_weights=self._weights)
         fill = ~enc.observed
         if NOT_APPLICABLE in table.column_names:  # a value that does not exist is never invented
@@ -164,6 +159,17 @@ class Imputer:
         out = codec.decode_into(table, res.num, res.cat_probs, use)
         method = np.where(res.improved & fill.any(axis=1), "reverse", np.asarray(table.column(METHOD).to_pylist(), dtype=object))
         return out.set_column(out.column_names.index(METHOD), METHOD, pa.array(method.tolist(), pa.string()))
+
+
+def _autocast(precision: str, device: str):
+    """The context the forward pass runs in: bfloat16 autocast on the model's device, or nothing (fp32)."""
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16)
 
 
 def resolve_device(device: str) -> str:

@@ -186,6 +186,10 @@ class Refine(Step):
                           Counter({"rows_reverse_tried": low.num_rows}))
 
 
+# the finish step's per-column counters, ``written_<label>:<col>``: cells listed in each provenance column
+WRITTEN_COUNTS = {"imputed": IMPUTED, "replaced": DISGUISED, "not_applicable": NOT_APPLICABLE}
+
+
 class Finish(Step):
     """The run id column, rows in row-id order; counters of the rows that go to the table:
     ``cells_imputed``, ``rows_refined``, the confidence histogram (``confidence_bin:<edge>``) and,
@@ -205,7 +209,7 @@ class Finish(Step):
         if IMPUTED in batch.column_names:
             counters["cells_imputed"] = cells_imputed(batch)
             counters["written_rows"] = batch.num_rows
-            for name, label in ((IMPUTED, "imputed"), (DISGUISED, "replaced"), (NOT_APPLICABLE, "not_applicable")):
+            for label, name in WRITTEN_COUNTS.items():
                 if name in batch.column_names:
                     counters.update({f"written_{label}:{col}": n for col, n in list_value_counts(batch.column(name)).items()})
         if METHOD in batch.column_names:

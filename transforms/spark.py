@@ -196,15 +196,12 @@ def broadcast_model(spark: SparkSession, model_dir: "str | Path | Location", sch
 
 _IMPUTERS: dict[tuple[str, str], Imputer] = {}  # per Python worker: loaded once per artifact and device
 def _task_device(setting: str) -> str:
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    gpus = ctx.resources().get("gpu") if ctx is not None else None
-    if setting in ("auto", "gpu") and gpus is not None and gpus.addresses:
+    gpus = _task_gpu_addresses()
+    if setting in ("auto", "gpu") and gpus:
         import torch
 
         if torch.cuda.is_available():  # a GPU given to the task that this torch cannot use: as without one
-            return f"cuda:{gpus.addresses[0]}"
+            return f"cuda:{gpus[0]}"
     return resolve_device(setting)
 
 
@@ -277,7 +274,7 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
             parts.counters["model_loads"] += _LOADS[0]
             _LOADS[0] = 0
             yield pa.RecordBatch.from_pylist([{"parts": json.dumps(parts.to_dict()), "worker": _worker(),
-                                               "python": sys.prefix, "gpus": _task_gpus()}], schema=_PARTS)
+                                               "python": sys.prefix, "gpus": ",".join(_task_gpu_addresses())}], schema=_PARTS)
 
     return todo.mapInArrow(fn, PARTS_SCHEMA)
 
@@ -405,19 +402,19 @@ def write_lake(df: DataFrame, table_uri: str, quarantine_uri: str, run_id: str, 
             parts = write_outputs(good.cast(final_schema) if good.num_rows else None, rows, **out)
             if parts.table_actions or parts.quarantine_actions:
                 yield pa.RecordBatch.from_pylist([{"parts": json.dumps(parts.to_dict()), "worker": _worker(),
-                                                   "python": sys.prefix, "gpus": _task_gpus()}], schema=_PARTS)
+                                                   "python": sys.prefix, "gpus": ",".join(_task_gpu_addresses())}], schema=_PARTS)
 
     return df.mapInArrow(fn, PARTS_SCHEMA)
 
 
-def _task_gpus() -> str:
-    """The GPU addresses Spark gave the task (``spark.task.resource.gpu.amount`` on executors
-    that discovered GPUs), comma-separated; empty when it gave none."""
+def _task_gpu_addresses() -> list[str]:
+    """The GPU addresses Spark gave the running task (``spark.task.resource.gpu.amount`` on
+    executors that discovered GPUs); none outside a task or when it gave none."""
     from pyspark import TaskContext
 
     ctx = TaskContext.get()
     resources = ctx.resources() if ctx is not None else {}
-    return ",".join(resources["gpu"].addresses) if "gpu" in resources else ""
+    return list(resources["gpu"].addresses) if "gpu" in resources else []
 
 
 def _worker() -> str:
