@@ -1,6 +1,6 @@
 """How many steps reverse training needs: its effect and its cost against the number of steps.
 
-    python -m benchmarks.reverse_steps --data PATH.csv [--seed 0] [--steps 60,20,10] [--json OUT.json]
+    python -m benchmarks.reverse_steps --data PATH.csv [--seed 0] [--steps 60,20,10,20/5] [--json OUT.json]
 
 Protocol A's set-up (20% MCAR mask of the seed, the model fitted on the masked table itself),
 then reverse training with each step count on two sets of rows: the 20% least-confident rows
@@ -8,7 +8,9 @@ then reverse training with each step count on two sets of rows: the 20% least-co
 threshold. For each: RMSE over the set's hidden numeric cells (min-max scale) with the direct
 fill and with the fill the per-row rule keeps, the share of rows that kept a refinement, and
 reverse-training rows/s (this process's torch threads). Everything else is ``ReverseConfig``'s
-default; the held-back check runs once, at the last step.
+default; the held-back check runs once, at the last step. ``S/P`` runs S steps with the early
+stop at step P (``ReverseConfig.prune_at``: rows whose held-back error has not gone down by then
+stop; the check at P is a candidate too); ``S`` alone has no early stop.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from lakefill.models.reverse import ReverseConfig, reverse_impute
 from lakefill.models.train import fit_model
 
 
-def run(data: Path, seed: int, steps: list[int], threshold: float) -> dict:
+def run(data: Path, seed: int, steps: list[str], threshold: float) -> dict:
     problem = load_problem(data, None)
     mask = make_mask(problem, rate=0.2, mechanism="mcar", seed=seed)
     masked = _masked_table(problem, mask)
@@ -58,8 +60,10 @@ def run(data: Path, seed: int, steps: list[int], threshold: float) -> dict:
     out = {"dataset": problem.name, "seed": seed, "confidence_threshold": threshold, "sets": {}}
     for name, rows in sets.items():
         entry = {"rows": int(len(rows)), "direct_rmse": rmse(pred.num[rows], rows) if len(rows) else None, "runs": []}
-        for n in steps if len(rows) else []:
-            cfg = ReverseConfig(steps=n, check_every=n, random_state=seed)
+        for spec in steps if len(rows) else []:
+            n, _, prune = spec.partition("/")
+            n, prune = int(n), int(prune or 0)
+            cfg = ReverseConfig(steps=n, check_every=n, prune_at=prune, random_state=seed)
             t = time.perf_counter()
             res = reverse_impute(model, enc.values[rows], enc.observed[rows], enc.targets_num[rows],
                                  enc.targets_cat[rows], init[rows], config=cfg)
@@ -67,7 +71,7 @@ def run(data: Path, seed: int, steps: list[int], threshold: float) -> dict:
             keep = fill[rows][:, :n_num] & res.improved[:, None]
             num = np.where(keep, res.num, pred.num[rows])
             r = rmse(num, rows)
-            entry["runs"].append({"steps": n, "rmse": r, "change": r - entry["direct_rmse"],
+            entry["runs"].append({"steps": n, "prune_at": prune, "rmse": r, "change": r - entry["direct_rmse"],
                                   "kept_share": float(res.improved.mean()), "rows_per_s": len(rows) / seconds})
         out["sets"][name] = entry
     return out
@@ -78,9 +82,13 @@ def format_table(out: dict) -> str:
              f"{'rows':<28}{'steps':>6}{'direct':>9}{'kept fill':>11}{'change':>10}{'kept':>7}{'rows/s':>9}"]
     for name, e in out["sets"].items():
         for r in e["runs"]:
-            lines.append(f"{name + ' (' + str(e['rows']) + ')':<28}{r['steps']:>6}{e['direct_rmse']:>9.5f}"
+            lines.append(f"{name + ' (' + str(e['rows']) + ')':<28}{_spec(r):>6}{e['direct_rmse']:>9.5f}"
                          f"{r['rmse']:>11.5f}{r['change']:>+10.5f}{r['kept_share']:>7.2f}{r['rows_per_s']:>9,.0f}")
     return "\n".join(lines)
+
+
+def _spec(run: dict) -> str:
+    return f"{run['steps']}/{run['prune_at']}" if run.get("prune_at") else str(run["steps"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     threshold = JobConfig.model_fields["confidence_threshold"].default
-    out = run(Path(args.data), args.seed, [int(s) for s in args.steps.split(",")], threshold)
+    out = run(Path(args.data), args.seed, args.steps.split(","), threshold)
     print(format_table(out))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

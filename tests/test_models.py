@@ -906,3 +906,55 @@ def test_a_table_of_categories_alone_gets_no_gaussian_member():
                        config=AEConfig(hidden=16, depth=1, code=4, epochs=5, min_steps=0, extra_sizes=(), random_state=0))
     assert fitted.metrics["gaussian"] == {"skipped": "no numeric column", "used": False, "weight": 0.0}
     assert not fitted.model.has_gaussian
+
+
+def test_reverse_early_stop_stops_the_rows_going_the_wrong_way_and_leaves_the_others_as_they_were(trained):
+    """prune_at: a row whose held-back error at that step is not below its start stops there
+    (its result is a run of that many steps); the others go on exactly as in a batch of their own."""
+    _, masked, _, fitted = trained
+    codec, model = fitted.codec, fitted.model
+    enc = codec.encode(masked)
+    pred = predict(model, enc.values, enc.observed)
+    init = direct_fill_inputs(model, enc.values, enc.observed, pred)
+    rows = np.nonzero((~enc.observed).sum(1) >= 1)[0]
+    keys = rows * 3 + 11
+
+    def run(idx, **cfg):
+        return reverse_impute(model, enc.values[idx], enc.observed[idx], enc.targets_num[idx], enc.targets_cat[idx],
+                              init[idx], config=ReverseConfig(**cfg), row_keys=keys[np.searchsorted(rows, idx)])
+
+    pruned = run(rows, steps=20, check_every=20, prune_at=5)
+    stopped, went_on = pruned.steps_run == 5, pruned.steps_run == 20
+    assert stopped.any() and went_on.any() and (stopped | went_on).all()
+    short = run(rows[stopped], steps=5, check_every=5, prune_at=0)
+    assert (short.holdout_error_after >= short.holdout_error_before * 0.8 - 1e-6).all()  # none gained 20%: none kept
+    alone = run(rows[went_on], steps=20, check_every=20, prune_at=5)
+    assert (alone.steps_run == 20).all()
+    for part, other in ((stopped, short), (went_on, alone)):
+        np.testing.assert_array_equal(pruned.improved[part], other.improved)
+        np.testing.assert_allclose(pruned.num[part], other.num, atol=1e-5)
+        np.testing.assert_allclose(pruned.holdout_error_after[part], other.holdout_error_after, atol=1e-6)
+        np.testing.assert_allclose(pruned.values[part], other.values, atol=1e-5)
+    assert pruned.improved[went_on].any()
+
+
+def test_reverse_trainings_written_out_adam_takes_torch_adams_steps():
+    from lakefill.models.reverse import _Adam
+
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(6, 4, generator=gen)
+    ours, theirs = start.clone(), start.clone().requires_grad_(True)
+    opt, ref = _Adam(ours, 0.05), torch.optim.Adam([theirs], lr=0.05)
+    for step in range(25):
+        grad = torch.randn(len(ours), 4, generator=gen) * (step + 1)
+        opt.step(ours, grad)
+        theirs.grad = grad.clone()
+        ref.step()
+        if step == 9:  # the rows that go on keep their moments
+            keep = torch.tensor([0, 2, 5])
+            ours, opt = ours[keep].clone(), opt.rows(keep)
+            theirs = theirs.detach()[keep].clone().requires_grad_(True)
+            state = ref.state[ref.param_groups[0]["params"][0]]
+            ref = torch.optim.Adam([theirs], lr=0.05)
+            ref.state[theirs] = {k: (v[keep].clone() if v.dim() else v.clone()) for k, v in state.items()}
+    torch.testing.assert_close(ours, theirs.detach(), rtol=1e-6, atol=1e-6)
