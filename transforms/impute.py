@@ -26,6 +26,7 @@ from lakefill.models.autoencoder import predict
 from lakefill.models.adapt import AdaptConfig, adapt_model
 from lakefill.models.reverse import ReverseConfig, reverse_impute
 from lakefill._arrow import flags_to_lists, lists_to_flags
+from lakefill._memory import keep_freed_memory
 from lakefill.transforms.detect import NOT_APPLICABLE
 from lakefill.transforms.io import ROW_ID
 
@@ -46,6 +47,7 @@ class Imputer:
     """Applies a loaded ``ModelArtifact`` to batches. Build once per worker; call per batch."""
 
     def __init__(self, artifact: ModelArtifact, *, reverse: ReverseConfig = ReverseConfig(), device: str = "cpu"):
+        keep_freed_memory()  # once per process: a batch's large arrays are not faulted in again for every batch
         self.artifact = artifact
         self.reverse = reverse
         self.device = resolve_device(device)
