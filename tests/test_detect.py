@@ -140,3 +140,18 @@ def test_bank_findings_are_its_unknown_categories_and_never_contacted(which, dat
         assert {f.column for f in p.suspects()} == {"pdays", "poutcome"}
     else:
         assert found == unknowns
+
+
+def test_fit_counts_each_value_trimmed_as_python_trims_it_in_the_order_seen():
+    """``fit`` counts a column's values with Arrow (``_trimmed_counts``): the same counts and
+    the same order of first appearance as ``Counter`` over Python's ``str.strip`` (ties in the
+    findings are broken by that order), for nulls, blanks and every kind of Unicode space."""
+    from collections import Counter
+
+    from lakefill.transforms.detect import _trimmed, _trimmed_counts
+
+    col = pa.chunked_array([["a", " a", None, "", " ", "\u3000b\t", "b", "N/A "],
+                            ["\x1cc\x1f", None, "a", "  ", "\u00a0x", "x", "\u2003", "N/A"]], pa.string())
+    got, want = _trimmed_counts(col), Counter(_trimmed(col))
+    assert got == want and list(got.items()) == list(want.items())
+    assert got == Counter({"a": 3, "": 6, "b": 2, "N/A": 2, "c": 1, "x": 2})

@@ -115,7 +115,7 @@ class NullPolicy:
             self.schema.check_columns([c for c in sample.column_names if not c.startswith("_lf_")], source="NullPolicy.fit")
         # text columns only: nested and binary columns pass through (see lakefill.transforms.io)
         columns = [c for c in sample.column_names if not c.startswith("_lf_") and pa.types.is_string(sample.schema.field(c).type)]
-        counters = {c: Counter(_trimmed(sample.column(c))) for c in columns}
+        counters = {c: _trimmed_counts(sample.column(c)) for c in columns}
         findings: dict[str, list[Finding]] = {c: [] for c in columns}
         for c in columns:
             findings[c] = self._column_findings(c, counters[c])
@@ -499,6 +499,13 @@ def _co_zero(a: np.ndarray, b: np.ndarray, both: np.ndarray) -> float:
 
 def _trimmed(values: pa.ChunkedArray) -> list[str]:
     return ["" if v is None else v.strip() for v in values.to_pylist()]
+
+
+def _trimmed_counts(values: pa.ChunkedArray) -> Counter:
+    """How often each value occurs, trimmed (a null counts as ""), in the order of first
+    appearance: ``Counter(_trimmed(values))`` counted by Arrow (the same trimming as ``apply``'s)."""
+    counts = pc.value_counts(pc.fill_null(pc.utf8_trim_whitespace(values), ""))
+    return Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
 
 
 def _null_mask_from_values(values, nulls: Iterable[str], *, tokens: bool, keep: Iterable[str] = ()) -> pa.Array:
