@@ -373,19 +373,25 @@ def _fill_rmse(filled: pa.Table, truth: pa.Table) -> float:
 def no_model_run(engine: str, path: Path, rows: int, args: list[str]) -> float:
     """The stage with imputation and refinement off (the job's ``impute: false``: read, detect,
     validate, write), rows/s, on the same engine."""
+    return variant_run(engine, path, rows, args, "no-model", impute=False)
+
+
+def variant_run(engine: str, path: Path, rows: int, args: list[str], tag: str, **settings) -> float:
+    """The stage with the job's ``settings`` changed (``impute: false``, ``refine: false``), rows/s,
+    on the same engine, into an output of its own."""
     if engine == "core":  # the loop alone, as the core stage's figure
-        return rows / _core_stage(job(path, CACHE / "core-out-no-model", "no-model", impute=False))[2]
-    out = CACHE / f"{engine}-out-no-model-{rows}"
+        return rows / _core_stage(job(path, CACHE / f"core-out-{tag}", tag, **settings))[2]
+    out = CACHE / f"{engine}-out-{tag}-{rows}"
     shutil.rmtree(out, ignore_errors=True)  # a run id already in the table would commit nothing
     t = time.perf_counter()
     if engine == "beam":
         from lakefill.pipelines.beam_pipeline import run_beam
 
-        run_beam(job(path, out, "no-model", impute=False), args, log=lambda *_: None)
+        run_beam(job(path, out, tag, **settings), args, log=lambda *_: None)
     else:
         from lakefill.pipelines.spark_job import run_spark
 
-        run_spark(job(path, out, "no-model", impute=False), args, log=lambda *_: None)
+        run_spark(job(path, out, tag, **settings), args, log=lambda *_: None)
     return rows / (time.perf_counter() - t)
 
 
@@ -496,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             res = bench_spark(path, args.rows, extra)
             res["spark_gpu_cluster"] = {"master": cluster.url, "cores": cores, "discovery": str(DISCOVERY)}
             res["no_model_rows_per_s"] = no_model_run(args.engine, path, args.rows, extra)
+            res["no_refine_rows_per_s"] = variant_run(args.engine, path, args.rows, extra, "no-refine", refine=False)
         finally:
             cluster.stop()
     else:
@@ -503,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     # the extended figures (same run): the stage without the model, the model alone, the machine
     if "no_model_rows_per_s" not in res:
         res["no_model_rows_per_s"] = no_model_run(args.engine, path, args.rows, extra)
+    if "no_refine_rows_per_s" not in res:
+        res["no_refine_rows_per_s"] = variant_run(args.engine, path, args.rows, extra, "no-refine", refine=False)
     res.update(model_cost(path, args.rows, args.device))
     if args.bf16:
         res["bf16"] = bf16_check(path, args.device, min(args.rows, 100_000))
@@ -520,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         out["ratio"] = round(out["stage_rows_per_s"] / passthrough, 3)
         out["no_model_to_passthrough"] = round(out["no_model_rows_per_s"] / passthrough, 3)
     out["stage_to_model"] = round(out["stage_rows_per_s"] / out["model_only_rows_per_s"], 3)
+    out["no_refine_to_model"] = round(out["no_refine_rows_per_s"] / out["model_only_rows_per_s"], 3)
     print(f"engine {out['engine']}, {out['rows']:,} rows, on {out['machine']}")
     print(f"  stage        : {out['stage_rows_per_s']:>12,.0f} rows/s")
     if passthrough is not None:
@@ -531,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{out['local_warm_stage_rows_per_s']:,.0f} rows/s)")
     print(f"  no model     : {out['no_model_rows_per_s']:>12,.0f} rows/s (impute: false)"
           + (f", {out['no_model_to_passthrough']:.3f}x the pass-through" if passthrough is not None else ""))
+    print(f"  no refine    : {out['no_refine_rows_per_s']:>12,.0f} rows/s (refine: false), "
+          f"{out['no_refine_to_model']:.3f}x the model alone")
     print(f"  model alone  : {out['model_only_rows_per_s']:>12,.0f} rows/s on {out['device']} "
           f"(the stage is {out['stage_to_model']:.3f}x it); {out['model_flops_per_row']:,.0f} FLOPs/row, "
           f"{out['model_to_machine']:.3f}x the machine's matmul rate ({out['matmul_flops_per_s'] / 1e9:,.1f} GFLOP/s)")
