@@ -468,6 +468,20 @@ def test_the_donor_index_finds_a_rows_copies_and_nothing_else():
     r = int(rows[np.argmax(fill.num_has[rows].sum(1))])
     barred = index.lookup(enc.values[[r]], enc.observed[[r]], exclude=np.array([twin[r]]))
     assert fill.num_has[r].any() and not barred.num_has.any()
+    # a large batch is looked up in parts of donors._ROWS rows: the same result, exclusions kept
+    from lakefill.models import donors
+
+    keep, donors._ROWS = donors._ROWS, 7
+    try:
+        exclude = np.where((twin >= 0) & (np.arange(len(X)) % 2 == 0), twin, -1)  # half the rows barred from their copy
+        parts = index.lookup(enc.values, enc.observed, exclude=exclude)
+    finally:
+        donors._ROWS = keep
+    whole = index.lookup(enc.values, enc.observed, exclude=exclude)
+    assert len(X) > 7 and whole.num_has.any()
+    for f in ("num", "num_has", "cat_has", "band"):
+        np.testing.assert_array_equal(getattr(parts, f), getattr(whole, f))
+    np.testing.assert_array_equal(parts.cat_probs[0], whole.cat_probs[0])
 
 
 def test_the_model_takes_a_copys_cells_where_the_held_out_cells_say_so(tmp_path):
