@@ -207,10 +207,10 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen, reference=None) 
     start_err = best_err.clone()
     steps_run = torch.full((n,), cfg.steps, dtype=torch.int64)
     rows = None  # the rows still optimised (None: all); every per-step tensor below is theirs
-    g, x, m_, tn, tc, mf, fo, ms, hb, r = gen, X, M, TN, TC, miss_feat, fit_obs, missing, held, r0
+    g, x, tn, tc, mf, fo, ms, hb, r = gen, X, TN, TC, miss_feat, fit_obs, missing, held, r0
     for step in range(1, cfg.steps + 1):
         if reproduce:  # every cell given (held-back ones too: a plain network has no mask), observed ones scored
-            hide, given = fo, torch.ones_like(m_)
+            hide, given = fo, torch.ones_like(fo)
         else:
             hide = (g.uniform(3 * step, c) < cfg.hide) & fo
             given = (fo & ~hide) | ms
@@ -237,8 +237,7 @@ def _run(model, values, observed, t_num, t_cat, init, cfg, gen, reference=None) 
                     rows = torch.nonzero(going).squeeze(1)
                     steps_run[~going.cpu()] = step
                     g = gen.rows(rows)
-                    x, m_, tn, tc, mf, fo, ms, hb, r = (t[rows] for t in (X, M, TN, TC, miss_feat, fit_obs, missing,
-                                                                          held, r0))
+                    x, tn, tc, mf, fo, ms, hb, r = (t[rows] for t in (X, TN, TC, miss_feat, fit_obs, missing, held, r0))
                     u = u.detach()[rows].requires_grad_(True)
                     opt = opt.rows(rows)
                     if not len(rows):

@@ -27,13 +27,13 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from lakefill._arrow import as_text, is_typed_number
+from lakefill._arrow import is_typed_number
 from lakefill.errors import InputError
 from lakefill.transforms.storage import Location, as_location
 from lakefill.transforms.textsplit import TextSplit, text_splits
 
 __all__ = ["ROW_ID", "FILE_ROWS", "input_files", "RawRead", "Quarantined", "CsvOptions", "is_passthrough_type",
-           "is_typed_number", "as_text", "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
+           "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
            "read_parquet_row_group", "plan_reads", "read_unit", "SPLIT_BYTES", "quarantine_table", "QUARANTINE_SCHEMA"]
 
 ROW_ID = "_lf_row_id"

@@ -60,7 +60,9 @@ __all__ = ["Q_REASON", "Q_STAGE", "Q_RECORD", "ModelRef", "Counters", "broadcast
 
 Q_REASON, Q_STAGE, Q_RECORD = "_lf_q_reason", "_lf_q_stage", "_lf_q_record"
 Q_FIELDS = [pa.field(Q_REASON, pa.string()), pa.field(Q_STAGE, pa.string()), pa.field(Q_RECORD, pa.string())]
-PARTS_SCHEMA = "parts string, worker string, python string, gpus string"
+# one record per written batch: its Parts (JSON), the executor's folder, its Python, the task's GPUs
+_PARTS = pa.schema([("parts", pa.string()), ("worker", pa.string()), ("python", pa.string()), ("gpus", pa.string())])
+PARTS_SCHEMA = ", ".join(f"{f.name} string" for f in _PARTS)  # the same, as mapInArrow's DDL
 
 
 # -- counters (Spark accumulators) -------------------------------------------------------------
@@ -273,8 +275,7 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
             parts.counters["rows_in"] += chunk.rows_in
             parts.counters["model_loads"] += _LOADS[0]
             _LOADS[0] = 0
-            yield pa.RecordBatch.from_pylist([{"parts": json.dumps(parts.to_dict()), "worker": _worker(),
-                                               "python": sys.prefix, "gpus": ",".join(_task_gpu_addresses())}], schema=_PARTS)
+            yield _parts_record(parts)
 
     return todo.mapInArrow(fn, PARTS_SCHEMA)
 
@@ -401,8 +402,7 @@ def write_lake(df: DataFrame, table_uri: str, quarantine_uri: str, run_id: str, 
                 held.column(Q_STAGE).to_pylist(), held.column(Q_RECORD).to_pylist())]
             parts = write_outputs(good.cast(final_schema) if good.num_rows else None, rows, **out)
             if parts.table_actions or parts.quarantine_actions:
-                yield pa.RecordBatch.from_pylist([{"parts": json.dumps(parts.to_dict()), "worker": _worker(),
-                                                   "python": sys.prefix, "gpus": ",".join(_task_gpu_addresses())}], schema=_PARTS)
+                yield _parts_record(parts)
 
     return df.mapInArrow(fn, PARTS_SCHEMA)
 
@@ -417,10 +417,15 @@ def _task_gpu_addresses() -> list[str]:
     return list(resources["gpu"].addresses) if "gpu" in resources else []
 
 
+def _parts_record(parts) -> pa.RecordBatch:
+    """A written batch's record (``_PARTS``): its ``Parts``, this executor, its Python, the task's GPUs."""
+    return pa.RecordBatch.from_pylist([{"parts": json.dumps(parts.to_dict()), "worker": _worker(), "python": sys.prefix,
+                                        "gpus": ",".join(_task_gpu_addresses())}], schema=_PARTS)
+
+
 def _worker() -> str:
     """Which executor wrote a part: a standalone executor runs in its own work folder (.../app/executor-id)."""
     return os.getcwd()
 
 
 _NOTHING_HELD = pa.schema([pa.field(ROW_ID, pa.int64())] + Q_FIELDS).empty_table()
-_PARTS = pa.schema([("parts", pa.string()), ("worker", pa.string()), ("python", pa.string()), ("gpus", pa.string())])
