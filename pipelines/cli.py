@@ -323,7 +323,7 @@ def check_report(report: dict) -> list[str]:
 
 
 def _report(args) -> int:
-    from lakefill.pipelines.report import render_report
+    from lakefill.pipelines.report import render_report, suspects_of
 
     options: dict = {}
     if args.run_dir:
@@ -352,6 +352,9 @@ def _report(args) -> int:
     c = report.get("counts", {})
     print(f"run {report['run_id']} ({report.get('engine')}, {'committed' if report.get('committed') else 'not committed'}): "
           f"{c.get('rows_in')} rows in, {c.get('rows_written')} written, {c.get('rows_quarantined')} quarantined")
+    for column, f in suspects_of(report):
+        print(f"  suspect, kept as a value: {column} {f['value']!r} ({f['count']} cells of the sample; list it in "
+              f"null_values to replace it)")
     for reason, n in c.get("quarantined_by_reason", {}).items():
         print(f"  quarantined {n:>8} : {reason}")
     print(f"report: {page}")

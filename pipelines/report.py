@@ -206,6 +206,24 @@ def _table(rows: dict, head: tuple[str, str]) -> str:
     return f"<table><tr><th>{head[0]}</th><th>{head[1]}</th></tr>{body}</table>"
 
 
+def suspects_of(report: dict) -> list[tuple[str, dict]]:
+    """The run's suspects: values a detector took for missing but kept as values (a column's
+    majority, or its edge that does not stand apart), each as (column, finding)."""
+    columns = (report.get("detection") or {}).get("columns") or {}
+    return [(c, f) for c, fs in columns.items() for f in fs if f.get("suspect")]
+
+
+def _suspects_section(report: dict) -> str:
+    rows = suspects_of(report)
+    if not rows:
+        return ""
+    items = "".join(f"<li><b>{html.escape(c)}</b> <code>{html.escape(f['value'])}</code> ({f['count']} cells of the "
+                    f"sample, {f.get('share', 0):.1%}): {html.escape(f['evidence'])}</li>" for c, f in rows)
+    return (f'<h2 class="bad">Suspects: {len(rows)} value(s) kept that may stand for missing</h2>'
+            f"<p>Kept in the table as values. To replace one, list it in the column's <code>null_values</code> in the "
+            f"schema; to silence it, in <code>not_null_values</code>.</p><ul id=suspects>{items}</ul>")
+
+
 def _findings_table(report: dict) -> str:
     """The run's disguised-null findings: each value with its detector, kind and evidence."""
     columns = (report.get("detection") or {}).get("columns") or {}
@@ -340,6 +358,7 @@ figure {{ margin: 1rem 0; }} img {{ max-width: 100%; }} .bad {{ color: #b00; }}
 model <code>{html.escape(str(report.get('model')))}</code> &mdash;
 <span class="{'' if report.get('committed') else 'bad'}">{status}</span></p>
 <p>{' &middot; '.join(links)}</p>
+{_suspects_section(report)}
 <h2>Counts</h2>
 {_table(main, ("", "rows / cells"))}
 {_table(counts.get("quarantined_by_reason", {}), ("quarantined by reason", "rows"))}

@@ -110,3 +110,32 @@ def test_report_loads_in_headless_chromium_without_errors_and_shows_its_plots(ru
     body = re.search(r"<body[^>]*>", dom).group(0)
     assert 'data-errors="0"' in body, body
     assert 'data-plots-shown="5"' in body, body
+
+
+def test_suspects_are_listed_at_the_top_of_the_page_and_by_lakefill_report(run, tmp_path, capsys):
+    """A run whose detection kept a suspect (here the findings of a table with a 0 at the edge
+    of a column, rows drawn at random) shows it above the counts and in `lakefill report`."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import pyarrow as pa
+
+    from lakefill.pipelines import report as rep
+    from lakefill.transforms.detect import NullPolicy
+
+    rng = np.random.default_rng(3)
+    skin = np.where(rng.random(1000) < 0.3, 0, np.round(rng.normal(30, 8, 1000))).astype(int)
+    other = rng.normal(100, 10, 1000)
+    policy = NullPolicy().fit(pa.table({"skin": [str(v) for v in skin], "other": [f"{v:.2f}" for v in other]}))
+    assert [f.value for f in policy.suspects()] == ["0"]
+    run_dir = tmp_path / "rep"
+    shutil.copytree(Path(run.report).parent, run_dir)
+    report = json.loads((run_dir / "report.json").read_text())
+    report["detection"] = policy.to_dict()
+    (run_dir / "report.json").write_text(json.dumps(report))
+    text = rep.render_report(run_dir).read_text()
+    assert "Suspects: 1 value(s) kept" in text and text.index("Suspects:") < text.index("<h2>Counts</h2>")
+    assert main(["report", str(run_dir)]) == 0
+    assert "suspect, kept as a value: skin '0'" in capsys.readouterr().out
+    shutil.rmtree(run_dir)

@@ -8,17 +8,23 @@ Detectors (each can be switched off per column in the schema; pinned values alwa
 ``sentinel``     a sentinel-looking number (0, -1, -9, -99, 99, 999, 99999 ...) that repeats
                  and lies outside the Tukey fences (1.5 IQR) of the column's other values: a 0
                  that continues the distribution (0, 1, 2 children) is a value, a 0 blood
-                 pressure is not. See ``_sentinel_evidence`` for the exact shapes.
+                 pressure is not. See ``_sentinel_evidence`` for the exact shapes. Such a value
+                 is the column's minimum or maximum, so it is then weighed against the evidence
+                 that it is the column's real boundary (``NullPolicy._judge_edges``): the edge of
+                 a clipped scale (-1 with a +1 as frequent) is a value; one that does not stand
+                 apart from the others is a value unless its rows look like a random sample of
+                 the table, and then a suspect (kept); one that stands apart is replaced.
 ``co_missing``   a categorical value whose rows are, nearly all of them, empty elsewhere (a
                  geocoder's "U"nmatched status next to zero coordinates).
 ``structural``   a 0 that means "this does not apply to this row" (a school's pupils in a grade it
                  does not teach): in a column of counts (integers, or percentages written with
-                 "%") whose other values sit far from 0 (median >= 10), the 0 is common (>= 10%
-                 of the numbers), at least 10x as frequent as all values in (0, 2] together (a
+                 "%") whose other values sit far from 0 (median >= 10), the 0 is common (10% to
+                 95% of the numbers), at least 10x as frequent as all values in (0, 2] together (a
                  gap between 0 and the bulk), and the same rows are 0 in a sibling column of the
                  same shape (one column's zeros fall on the other's well beyond chance: score
-                 >= 0.8, see ``_co_zero``; a percentage needs a sibling of counts). See
-                 ``_structural``.
+                 >= 0.8, see ``_co_zero``; a percentage needs a sibling of counts), and the
+                 column is no bounded scale (its values piling up at the top of their range,
+                 as a pixel's do at 255: ``_piles_at_top``). See ``_structural``.
 
 Each finding has a ``kind``: ``missing`` (the value is there but unknown: the cell is nulled and
 imputed) or ``not_applicable`` (the value does not exist: the cell is nulled, listed in the
@@ -58,6 +64,7 @@ DISGUISED = "_lf_disguised"
 NOT_APPLICABLE = "_lf_not_applicable"
 MAX_REPLACED_SHARE = 0.5
 _NA_MIN_SHARE = 0.10       # a structural 0 is common ...
+_NA_MAX_SHARE = 0.95       # ... but not nearly all the column (then 0 is its usual value: a pixel off the digit)
 _NA_MIN_MEDIAN = 10.0      # ... in a column whose other values are tens of units from it ...
 _NA_MIN_GAP_RATIO = 10.0   # ... and at least 10x as frequent as all values in (0, 2] together
 _NA_MIN_CO_ZERO = 0.8      # ... with a sibling whose zeros fall on the same rows
@@ -67,6 +74,16 @@ _MAX_NON_NUMERIC = 3
 _MIN_ISOLATION = 3.0
 _MIN_SPIKE = 5
 _NINES = re.compile(r"^9{2,}$")
+# a repeated edge value is a boundary of the column's range, not a stand-in, when ...
+_MIRROR_SHARE = 0.2     # ... the value at the opposite edge repeats at least a fifth as often ...
+_CLIP_MAX_GAP = 0.25    # ... and the value is within this share of the range from the others;
+_BANDS = 20            # a 0 is the bottom of a bounded scale when the top twentieth of the range ...
+_PILE_RATIO = 3.0      # ... holds 3x the values of the median twentieth (a pile at the top edge)
+_APART_IQR = 1.0        # a value at least one IQR from its nearest other value ...
+_FAR_FENCE = 3.0        # ... or beyond Tukey's far-out fence (3 IQR) stands apart from the column;
+_RANDOM_SPREAD = 0.5    # rows whose medians sit within half an IQR of the others' on every observed
+_MIN_RANDOM_ROWS = 5    # numeric column (of at least 5 of its rows), beyond what chance moves the median
+_MEDIAN_NOISE = 1.86    # of k random rows (2 standard errors, 0.93 IQR / sqrt(k)), look like a random sample
 
 
 class NotFittedError(RuntimeError):
@@ -119,6 +136,7 @@ class NullPolicy:
         findings: dict[str, list[Finding]] = {c: [] for c in columns}
         for c in columns:
             findings[c] = self._column_findings(c, counters[c])
+        findings = self._judge_edges(sample, columns, counters, findings)
         co = self._co_missing(sample, columns, counters, findings)
         for c, extra in co.items():
             findings[c].extend(extra)
@@ -136,14 +154,85 @@ class NullPolicy:
         share = finding.count / filled if filled else 0.0
         # a value that is all the column holds is no column of values to protect: it is replaced
         # (and a column with nothing observed is never imputed)
-        suspect = (finding.kind == "missing" and finding.detector != "pinned"
-                   and MAX_REPLACED_SHARE < share < 1.0)
+        suspect = finding.suspect or (finding.kind == "missing" and finding.detector != "pinned"
+                                      and MAX_REPLACED_SHARE < share < 1.0)
         evidence = finding.evidence
-        if suspect:
+        if suspect and not finding.suspect:
             evidence += (f"; it covers {share:.0%} of the column's non-empty cells, so it is reported as a suspect and "
                          f"kept as a value (list it in the schema's null_values to replace it)")
         return Finding(finding.column, finding.value, finding.count, finding.detector, evidence, finding.kind,
                        round(share, 6), suspect)
+
+    def _judge_edges(self, sample: pa.Table, columns: list[str], counters: dict[str, Counter],
+                     findings: dict[str, list[Finding]]) -> dict[str, list[Finding]]:
+        """Weigh every sentinel finding against the evidence that it is a real boundary value.
+
+        A sentinel is the column's minimum or maximum. It is a *boundary* (no finding) when the
+        column is a clipped scale: the value at the opposite edge (its mirror) repeats at least
+        ``_MIRROR_SHARE`` as often and the value is within ``_CLIP_MAX_GAP`` of the range from the
+        other values (ionosphere's -1 with its +1). Otherwise it *stands apart* when the gap to the
+        nearest other value is at least ``_APART_IQR`` IQR of the other values, it lies beyond
+        Tukey's far-out fence (3 IQR), or it is negative in a column of non-negative values: a
+        stand-in (99999 among incomes, 0 among blood pressures), replaced as before. A value at
+        the edge that does not stand apart (the low end of a non-negative quantity, 0 kg of fly
+        ash) stays a value unless its rows look like a random sample of the table: on every other
+        numeric column where at least ``_MIN_RANDOM_ROWS`` of its rows hold a number (other columns'
+        own repeated edge values left out), their median lies within ``_RANDOM_SPREAD`` IQR of the
+        other rows' beyond chance (``_row_spread``; FAHES's random-DMV test). Then it is a *suspect*: reported, kept as a value
+        unless the schema pins it (a 0 skin fold among values from 7 up). Rows that differ on what
+        is observed (mixes without fly ash hold more cement) belong to a real category.
+        """
+        sentinels = {c: [f for f in fs if f.detector == "sentinel"] for c, fs in findings.items()}
+        if not any(sentinels.values()):
+            return findings
+        numbers = {c: _numbers(sample.column(c), counters[c]) for c in columns}
+        edges = {c: _edge_values(counters[c]) for c in columns}
+        out = {}
+        for c, fs in findings.items():
+            kept = []
+            for f in fs:
+                if f.detector != "sentinel":
+                    kept.append(f)
+                    continue
+                judged = self._judge_edge(f, c, numbers, edges)
+                if judged is not None:
+                    kept.append(judged)
+            out[c] = kept
+        return out
+
+    def _judge_edge(self, f: Finding, column: str, numbers: dict[str, np.ndarray],
+                    edges: dict[str, set[float]]) -> Finding | None:
+        values = numbers[column]
+        x = parse_number(f.value)
+        at = values == x
+        others = values[~at & ~np.isnan(values)]
+        if len(others) < 2:
+            return f
+        lo, hi = float(others.min()), float(others.max())
+        span = max(hi, x) - min(lo, x)
+        gap = float(np.min(np.abs(others - x)))
+        if span <= 0:
+            return f
+        low_edge = x <= lo
+        mirror = int(np.sum(others == (hi if low_edge else lo)))
+        if mirror >= max(2, _MIRROR_SHARE * f.count) and gap <= _CLIP_MAX_GAP * span:
+            return None  # a clipped scale: both edges pile up
+        q1, q3 = np.quantile(others, (0.25, 0.75))
+        iqr = float(q3 - q1)
+        far = x < q1 - _FAR_FENCE * iqr or x > q3 + _FAR_FENCE * iqr
+        other_sign = x < 0 <= lo  # -1 among ids: no value of the column is on its side of 0
+        if iqr <= 0 or gap >= _APART_IQR * iqr or far or other_sign:
+            return f
+        spread = _row_spread(at, column, numbers, edges)
+        if spread is None or spread >= _RANDOM_SPREAD:
+            return None  # the edge of the column's range, its rows a group of their own
+        edge = "minimum" if low_edge else "maximum"
+        evidence = (f"{f.evidence}; but it is the column's {edge} and does not stand apart (gap {gap:.6g} to the "
+                    f"nearest other value, under {_APART_IQR:g} IQR = {iqr:.6g}), so it may be the edge of the "
+                    f"range; its rows look like a random sample of the table (their medians within "
+                    f"{max(spread, 0):.2f} IQR of the other rows' on every observed numeric column, beyond chance), so it is reported as a "
+                    f"suspect and kept as a value (list it in the schema's null_values to replace it)")
+        return Finding(f.column, f.value, f.count, f.detector, evidence, f.kind, f.share, True)
 
     def _structural(self, sample: pa.Table, columns: list[str], counters: dict[str, Counter],
                     findings: dict[str, list[Finding]]) -> dict[str, list[Finding]]:
@@ -436,6 +525,55 @@ class NullPolicy:
         return "\n".join(lines)
 
 
+def _numbers(values: pa.ChunkedArray, counts: Counter) -> np.ndarray:
+    """The column as float64 (NaN where a cell is empty or not a number), parsed once per
+    distinct value."""
+    distinct = [v for v in counts if v]
+    if not distinct:
+        return np.full(len(values), np.nan)
+    parsed = np.array([_as_float(v) for v in distinct] + [np.nan])
+    index = pc.index_in(pc.utf8_trim_whitespace(values), value_set=pa.array(distinct, pa.string()))
+    return parsed[_numpy(pc.fill_null(index, len(distinct))).astype(np.int64)]
+
+
+def _as_float(value: str) -> float:
+    x = parse_number(value)
+    return np.nan if x is None else x
+
+
+def _edge_values(counts: Counter) -> set[float]:
+    """A column's repeated sentinel-looking values at its minimum or maximum: left out when
+    another column's rows are compared on it (they may be its own stand-ins)."""
+    numbers = {v: x for v in counts if v and (x := parse_number(v)) is not None and not math.isnan(x)}
+    if len(numbers) < 3:
+        return set()
+    lo, hi = min(numbers.values()), max(numbers.values())
+    return {x for v, x in numbers.items() if x in (lo, hi) and counts[v] >= 2 and _is_sentinel(v, x)}
+
+
+def _row_spread(rows: np.ndarray, column: str, numbers: dict[str, np.ndarray], edges: dict[str, set[float]]) -> float | None:
+    """How far the rows ``rows`` sit from the others: the largest gap, in IQRs of the other
+    rows, between their medians on any other numeric column, less what chance gives k random
+    rows (``_MEDIAN_NOISE`` / sqrt(k)); None: no column to compare on."""
+    worst = None
+    for c, values in numbers.items():
+        if c == column:
+            continue
+        ok = ~np.isnan(values)
+        for e in edges[c]:
+            ok &= values != e
+        mine, rest = values[rows & ok], values[~rows & ok]
+        if len(mine) < _MIN_RANDOM_ROWS or len(rest) < _MIN_RANDOM_ROWS or len(np.unique(rest)) < 3:
+            continue
+        q1, q3 = np.quantile(rest, (0.25, 0.75))
+        scale = float(q3 - q1) or float(np.std(rest))
+        if scale <= 0:
+            continue
+        d = abs(float(np.median(mine)) - float(np.median(rest))) / scale - _MEDIAN_NOISE / math.sqrt(len(mine))
+        worst = d if worst is None else max(worst, d)
+    return worst
+
+
 def _numpy(mask) -> np.ndarray:
     return np.asarray(mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask)
 
@@ -475,9 +613,27 @@ def _zero_spike(counts: Counter, *, taken: set[str]) -> dict | None:
     median = _weighted_quantiles(rest, (0.5,))[0]
     near = sum(k for x, k in rest if 0 < x <= 2)
     gap_ratio = n_zero / max(near, 1)
-    if share < _NA_MIN_SHARE or median < _NA_MIN_MEDIAN or gap_ratio < _NA_MIN_GAP_RATIO:
+    if not _NA_MIN_SHARE <= share <= _NA_MAX_SHARE or median < _NA_MIN_MEDIAN or gap_ratio < _NA_MIN_GAP_RATIO:
+        return None
+    # a 0 at the bottom of a bounded scale (a pixel's intensity, with its pile at 255) is the
+    # scale's edge, not "does not apply": counts of things thin out towards their maximum
+    if _piles_at_top(rest):
         return None
     return {"zeros": zeros, "share": share, "median": median, "gap_ratio": gap_ratio, "percent": percent}
+
+
+def _piles_at_top(values: list[tuple[float, int]]) -> bool:
+    """Whether (value, count) pairs pile up at their maximum: the top band of their range
+    holds at least ``_PILE_RATIO`` times as many values as the median band (a flat spread:
+    about 1; counts of pupils, thinning out towards the largest school: under 1)."""
+    xs = np.array([x for x, _ in values], dtype=float)
+    ks = np.array([k for _, k in values], dtype=float)
+    lo, hi = float(xs.min()), float(xs.max())
+    if hi <= lo:
+        return False
+    bins = np.minimum(((xs - lo) / (hi - lo) * _BANDS).astype(int), _BANDS - 1)
+    per_band = np.bincount(bins, weights=ks, minlength=_BANDS)
+    return per_band[-1] >= 2 and per_band[-1] >= _PILE_RATIO * max(float(np.median(per_band)), 1.0)
 
 
 def _co_zero(a: np.ndarray, b: np.ndarray, both: np.ndarray) -> float:
