@@ -202,7 +202,8 @@ def _run(args, extra: list[str]) -> int:
 
     if args.config:
         if args.input:
-            raise LakefillError("give a job config or --input, not both (the config names its input)")
+            raise LakefillError(f"give a job config or --input, not both (the config names its input); got the job "
+                                f"config {args.config!r} and --input {args.input!r} (a schema goes with --schema)")
         config = load_config(args.config)
     else:  # the shortest path: a file and an output folder; schema inferred, model trained there
         if not (args.input and args.output):
@@ -210,11 +211,17 @@ def _run(args, extra: list[str]) -> int:
         from lakefill.pipelines.config import JobConfig
 
         out = _uri_or_abs(args.output)
+        fields = {"input": _uri_or_abs(args.input), "output": out, "train_if_missing": True,
+                  "model": _uri_or_abs(args.model) if args.model else str(Location(out) / "model")}
+        if args.schema:
+            fields["schema"] = _uri_or_abs(args.schema)
         try:
-            config = JobConfig.model_validate({"input": _uri_or_abs(args.input), "output": out,
-                                               "model": str(Location(out) / "model"), "train_if_missing": True})
+            config = JobConfig.model_validate(fields)
         except Exception as err:  # pydantic names the field
             raise LakefillError(f"invalid run options: {err}") from err
+    if args.config:  # the flags override the job config's fields
+        config = config.model_copy(update={k: _uri_or_abs(v) for k, v in (("schema_path", args.schema),
+                                                                          ("model", args.model)) if v})
     if args.run_id:
         config = config.model_copy(update={"run_id": args.run_id})
     if args.output and args.config:
@@ -483,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="the run's id (overrides the job config's): a re-run of a committed id writes "
                                      "nothing twice and completes a run whose quarantine commit failed")
     p.add_argument("--output", help="output folder (overrides the job config's; with --input, where everything goes)")
+    p.add_argument("--schema", help="the table's schema (YAML): with --input, used instead of inferring one; "
+                                    "overrides a job config's")
+    p.add_argument("--model", help="the model folder: with --input, OUTPUT/model unless given (trained there if "
+                                   "missing); overrides a job config's")
     p.set_defaults(func=_run, passthrough=True)
 
     p = sub.add_parser("report", help="render and print a run's report (report.html beside report.json)")

@@ -59,6 +59,12 @@ class JobConfig(BaseModel):
     max_quarantine_share: float = Field(default=0.1, ge=0.0, le=1.0)
     mode: Literal["error", "append", "overwrite", "overwrite_partitions"] = "error"
     partition_by: list[str] = Field(default_factory=list)
+    schema_evolution: Literal["none", "add_columns"] = Field(
+        default="none", description="a run with a column the table lacks: refused before any work (none), or the "
+        "column is added to the table, nullable, earlier rows reading it as null (add_columns)")
+    missing_columns: Literal["error", "null"] = Field(
+        default="error", description="a table column this run's input lacks: refused before any work (error), or "
+        "its cells are null in this run's rows (null; only columns that are nullable)")
     sample_rows: int = Field(default=200_000, ge=1, description="rows the null policy is fitted on")
     batch_size: int = Field(default=200_000, ge=1, description="rows per Arrow batch through the stage")
     inference_batches: int = Field(default=2, ge=1, description="batches RunInference groups into one model call (Beam)")

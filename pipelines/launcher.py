@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+import pyarrow as pa
+
 from lakefill.errors import ConfigError, InputError
 from lakefill.models.adapt import AdaptConfig
 from lakefill.models.artifact import MANIFEST, ModelArtifact, save_artifact
@@ -31,9 +33,9 @@ from lakefill.transforms import io as _io  # workers' reads (a remote launcher r
 from lakefill.transforms.detect import NullPolicy
 from lakefill.transforms.impute import Imputer, load_model_at, resolve_device, save_model_to
 from lakefill.transforms.io import ROW_ID, RawRead, input_files, read_raw
-from lakefill.transforms.lake import check_writable
+from lakefill.transforms.lake import SchemaChangeRefused, check_schema_change, check_writable, schema_change, table_schema
 from lakefill.transforms.parse import detect_and_parse, parse_table
-from lakefill.transforms.plan import StagePlan, Step, stage_plan
+from lakefill.transforms.plan import Detect, Runtime, StagePlan, Step, in_schema_order, stage_plan
 from lakefill.transforms.stage import reason_counts
 from lakefill.transforms.storage import Location, as_location
 from lakefill.transforms.validate import Validator, write_data_docs
@@ -104,6 +106,8 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
     else:
         sample = read_raw(source, limit=config.sample_rows, csv_options=config.csv_options)
         schema, policy = fit_policy(config, sample)
+    if sample is not None:  # the table's schema changes only as the job allows (Delta's rule), decided now
+        check_columns_against_table(config, schema, policy, sample)
     if not config.impute:  # a validation run: no model is read or trained
         return Prepared(config, schema, None, policy, run_id, sample, None)
     model = config.location(config.model)
@@ -128,6 +132,35 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
         if adaptation.get("model"):  # every engine loads the new version (the report names it as the run's model)
             config = config.model_copy(update={"model": adaptation["model"]})
     return Prepared(config, schema, artifact, policy, run_id, sample, adaptation)
+
+
+def run_columns(schema: TableSchema, policy: NullPolicy, sample: RawRead) -> pa.Schema:
+    """The columns this run writes, typed and in the table's order (the schema's, then the
+    file's others; provenance columns left out), worked out on an empty slice of the sample."""
+    rt = Runtime(lambda: None)
+    typed = Detect(policy.to_dict(), schema.model_dump(by_alias=True)).run(sample.table.slice(0, 0), rt).table
+    typed = in_schema_order(typed, schema.names)
+    return pa.schema([f for f in typed.schema if not f.name.startswith("_lf_")])
+
+
+def passthrough_columns(schema: TableSchema, columns: pa.Schema) -> list[str]:
+    """The run's columns the model was not trained on: written as they came."""
+    trained = {c.name for c in schema.columns if c.type != "passthrough"}
+    return [f.name for f in columns if f.name not in trained]
+
+
+def check_columns_against_table(config: JobConfig, schema: TableSchema, policy: NullPolicy, sample: RawRead) -> None:
+    """Refuse, before any work, a run whose columns would change the output table's schema in
+    a way the job did not opt into (``schema_evolution``, ``missing_columns``); one line naming
+    the columns (``lakefill.transforms.lake.check_schema_change``)."""
+    table = config.out / "table"
+    change = schema_change(table_schema(table), run_columns(schema, policy, sample))
+    nullable = {c.name: c.nullable for c in schema.columns}
+    try:
+        check_schema_change(change, table=str(table), add_columns=config.schema_evolution == "add_columns",
+                            absent_ok=config.missing_columns == "null", nullable=nullable)
+    except SchemaChangeRefused as err:
+        raise ConfigError(f"{err} (input {config.location(config.input)})") from err
 
 
 def fit_policy(config: JobConfig, sample: RawRead) -> tuple[TableSchema, NullPolicy]:
@@ -255,6 +288,8 @@ def record_detection(prep: Prepared, report_dir: Path) -> None:
     if prep.sample.dialect is not None:  # what the CSV reader used (sniffed or from the job's csv:)
         report["csv_dialect"] = prep.sample.dialect
     report["max_imputed_share"] = {c.name: c.max_imputed_share for c in prep.schema.columns if c.impute}
+    if prep.sample is not None and prep.policy is not None:  # written as they came: the model was not trained on them
+        report["passthrough_columns"] = passthrough_columns(prep.schema, run_columns(prep.schema, prep.policy, prep.sample))
     if prep.adaptation is not None:
         report["adaptation"] = prep.adaptation
     path.write_text(json.dumps(report, indent=2, default=str))

@@ -197,3 +197,19 @@ def test_train_shows_one_progress_bar_and_keeps_its_time_budget_in_the_manifest(
             main(args + ["--out", str(tmp_path / "x"), "--time-budget", bad])
         assert exit_.value.code == 2 and "--time-budget" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_run_input_takes_a_schema_and_a_model(demo_model, tmp_path, capsys):
+    """`lakefill run --input my.csv --schema my.schema.yaml --model M` (a natural guess) runs
+    with that schema and model; before, the schema was taken for a job config."""
+    out = tmp_path / "out"
+    args = ["run", "--input", str(EXAMPLES / "customers.csv"), "--schema", str(EXAMPLES / "customers.schema.yaml"),
+            "--model", str(demo_model), "--output", str(out), "--engine", "local", "--run-id", "s"]
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((out / "reports" / "s" / "report.json").read_text())
+    assert report["config"]["schema"] == str(EXAMPLES / "customers.schema.yaml")
+    assert report["model"] == str(demo_model) and not (out / "model").exists()  # nothing trained
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "job.yaml"), "--input", "x.csv", "--engine", "local"]) == 2
+    assert "a schema goes with --schema" in capsys.readouterr().err

@@ -29,16 +29,84 @@ from deltalake import CommitProperties, DeltaTable, Schema, Transaction
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from deltalake.transaction import AddAction, create_table_with_add_actions
 
+from lakefill.errors import ConfigError
 from lakefill.transforms.storage import Location, as_location
 
 __all__ = ["write_part", "commit", "CommitResult", "APP_ID_PREFIX", "read_lake", "action_to_dict", "action_from_dict",
-           "check_writable", "part_path"]
+           "check_writable", "part_path", "SchemaChange", "SchemaChangeRefused", "schema_change", "check_schema_change",
+           "table_schema"]
 
 APP_ID_PREFIX = "lakefill:"
 _PART = re.compile(r"part-[0-9a-f]{32}\.parquet")
 _LOG_ENTRY = re.compile(r"[0-9]{20}\.json")
 _COMMIT_TRIES = 8
 Mode = Literal["error", "append", "overwrite", "overwrite_partitions"]
+
+
+class SchemaChangeRefused(ConfigError):
+    """A run whose rows would change the table's schema without the job opting in."""
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """How a run's columns differ from its table's (provenance columns ``_lf_*`` left out):
+    ``added`` columns the table lacks, ``absent`` table columns the run lacks, ``changed``
+    (column, the table's type, the run's type), all as Delta types."""
+    added: list[str]
+    absent: list[str]
+    changed: list[tuple[str, str, str]]
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.absent or self.changed)
+
+    def to_dict(self) -> dict:
+        return {"added": self.added, "absent": self.absent, "changed": [list(c) for c in self.changed]}
+
+
+def table_schema(table_uri: "str | Path | Location") -> pa.Schema | None:
+    """The Delta table's schema as Arrow, or None where there is no table yet."""
+    dt = _open(as_location(table_uri))
+    return None if dt is None else pa.schema(dt.schema().to_arrow())
+
+
+def schema_change(table: pa.Schema | None, run: pa.Schema) -> SchemaChange:
+    """The difference between a table's schema and a run's (None: no table yet, no change)."""
+    if table is None:
+        return SchemaChange([], [], [])
+    data = lambda schema: [f for f in schema if not f.name.startswith("_lf_")]  # noqa: E731
+    theirs = {f.name: f for f in data(table)}
+    ours = {f.name: f for f in data(run)}
+    changed = []
+    for name in theirs.keys() & ours.keys():
+        a, b = _delta_type(theirs[name]), _delta_type(ours[name])
+        if a != b:
+            changed.append((name, a, b))
+    return SchemaChange([n for n in ours if n not in theirs], [n for n in theirs if n not in ours], sorted(changed))
+
+
+def _delta_type(field: pa.Field) -> str:
+    t = Schema.from_arrow(pa.schema([field.with_nullable(True)])).fields[0].type
+    return getattr(t, "type", None) or str(t)  # a primitive's name ("long", "string"), else the nested type
+
+
+def check_schema_change(change: SchemaChange, *, table: str, add_columns: bool, absent_ok: bool,
+                        nullable: "dict[str, bool] | None" = None) -> None:
+    """Refuse, in one line naming the columns, a change the job did not opt into (Delta's rule:
+    a write that changes the table's schema needs the writer's consent)."""
+    if change.changed:
+        cols = ", ".join(f"{n!r} ({a} in the table, {b} in this run)" for n, a, b in change.changed)
+        raise SchemaChangeRefused(f"{table}: this run would change the type of column(s) {cols}; a Delta table's column "
+                                  f"keeps its type: fix the schema (or the input) to the table's type, or write to a new output")
+    if change.added and not add_columns:
+        raise SchemaChangeRefused(f"{table}: this run has column(s) {change.added} that the table does not; set "
+                                  f"schema_evolution: add_columns to add them (earlier rows read back null), or drop them "
+                                  f"from the input")
+    not_nullable = [n for n in change.absent if nullable is not None and not nullable.get(n, True)]
+    if change.absent and (not absent_ok or not_nullable):
+        which = not_nullable or change.absent
+        raise SchemaChangeRefused(f"{table}: this run lacks column(s) {which} that the table has; "
+                                  + ("the schema marks them not nullable" if not_nullable else
+                                     "set missing_columns: null to write their cells as null"))
 
 
 @dataclass(frozen=True)
@@ -167,11 +235,16 @@ def check_writable(table_uri: "str | Path | Location", *, run_id: str, mode: Mod
 
 
 def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema: pa.Schema, *, run_id: str,
-           mode: Mode = "error", partition_by: list[str] = ()) -> CommitResult:
+           mode: Mode = "error", partition_by: list[str] = (), add_columns: bool = False,
+           absent_ok: bool = False) -> CommitResult:
     """Commit the files of one run in one Delta transaction, once per run id.
 
     ``mode``: error (refuse to write into an existing table), append, overwrite (replace the
     table's rows), overwrite_partitions (replace only the partitions this run writes).
+    A run whose columns differ from the table's is refused (``SchemaChangeRefused``) unless
+    ``add_columns`` (new columns are added to the table first, nullable: earlier rows read
+    them as null) or ``absent_ok`` (a table column the run lacks reads back null in its rows);
+    a type change is always refused.
     """
     table = as_location(table_uri)
     uri, options = table.delta()
@@ -197,6 +270,18 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
     if mode == "error" and dt.transaction_version(app_id) is None:
         raise FileExistsError(f"Delta table {table} already exists and mode is 'error'; "
                               "use mode append, overwrite or overwrite_partitions to write into it")
+    if dt.transaction_version(app_id) is None:
+        theirs = pa.schema(dt.schema().to_arrow())
+        change = schema_change(theirs, schema)
+        check_schema_change(change, table=str(table), add_columns=add_columns, absent_ok=absent_ok)
+        if change.added:  # Delta's schema evolution: the new columns first, nullable
+            added = pa.schema([schema.field(n).with_nullable(True) for n in change.added])
+            dt.alter.add_columns(list(Schema.from_arrow(added).fields),
+                                 commit_properties=CommitProperties(custom_metadata={"lakefill.run_id": run_id,
+                                                                                     "lakefill.operation": "add_columns"}))
+            dt = _open(table)
+        if change:  # the files are written with the run's columns; the table keeps all of its own
+            schema = pa.schema(list(theirs) + [schema.field(n).with_nullable(True) for n in change.added])
     if mode == "overwrite_partitions" and not partition_by:
         raise ValueError("mode overwrite_partitions needs partition_by")
     for attempt in range(_COMMIT_TRIES):

@@ -199,8 +199,9 @@ class Finish(Step):
 
     name = "finish"
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, columns: Sequence[str] = ()):
         self.run_id = run_id
+        self.columns = list(columns)  # the schema's columns: the table's order, whatever the file's
 
     def run(self, batch, rt):
         counters = Counter()
@@ -214,7 +215,7 @@ class Finish(Step):
                     counters.update({f"written_{label}:{col}": n for col, n in list_value_counts(batch.column(name)).items()})
         if METHOD in batch.column_names:
             counters["rows_refined"] = refined_rows(batch)
-        return StepOutput(with_run_id(batch, self.run_id).sort_by(ROW_ID), [], +counters)
+        return StepOutput(in_schema_order(with_run_id(batch, self.run_id), self.columns).sort_by(ROW_ID), [], +counters)
 
 
 @dataclass
@@ -243,7 +244,7 @@ def stage_plan(*, schema: TableSchema | dict, policy: NullPolicy | dict, run_id:
             steps.append(Refine(confidence_threshold, reverse, adapted_fill))
         steps.append(Validate(schema_d, "post"))
     steps += list(extra_steps)
-    steps.append(Finish(run_id))
+    steps.append(Finish(run_id, [c["name"] for c in schema_d.get("columns", [])]))
     names = [s.name for s in steps]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -300,6 +301,16 @@ def run_steps(steps: Sequence[Step], batch: pa.Table, rt: Runtime, *, timings: d
 
 
 # -- helpers the steps and the run report share --------------------------------------------------
+
+def in_schema_order(batch: pa.Table, columns: Sequence[str]) -> pa.Table:
+    """The schema's columns first, in its order; then the file's other columns as they came;
+    then the provenance columns (``_lf_*``)."""
+    names = batch.column_names
+    first = [c for c in columns if c in names]
+    rest = [c for c in names if c not in first and not c.startswith("_lf_")]
+    order = first + rest + [c for c in names if c.startswith("_lf_")]
+    return batch if order == names else batch.select(order)
+
 
 def with_run_id(batch: pa.Table, run_id: str) -> pa.Table:
     if RUN_ID in batch.column_names:

@@ -318,7 +318,7 @@ def stage_schemas(columns: list[str] | pa.Schema, schema: TableSchema, policy: N
     rt = Runtime(lambda: imputer)
     typed = Detect(policy.to_dict(), schema.model_dump(by_alias=True)).run(raw.empty_table(), rt).table
     imputed = Impute().run(typed, rt).table
-    return StageSchemas(raw, typed.schema, imputed.schema, Finish("x").run(imputed, rt).table.schema)
+    return StageSchemas(raw, typed.schema, imputed.schema, Finish("x", schema.names).run(imputed, rt).table.schema)
 
 
 def read_raw(spark: SparkSession, path: str, raw_schema: pa.Schema, counters: Counters | None = None,
@@ -368,7 +368,7 @@ def refine(df: DataFrame, model: ModelRef, imputed_schema: pa.Schema, *, thresho
 
 def with_run_id_df(df: DataFrame, run_id: str, final_schema: pa.Schema, counters: Counters | None = None) -> DataFrame:
     """The plan's last step: the run id column, rows in row-id order within each batch."""
-    return _map(df, final_schema, [Finish(run_id)], counters=counters)
+    return _map(df, final_schema, [Finish(run_id, final_schema.names)], counters=counters)
 
 
 def fused(df: DataFrame, final_schema: pa.Schema, steps: list[Step], *, model: ModelRef | None = None,

@@ -24,7 +24,7 @@ from deltalake.transaction import AddAction
 
 from lakefill.errors import LakefillError
 from lakefill.transforms.io import Quarantined, quarantine_table
-from lakefill.transforms.lake import action_from_dict, action_to_dict, commit, part_path, write_part
+from lakefill.transforms.lake import action_from_dict, action_to_dict, commit, part_path, schema_change, table_schema, write_part
 from lakefill.transforms.plan import HIST_BINS, RUN_ID, StepOutput, bin_label, with_run_id
 from lakefill.transforms.storage import Location, as_location, redact
 
@@ -216,13 +216,18 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path
                                  f"max_quarantine_share of {max_quarantine_share:.1%}; nothing was committed to "
                                  f"{table_uri} or {quarantine_uri}. The quarantined rows and their reasons are in "
                                  f"{rejected}.")
+    if totals.table_schema is not None:  # what this run changes in the table's schema (the commit enforces the job's rule)
+        change = schema_change(table_schema(table_uri), totals.table_schema)
+        if change:
+            counts["schema_change"] = change.to_dict()
     # the table first, then the quarantine, both keyed by the run id: a run is in both or, if a
     # commit fails, the retry with the same run id completes the missing half and writes nothing twice
     result = None
     if totals.table_schema is not None:  # else every row was quarantined, and the share allows it
         try:
             result = commit(table_uri, totals.table_actions, totals.table_schema, run_id=run_id, mode=mode,
-                            partition_by=partition_by)
+                            partition_by=partition_by, add_columns=config.get("schema_evolution") == "add_columns",
+                            absent_ok=config.get("missing_columns") == "null")
         except Exception:
             _remove(table_uri, totals.table_actions)
             _remove(quarantine_uri, totals.quarantine_actions)
