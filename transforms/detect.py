@@ -168,12 +168,13 @@ class NullPolicy:
         """Weigh every sentinel finding against the evidence that it is a real boundary value.
 
         A sentinel is the column's minimum or maximum. It is a *boundary* (no finding) when the
-        column is a clipped scale: the value at the opposite edge (its mirror) repeats at least
-        ``_MIRROR_SHARE`` as often and the value is within ``_CLIP_MAX_GAP`` of the range from the
-        other values (ionosphere's -1 with its +1). Otherwise it *stands apart* when the gap to the
-        nearest other value is at least ``_APART_IQR`` IQR of the other values, it lies beyond
-        Tukey's far-out fence (3 IQR), or it is negative in a column of non-negative values: a
-        stand-in (99999 among incomes, 0 among blood pressures), replaced as before. A value at
+        column is a clipped scale: the value at the opposite edge (its mirror) is a pile, repeating
+        at least ``_MIRROR_SHARE`` as often as the value and ``_PILE_RATIO`` times as often as the
+        column's values usually do, and the value is within ``_CLIP_MAX_GAP`` of the range from the
+        other values (ionosphere's -1 with its +1). A negative value in a column of non-negative
+        values is a stand-in. Otherwise it *stands apart* when the gap to the nearest other value
+        is at least ``_APART_IQR`` IQR of the other values or it lies beyond Tukey's far-out fence
+        (3 IQR): a stand-in (99999 among incomes, 0 among blood pressures), replaced as before. A value at
         the edge that does not stand apart (the low end of a non-negative quantity, 0 kg of fly
         ash) stays a value unless its rows look like a random sample of the table: on every other
         numeric column where at least ``_MIN_RANDOM_ROWS`` of its rows hold a number (other columns'
@@ -214,14 +215,16 @@ class NullPolicy:
         if span <= 0:
             return f
         low_edge = x <= lo
+        if x < 0 <= lo:  # -1 among ids or ages: no other value of the column is on its side of 0
+            return f
         mirror = int(np.sum(others == (hi if low_edge else lo)))
-        if mirror >= max(2, _MIRROR_SHARE * f.count) and gap <= _CLIP_MAX_GAP * span:
+        typical = float(np.median(np.unique(others, return_counts=True)[1]))
+        if mirror >= max(2, _MIRROR_SHARE * f.count, _PILE_RATIO * typical) and gap <= _CLIP_MAX_GAP * span:
             return None  # a clipped scale: both edges pile up
         q1, q3 = np.quantile(others, (0.25, 0.75))
         iqr = float(q3 - q1)
         far = x < q1 - _FAR_FENCE * iqr or x > q3 + _FAR_FENCE * iqr
-        other_sign = x < 0 <= lo  # -1 among ids: no value of the column is on its side of 0
-        if iqr <= 0 or gap >= _APART_IQR * iqr or far or other_sign:
+        if iqr <= 0 or gap >= _APART_IQR * iqr or far:
             return f
         spread = _row_spread(at, column, numbers, edges)
         if spread is None or spread >= _RANDOM_SPREAD:

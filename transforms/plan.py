@@ -306,7 +306,7 @@ def in_schema_order(batch: pa.Table, columns: Sequence[str]) -> pa.Table:
     """The schema's columns first, in its order; then the file's other columns as they came;
     then the provenance columns (``_lf_*``)."""
     names = batch.column_names
-    first = [c for c in columns if c in names]
+    first = [c for c in columns if c in names and not c.startswith("_lf_")]
     rest = [c for c in names if c not in first and not c.startswith("_lf_")]
     order = first + rest + [c for c in names if c.startswith("_lf_")]
     return batch if order == names else batch.select(order)
