@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["LakefillError", "InputError", "SchemaError", "ConfigError", "ModelError", "ValidationFailed"]
+__all__ = ["LakefillError", "InputError", "SchemaError", "ConfigError", "ModelError", "ValidationFailed", "NothingNew"]
 
 
 class LakefillError(Exception):
@@ -27,3 +27,7 @@ class ModelError(LakefillError):
 
 class ValidationFailed(LakefillError):
     """A table-level expectation failed: the whole run is refused."""
+
+
+class NothingNew(LakefillError):
+    """An incremental run found no new input file: nothing to do (not a failure)."""

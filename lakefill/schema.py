@@ -110,6 +110,10 @@ class ColumnSchema(_Strict):
     # --check`` fails the run (a tool must not silently invent most of a column); raise it for a
     # column you know is mostly missing
     max_imputed_share: float = Field(default=0.5, ge=0.0, le=1.0)
+    # the distance of a run's observed cells to the model's training rows over which the column
+    # counts as drifted (Jensen-Shannon for numbers, L-infinity for categories; lakefill._drift):
+    # None takes the default (0.1 and 0.2); ``lakefill report --check`` fails a drifted run
+    drift_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     # categories, sets and the model compare cells after ``normalize_text`` (trimmed, NFC); true
     # also writes the normalised text to the output (by default a cell stays as the file had it)
     normalize: bool = False
@@ -239,7 +243,8 @@ def dump_schema(schema: TableSchema) -> str:
             del col["detectors"]
         if not col["unique"]:
             del col["unique"]
-        for key, default in (("not_applicable", "null"), ("max_imputed_share", 0.5), ("normalize", False),
+        for key, default in (("not_applicable", "null"), ("max_imputed_share", 0.5), ("drift_threshold", None),
+                             ("normalize", False),
                              ("precision", None), ("scale", None)):
             if col[key] == default:
                 del col[key]

@@ -57,6 +57,7 @@ class ModelArtifact:
     # with the adaptation's report; refine uses them, impute never does
     adapted: Ensemble | None = None
     adaptation: dict | None = None
+    profile: dict | None = None  # the training rows' statistics per column (lakefill._drift); None: older model
 
     def check_schema(self, schema: TableSchema, *, source: str = "the job's schema") -> None:
         """Refuse a schema whose imputed columns differ from the model's (names and types)."""
@@ -94,7 +95,7 @@ def _sha256(path: Path) -> str:
 
 def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, codec: TableCodec, schema: TableSchema,
                   policy: dict | None, config: AEConfig, metrics: dict, error_reference: float,
-                  adapted: Ensemble | None = None, adaptation: dict | None = None) -> Path:
+                  adapted: Ensemble | None = None, adaptation: dict | None = None, profile: dict | None = None) -> Path:
     """Write the model (a single network is saved as an ensemble of one) with the config it was
     trained with; ``adapted``: the same model with its networks adapted to a run's rows (saved
     as their own weights file, ``adaptation`` its report)."""
@@ -126,6 +127,8 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
         "metrics": metrics,
         "versions": _versions(),
     }
+    if profile is not None:
+        manifest["training_profile"] = profile
     if adapted is not None:
         adapted = adapted if isinstance(adapted, Ensemble) else Ensemble([adapted])
         nets = _network_state(model)
@@ -233,7 +236,7 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
     adapted = _load_adapted(model_dir, manifest, model) if manifest.get("adapted") else None
     artifact = ModelArtifact(model, codec, trained_schema, manifest.get("null_policy"), config,
                              manifest.get("metrics", {}), digest, float(manifest.get("error_reference", 1.0)),
-                             adapted, (manifest.get("adapted") or {}).get("report"))
+                             adapted, (manifest.get("adapted") or {}).get("report"), manifest.get("training_profile"))
     if schema is not None:
         artifact.check_schema(schema)
     return artifact

@@ -67,7 +67,7 @@ def build_pipeline(p: beam.Pipeline, prep: Prepared, *, handler: LakefillModelHa
     policy = None
     if prep.policy is None:  # a remote launch: a worker fits the null policy on the first records
         policy = p | "SampleStart" >> beam.Create([cfg]) | "FitPolicy" >> beam.Map(worker_policy)
-    read = p | "ReadRaw" >> ReadRaw(cfg.input, batch_rows=cfg.batch_size, csv_options=cfg.csv_options,
+    read = p | "ReadRaw" >> ReadRaw(cfg.reads, batch_rows=cfg.batch_size, csv_options=cfg.csv_options,
                                     options=cfg.storage_options)
     done = read.main | "Stage" >> RunPlan(plan, handler, policy)
     parts = done["main"] | "WriteToLake" >> WriteToLake(out / "table", cfg.partition_by)

@@ -226,7 +226,14 @@ def _run(args, extra: list[str]) -> int:
         config = config.model_copy(update={"run_id": args.run_id})
     if args.output and args.config:
         config = config.model_copy(update={"output": _uri_or_abs(args.output)})
-    _print_outcome(_run_engine(args.engine, config, extra))
+    from lakefill.errors import NothingNew
+
+    try:
+        outcome = _run_engine(args.engine, config, extra)
+    except NothingNew as news:  # an incremental run with no new file: done, not failed
+        print(f"lakefill: {news}")
+        return 0
+    _print_outcome(outcome)
     return 0
 
 
@@ -326,7 +333,37 @@ def check_report(report: dict) -> list[str]:
             problems.append(f"column {col!r}: {v['imputed']} of {v['cells']} written cells ({v['imputed_share']:.0%}) were "
                             f"imputed, over its max_imputed_share of {v['max_imputed_share']:.0%} (replaced values: "
                             f"{found}); if that is intended, raise max_imputed_share for the column in the schema")
+    for col, d in (report.get("drift") or {}).items():
+        if d.get("drifted"):
+            problems.append(f"column {col!r} drifted from the model's training rows: {d['measure']} {d['distance']:.3f} over "
+                            f"its threshold {d['threshold']:.3f}; retrain the model on recent rows, or raise the column's "
+                            f"drift_threshold in the schema if the change is expected")
     return problems
+
+
+def _maintain(args) -> int:
+    from lakefill.transforms.lake import maintain
+
+    if not (args.compact or args.vacuum):
+        raise LakefillError("maintain needs --compact, --vacuum or both")
+    if args.retain_hours is not None and not args.vacuum:
+        raise LakefillError("--retain-hours goes with --vacuum")
+    out = Location(args.output)
+    tables = [out / "table", out / "quarantine"]
+    missing = [t for t in tables if not (t / "_delta_log").is_dir()]
+    if missing:  # before any work: both are lakefill's, or nothing is touched
+        raise LakefillError(f"{missing[0]} is not a Delta table (no _delta_log): maintain takes a lakefill output "
+                            f"folder, the one that holds table/ and quarantine/")
+    for t in tables:
+        done = maintain(t, compact=args.compact, vacuum=args.vacuum, retain_hours=args.retain_hours)
+        what = []
+        if "compacted" in done:
+            what.append(f"compacted {done['compacted']['files_removed']} files into {done['compacted']['files_added']}")
+        if "vacuumed_files" in done:
+            what.append(f"vacuumed {done['vacuumed_files']} files")
+        print(f"{t}: {', '.join(what)}; {done['files_before']} -> {done['files_after']} files in the table's "
+              f"version {done['version_after']}")
+    return 0
 
 
 def _report(args) -> int:
@@ -495,6 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the model folder: with --input, OUTPUT/model unless given (trained there if "
                                    "missing); overrides a job config's")
     p.set_defaults(func=_run, passthrough=True)
+
+    p = sub.add_parser("maintain", help="compact and vacuum an output's Delta tables (table and quarantine)")
+    p.add_argument("output", help="the job's output folder or URI (holding table/ and quarantine/)")
+    p.add_argument("--compact", action="store_true", help="rewrite small files into larger ones (deltalake optimize)")
+    p.add_argument("--vacuum", action="store_true", help="delete files no recent version reads (deltalake vacuum)")
+    p.add_argument("--retain-hours", type=float, help="with --vacuum: keep files read by versions of the last H hours "
+                                                      "(default Delta's 168; less lets older versions go unreadable)")
+    p.set_defaults(func=_maintain)
 
     p = sub.add_parser("report", help="render and print a run's report (report.html beside report.json)")
     p.add_argument("run_dir", nargs="?", help="OUTPUT/reports/RUN_ID")

@@ -59,6 +59,15 @@ class JobConfig(BaseModel):
     max_quarantine_share: float = Field(default=0.1, ge=0.0, le=1.0)
     mode: Literal["error", "append", "overwrite", "overwrite_partitions"] = "error"
     partition_by: list[str] = Field(default_factory=list)
+    incremental: bool = Field(default=False, description="an input folder or glob: take only the files that no "
+                              "committed run of this output took (recorded with the commit)")
+    changed_files: Literal["error", "reprocess", "skip"] = Field(
+        default="error", description="incremental: a file taken before whose size or modification time changed: "
+        "refuse the run (error), take it again (reprocess) or leave it (skip); the report lists it either way")
+    files: list[str] = Field(default_factory=list, description="the input's files this run reads (set by "
+                             "incremental planning; empty: every file of input)")
+    compact_every: int = Field(default=0, ge=0, description="after every N committed runs, compact the table and "
+                               "the quarantine (deltalake's optimize; 0: never; `lakefill maintain` does it by hand)")
     schema_evolution: Literal["none", "add_columns"] = Field(
         default="none", description="a run with a column the table lacks: refused before any work (none), or the "
         "column is added to the table, nullable, earlier rows reading it as null (add_columns)")
@@ -80,6 +89,11 @@ class JobConfig(BaseModel):
     storage_options: dict[str, str] = Field(
         default_factory=dict, description="object-store endpoints, regions and flags in deltalake's key names "
         "(AWS_ENDPOINT_URL, AWS_REGION, AWS_ALLOW_HTTP, ...); credentials are best left to the environment")
+
+    @property
+    def reads(self) -> "str | list[str]":
+        """What the engines read: the run's files where planning chose them, else the input."""
+        return list(self.files) or self.input
 
     def location(self, where: str):
         """A path of the job (input, schema, model, output) as a storage ``Location``."""

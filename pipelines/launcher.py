@@ -21,7 +21,8 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from lakefill.errors import ConfigError, InputError
+from lakefill._drift import drift_report, profile_table
+from lakefill.errors import ConfigError, InputError, NothingNew
 from lakefill.models.adapt import AdaptConfig
 from lakefill.models.artifact import MANIFEST, ModelArtifact, save_artifact
 from lakefill.models.autoencoder import AEConfig
@@ -32,6 +33,7 @@ from lakefill.schema import TableSchema, infer_schema, load_schema
 from lakefill.transforms import io as _io  # workers' reads (a remote launcher reads nothing: tests patch ``read_raw``)
 from lakefill.transforms.detect import NullPolicy
 from lakefill.transforms.impute import Imputer, load_model_at, resolve_device, save_model_to
+from lakefill.transforms.ingest import IngestPlan, plan_files, record_files
 from lakefill.transforms.io import ROW_ID, RawRead, input_files, read_raw
 from lakefill.transforms.lake import SchemaChangeRefused, check_schema_change, check_writable, schema_change, table_schema
 from lakefill.transforms.parse import detect_and_parse, parse_table
@@ -54,6 +56,7 @@ class Prepared:
     run_id: str
     sample: "RawRead | None"  # the first sample_rows records: the policy is fitted on them, Data Docs show them
     adaptation: dict | None = None  # the job's ``adapt``: what it did (None: not asked)
+    ingest: "IngestPlan | None" = None  # the job's ``incremental``: the files this run takes
 
 
 @dataclass
@@ -92,6 +95,16 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
     input_files(source)  # a folder or a glob with no data file: refused, naming it
     out.check_reachable()
     run_id = config.run_id or _default_run_id()
+    ingest = None
+    if config.incremental:  # only the files no committed run of this output took, recorded in the table
+        ingest = plan_files(source, out, run_id=run_id, changed_files=config.changed_files,
+                            options=config.storage_options)
+        if not ingest.files:
+            raise NothingNew(f"no new file in {source} since the last run of {out} ({ingest.listed} listed, "
+                             f"{ingest.taken_before} taken before"
+                             + (f", {len(ingest.skipped)} changed and skipped" if ingest.skipped else "") + "): nothing to do")
+        config = config.model_copy(update={"files": [f.uri for f in ingest.files]})
+        log(f"incremental: {len(ingest.files)} new file(s) of {ingest.listed} in {source}")
     try:  # mode 'error' and a table that has other runs: refused now, not after all the work
         check_writable(out / "table", run_id=run_id, mode=config.mode)
         check_writable(out / "quarantine", run_id=run_id, mode="append")
@@ -104,12 +117,15 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
         sample, policy = None, None
         schema = load_schema_at(config.location(config.schema_path))
     else:
-        sample = read_raw(source, limit=config.sample_rows, csv_options=config.csv_options)
+        sample = read_raw(config.reads, options=config.storage_options, limit=config.sample_rows,
+                          csv_options=config.csv_options)
         schema, policy = fit_policy(config, sample)
     if sample is not None:  # the table's schema changes only as the job allows (Delta's rule), decided now
         check_columns_against_table(config, schema, policy, sample)
+    if ingest is not None:  # written last before the work; it counts once the run is committed
+        record_files(out, run_id, ingest)
     if not config.impute:  # a validation run: no model is read or trained
-        return Prepared(config, schema, None, policy, run_id, sample, None)
+        return Prepared(config, schema, None, policy, run_id, sample, None, ingest=ingest)
     model = config.location(config.model)
     if not (model / "manifest.json").exists():
         if not config.train_if_missing:
@@ -131,7 +147,7 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
         artifact, adaptation = adapt_to_run(config, schema, policy, artifact, sample, run_id, log=log)
         if adaptation.get("model"):  # every engine loads the new version (the report names it as the run's model)
             config = config.model_copy(update={"model": adaptation["model"]})
-    return Prepared(config, schema, artifact, policy, run_id, sample, adaptation)
+    return Prepared(config, schema, artifact, policy, run_id, sample, adaptation, ingest=ingest)
 
 
 def run_columns(schema: TableSchema, policy: NullPolicy, sample: RawRead) -> pa.Schema:
@@ -223,7 +239,7 @@ def adapt_to_run(config: JobConfig, schema: TableSchema, policy: NullPolicy, art
         folder = Path(tmp) / "model" if not target.is_local else target.local_path
         save_artifact(folder, model=artifact.model, codec=artifact.codec, schema=artifact.schema, policy=artifact.policy,
                       config=artifact.config, metrics=artifact.metrics, error_reference=artifact.error_reference,
-                      adapted=adapted, adaptation=report)
+                      adapted=adapted, adaptation=report, profile=artifact.profile)
         save_model_to(folder, target)
     log(f"adapt: networks fine-tuned on {report['rows_fitted']} rows (check loss {report['check_loss_before']:.4g} -> "
         f"{report['check_loss_after']:.4g}); the run refines with {target}")
@@ -270,7 +286,8 @@ def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Pa
             raise
         raise InputError(f"{err} ({good.num_rows} rows passed validation; {why()})") from err
     return save_artifact(out.local_path, model=fitted.model, codec=fitted.codec, schema=schema, policy=typed.policy.to_dict(),
-                         config=config, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
+                         config=config, metrics=fitted.metrics, error_reference=fitted.result.error_reference,
+                         profile=profile_table(good, schema))
 
 
 def config_summary(cfg: JobConfig) -> dict:
@@ -292,6 +309,11 @@ def record_detection(prep: Prepared, report_dir: Path) -> None:
         report["passthrough_columns"] = passthrough_columns(prep.schema, run_columns(prep.schema, prep.policy, prep.sample))
     if prep.adaptation is not None:
         report["adaptation"] = prep.adaptation
+    if prep.ingest is not None:
+        report["incremental"] = prep.ingest.to_dict()
+    if prep.artifact is not None and prep.artifact.profile:  # the run's observed cells against the training rows'
+        thresholds = {c.name: c.drift_threshold for c in prep.schema.columns}
+        report["drift"] = drift_report(prep.artifact.profile, report.get("metrics") or {}, thresholds)
     path.write_text(json.dumps(report, indent=2, default=str))
 
 
@@ -313,7 +335,7 @@ def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
     return stage_plan(schema=prep.schema, policy=prep.policy or {}, run_id=prep.run_id, refine=cfg.refine,
                       confidence_threshold=cfg.confidence_threshold, extra_steps=extra_steps, impute=cfg.impute,
                       adapted_fill=cfg.adapt_rows == "all",  # where the model has adapted networks
-                      precision=cfg.precision)
+                      precision=cfg.precision, profile=prep.artifact.profile if prep.artifact is not None else None)
 
 
 def end_of_run(prep: Prepared, report_dir: "Path | Location") -> None:
@@ -334,7 +356,8 @@ def end_of_run(prep: Prepared, report_dir: "Path | Location") -> None:
 
 def worker_sample(config: JobConfig) -> RawRead:
     """The run's first ``sample_rows`` records, read on a worker (a remote launch reads none)."""
-    return _io.read_raw(config.location(config.input), limit=config.sample_rows, csv_options=config.csv_options)
+    return _io.read_raw(config.reads, options=config.storage_options, limit=config.sample_rows,
+                        csv_options=config.csv_options)
 
 
 def worker_policy(config: JobConfig) -> dict:

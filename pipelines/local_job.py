@@ -34,7 +34,7 @@ def run_local(config: JobConfig, *, extra_steps: Sequence[Step] = (), log=print)
     totals = RunTotals().add({"model_loads": int(imputer is not None)})  # prepare loaded it, once
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    for chunk in iter_raw(cfg.location(cfg.input), batch_rows=cfg.batch_size, csv_options=cfg.csv_options):
+    for chunk in iter_raw(cfg.reads, options=cfg.storage_options, batch_rows=cfg.batch_size, csv_options=cfg.csv_options):
         totals.add({"rows_in": chunk.rows_in})
         done = run_steps(plan.steps, chunk.table, rt, timings=timings)
         t = time.perf_counter()

@@ -174,6 +174,19 @@ def _plots(report: dict, table: pa.Table | None, check: dict | None, of_rows: in
         ax.set_title(f"Re-worked rows: error {check['error_reduction']:.1%} lower")
         ax.legend(fontsize=7)
         plots.append(("Error reduction of the re-worked rows", _png(fig)))
+    for col, d in (report.get("drift") or {}).items():
+        if not d.get("drifted"):
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 3.0))
+        x = np.arange(len(d["bins"]))
+        ax.bar(x - 0.2, d["share_training"], width=0.4, color="#4c72b0", label="training rows")
+        ax.bar(x + 0.2, d["share_run"], width=0.4, color="#c44e52", label="this run")
+        ax.set_xticks(x, [str(b)[:14] for b in d["bins"]], rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("share of observed cells")
+        ax.set_title(f"Drift of {col}: {d['measure']} {d['distance']:.3f} (threshold {d['threshold']:.3f})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        plots.append((f"Drift of {col}", _png(fig)))
     return plots
 
 
@@ -204,6 +217,30 @@ def refine_check(table: pa.Table | None) -> dict | None:
 def _table(rows: dict, head: tuple[str, str]) -> str:
     body = "".join(f"<tr><td>{html.escape(str(k))}</td><td class=n>{html.escape(str(v))}</td></tr>" for k, v in rows.items())
     return f"<table><tr><th>{head[0]}</th><th>{head[1]}</th></tr>{body}</table>"
+
+
+def _distance(d: dict) -> str:
+    return "-" if d.get("distance") is None else f"{d['distance']:.3f}"
+
+
+def _drift_table(report: dict) -> str:
+    """Per profiled column: the distance of the run's observed cells to the model's training rows."""
+    drift = report.get("drift") or {}
+    if not drift:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("column", "measure", "distance", "threshold", "observed cells",
+                                            "missing share: training / run"))
+    body = "".join(
+        f"<tr><td>{html.escape(c)}</td><td>{d['measure']}</td>"
+        f"<td class=\"n {'bad' if d.get('drifted') else ''}\">{_distance(d)}</td>"
+        f"<td class=n>{d['threshold']:.3f}</td><td class=n>{d['observed']}</td>"
+        f"<td class=n>{d['missing_share_training']:.1%} / "
+        f"{'-' if d.get('missing_share_run') is None else format(d['missing_share_run'], '.1%')}</td></tr>"
+        for c, d in drift.items())
+    drifted = [c for c, d in drift.items() if d.get("drifted")]
+    title = (f'<h2 class="bad">Drift: {len(drifted)} column(s) moved away from the training rows</h2>' if drifted
+             else "<h2>Drift against the model's training rows</h2>")
+    return f"{title}<table id=drift><tr>{head}</tr>{body}</table>"
 
 
 def suspects_of(report: dict) -> list[tuple[str, dict]]:
@@ -365,6 +402,7 @@ model <code>{html.escape(str(report.get('model')))}</code> &mdash;
 {_table(counts.get("disguised_nulls_replaced", {}), ("disguised nulls replaced", "cells"))}
 {_table({c: v["not_applicable"] for c, v in shares.items() if v["not_applicable"]}, ("not applicable (never imputed)", "cells"))}
 {_shares_table(shares)}
+{_drift_table(report)}
 <h2>Disguised nulls found</h2>
 {_findings_table(report)}
 {_table(check_rows, ("reverse training check (held-back cells)", "")) if check_rows else ""}

@@ -80,7 +80,7 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
     spark = spark or spark_session(spark_args)
     model = (lf.broadcast_model(spark, cfg.location(cfg.model), prep.schema, device=cfg.device)
              if prep.artifact is not None else None)  # impute: false reads no model
-    rows = lf.run_plan(spark, plan, model, cfg.input, table_uri=out / "table", quarantine_uri=out / "quarantine",
+    rows = lf.run_plan(spark, plan, model, cfg.reads, table_uri=out / "table", quarantine_uri=out / "quarantine",
                        run_id=run_id, partition_by=cfg.partition_by, batch_rows=cfg.batch_size,
                        csv_options=cfg.csv_options, options=cfg.storage_options).collect()
     job_seconds = time.perf_counter() - t0

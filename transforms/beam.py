@@ -100,7 +100,7 @@ class ReadRaw(beam.PTransform):
     def __init__(self, path: str, batch_rows: int = 200_000, csv_options=None, options: dict | None = None,
                  min_units: int = 1):
         super().__init__()
-        self.path, self.batch_rows, self.csv_options = str(path), batch_rows, csv_options
+        self.path, self.batch_rows, self.csv_options = (list(path) if isinstance(path, (list, tuple)) else str(path)), batch_rows, csv_options
         self.options = dict(options or {})
         self.min_units = min_units
 

@@ -156,7 +156,7 @@ def iter_raw(path: "str | Path | Location", *, batch_rows: int = 50_000, max_cel
     file's columns; file ``i``'s record ``r`` gets the row id ``i * FILE_ROWS + r``.
     """
     files = input_files(path, options)
-    single = len(files) == 1 and files[0].uri == as_location(path, options).uri
+    single = not isinstance(path, (list, tuple)) and len(files) == 1 and files[0].uri == as_location(path, options).uri
     expected = None
     seen = 0
     for i, f in enumerate(files):
@@ -168,7 +168,8 @@ def iter_raw(path: "str | Path | Location", *, batch_rows: int = 50_000, max_cel
         if limit is not None and seen >= limit:
             return
     if seen == 0 and not single:
-        raise InputError(f"input {as_location(path, options)}: its {len(files)} files hold no data rows")
+        name = files[0].parent if isinstance(path, (list, tuple)) else as_location(path, options)
+        raise InputError(f"input {name}: its {len(files)} files hold no data rows")
 
 
 def _same_columns(f: Location, names: list[str], first: Location, expected: list[str] | None) -> list[str]:
@@ -198,9 +199,13 @@ def input_files(path: "str | Path | Location", options: dict | None = None) -> l
     """The files an input names: itself; a folder's data files (hidden and ``_`` files, such as
     ``_SUCCESS``, skipped); a glob's matches. In URI order. An input with none is an error that
     names it."""
+    if isinstance(path, (list, tuple)):  # the files themselves (an incremental run's new files), in that order
+        if not path:
+            raise InputError("the input names no file")
+        return [as_location(p, options) for p in path]
     loc = as_location(path, options)
     if any(c in loc.uri for c in "*?["):
-        files = [f for f in loc.glob() if _is_data_file(f)]
+        files = [f for f in loc.glob() if is_data_file(f)]
         if not files:
             raise InputError(f"input {loc} matches no CSV, JSON Lines or Parquet file")
         return files
@@ -209,13 +214,13 @@ def input_files(path: "str | Path | Location", options: dict | None = None) -> l
         raise InputError(f"input file not found: {loc}")
     if kind == pafs.FileType.File:
         return [loc]
-    files = [f for f in loc.walk() if _is_data_file(f)]
+    files = [f for f in loc.walk() if is_data_file(f)]
     if not files:
         raise InputError(f"input folder {loc} holds no CSV, JSON Lines or Parquet file")
     return files
 
 
-def _is_data_file(f: Location) -> bool:
+def is_data_file(f: Location) -> bool:
     return f.suffix in _SUFFIXES and not f.name.startswith((".", "_"))
 
 

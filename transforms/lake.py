@@ -34,7 +34,7 @@ from lakefill.transforms.storage import Location, as_location
 
 __all__ = ["write_part", "commit", "CommitResult", "APP_ID_PREFIX", "read_lake", "action_to_dict", "action_from_dict",
            "check_writable", "part_path", "SchemaChange", "SchemaChangeRefused", "schema_change", "check_schema_change",
-           "table_schema"]
+           "table_schema", "maintain", "runs_since_compaction"]
 
 APP_ID_PREFIX = "lakefill:"
 _PART = re.compile(r"part-[0-9a-f]{32}\.parquet")
@@ -216,13 +216,18 @@ def _open(table: Location) -> DeltaTable | None:
         return None
 
 
+def _ours(table: Location, f: Location) -> bool:
+    """lakefill's own records inside a table folder (``_lakefill/``: incremental runs' files)."""
+    return table._relative(f.path).startswith("_lakefill/")
+
+
 def check_writable(table_uri: "str | Path | Location", *, run_id: str, mode: Mode) -> None:
     """Refuse, before any work, a run that ``commit`` would refuse at the end: mode 'error' and
     a table that exists without this run id (a re-run of a committed run id is fine: it
     commits nothing twice and completes a half-committed run)."""
     table = as_location(table_uri)
     if not table.join("_delta_log").is_dir():
-        foreign = [f for f in table.walk() if not _PART.fullmatch(f.name)]
+        foreign = [f for f in table.walk() if not _PART.fullmatch(f.name) and not _ours(table, f)]
         if foreign:  # uncommitted parts of a crashed run are fine: they are never committed
             raise FileExistsError(f"{table} holds files but is not a Delta table (no _delta_log; e.g. {foreign[0]}); "
                                   f"lakefill will not mix its table with other files: choose another output")
@@ -236,7 +241,7 @@ def check_writable(table_uri: "str | Path | Location", *, run_id: str, mode: Mod
 
 def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema: pa.Schema, *, run_id: str,
            mode: Mode = "error", partition_by: list[str] = (), add_columns: bool = False,
-           absent_ok: bool = False) -> CommitResult:
+           absent_ok: bool = False, files_counter: "int | None | bool" = False) -> CommitResult:
     """Commit the files of one run in one Delta transaction, once per run id.
 
     ``mode``: error (refuse to write into an existing table), append, overwrite (replace the
@@ -244,14 +249,22 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
     A run whose columns differ from the table's is refused (``SchemaChangeRefused``) unless
     ``add_columns`` (new columns are added to the table first, nullable: earlier rows read
     them as null) or ``absent_ok`` (a table column the run lacks reads back null in its rows);
-    a type change is always refused.
+    a type change is always refused. ``files_counter`` (an incremental run: the table's files
+    counter when the run planned its files, None before any): the commit carries the counter
+    plus one, and is refused (``IncrementalConflict``) if another run moved it meanwhile; Delta's
+    conflict check refuses the second of two commits that carry the same value.
     """
     table = as_location(table_uri)
     uri, options = table.delta()
     app_id = APP_ID_PREFIX + run_id
     rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
-    props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=1)],
-                             custom_metadata={"lakefill.run_id": run_id})
+    txns = [Transaction(app_id=app_id, version=1)]
+    incremental = files_counter is not False
+    if incremental:
+        from lakefill.transforms.ingest import FILES_APP
+
+        txns.append(Transaction(app_id=FILES_APP, version=(files_counter or 0) + 1))
+    props = CommitProperties(app_transactions=txns, custom_metadata={"lakefill.run_id": run_id})
     partition_by = list(partition_by)
     dt = _open(table)
     if dt is None:
@@ -287,6 +300,8 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
     for attempt in range(_COMMIT_TRIES):
         if dt.transaction_version(app_id) is not None:
             return CommitResult(str(table), run_id, False, dt.version(), 0, 0)
+        if incremental:
+            _check_files_counter(dt, table, run_id, files_counter)
         try:
             if mode == "overwrite_partitions":
                 _commit_overwrite_partitions(dt, actions, schema, partition_by, props)
@@ -302,6 +317,16 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
             time.sleep(min(0.05 * 2 ** attempt, 2.0))
             dt = _open(table)
     return CommitResult(str(table), run_id, True, _version_of(table, app_id), len(actions), rows)
+
+
+def _check_files_counter(dt: DeltaTable, table: Location, run_id: str, planned: int | None) -> None:
+    from lakefill.transforms.ingest import FILES_APP, IncrementalConflict
+
+    now = dt.transaction_version(FILES_APP)
+    if now != planned:
+        raise IncrementalConflict(f"run {run_id}: another incremental run committed to {table} after this run planned "
+                                  f"its files (files counter {planned} -> {now}); nothing of this run was committed: "
+                                  f"run it again to take the files that are still new")
 
 
 def _version_of(table: Location, app_id: str) -> int | None:
@@ -336,3 +361,43 @@ def _commit_overwrite_partitions(dt, actions, schema, partition_by, props) -> No
 def read_lake(table_uri: "str | Path | Location") -> pa.Table:
     uri, options = as_location(table_uri).delta()
     return DeltaTable(uri, storage_options=options).to_pyarrow_table()
+
+
+def runs_since_compaction(table_uri: "str | Path | Location") -> int:
+    """How many lakefill runs committed to the table since its last compaction (OPTIMIZE)."""
+    dt = _open(as_location(table_uri))
+    if dt is None:
+        return 0
+    n = 0
+    for entry in dt.history():  # newest first
+        if entry.get("operation") == "OPTIMIZE":
+            break
+        if "lakefill.run_id" in entry and entry.get("operation") in ("WRITE", "CREATE TABLE"):
+            n += 1
+    return n
+
+
+def maintain(table_uri: "str | Path | Location", *, compact: bool = True, vacuum: bool = False,
+             retain_hours: float | None = None) -> dict:
+    """Table upkeep with deltalake: ``compact`` rewrites the table's small files into larger
+    ones (OPTIMIZE: the rows and their order kept, one commit that Delta's conflict checks keep
+    apart from concurrent appends); ``vacuum`` deletes the files no version within
+    ``retain_hours`` (Delta's default, 168, when None) still reads. lakefill's own records
+    (``_lakefill/``) are never vacuumed. Returns what each did."""
+    table = as_location(table_uri)
+    dt = _open(table)
+    if dt is None:
+        raise ConfigError(f"{table} is not a Delta table (no _delta_log): nothing to maintain")
+    done: dict = {"table": str(table), "files_before": len(dt.file_uris()), "version_before": dt.version()}
+    if compact:
+        metrics = dt.optimize.compact(commit_properties=CommitProperties(custom_metadata={"lakefill.operation": "compact"}))
+        done["compacted"] = {"files_added": metrics.get("numFilesAdded", 0), "files_removed": metrics.get("numFilesRemoved", 0)}
+        dt = _open(table)
+    if vacuum:
+        hours = None if retain_hours is None else int(retain_hours)
+        removed = dt.vacuum(retention_hours=hours, dry_run=False, enforce_retention_duration=hours is None or hours >= 168)
+        done["vacuumed_files"] = len(removed)
+        dt = _open(table)
+    done["files_after"] = len(dt.file_uris())
+    done["version_after"] = dt.version()
+    return done

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakefill._drift import count_batch
 from lakefill.schema import TableSchema
 from lakefill._arrow import list_value_counts
 from lakefill.transforms.detect import DISGUISED, NOT_APPLICABLE, NullPolicy
@@ -112,13 +113,13 @@ class Step:
 class Detect(Step):
     name = "detect"
 
-    def __init__(self, policy: dict, schema: dict):
-        self.policy, self.schema = policy, schema
+    def __init__(self, policy: dict, schema: dict, profile: dict | None = None):
+        self.policy, self.schema, self.profile = policy, schema, profile
         self._key = ("detect", _digest(policy, schema))
 
     def with_policy(self, policy: dict) -> "Detect":
         """The same step with another fitted policy (one fitted on a worker, for a remote launch)."""
-        return Detect(policy, self.schema)
+        return Detect(policy, self.schema, self.profile)
 
     def _policy(self) -> tuple[NullPolicy, TableSchema]:
         def build():
@@ -130,7 +131,10 @@ class Detect(Step):
         policy, schema = self._policy()
         batch, replaced = policy.apply(batch)
         typed, bad = parse_table(batch, schema)
-        return StepOutput(typed, bad, Counter({f"disguised_nulls:{k}": int(v) for k, v in replaced.items() if v}))
+        counters = Counter({f"disguised_nulls:{k}": int(v) for k, v in replaced.items() if v})
+        if getattr(self, "profile", None):  # drift: the observed cells in the model's training bins
+            counters.update(count_batch(typed, self.profile))
+        return StepOutput(typed, bad, counters)
 
 
 class Validate(Step):
@@ -231,13 +235,13 @@ class StagePlan:
 def stage_plan(*, schema: TableSchema | dict, policy: NullPolicy | dict, run_id: str, refine: bool = True,
                confidence_threshold: float = 0.5, reverse: dict | None = None,
                extra_steps: Sequence[Step] = (), adapted_fill: bool = False, impute: bool = True,
-               precision: str = "fp32") -> StagePlan:
+               precision: str = "fp32", profile: dict | None = None) -> StagePlan:
     """The stage's plan. ``extra_steps`` run after post-validation, before ``finish``, on every engine.
     ``impute`` false: detect, pre-validate, (your steps), finish: a validation run with no model.
     ``adapted_fill``: every row is filled through the model's adapted networks where it has them."""
     schema_d = schema.model_dump(by_alias=True) if isinstance(schema, TableSchema) else dict(schema)
     policy_d = policy.to_dict() if isinstance(policy, NullPolicy) else dict(policy)
-    steps: list[Step] = [Detect(policy_d, schema_d), Validate(schema_d, "pre")]
+    steps: list[Step] = [Detect(policy_d, schema_d, profile if impute else None), Validate(schema_d, "pre")]
     if impute:  # without it (a validation run) nothing is filled, so nothing is refined or post-validated
         steps.append(Impute(adapted_fill, precision))
         if refine:

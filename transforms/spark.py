@@ -261,7 +261,7 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
     Nothing is visible until the driver commits. ``options``: the storage options of the input
     (the tables' ``Location``s carry their own)."""
     options = dict(options or {})
-    todo = _read_units(spark, str(path), batch_rows, min_tasks, options, csv_options)
+    todo = _read_units(spark, path if isinstance(path, list) else str(path), batch_rows, min_tasks, options, csv_options)
     steps = list(plan.steps)
     out = dict(table_uri=table_uri, quarantine_uri=quarantine_uri, run_id=run_id, partition_by=list(partition_by))
 

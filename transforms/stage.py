@@ -24,7 +24,9 @@ from deltalake.transaction import AddAction
 
 from lakefill.errors import LakefillError
 from lakefill.transforms.io import Quarantined, quarantine_table
-from lakefill.transforms.lake import action_from_dict, action_to_dict, commit, part_path, schema_change, table_schema, write_part
+from lakefill.transforms.ingest import planned_counter
+from lakefill.transforms.lake import (action_from_dict, action_to_dict, commit, maintain, part_path, runs_since_compaction,
+                                     schema_change, table_schema, write_part)
 from lakefill.transforms.plan import HIST_BINS, RUN_ID, StepOutput, bin_label, with_run_id
 from lakefill.transforms.storage import Location, as_location, redact
 
@@ -227,7 +229,8 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path
         try:
             result = commit(table_uri, totals.table_actions, totals.table_schema, run_id=run_id, mode=mode,
                             partition_by=partition_by, add_columns=config.get("schema_evolution") == "add_columns",
-                            absent_ok=config.get("missing_columns") == "null")
+                            absent_ok=config.get("missing_columns") == "null",
+                            files_counter=planned_counter(out, run_id) if config.get("incremental") else False)
         except Exception:
             _remove(table_uri, totals.table_actions)
             _remove(quarantine_uri, totals.quarantine_actions)
@@ -250,8 +253,25 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path
     if result is None:
         report(False)
         return Finalized(counts, False, report_dir / "report.json", None, metrics)
+    every = int(config.get("compact_every") or 0)
+    if result.committed and every and runs_since_compaction(table_uri) >= every:
+        metrics["compaction"] = _compact(table_uri, quarantine_uri, log)
     path = report(result.committed, result.version, already=not result.committed)
     return Finalized(counts, result.committed, path, result.version, metrics)
+
+
+def _compact(table_uri: Location, quarantine_uri: Location, log) -> dict:
+    """The job's ``compact_every``: both tables compacted after a committed run; a failure is
+    reported, never the run's (its rows are committed)."""
+    done = {}
+    for name, uri in (("table", table_uri), ("quarantine", quarantine_uri)):
+        try:
+            done[name] = maintain(uri, compact=True)
+        except Exception as err:  # noqa: BLE001 - upkeep must not fail a committed run
+            done[name] = {"error": f"{type(err).__name__}: {err}"}
+            log(f"compaction of {uri} failed ({type(err).__name__}: {err}); the run is committed; "
+                f"`lakefill maintain` compacts it later")
+    return done
 
 
 def _keep_rejected(quarantine_uri: Location, actions: list[AddAction], out: Location) -> Location:

@@ -206,6 +206,9 @@ with DAG(
         over = [col for col, v in (report.get("column_shares") or {}).items() if v.get("over")]
         if over:
             problems.append(f"columns {over} imputed over their max_imputed_share")
+        drifted = [col for col, v in (report.get("drift") or {}).items() if v.get("drifted")]
+        if drifted:
+            problems.append(f"columns {drifted} drifted from the model's training rows")
         return problems
 
     check = check_report(job["run_id"])
