@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -228,6 +229,8 @@ def _run(args, extra: list[str]) -> int:
         config = config.model_copy(update={"output": _uri_or_abs(args.output)})
     from lakefill.errors import NothingNew
 
+    if args.verbose:
+        os.environ["LAKEFILL_VERBOSE"] = "1"  # the engines' own logs (a Spark JVM started in this process)
     try:
         outcome = _run_engine(args.engine, config, extra)
     except NothingNew as news:  # an incremental run with no new file: done, not failed
@@ -339,6 +342,38 @@ def check_report(report: dict) -> list[str]:
                             f"its threshold {d['threshold']:.3f}; retrain the model on recent rows, or raise the column's "
                             f"drift_threshold in the schema if the change is expected")
     return problems
+
+
+def _models_list(args) -> int:
+    from lakefill.pipelines.versions import CHECK, runs_by_model, versions
+
+    where = Location(args.path)
+    runs: dict[str, list[str]] = {}
+    if (where / "table" / "_delta_log").is_dir():  # an output: the versions its runs used, and theirs
+        runs = runs_by_model(where)
+        models = list(runs)
+        if not models:
+            raise LakefillError(f"{where}: no committed run names its model (runs before 2026-12-07 do not); "
+                                f"give the model folder instead")
+        seen, rows = set(), []
+        for m in models:
+            rows += [v for v in versions(m) if v[1].uri not in seen]
+            seen |= {v[1].uri for v in rows}
+    elif (where / "manifest.json").exists():
+        rows = versions(where)
+    else:
+        raise LakefillError(f"{where} is neither a lakefill output (table/) nor a model folder (manifest.json)")
+    print(f"{'version':<8} {'trained rows':>12} {'check':<28} {'runs':<24} model")
+    for n, v in rows:
+        manifest = json.loads((v / "manifest.json").read_text())
+        check = json.loads((v / CHECK).read_text()) if (v / CHECK).exists() else None
+        verdict = ("trained first" if check is None else
+                   f"{'accepted' if check['accepted'] else 'not accepted'} {check['check_score']:.4g} "
+                   f"vs {check['check_score_of_current']:.4g}")
+        used = runs.get(str(v), [])
+        shown = ", ".join(used[:3]) + (f" +{len(used) - 3}" if len(used) > 3 else "") if runs else "-"
+        print(f"v{n:<7} {manifest.get('metrics', {}).get('rows', '?'):>12} {verdict:<28} {shown or 'none':<24} {v}")
+    return 0
 
 
 def _maintain(args) -> int:
@@ -527,11 +562,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="the run's id (overrides the job config's): a re-run of a committed id writes "
                                      "nothing twice and completes a run whose quarantine commit failed")
     p.add_argument("--output", help="output folder (overrides the job config's; with --input, where everything goes)")
+    p.add_argument("--verbose", action="store_true", help="the engines' own log lines too (Spark's JVM and log4j "
+                                                          "warnings, Beam's): by default only lakefill's and errors")
     p.add_argument("--schema", help="the table's schema (YAML): with --input, used instead of inferring one; "
                                     "overrides a job config's")
     p.add_argument("--model", help="the model folder: with --input, OUTPUT/model unless given (trained there if "
                                    "missing); overrides a job config's")
     p.set_defaults(func=_run, passthrough=True)
+
+    p = sub.add_parser("models", help="a job's model versions: training rows, held-out checks, the runs that used them")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    q = msub.add_parser("list", help="list the versions of an output's models, or of a model folder")
+    q.add_argument("path", help="a lakefill output (holding table/) or a model folder")
+    q.set_defaults(func=_models_list)
 
     p = sub.add_parser("maintain", help="compact and vacuum an output's Delta tables (table and quarantine)")
     p.add_argument("output", help="the job's output folder or URI (holding table/ and quarantine/)")

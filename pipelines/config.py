@@ -66,6 +66,11 @@ class JobConfig(BaseModel):
         "refuse the run (error), take it again (reprocess) or leave it (skip); the report lists it either way")
     files: list[str] = Field(default_factory=list, description="the input's files this run reads (set by "
                              "incremental planning; empty: every file of input)")
+    retrain: Literal["never", "on_drift", "every_n_runs"] = Field(
+        default="never", description="after a committed run, train a new model version beside the old ones on the "
+        "run's rows: when its drift check flagged a column (on_drift) or after retrain_every runs with the current "
+        "version (every_n_runs); later runs use the newest version that passed its check")
+    retrain_every: int = Field(default=0, ge=0, description="every_n_runs: runs with a version before the next")
     compact_every: int = Field(default=0, ge=0, description="after every N committed runs, compact the table and "
                                "the quarantine (deltalake's optimize; 0: never; `lakefill maintain` does it by hand)")
     schema_evolution: Literal["none", "add_columns"] = Field(
@@ -105,6 +110,12 @@ class JobConfig(BaseModel):
     def out(self):
         """The run's output folder: table/, quarantine/, reports/RUN_ID/."""
         return self.location(self.output)
+
+    @model_validator(mode="after")
+    def _retrain_every(self):
+        if self.retrain == "every_n_runs" and self.retrain_every < 1:
+            raise ValueError("retrain: every_n_runs needs retrain_every >= 1 (the runs with a version before the next)")
+        return self
 
     @field_validator("storage_options", mode="before")
     @classmethod

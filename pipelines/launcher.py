@@ -27,6 +27,7 @@ from lakefill.models.adapt import AdaptConfig
 from lakefill.models.artifact import MANIFEST, ModelArtifact, save_artifact
 from lakefill.models.autoencoder import AEConfig
 from lakefill.models.train import fit_model
+from lakefill.pipelines import versions
 from lakefill.pipelines.config import JobConfig
 from lakefill.pipelines.report import render_report
 from lakefill.schema import TableSchema, infer_schema, load_schema
@@ -136,6 +137,11 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
                               f"`lakefill train --job JOB.yaml`)")
         log(f"training a model into {model} (train_if_missing)")
         _train(config, schema)
+    newest = versions.resolve(model)  # the newest accepted version of the job's model
+    if newest.uri != model.uri:
+        log(f"model: {newest}, the newest accepted version of {model}")
+        model = newest
+        config = config.model_copy(update={"model": str(newest)})
     artifact = load_model_at(model, schema=schema)
     resolve_device(config.device)
     adaptation = None
@@ -317,6 +323,9 @@ def record_detection(prep: Prepared, report_dir: Path) -> None:
     path.write_text(json.dumps(report, indent=2, default=str))
 
 
+ASSETS = "_assets"  # OUTPUT/reports/_assets: the Data Docs' styles and images, shared by every run's pages
+
+
 def write_docs(prep: Prepared, report_dir: Path, rows: int = 10_000) -> Path | None:
     """GX Data Docs of the pre-validation suite on the run's first ``rows`` records, as typed
     before the suite filters them: the expectations' failures (and the rows that broke them)
@@ -326,7 +335,7 @@ def write_docs(prep: Prepared, report_dir: Path, rows: int = 10_000) -> Path | N
     if typed.num_rows == 0:
         return None
     return write_data_docs(prep.schema, "pre", typed, Path(report_dir) / "data_docs", run_id=prep.run_id,
-                           asset=prep.schema.name)
+                           asset=prep.schema.name, assets=Path(report_dir).parent / ASSETS)
 
 
 def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
@@ -338,6 +347,38 @@ def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
                       precision=cfg.precision, profile=prep.artifact.profile if prep.artifact is not None else None)
 
 
+def maybe_retrain(prep: Prepared, report_dir: Path, *, log=print) -> dict | None:
+    """The job's ``retrain`` after a committed run: ``on_drift`` when the run's drift check
+    flagged a column, ``every_n_runs`` after ``retrain_every`` committed runs with the model the
+    run used. A new version is written beside the old ones (``lakefill.pipelines.versions``);
+    later runs use it if it passed its check. Recorded in report.json (``retrain``)."""
+    cfg = prep.config
+    if cfg.retrain == "never" or prep.artifact is None:
+        return None
+    path = Path(report_dir) / "report.json"
+    report = json.loads(path.read_text())
+    if not report.get("committed"):
+        return None
+    reason = None
+    drifted = [c for c, d in (report.get("drift") or {}).items() if d.get("drifted")]
+    if cfg.retrain == "on_drift" and drifted:
+        reason = f"drift in {drifted}"
+    if cfg.retrain == "every_n_runs":
+        used = versions.runs_by_model(cfg.out).get(str(cfg.location(cfg.model)), [])
+        if len(used) >= cfg.retrain_every:
+            reason = f"{len(used)} runs with {cfg.model} (retrain_every {cfg.retrain_every})"
+    if reason is None:
+        return None
+    try:
+        done = versions.retrain(prep, prep.run_id, reason=reason, log=log)
+    except Exception as err:  # noqa: BLE001 - the run is committed; a failed retraining is reported, not raised
+        done = {"reason": reason, "trained": False, "error": f"{type(err).__name__}: {err}"}
+        log(f"retraining failed ({done['error']}); the run is committed and the model unchanged")
+    report["retrain"] = done
+    path.write_text(json.dumps(report, indent=2, default=str))
+    return done
+
+
 def end_of_run(prep: Prepared, report_dir: "Path | Location") -> None:
     """After the commit (or the refusal): findings into the report, Data Docs, report.html. On
     an object store the report folder is completed locally and copied back."""
@@ -346,10 +387,16 @@ def end_of_run(prep: Prepared, report_dir: "Path | Location") -> None:
         _complete_report(prep, loc.local_path)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp)
+        local = Path(tmp) / "reports" / loc.name
+        local.mkdir(parents=True)
         (local / "report.json").write_bytes((loc / "report.json").read_bytes())
         _complete_report(prep, local)
         loc.upload(local)
+        shared, remote = local.parent / ASSETS, loc.parent / ASSETS
+        for f in sorted(p for p in shared.rglob("*") if p.is_file()) if shared.exists() else []:
+            target = remote.join(*f.relative_to(shared).parts)
+            if not target.exists():  # once per output: every run's Data Docs link the same assets
+                target.write_bytes(f.read_bytes())
 
 
 # -- a remote launch: what the launcher does not do, a worker does -------------------------------
@@ -376,5 +423,6 @@ def worker_end_of_run(prep: Prepared, policy: dict, report_dir: str) -> str:
 
 def _complete_report(prep: Prepared, local: Path) -> None:
     record_detection(prep, local)
+    maybe_retrain(prep, local)
     write_docs(prep, local)
     render_report(local, options=prep.config.storage_options)

@@ -372,8 +372,12 @@ def render_report(run_dir: str | Path, *, options: dict | None = None) -> Path:
     status = "committed" if report.get("committed") else "not committed"
     docs = run_dir / "data_docs"  # beside report.json, linked by a relative path (it moves with the folder)
     index = next(iter(sorted(docs.rglob("index.html"))), None) if docs.exists() else None
+    pages = sorted((docs / "validations").rglob("*.html")) if docs.exists() else []
     links = [f'<a href="{html.escape(index.relative_to(run_dir).as_posix())}">GX Data Docs</a>' if index
              else "GX Data Docs: none for this run",
+             *(f'<a class="validation" href="{html.escape(p.relative_to(run_dir).as_posix())}">validation: '
+               f'{html.escape(p.parent.parent.parent.name if len(p.relative_to(docs).parts) > 3 else p.stem)}</a>'
+               for p in pages),
              f"table: <code>{html.escape(str(report.get('table')))}</code>",
              f"quarantine: <code>{html.escape(str(report.get('quarantine')))}</code>"]
     written = counts.get("rows_written") or 0

@@ -15,10 +15,12 @@ a failed attempt's files are never committed and its counters never counted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 from lakefill.pipelines.config import JobConfig, config_from_flags
@@ -50,12 +52,30 @@ def parse_spark_args(args: list[str] | None) -> tuple[str | None, dict[str, str]
     return known.master, conf
 
 
-def spark_session(args: list[str] | None = None, *, app_name: str = "lakefill"):
-    """A session for the job: ``local[*]`` unless ``--master`` says otherwise (or spark-submit set one)."""
+QUIET_LOG4J = Path(__file__).with_name("log4j2-quiet.properties")
+
+
+def spark_session(args: list[str] | None = None, *, app_name: str = "lakefill", verbose: bool | None = None):
+    """A session for the job: ``local[*]`` unless ``--master`` says otherwise (or spark-submit set one).
+
+    A JVM started here is quiet unless ``verbose`` (default: the ``LAKEFILL_VERBOSE`` variable that
+    ``lakefill run --verbose`` sets): Spark logs errors only (``log4j2-quiet.properties``), a
+    local master binds to 127.0.0.1 (no "hostname resolves to a loopback address" warning), and
+    what the JVM itself prints at its start ("Using incubator modules") goes to
+    ``spark_log_path()`` instead of the console."""
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     master, conf = parse_spark_args(args)
+    verbose = os.environ.get("LAKEFILL_VERBOSE") == "1" if verbose is None else verbose
+    starts_jvm = SparkSession.getActiveSession() is None and not os.environ.get("PYSPARK_GATEWAY_PORT")
+    quiet = starts_jvm and not verbose
+    if quiet:
+        if (master or "local").startswith("local"):
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        option = f"-Dlog4j2.configurationFile={QUIET_LOG4J.as_uri()}"
+        for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+            conf[key] = f"{conf[key]} {option}" if key in conf else option
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
@@ -65,7 +85,34 @@ def spark_session(args: list[str] | None = None, *, app_name: str = "lakefill"):
                 "spark.executorEnv.PYSPARK_PYTHON": os.environ["PYSPARK_PYTHON"]}
     for k, v in {**defaults, **conf}.items():
         builder = builder.config(k, v)
-    return builder.getOrCreate()
+    if not quiet:
+        return builder.getOrCreate()
+    with _jvm_output_to(spark_log_path()):
+        return builder.getOrCreate()
+
+
+def spark_log_path() -> Path:
+    """Where a quiet session's JVM writes what it prints itself (this process's own file)."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"lakefill-spark-{os.getpid()}.log"
+
+
+@contextlib.contextmanager
+def _jvm_output_to(path: Path):
+    """The JVM that starts inside inherits ``path`` as its stderr (for its life); this process's
+    own stderr is back as it was when the block ends."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
 
 
 def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=None,

@@ -213,3 +213,29 @@ def test_run_input_takes_a_schema_and_a_model(demo_model, tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", str(tmp_path / "job.yaml"), "--input", "x.csv", "--engine", "local"]) == 2
     assert "a schema goes with --schema" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_spark_run_through_the_console_script_shows_lakefills_lines_only(tmp_path):
+    """No JVM or log4j warnings on the console of a Spark run (they go to a log file);
+    --verbose brings Spark's own lines back."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lines = ["a,b,g"] + [f"{i % 50},{'?' if i % 13 == 0 else (i * 7) % 90},{'xy'[i % 2]}" for i in range(200)]
+    data = write(tmp_path / "small.csv", "\n".join(lines) + "\n")
+    lakefill = Path(sys.executable).parent / "lakefill"
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("SPARK_LOCAL_IP", "LAKEFILL_VERBOSE")}
+    run = subprocess.run([str(lakefill), "run", "--input", str(data), "--output", str(tmp_path / "out"), "--engine",
+                          "spark", "--run-id", "one"], capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "run one: 200 rows in, 200 written" in run.stdout
+    noise = [line for line in (run.stderr + run.stdout).splitlines()
+             if any(w in line for w in ("WARN", "log4j", "incubator", "loopback", "native-hadoop"))]
+    assert not noise, noise
+    loud = subprocess.run([str(lakefill), "run", "--input", str(data), "--output", str(tmp_path / "out2"), "--engine",
+                           "spark", "--run-id", "two", "--verbose"], capture_output=True, text=True, timeout=900,
+                          cwd=tmp_path, env=env)
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    assert "WARN" in loud.stderr or "log4j" in loud.stderr

@@ -310,3 +310,62 @@ def test_a_run_reports_drift_on_every_engine_and_check_fails_it(engine, demo_mod
     assert main(["report", str(Path(moved.report).parent), "--check"]) == 1
     assert "column 'income' drifted" in capsys.readouterr().out
     assert "Drift: 1 column(s) moved" in (Path(moved.report).parent / "report.html").read_text()
+
+
+def test_retrain_on_drift_writes_a_version_beside_the_model_that_later_runs_use(demo_model, tmp_path, capsys):
+    import shutil
+
+    from lakefill.pipelines.cli import main
+    from lakefill.pipelines.versions import versions
+    from benchmarks.month import day_file
+
+    model = tmp_path / "models" / "customers"
+    shutil.copytree(demo_model, model)
+    landing = tmp_path / "landing"
+    landing.mkdir()
+
+    def day(n, shift):
+        (landing / f"day-{n:02d}.csv").write_text(day_file(n, rows=300, column_day=99, shift_day=1 if shift else 99))
+        return run_local(_job(tmp_path, model, landing, f"day-{n:02d}", incremental=True, retrain="on_drift"),
+                         log=lambda *_: None)
+
+    first = json.loads(Path(day(1, False).report).read_text())
+    assert "retrain" not in first and not any(d["drifted"] for d in first["drift"].values())
+    second = json.loads(Path(day(2, True).report).read_text())
+    assert second["retrain"]["trained"] and second["retrain"]["accepted"], second["retrain"]
+    assert second["retrain"]["check_score"] <= second["retrain"]["check_score_of_current"]
+    assert [n for n, _ in versions(model)] == [1, 2] and (tmp_path / "models" / "customers.v2" / "check.json").exists()
+    third = json.loads(Path(day(3, True).report).read_text())
+    assert third["model"].endswith("customers.v2") and "retrain" not in third  # no drift against v2's rows
+    history = [h for h in _table(tmp_path).history() if "lakefill.run_id" in h]
+    used = {h["lakefill.run_id"]: h["lakefill.model"] for h in history}
+    assert used["day-01"].endswith("customers") and used["day-03"].endswith("customers.v2")
+    assert all(len(h["lakefill.model_sha256"]) == 64 for h in history)
+    assert main(["models", "list", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert "v1" in text and "v2" in text and "accepted" in text and "day-03" in text
+    with pytest.raises(Exception, match="retrain_every"):
+        JobConfig.model_validate({"input": "x", "model": "m", "output": "o", "retrain": "every_n_runs"})
+
+
+@pytest.mark.parametrize("engine", ["local", "spark"])
+def test_a_small_month_on_the_s3_server(engine, demo_model, s3, request):
+    """Protocol G in small: 12 days, a column from day 4, incomes tripled from day 8, day 10
+    killed after planning and run again, compact_every 3 (python -m benchmarks.month: 30 days)."""
+    from benchmarks.month import simulate
+
+    if engine == "local":
+        run = lambda cfg: run_local(cfg, log=lambda *_: None)  # noqa: E731
+    else:
+        from lakefill.pipelines.spark_job import run_spark
+
+        spark = request.getfixturevalue("spark")
+        run = lambda cfg: run_spark(cfg, spark=spark, log=lambda *_: None)  # noqa: E731
+    month = simulate(s3.bucket(f"month-{engine}"), s3.options, run, model_dir=demo_model, days=12, rows=200,
+                     column_day=4, shift_day=8, kill_day=10, compact_every=3)
+    assert month["every_row_once"] and month["rows_landed"] == 2400, month
+    assert month["new_column_null_before"] and month["new_column_present_after"] == month["table_rows_after"] > 1700
+    assert month["first_drift_day"] == 8 and month["drift_days"] == [8], month["drift_days"]
+    models = [d["model"] for d in month["per_day"]]
+    assert all(m.endswith("customers") for m in models[:8]) and all(m.endswith("customers.v2") for m in models[8:])
+    assert month["max_table_files"] <= 3  # one part a run, compacted into one after every third run

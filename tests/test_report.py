@@ -139,3 +139,40 @@ def test_suspects_are_listed_at_the_top_of_the_page_and_by_lakefill_report(run, 
     assert main(["report", str(run_dir)]) == 0
     assert "suspect, kept as a value: skin '0'" in capsys.readouterr().out
     shutil.rmtree(run_dir)
+
+
+def test_the_data_docs_index_lists_every_validation_offline_and_each_row_opens_its_page(run):
+    """In headless Chromium: the index has one row per validation of the run, with its status,
+    and each row's page exists and renders its status; report.html links the pages straight."""
+    from pathlib import Path
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "Debian's chromium is needed for this test (.ci/run installs it: apt-get install chromium)"
+    run_dir = Path(run.report).parent
+    index = run_dir / "data_docs" / "index.html"
+
+    def dom(page: Path) -> str:
+        return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000",
+                               "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+
+    rows = re.findall(r'<tr class="validation">.*?</tr>', dom(index), re.S)
+    assert len(rows) == 1 and "Failed" in rows[0], rows  # the demo's pre-validation: its region failure
+    href = re.search(r'href="([^"]+)"', rows[0]).group(1)
+    page = (index.parent / href).resolve()
+    assert page.exists() and "Failed" in dom(page)
+    text = page.read_text()
+    assert "\u2713" in text and not re.search(r'<(link|script|img)\b[^>]*(href|src)="https?://', text)
+    for ref in re.findall(r'(?:href|src)="([^"#?]+\.(?:css|png|ico|svg))"', text):
+        assert (page.parent / ref).resolve().exists(), ref  # the shared assets, once per output
+    report = (run_dir / "report.html").read_text()
+    assert f'href="data_docs/{(page.relative_to(run_dir / "data_docs")).as_posix()}"' in report
+
+
+def test_a_reports_folder_holds_no_gx_working_files_and_no_per_run_fonts(run):
+    from pathlib import Path
+
+    run_dir = Path(run.report).parent
+    names = {p.name for p in run_dir.rglob("*")}
+    assert not names & {".gitignore", ".ge_store_backend_id", "great_expectations.yml", "gx"}, names
+    assert not any(n.endswith(".otf") for n in names)
+    assert (run_dir.parent / "_assets" / "offline" / "bootstrap.min.css").exists()

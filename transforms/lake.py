@@ -241,7 +241,8 @@ def check_writable(table_uri: "str | Path | Location", *, run_id: str, mode: Mod
 
 def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema: pa.Schema, *, run_id: str,
            mode: Mode = "error", partition_by: list[str] = (), add_columns: bool = False,
-           absent_ok: bool = False, files_counter: "int | None | bool" = False) -> CommitResult:
+           absent_ok: bool = False, files_counter: "int | None | bool" = False,
+           metadata: dict[str, str] | None = None) -> CommitResult:
     """Commit the files of one run in one Delta transaction, once per run id.
 
     ``mode``: error (refuse to write into an existing table), append, overwrite (replace the
@@ -252,7 +253,8 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
     a type change is always refused. ``files_counter`` (an incremental run: the table's files
     counter when the run planned its files, None before any): the commit carries the counter
     plus one, and is refused (``IncrementalConflict``) if another run moved it meanwhile; Delta's
-    conflict check refuses the second of two commits that carry the same value.
+    conflict check refuses the second of two commits that carry the same value. ``metadata``:
+    more of the commit's own metadata (the model version that filled the run's rows).
     """
     table = as_location(table_uri)
     uri, options = table.delta()
@@ -264,7 +266,7 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
         from lakefill.transforms.ingest import FILES_APP
 
         txns.append(Transaction(app_id=FILES_APP, version=(files_counter or 0) + 1))
-    props = CommitProperties(app_transactions=txns, custom_metadata={"lakefill.run_id": run_id})
+    props = CommitProperties(app_transactions=txns, custom_metadata={**(metadata or {}), "lakefill.run_id": run_id})
     partition_by = list(partition_by)
     dt = _open(table)
     if dt is None:

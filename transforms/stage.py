@@ -230,7 +230,8 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path
             result = commit(table_uri, totals.table_actions, totals.table_schema, run_id=run_id, mode=mode,
                             partition_by=partition_by, add_columns=config.get("schema_evolution") == "add_columns",
                             absent_ok=config.get("missing_columns") == "null",
-                            files_counter=planned_counter(out, run_id) if config.get("incremental") else False)
+                            files_counter=planned_counter(out, run_id) if config.get("incremental") else False,
+                            metadata=_model_metadata(config))
         except Exception:
             _remove(table_uri, totals.table_actions)
             _remove(quarantine_uri, totals.quarantine_actions)
@@ -258,6 +259,19 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path
         metrics["compaction"] = _compact(table_uri, quarantine_uri, log)
     path = report(result.committed, result.version, already=not result.committed)
     return Finalized(counts, result.committed, path, result.version, metrics)
+
+
+def _model_metadata(config: dict) -> dict[str, str]:
+    """The model version that fills the run's rows, for the commit's metadata: its folder (a
+    version is never overwritten) and its artifact hash."""
+    if not config.get("impute", True) or not config.get("model"):
+        return {}
+    model = as_location(config["model"], config.get("storage_options") or {})
+    try:
+        sha = json.loads((model / "manifest.json").read_text()).get("artifact_sha256", "")
+    except Exception:  # noqa: BLE001 - a model that cannot be read again here is named without its hash
+        sha = ""
+    return {"lakefill.model": str(model), "lakefill.model_sha256": sha}
 
 
 def _compact(table_uri: Location, quarantine_uri: Location, log) -> dict:

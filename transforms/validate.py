@@ -347,12 +347,30 @@ class Validator:
 
 
 def write_data_docs(schema: TableSchema, stage: Stage, table: pa.Table, out_dir: str | Path, *,
-                    run_id: str | None = None, asset: str | None = None) -> Path:
+                    run_id: str | None = None, asset: str | None = None, assets: str | Path | None = None) -> Path:
     """GX Data Docs of ``table`` (rows before the suite's filter, so that its failures show)
-    under the data asset ``asset`` (default: the schema's table name) and the run name ``run_id``."""
-    gx = _gx()
+    under the data asset ``asset`` (default: the schema's table name) and the run name ``run_id``.
+
+    ``out_dir`` gets the pages a person reads and nothing of GX's working state (its project is
+    made in a temporary folder): ``index.html`` (every validation of the run with its status,
+    written here, no script needed), ``validations/...`` and ``expectations/...``. Their styles,
+    fonts and images live in ``assets`` (default ``out_dir/static``; a run's reports share one
+    folder per output, ``reports/_assets``), copied there once."""
+    import tempfile
+
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    assets = Path(assets).resolve() if assets is not None else out_dir / "static"
+    with tempfile.TemporaryDirectory() as project:
+        site = _render_gx_site(schema, stage, table, Path(project), run_id=run_id, asset=asset)
+        return _publish_site(site, out_dir, assets, asset or schema.name, run_id)
+
+
+def _render_gx_site(schema: TableSchema, stage: Stage, table: pa.Table, project: Path, *, run_id: str | None,
+                    asset: str | None) -> Path:
+    """GX's own Data Docs site of the validation, in a GX project under ``project``; its folder."""
+    gx = _gx()
+    out_dir = project
     context = gx.get_context(mode="file", project_root_dir=str(out_dir))
     try:
         context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
@@ -381,14 +399,10 @@ def write_data_docs(schema: TableSchema, stage: Stage, table: pa.Table, out_dir:
 
         run = {"run_id": RunIdentifier(run_name=run_id)}
     checkpoint.run(batch_parameters={"dataframe": _frame(schema, table, names)}, **run)
-    _finish_site(out_dir / "gx" / "uncommitted" / "data_docs", asset or schema.name, run_id)
-    index = out_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
-    if not index.exists():
-        found = list(out_dir.rglob("index.html"))
-        if not found:
-            raise RuntimeError(f"Great Expectations wrote no Data Docs under {out_dir}")
-        index = found[0]
-    return index
+    found = sorted(out_dir.rglob("index.html"))
+    if not found:
+        raise RuntimeError(f"Great Expectations wrote no Data Docs under {out_dir}")
+    return found[0].parent
 
 
 _STATIC = Path(__file__).resolve().parent / "_static"
@@ -397,32 +411,72 @@ _REMOTE_IMG = re.compile(r'(<img\b[^>]*?)\ssrc="https?://[^"]*"', re.I)
 _REMOTE_CSS_URL = re.compile(r"url\('https?://[^']*'\)")
 
 
-def _finish_site(site: Path, asset: str, run_id: str | None) -> None:
-    """Make the GX site show what it is and render with no network.
+_ICONS = [(re.compile(r'(<i\b[^>]*\bfa-check-circle\b[^>]*>)(\s*</i>)?'), "\u2713"),
+          (re.compile(r'(<i\b[^>]*\bfa-(?:times|times-circle|exclamation-triangle|exclamation-circle)\b[^>]*>)(\s*</i>)?'), "\u2717"),
+          (re.compile(r'(<i\b[^>]*\bfa-question-circle\b[^>]*>)(\s*</i>)?'), "?")]
+_STATIC_REF = re.compile(r'((?:href|src)=")(?:\./)?(?:\.\./)*static/')
+_STATUS = re.compile(r"\b(Succeeded|Failed)\b")
 
-    GX 1.x leaves the data asset of an in-memory DataFrame unnamed ("Data asset: None"): the
-    table's name and the run id are written in. Its pages link Bootstrap, Font Awesome, jQuery
-    and images from CDNs: Bootstrap's stylesheet (the same version, shipped in
-    ``transforms/_static``) is copied into the site and linked relatively, and every other
-    remote reference is dropped, so that opening the docs makes no network request (the
-    interactive bits those scripts add, table sorting and icons, are lost offline).
-    """
+
+def _publish_site(site: Path, out_dir: Path, assets: Path, asset: str, run_id: str | None) -> Path:
+    """GX's site made readable offline and without GX: its pages into ``out_dir`` (the data
+    asset's name and the run written in, remote references dropped, Font Awesome's status
+    icons as text marks, ``static/`` links pointing at ``assets``), its static files into
+    ``assets`` where missing, and an index written here listing every validation page."""
     import html
     import os
     import shutil
 
+    static = site / "static"
+    for f in sorted(static.rglob("*")) if static.exists() else []:
+        if f.is_file() and "fonts" not in f.parts:  # the fonts need Font Awesome's CSS, dropped offline
+            target = assets / f.relative_to(static)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, target)
+    css = assets / "offline" / "bootstrap.min.css"
+    if not css.exists():
+        css.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_STATIC / "bootstrap-4.3.1.min.css", css)
     label = html.escape(asset) + (f" (run {html.escape(run_id)})" if run_id else "")
-    css = site / "local_site" / "static" / "offline" / "bootstrap.min.css"
-    css.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_STATIC / "bootstrap-4.3.1.min.css", css)
-    for page in site.rglob("*.html"):
+    rows = []
+    for page in sorted(site.rglob("*.html")):
+        rel = page.relative_to(site)
+        if rel.as_posix() == "index.html":
+            continue
+        target = out_dir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        to_assets = os.path.relpath(assets, target.parent).replace(os.sep, "/")
         text = page.read_text(encoding="utf-8").replace("Data asset: None", f"Data asset: {label}")
-        local = os.path.relpath(css, page.parent).replace(os.sep, "/")
-        text = _REMOTE_TAG.sub(lambda m: f'<link rel="stylesheet" href="{local}">'
+        text = _REMOTE_TAG.sub(lambda m: f'<link rel="stylesheet" href="{to_assets}/offline/bootstrap.min.css">'
                                if "bootstrap.min.css" in m.group(0) and "<link" in m.group(0).lower() else "", text)
         text = _REMOTE_IMG.sub(r"\1", text)
         text = _REMOTE_CSS_URL.sub("none", text)
-        page.write_text(text, encoding="utf-8")
+        text = _STATIC_REF.sub(lambda m: f"{m.group(1)}{to_assets}/", text)
+        for pattern, mark in _ICONS:
+            text = pattern.sub(lambda m: f"{m.group(1)}{mark}</i>", text)
+        target.write_text(text, encoding="utf-8")
+        if rel.parts[0] == "validations":
+            status = _STATUS.search(text)
+            rows.append((rel.as_posix(), rel.parts[1] if len(rel.parts) > 1 else rel.stem,
+                         status.group(1) if status else "unknown"))
+    index = out_dir / "index.html"
+    to_assets = os.path.relpath(assets, out_dir).replace(os.sep, "/")
+    marks = {"Succeeded": ("ok", "\u2713 Succeeded"), "Failed": ("bad", "\u2717 Failed")}
+    body = "".join(
+        f'<tr class="validation"><td><a href="{html.escape(href)}">{html.escape(suite)}</a></td>'
+        f'<td>{label}</td><td class="{marks.get(status, ("bad", status))[0]}">{marks.get(status, ("bad", status))[1]}</td></tr>'
+        for href, suite, status in rows)
+    index.write_text(f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Data Docs: {label}</title>
+<link rel="stylesheet" href="{to_assets}/offline/bootstrap.min.css">
+<style>body {{ margin: 2rem; }} td.ok {{ color: #1a7f37; }} td.bad {{ color: #b00; }}</style></head>
+<body><h1>Data Docs: {label}</h1>
+<p>Great Expectations validation results of this run ({len(rows)}); each opens its page.</p>
+<table class="table table-sm" id="validations"><tr><th>expectation suite</th><th>data asset</th><th>status</th></tr>
+{body}</table></body></html>
+""", encoding="utf-8")
+    return index
 
 
 def _plain(value):
