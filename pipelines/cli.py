@@ -245,10 +245,44 @@ def _uri_or_abs(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+_RUN_OPTIONS = ["--input", "--output", "--schema", "--model", "--run-id", "--engine", "--verbose"]
+
+
+def _closest(flags: list[str], engine: str) -> str:
+    """' (did you mean --output?)' for the flags that look like an option ``run`` knows."""
+    import difflib
+
+    known = list(_RUN_OPTIONS) + {"spark": ["--master", "--conf"], "beam": ["--runner", "--project", "--region",
+                                  "--temp_location", "--setup_file", "--direct_num_workers"]}.get(engine, [])
+    hints = []
+    for flag in flags:
+        if flag.startswith("-"):
+            close = difflib.get_close_matches(flag.split("=", 1)[0], known, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{close[0]} for {flag.split('=', 1)[0]}")
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
+
+
+def _check_engine_options(engine: str, extra: list[str]) -> None:
+    """Refuse, before any work, an option the engine does not take, naming the closest known one."""
+    if engine == "local" and extra:
+        raise LakefillError(f"unknown option(s) for the local engine: {extra}{_closest(extra, engine)}")
+    try:
+        if engine == "spark":
+            from lakefill.pipelines.spark_job import parse_spark_args
+
+            parse_spark_args(extra)
+        elif engine == "beam" and extra:
+            from lakefill.pipelines.beam_pipeline import pipeline_options
+
+            pipeline_options(extra)
+    except LakefillError as err:
+        raise LakefillError(f"{err}{_closest(extra, engine)}") from err
+
+
 def _run_engine(engine: str, config, extra: list[str]):
+    _check_engine_options(engine, extra)
     if engine == "local":
-        if extra:
-            raise LakefillError(f"unknown option(s) for the local engine: {extra}")
         from lakefill.pipelines.local_job import run_local
 
         return run_local(config)

@@ -88,7 +88,11 @@ def test_an_unknown_flag_is_refused_before_any_work(tmp_path, capsys):
     assert "unknown option(s) ['--ouptut']" in err and "lakefill run --help" in err
     assert not (tmp_path / "model").exists() and not (tmp_path / "out").exists()  # no training, no output
     assert main(["run", str(job), "--engine", "spark", "--ouptut", "elsewhere"]) == 2
-    assert "unknown option(s) for the Spark engine" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown option(s) for the Spark engine" in err and "did you mean --output for --ouptut" in err
+    assert not (tmp_path / "model").exists() and not (tmp_path / "out").exists()  # refused before any work
+    assert main(["run", str(job), "--engine", "local", "--mdoel", "m"]) == 2
+    assert "did you mean --model for --mdoel" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -369,3 +369,11 @@ def test_a_small_month_on_the_s3_server(engine, demo_model, s3, request):
     models = [d["model"] for d in month["per_day"]]
     assert all(m.endswith("customers") for m in models[:8]) and all(m.endswith("customers.v2") for m in models[8:])
     assert month["max_table_files"] <= 3  # one part a run, compacted into one after every third run
+
+
+def test_a_drift_threshold_outside_0_1_is_refused_naming_the_column():
+    from lakefill.schema import ColumnSchema
+
+    for bad in (-0.1, 1.5):
+        with pytest.raises(Exception, match="drift_threshold"):
+            ColumnSchema(name="x", type="numeric", drift_threshold=bad)

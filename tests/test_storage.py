@@ -90,6 +90,10 @@ def test_a_job_with_every_path_on_the_store_writes_every_row_once(runs, store, e
     assert report["engine"] == engine and report["table"] == outcome.table
     names = {f.name for f in (job.out / "reports" / job.run_id).walk()}
     assert {"report.json", "report.html", "index.html"} <= names  # the run report and the Data Docs, on the store
+    # what a person reads, nothing of GX's working state, no per-run copy of fonts or styles
+    assert not names & {".gitignore", ".ge_store_backend_id", "great_expectations.yml"}, names
+    assert not any(n.endswith((".otf", ".css")) for n in names), names
+    assert (job.out / "reports" / "_assets" / "offline" / "bootstrap.min.css").exists()
 
 
 @pytest.mark.slow
