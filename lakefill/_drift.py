@@ -20,7 +20,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["profile_table", "count_batch", "drift_report", "DEFAULT_THRESHOLDS", "PREFIX", "MIN_ROWS"]
+__all__ = ["profile_table", "count_batch", "drift_report", "DEFAULT_THRESHOLDS", "PREFIX", "MIN_ROWS",
+           "confidence_profile", "confidence_report", "CONFIDENCE_SUM"]
+
+CONFIDENCE_SUM = "confidence_sum_e6"  # the run's counter: the sum of its rows' confidences, in millionths
+_CONFIDENCE_BINS = 100
 
 PREFIX = "drift:"
 TOP_CATEGORIES = 30
@@ -139,6 +143,28 @@ def drift_report(profile: dict, counters: dict, thresholds: dict[str, float | No
         row["share_training"] = (train / train.sum()).round(6).tolist() if train.sum() else []
         row["share_run"] = (run / run.sum()).round(6).tolist() if observed else []
         out[name] = row
+    return out
+
+
+def confidence_profile(confidence: np.ndarray) -> dict:
+    """The training rows' confidence (the model filling their own missing cells): its mean and
+    a histogram of 100 bins over [0, 1], so that any threshold's routed share can be read off."""
+    c = np.clip(np.asarray(confidence, dtype=float), 0, 1)
+    return {"rows": int(len(c)), "mean": float(c.mean()) if len(c) else None,
+            "histogram": np.histogram(c, bins=_CONFIDENCE_BINS, range=(0, 1))[0].tolist()}
+
+
+def confidence_report(training: dict, counters: dict, threshold: float | None) -> dict:
+    """The run's mean confidence and routed share (rows under the threshold) beside the training rows'."""
+    rows = int(counters.get("written_rows", 0))
+    hist = np.asarray(training.get("histogram") or [], dtype=float)
+    out = {"training_mean_confidence": training.get("mean"),
+           "run_mean_confidence": round(counters.get(CONFIDENCE_SUM, 0) / 1e6 / rows, 6) if rows else None}
+    if threshold is not None and hist.sum():
+        under = int(round(threshold * _CONFIDENCE_BINS))  # the bins wholly under the threshold (0.15: 15 of 100)
+        out["training_routed_share"] = round(float(hist[:under].sum() / hist.sum()), 6)
+        out["run_routed_share"] = round(counters.get("rows_reverse_tried", 0) / rows, 6) if rows else None
+        out["threshold"] = threshold
     return out
 
 

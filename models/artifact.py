@@ -58,6 +58,7 @@ class ModelArtifact:
     adapted: Ensemble | None = None
     adaptation: dict | None = None
     profile: dict | None = None  # the training rows' statistics per column (lakefill._drift); None: older model
+    training_confidence: dict | None = None  # the training rows' confidence: mean and histogram (lakefill._drift)
 
     def check_schema(self, schema: TableSchema, *, source: str = "the job's schema") -> None:
         """Refuse a schema whose imputed columns differ from the model's (names and types)."""
@@ -95,7 +96,8 @@ def _sha256(path: Path) -> str:
 
 def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, codec: TableCodec, schema: TableSchema,
                   policy: dict | None, config: AEConfig, metrics: dict, error_reference: float,
-                  adapted: Ensemble | None = None, adaptation: dict | None = None, profile: dict | None = None) -> Path:
+                  adapted: Ensemble | None = None, adaptation: dict | None = None, profile: dict | None = None,
+                  training_confidence: dict | None = None) -> Path:
     """Write the model (a single network is saved as an ensemble of one) with the config it was
     trained with; ``adapted``: the same model with its networks adapted to a run's rows (saved
     as their own weights file, ``adaptation`` its report)."""
@@ -129,6 +131,8 @@ def save_artifact(out_dir: str | Path, *, model: Ensemble | MaskedAutoencoder, c
     }
     if profile is not None:
         manifest["training_profile"] = profile
+    if training_confidence is not None:
+        manifest["training_confidence"] = training_confidence
     if adapted is not None:
         adapted = adapted if isinstance(adapted, Ensemble) else Ensemble([adapted])
         nets = _network_state(model)
@@ -236,7 +240,8 @@ def load_artifact(model_dir: str | Path, *, schema: TableSchema | None = None) -
     adapted = _load_adapted(model_dir, manifest, model) if manifest.get("adapted") else None
     artifact = ModelArtifact(model, codec, trained_schema, manifest.get("null_policy"), config,
                              manifest.get("metrics", {}), digest, float(manifest.get("error_reference", 1.0)),
-                             adapted, (manifest.get("adapted") or {}).get("report"), manifest.get("training_profile"))
+                             adapted, (manifest.get("adapted") or {}).get("report"), manifest.get("training_profile"),
+                             manifest.get("training_confidence"))
     if schema is not None:
         artifact.check_schema(schema)
     return artifact

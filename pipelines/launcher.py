@@ -21,8 +21,8 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from lakefill._drift import drift_report, profile_table
-from lakefill.errors import ConfigError, InputError, NothingNew
+from lakefill._drift import confidence_profile, confidence_report, drift_report, profile_table
+from lakefill.errors import ConfigError, InputError, NothingNew, SchemaError
 from lakefill.models.adapt import AdaptConfig
 from lakefill.models.artifact import MANIFEST, ModelArtifact, save_artifact
 from lakefill.models.autoencoder import AEConfig
@@ -33,7 +33,7 @@ from lakefill.pipelines.report import render_report
 from lakefill.schema import TableSchema, infer_schema, load_schema
 from lakefill.transforms import io as _io  # workers' reads (a remote launcher reads nothing: tests patch ``read_raw``)
 from lakefill.transforms.detect import NullPolicy
-from lakefill.transforms.impute import Imputer, load_model_at, resolve_device, save_model_to
+from lakefill.transforms.impute import CONFIDENCE, Imputer, load_model_at, resolve_device, save_model_to
 from lakefill.transforms.ingest import IngestPlan, plan_files, record_files
 from lakefill.transforms.io import ROW_ID, RawRead, input_files, read_raw
 from lakefill.transforms.lake import SchemaChangeRefused, check_schema_change, check_writable, schema_change, table_schema
@@ -121,6 +121,7 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
         sample = read_raw(config.reads, options=config.storage_options, limit=config.sample_rows,
                           csv_options=config.csv_options)
         schema, policy = fit_policy(config, sample)
+        sample = with_absent(config, schema, sample)
     if sample is not None:  # the table's schema changes only as the job allows (Delta's rule), decided now
         check_columns_against_table(config, schema, policy, sample)
     if ingest is not None:  # written last before the work; it counts once the run is committed
@@ -197,8 +198,34 @@ def fit_policy(config: JobConfig, sample: RawRead) -> tuple[TableSchema, NullPol
         files = input_files(source)
         name = files[0].stem if len(files) == 1 else (source.parent if "*" in source.uri else source).name
         schema = infer_schema(sample.table, name=name, policy=inferred)
-    schema.check_columns([c for c in sample.table.column_names if c != ROW_ID], source=str(source))
+    sample = with_absent(config, schema, sample)  # missing_columns: null: fitted (and run) with the column all null
+    present = [c for c in sample.table.column_names if c != ROW_ID]
+    try:
+        schema.check_columns(present, source=str(source))
+    except SchemaError as err:
+        if config.missing_columns != "error":
+            raise
+        raise SchemaError(f"{err}; or, where a column the schema marks nullable may be absent from a file, set "
+                          f"missing_columns: null (its cells null, never imputed)") from err
     return schema, NullPolicy(schema=schema, sample_rows=config.sample_rows).fit(sample.table)
+
+
+def with_absent(config: JobConfig, schema: TableSchema, sample: RawRead) -> RawRead:
+    """The sample with the schema's columns it lacks as null columns (missing_columns: null)."""
+    missing = [n for n in absent_columns(config, schema) if n not in sample.table.column_names]
+    return dataclasses.replace(sample, table=_with_nulls(sample.table, missing)) if missing else sample
+
+
+def absent_columns(config: JobConfig, schema: TableSchema) -> list[str]:
+    """The schema's columns a file may lack (its cells null, "not applicable"): the nullable
+    ones, when the job says missing_columns: null."""
+    return [c.name for c in schema.columns if c.nullable] if config.missing_columns == "null" else []
+
+
+def _with_nulls(table: pa.Table, columns: list[str]) -> pa.Table:
+    for c in columns:
+        table = table.append_column(c, pa.nulls(table.num_rows, pa.string()))
+    return table
 
 
 def _train(config: JobConfig, schema: TableSchema) -> None:
@@ -245,7 +272,8 @@ def adapt_to_run(config: JobConfig, schema: TableSchema, policy: NullPolicy, art
         folder = Path(tmp) / "model" if not target.is_local else target.local_path
         save_artifact(folder, model=artifact.model, codec=artifact.codec, schema=artifact.schema, policy=artifact.policy,
                       config=artifact.config, metrics=artifact.metrics, error_reference=artifact.error_reference,
-                      adapted=adapted, adaptation=report, profile=artifact.profile)
+                      adapted=adapted, adaptation=report, profile=artifact.profile,
+                      training_confidence=artifact.training_confidence)
         save_model_to(folder, target)
     log(f"adapt: networks fine-tuned on {report['rows_fitted']} rows (check loss {report['check_loss_before']:.4g} -> "
         f"{report['check_loss_after']:.4g}); the run refines with {target}")
@@ -293,7 +321,15 @@ def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Pa
         raise InputError(f"{err} ({good.num_rows} rows passed validation; {why()})") from err
     return save_artifact(out.local_path, model=fitted.model, codec=fitted.codec, schema=schema, policy=typed.policy.to_dict(),
                          config=config, metrics=fitted.metrics, error_reference=fitted.result.error_reference,
-                         profile=profile_table(good, schema))
+                         profile=profile_table(good, schema), training_confidence=training_confidence(fitted, schema, good, config))
+
+
+def training_confidence(fitted, schema: TableSchema, rows: pa.Table, config: AEConfig, limit: int = 20_000) -> dict:
+    """The model's confidence on (the first ``limit`` of) its training rows, filling their own
+    missing cells: what a run's mean confidence and routed share are compared with."""
+    artifact = ModelArtifact(fitted.model, fitted.codec, schema, None, config, {}, "", float(fitted.result.error_reference))
+    filled = Imputer(artifact, device="cpu").impute(rows.slice(0, limit))
+    return confidence_profile(filled.column(CONFIDENCE).to_numpy(zero_copy_only=False))
 
 
 def config_summary(cfg: JobConfig) -> dict:
@@ -317,9 +353,15 @@ def record_detection(prep: Prepared, report_dir: Path) -> None:
         report["adaptation"] = prep.adaptation
     if prep.ingest is not None:
         report["incremental"] = prep.ingest.to_dict()
+    absent = {k.split(":", 1)[1]: v for k, v in (report.get("metrics") or {}).items() if k.startswith("absent:")}
+    if absent:  # missing_columns: null: rows of files that lacked a column of the schema
+        report["absent_columns"] = absent
     if prep.artifact is not None and prep.artifact.profile:  # the run's observed cells against the training rows'
         thresholds = {c.name: c.drift_threshold for c in prep.schema.columns}
         report["drift"] = drift_report(prep.artifact.profile, report.get("metrics") or {}, thresholds)
+    if prep.artifact is not None and prep.artifact.training_confidence:
+        report["drift_confidence"] = confidence_report(prep.artifact.training_confidence, report.get("metrics") or {},
+                                                       prep.config.confidence_threshold if prep.config.refine else None)
     path.write_text(json.dumps(report, indent=2, default=str))
 
 
@@ -344,7 +386,8 @@ def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
     return stage_plan(schema=prep.schema, policy=prep.policy or {}, run_id=prep.run_id, refine=cfg.refine,
                       confidence_threshold=cfg.confidence_threshold, extra_steps=extra_steps, impute=cfg.impute,
                       adapted_fill=cfg.adapt_rows == "all",  # where the model has adapted networks
-                      precision=cfg.precision, profile=prep.artifact.profile if prep.artifact is not None else None)
+                      precision=cfg.precision, profile=prep.artifact.profile if prep.artifact is not None else None,
+                      absent=absent_columns(cfg, prep.schema))
 
 
 def maybe_retrain(prep: Prepared, report_dir: Path, *, log=print) -> dict | None:

@@ -237,6 +237,13 @@ def _drift_table(report: dict) -> str:
         f"<td class=n>{d['missing_share_training']:.1%} / "
         f"{'-' if d.get('missing_share_run') is None else format(d['missing_share_run'], '.1%')}</td></tr>"
         for c, d in drift.items())
+    conf = report.get("drift_confidence") or {}
+    if conf:
+        fmt = lambda v, p: "-" if v is None else format(v, p)  # noqa: E731
+        body += (f"<tr><td><i>row confidence</i></td><td>mean</td><td class=n>{fmt(conf.get('run_mean_confidence'), '.3f')}"
+                 f"</td><td class=n>training {fmt(conf.get('training_mean_confidence'), '.3f')}</td>"
+                 f"<td class=n colspan=2>routed {fmt(conf.get('run_routed_share'), '.1%')} "
+                 f"(training {fmt(conf.get('training_routed_share'), '.1%')})</td></tr>")
     drifted = [c for c, d in drift.items() if d.get("drifted")]
     title = (f'<h2 class="bad">Drift: {len(drifted)} column(s) moved away from the training rows</h2>' if drifted
              else "<h2>Drift against the model's training rows</h2>")

@@ -125,6 +125,7 @@ def retrain(prep, run_id: str, *, reason: str, log=print) -> dict:
     state; its ``config.model`` the version it used), check it against that version on rows
     kept aside, and write it beside the others. Returns what it did (the report's ``retrain``)."""
     from lakefill.models.artifact import save_artifact
+    from lakefill.pipelines.launcher import training_confidence
     from lakefill.models.autoencoder import AEConfig
     from lakefill.models.train import fit_model
     from lakefill._drift import profile_table
@@ -148,7 +149,8 @@ def retrain(prep, run_id: str, *, reason: str, log=print) -> dict:
         folder = Path(tmp) / "model"
         save_artifact(folder, model=fitted.model, codec=fitted.codec, schema=prep.schema, policy=typed.policy.to_dict(),
                       config=AEConfig(time_budget=cfg.train_time_budget), metrics=fitted.metrics,
-                      error_reference=fitted.result.error_reference, profile=profile_table(train, prep.schema))
+                      error_reference=fitted.result.error_reference, profile=profile_table(train, prep.schema),
+                      training_confidence=training_confidence(fitted, prep.schema, train, AEConfig(time_budget=cfg.train_time_budget)))
         new = load_model_at(folder, schema=prep.schema)
         score_new = check_score(new, check)
         score_old = check_score(prep.artifact, check)

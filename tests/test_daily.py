@@ -310,6 +310,9 @@ def test_a_run_reports_drift_on_every_engine_and_check_fails_it(engine, demo_mod
     assert main(["report", str(Path(moved.report).parent), "--check"]) == 1
     assert "column 'income' drifted" in capsys.readouterr().out
     assert "Drift: 1 column(s) moved" in (Path(moved.report).parent / "report.html").read_text()
+    conf = json.loads(Path(moved.report).read_text())["drift_confidence"]  # the rows' trust beside training's
+    assert 0 < conf["run_mean_confidence"] <= 1 and 0 < conf["training_mean_confidence"] <= 1
+    assert 0 <= conf["run_routed_share"] <= 1 and 0 <= conf["training_routed_share"] <= 1
 
 
 def test_retrain_on_drift_writes_a_version_beside_the_model_that_later_runs_use(demo_model, tmp_path, capsys):
@@ -377,3 +380,23 @@ def test_a_drift_threshold_outside_0_1_is_refused_naming_the_column():
     for bad in (-0.1, 1.5):
         with pytest.raises(Exception, match="drift_threshold"):
             ColumnSchema(name="x", type="numeric", drift_threshold=bad)
+
+
+def test_a_nullable_schema_column_a_file_lacks_is_null_and_never_imputed_when_the_job_says_so(demo_model, tmp_path):
+    from lakefill.errors import SchemaError
+
+    with open(EXAMPLES / "customers.csv", newline="") as f:
+        rows = [r for r in csv.reader(f)]
+    k = rows[0].index("segment")
+    day = tmp_path / "no_segment.csv"
+    with open(day, "w", newline="") as f:
+        csv.writer(f).writerows([r[:k] + r[k + 1:] for r in rows[:201] if len(r) == len(rows[0])])
+    with pytest.raises(SchemaError, match=r"\['segment'\].*missing_columns: null"):
+        run_local(_job(tmp_path, demo_model, day, "a"), log=lambda *_: None)
+    out = run_local(_job(tmp_path, demo_model, day, "b", missing_columns="null"), log=lambda *_: None)
+    table = _table(tmp_path).to_pyarrow_table()
+    assert table.num_rows + out.counts["rows_quarantined"] == 200
+    assert table.column("segment").null_count == table.num_rows  # null, not invented
+    assert all("segment" in na for na in table.column("_lf_not_applicable").to_pylist())
+    assert not any("segment" in imp for imp in table.column("_lf_imputed").to_pylist())
+    assert json.loads(Path(out.report).read_text())["absent_columns"] == {"segment": 200}

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakefill._drift import count_batch
+from lakefill._drift import CONFIDENCE_SUM, count_batch
 from lakefill.schema import TableSchema
 from lakefill._arrow import list_value_counts
 from lakefill.transforms.detect import DISGUISED, NOT_APPLICABLE, NullPolicy
@@ -113,13 +113,14 @@ class Step:
 class Detect(Step):
     name = "detect"
 
-    def __init__(self, policy: dict, schema: dict, profile: dict | None = None):
+    def __init__(self, policy: dict, schema: dict, profile: dict | None = None, absent: Sequence[str] = ()):
         self.policy, self.schema, self.profile = policy, schema, profile
+        self.absent = list(absent)  # columns that may be missing from a file: null there, "not applicable"
         self._key = ("detect", _digest(policy, schema))
 
     def with_policy(self, policy: dict) -> "Detect":
         """The same step with another fitted policy (one fitted on a worker, for a remote launch)."""
-        return Detect(policy, self.schema, self.profile)
+        return Detect(policy, self.schema, self.profile, self.absent)
 
     def _policy(self) -> tuple[NullPolicy, TableSchema]:
         def build():
@@ -129,9 +130,15 @@ class Detect(Step):
 
     def run(self, batch, rt):
         policy, schema = self._policy()
+        missing = [c for c in getattr(self, "absent", ()) if c not in batch.column_names]
+        for c in missing:  # the job's missing_columns: null: a column this file lacks is null, never imputed
+            batch = batch.append_column(c, pa.nulls(batch.num_rows, pa.string()))
         batch, replaced = policy.apply(batch)
+        if missing:
+            batch = _not_applicable(batch, missing)
         typed, bad = parse_table(batch, schema)
         counters = Counter({f"disguised_nulls:{k}": int(v) for k, v in replaced.items() if v})
+        counters.update({f"absent:{c}": batch.num_rows for c in missing})
         if getattr(self, "profile", None):  # drift: the observed cells in the model's training bins
             counters.update(count_batch(typed, self.profile))
         return StepOutput(typed, bad, counters)
@@ -211,6 +218,8 @@ class Finish(Step):
         counters = Counter()
         if CONFIDENCE in batch.column_names:
             counters.update({bin_label(k): n for k, n in enumerate(confidence_histogram(batch)) if n})
+            if batch.num_rows:  # the run's mean confidence, against the training rows' (drift)
+                counters[CONFIDENCE_SUM] = int(round((pc.sum(batch.column(CONFIDENCE)).as_py() or 0.0) * 1e6))
         if IMPUTED in batch.column_names:
             counters["cells_imputed"] = cells_imputed(batch)
             counters["written_rows"] = batch.num_rows
@@ -235,13 +244,13 @@ class StagePlan:
 def stage_plan(*, schema: TableSchema | dict, policy: NullPolicy | dict, run_id: str, refine: bool = True,
                confidence_threshold: float = 0.5, reverse: dict | None = None,
                extra_steps: Sequence[Step] = (), adapted_fill: bool = False, impute: bool = True,
-               precision: str = "fp32", profile: dict | None = None) -> StagePlan:
+               precision: str = "fp32", profile: dict | None = None, absent: Sequence[str] = ()) -> StagePlan:
     """The stage's plan. ``extra_steps`` run after post-validation, before ``finish``, on every engine.
     ``impute`` false: detect, pre-validate, (your steps), finish: a validation run with no model.
     ``adapted_fill``: every row is filled through the model's adapted networks where it has them."""
     schema_d = schema.model_dump(by_alias=True) if isinstance(schema, TableSchema) else dict(schema)
     policy_d = policy.to_dict() if isinstance(policy, NullPolicy) else dict(policy)
-    steps: list[Step] = [Detect(policy_d, schema_d, profile if impute else None), Validate(schema_d, "pre")]
+    steps: list[Step] = [Detect(policy_d, schema_d, profile if impute else None, absent), Validate(schema_d, "pre")]
     if impute:  # without it (a validation run) nothing is filled, so nothing is refined or post-validated
         steps.append(Impute(adapted_fill, precision))
         if refine:
@@ -305,6 +314,13 @@ def run_steps(steps: Sequence[Step], batch: pa.Table, rt: Runtime, *, timings: d
 
 
 # -- helpers the steps and the run report share --------------------------------------------------
+
+def _not_applicable(batch: pa.Table, columns: list[str]) -> pa.Table:
+    """``columns`` added to every row's ``_lf_not_applicable`` list."""
+    lists = [(row or []) + columns for row in batch.column(NOT_APPLICABLE).to_pylist()]
+    i = batch.column_names.index(NOT_APPLICABLE)
+    return batch.set_column(i, NOT_APPLICABLE, pa.array(lists, batch.schema.field(NOT_APPLICABLE).type))
+
 
 def in_schema_order(batch: pa.Table, columns: Sequence[str]) -> pa.Table:
     """The schema's columns first, in its order; then the file's other columns as they came;
