@@ -24,7 +24,6 @@ from typing import Literal
 
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
 from lakefill.errors import ConfigError, InputError
 from lakefill.transforms.storage import Location, StorageError, as_location
@@ -108,18 +107,17 @@ def list_files(source: "str | Location", options: dict | None = None) -> list[In
     return out
 
 
-def _open(table: Location) -> DeltaTable | None:
-    uri, options = table.delta()
-    try:
-        return DeltaTable(uri, storage_options=options)
-    except TableNotFoundError:
-        return None
+def _tables(out: Location) -> list[DeltaTable]:
+    """The output's table and quarantine, those that exist."""
+    from lakefill.transforms.lake import open_table
+
+    return [t for t in (open_table(out / "table"), open_table(out / "quarantine")) if t is not None]
 
 
-def _committed(out: Location, run_id: str) -> bool:
+def _committed(tables: list[DeltaTable], run_id: str) -> bool:
+    """Whether the run's commit is in the table or its quarantine (its Delta app transaction)."""
     from lakefill.transforms.lake import APP_ID_PREFIX
 
-    tables = [t for t in (_open(out / "table"), _open(out / "quarantine")) if t is not None]
     return any(t.transaction_version(APP_ID_PREFIX + run_id) is not None for t in tables)
 
 
@@ -132,11 +130,9 @@ def planned_counter(output: "str | Location", run_id: str) -> int | None:
 def taken_files(output: "str | Location", *, exclude_run: str | None = None) -> dict[str, tuple[str, InputFile]]:
     """The files that committed runs of this output took: uri -> (run id, the file as taken).
     A record counts only where its run id is committed to the table or its quarantine."""
-    from lakefill.transforms.lake import APP_ID_PREFIX
-
     out = as_location(output)
     records = out / "table" / RECORDS
-    tables = [t for t in (_open(out / "table"), _open(out / "quarantine")) if t is not None]
+    tables = _tables(out)
     taken: dict[str, tuple[str, InputFile]] = {}
     for rec in sorted(records.listdir(), key=lambda r: r.name):
         if not rec.name.endswith(".json"):
@@ -145,7 +141,7 @@ def taken_files(output: "str | Location", *, exclude_run: str | None = None) -> 
         run_id = data["run_id"]
         if run_id == exclude_run:
             continue
-        if not any(t.transaction_version(APP_ID_PREFIX + run_id) is not None for t in tables):
+        if not _committed(tables, run_id):
             continue  # planned, never committed (a killed run): its files were not taken
         for f in data["files"]:
             taken[f["uri"]] = (run_id, InputFile(**f))
@@ -154,7 +150,9 @@ def taken_files(output: "str | Location", *, exclude_run: str | None = None) -> 
 
 def files_counter(output: "str | Location") -> int | None:
     """The files counter of the output's table (None: no incremental commit yet)."""
-    dt = _open(as_location(output) / "table")
+    from lakefill.transforms.lake import open_table
+
+    dt = open_table(as_location(output) / "table")
     return None if dt is None else dt.transaction_version(FILES_APP)
 
 
@@ -164,7 +162,7 @@ def plan_files(source: "str | Location", output: "str | Location", *, run_id: st
     ``output`` (a re-run of the same run id plans afresh), changed ones by ``changed_files``."""
     out = as_location(output)
     own = out / "table" / RECORDS / f"{run_id}.json"
-    if own.exists() and _committed(out, run_id):  # a re-run of a committed run: its files, nothing new
+    if own.exists() and _committed(_tables(out), run_id):  # a re-run of a committed run: its files, nothing new
         data = json.loads(own.read_text())
         return IngestPlan([InputFile(**f) for f in data["files"]], len(data["files"]), 0, [], [], data["files_counter"])
     counter = files_counter(output)

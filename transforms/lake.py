@@ -34,7 +34,7 @@ from lakefill.transforms.storage import Location, as_location
 
 __all__ = ["write_part", "commit", "CommitResult", "APP_ID_PREFIX", "read_lake", "action_to_dict", "action_from_dict",
            "check_writable", "part_path", "SchemaChange", "SchemaChangeRefused", "schema_change", "check_schema_change",
-           "table_schema", "maintain", "runs_since_compaction"]
+           "table_schema", "maintain", "runs_since_compaction", "open_table"]
 
 APP_ID_PREFIX = "lakefill:"
 _PART = re.compile(r"part-[0-9a-f]{32}\.parquet")
@@ -65,7 +65,7 @@ class SchemaChange:
 
 def table_schema(table_uri: "str | Path | Location") -> pa.Schema | None:
     """The Delta table's schema as Arrow, or None where there is no table yet."""
-    dt = _open(as_location(table_uri))
+    dt = open_table(as_location(table_uri))
     return None if dt is None else pa.schema(dt.schema().to_arrow())
 
 
@@ -208,7 +208,8 @@ def action_from_dict(d: dict) -> AddAction:
     return AddAction(**d)
 
 
-def _open(table: Location) -> DeltaTable | None:
+def open_table(table: Location) -> DeltaTable | None:
+    """The Delta table at ``table``, or None where there is none."""
     uri, options = table.delta()
     try:
         return DeltaTable(uri, storage_options=options)
@@ -233,7 +234,7 @@ def check_writable(table_uri: "str | Path | Location", *, run_id: str, mode: Mod
                                   f"lakefill will not mix its table with other files: choose another output")
     if mode != "error":
         return
-    dt = _open(table)
+    dt = open_table(table)
     if dt is not None and dt.transaction_version(APP_ID_PREFIX + run_id) is None:
         raise FileExistsError(f"Delta table {table_uri} already exists and mode is 'error' (never clobber); use mode "
                               f"append, overwrite or overwrite_partitions to write into it, or another output")
@@ -268,7 +269,7 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
         txns.append(Transaction(app_id=FILES_APP, version=(files_counter or 0) + 1))
     props = CommitProperties(app_transactions=txns, custom_metadata={**(metadata or {}), "lakefill.run_id": run_id})
     partition_by = list(partition_by)
-    dt = _open(table)
+    dt = open_table(table)
     if dt is None:
         try:
             create_table_with_add_actions(uri, Schema.from_arrow(schema), actions, mode="error",
@@ -277,7 +278,7 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
             return CommitResult(str(table), run_id, True, _version_of(table, app_id), len(actions), rows)
         except DeltaError:
             # another writer created the table first (concurrent first commits): commit into it
-            dt = _open(table)
+            dt = open_table(table)
             if dt is None:
                 raise
             if mode == "error":
@@ -294,7 +295,7 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
             dt.alter.add_columns(list(Schema.from_arrow(added).fields),
                                  commit_properties=CommitProperties(custom_metadata={"lakefill.run_id": run_id,
                                                                                      "lakefill.operation": "add_columns"}))
-            dt = _open(table)
+            dt = open_table(table)
         if change:  # the files are written with the run's columns; the table keeps all of its own
             schema = pa.schema(list(theirs) + [schema.field(n).with_nullable(True) for n in change.added])
     if mode == "overwrite_partitions" and not partition_by:
@@ -317,7 +318,7 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
             if attempt == _COMMIT_TRIES - 1:
                 raise
             time.sleep(min(0.05 * 2 ** attempt, 2.0))
-            dt = _open(table)
+            dt = open_table(table)
     return CommitResult(str(table), run_id, True, _version_of(table, app_id), len(actions), rows)
 
 
@@ -367,7 +368,7 @@ def read_lake(table_uri: "str | Path | Location") -> pa.Table:
 
 def runs_since_compaction(table_uri: "str | Path | Location") -> int:
     """How many lakefill runs committed to the table since its last compaction (OPTIMIZE)."""
-    dt = _open(as_location(table_uri))
+    dt = open_table(as_location(table_uri))
     if dt is None:
         return 0
     n = 0
@@ -387,19 +388,19 @@ def maintain(table_uri: "str | Path | Location", *, compact: bool = True, vacuum
     ``retain_hours`` (Delta's default, 168, when None) still reads. lakefill's own records
     (``_lakefill/``) are never vacuumed. Returns what each did."""
     table = as_location(table_uri)
-    dt = _open(table)
+    dt = open_table(table)
     if dt is None:
         raise ConfigError(f"{table} is not a Delta table (no _delta_log): nothing to maintain")
     done: dict = {"table": str(table), "files_before": len(dt.file_uris()), "version_before": dt.version()}
     if compact:
         metrics = dt.optimize.compact(commit_properties=CommitProperties(custom_metadata={"lakefill.operation": "compact"}))
         done["compacted"] = {"files_added": metrics.get("numFilesAdded", 0), "files_removed": metrics.get("numFilesRemoved", 0)}
-        dt = _open(table)
+        dt = open_table(table)
     if vacuum:
         hours = None if retain_hours is None else int(retain_hours)
         removed = dt.vacuum(retention_hours=hours, dry_run=False, enforce_retention_duration=hours is None or hours >= 168)
         done["vacuumed_files"] = len(removed)
-        dt = _open(table)
+        dt = open_table(table)
     done["files_after"] = len(dt.file_uris())
     done["version_after"] = dt.version()
     return done
