@@ -162,6 +162,7 @@ def test_the_data_docs_index_lists_every_validation_offline_and_each_row_opens_i
     assert page.exists() and "Failed" in dom(page)
     text = page.read_text()
     assert "\u2713" in text and not re.search(r'<(link|script|img)\b[^>]*(href|src)="https?://', text)
+    assert not re.search(r"<img\b(?:(?!\bsrc=)[^>])*>", text, re.S)  # no broken image: GX's logo is shipped
     for ref in re.findall(r'(?:href|src)="([^"#?]+\.(?:css|png|ico|svg))"', text):
         assert (page.parent / ref).resolve().exists(), ref  # the shared assets, once per output
     report = (run_dir / "report.html").read_text()

@@ -416,6 +416,15 @@ _ICONS = [(re.compile(r'(<i\b[^>]*\bfa-check-circle\b[^>]*>)(\s*</i>)?'), "\u271
           (re.compile(r'(<i\b[^>]*\bfa-question-circle\b[^>]*>)(\s*</i>)?'), "?")]
 _STATIC_REF = re.compile(r'((?:href|src)=")(?:\./)?(?:\.\./)*static/')
 _STATUS = re.compile(r"\b(Succeeded|Failed)\b")
+_NO_SRC_IMG = re.compile(r"<img\b(?:(?!\bsrc=)[^>])*>", re.I | re.S)
+
+
+def _local_img(tag: str, to_assets: str) -> str:
+    """An image whose remote source was dropped: GX's logo from the shipped assets, else nothing
+    (a broken image icon helps nobody)."""
+    if "Great Expectations" in tag:
+        return tag.replace("<img", f'<img src="{to_assets}/images/logo-long.png"', 1)
+    return ""
 
 
 def _publish_site(site: Path, out_dir: Path, assets: Path, asset: str, run_id: str | None) -> Path:
@@ -453,6 +462,7 @@ def _publish_site(site: Path, out_dir: Path, assets: Path, asset: str, run_id: s
         text = _REMOTE_IMG.sub(r"\1", text)
         text = _REMOTE_CSS_URL.sub("none", text)
         text = _STATIC_REF.sub(lambda m: f"{m.group(1)}{to_assets}/", text)
+        text = _NO_SRC_IMG.sub(lambda m: _local_img(m.group(0), to_assets), text)
         for pattern, mark in _ICONS:
             text = pattern.sub(lambda m: f"{m.group(1)}{mark}</i>", text)
         target.write_text(text, encoding="utf-8")
