@@ -154,14 +154,14 @@ def test_concurrent_first_commits_both_land_and_report_their_versions(tmp_path, 
     uri = tmp_path / "t"
     a1, a2 = write_part(t1, uri), write_part(t2, uri)
     first = commit(uri, a1, t1.schema, run_id="one")
-    real_open = lake._open
+    real_open = lake.open_table
     calls = {"n": 0}
 
     def racing_open(u):  # the second writer looked before the first had created the table
         calls["n"] += 1
         return None if calls["n"] == 1 else real_open(u)
 
-    monkeypatch.setattr(lake, "_open", racing_open)
+    monkeypatch.setattr(lake, "open_table", racing_open)
     second = commit(uri, a2, t2.schema, run_id="two")
     assert first.committed and second.committed and (first.version, second.version) == (0, 1)
     assert sorted(DeltaTable(str(uri)).to_pyarrow_table().column("id").to_pylist()) == [1, 2, 3]
