@@ -300,10 +300,7 @@ def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Pa
                          csv_options=csv_options)
             save_model_to(Path(tmp), out)
         return out
-    raw = read_raw(input_path, csv_options=csv_options)
-    typed = detect_and_parse(raw, schema, sample_rows=sample_rows)
-    good, bad = Validator(schema, stage="pre").validate(typed.table)
-    quarantined = typed.quarantined + bad
+    raw, typed, good, quarantined = training_rows(input_path, schema, sample_rows=sample_rows, csv_options=csv_options)
 
     def why() -> str:
         top = reason_counts(quarantined).most_common(3)
@@ -319,17 +316,30 @@ def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Pa
         if "no observed values" not in str(err):
             raise
         raise InputError(f"{err} ({good.num_rows} rows passed validation; {why()})") from err
-    return save_artifact(out.local_path, model=fitted.model, codec=fitted.codec, schema=schema, policy=typed.policy.to_dict(),
-                         config=config, metrics=fitted.metrics, error_reference=fitted.result.error_reference,
-                         profile=profile_table(good, schema), training_confidence=training_confidence(fitted, schema, good, config))
+    return save_trained(out.local_path, fitted, schema, typed.policy.to_dict(), config, good)
 
 
-def training_confidence(fitted, schema: TableSchema, rows: pa.Table, config: AEConfig, limit: int = 20_000) -> dict:
-    """The model's confidence on (the first ``limit`` of) its training rows, filling their own
-    missing cells: what a run's mean confidence and routed share are compared with."""
+def training_rows(source, schema: TableSchema, *, sample_rows: int, csv_options=None, options: dict | None = None,
+                  limit: int | None = None):
+    """What a model trains on: ``source`` (its first ``limit`` records) read, its disguised nulls
+    replaced and typed, and pre-validated. Returns (raw, typed, the rows that pass, the quarantined)."""
+    raw = read_raw(source, options=options, limit=limit, csv_options=csv_options)
+    typed = detect_and_parse(raw, schema, sample_rows=sample_rows)
+    good, bad = Validator(schema, stage="pre").validate(typed.table)
+    return raw, typed, good, typed.quarantined + bad
+
+
+def save_trained(folder: Path, fitted, schema: TableSchema, policy: dict | None, config: AEConfig,
+                 rows: pa.Table, limit: int = 20_000) -> Path:
+    """A fitted model written to a local ``folder`` with what runs compare themselves with: the
+    profile of the ``rows`` it was trained on and its confidence on (the first ``limit`` of) them,
+    filling their own missing cells (``lakefill._drift``)."""
     artifact = ModelArtifact(fitted.model, fitted.codec, schema, None, config, {}, "", float(fitted.result.error_reference))
     filled = Imputer(artifact, device="cpu").impute(rows.slice(0, limit))
-    return confidence_profile(filled.column(CONFIDENCE).to_numpy(zero_copy_only=False))
+    return save_artifact(folder, model=fitted.model, codec=fitted.codec, schema=schema, policy=policy, config=config,
+                         metrics=fitted.metrics, error_reference=fitted.result.error_reference,
+                         profile=profile_table(rows, schema),
+                         training_confidence=confidence_profile(filled.column(CONFIDENCE).to_numpy(zero_copy_only=False)))
 
 
 def config_summary(cfg: JobConfig) -> dict:

@@ -124,33 +124,25 @@ def retrain(prep, run_id: str, *, reason: str, log=print) -> dict:
     """Train a new version of the job's model on the run's rows (``prep``: the run's prepared
     state; its ``config.model`` the version it used), check it against that version on rows
     kept aside, and write it beside the others. Returns what it did (the report's ``retrain``)."""
-    from lakefill.models.artifact import save_artifact
-    from lakefill.pipelines.launcher import training_confidence
     from lakefill.models.autoencoder import AEConfig
     from lakefill.models.train import fit_model
-    from lakefill._drift import profile_table
+    from lakefill.pipelines.launcher import save_trained, training_rows
     from lakefill.transforms.impute import load_model_at, save_model_to
-    from lakefill.transforms.io import read_raw
-    from lakefill.transforms.parse import detect_and_parse
-    from lakefill.transforms.validate import Validator
 
     cfg = prep.config
     current = cfg.location(cfg.model)
-    raw = read_raw(cfg.reads, options=cfg.storage_options, limit=cfg.sample_rows, csv_options=cfg.csv_options)
-    typed = detect_and_parse(raw, prep.schema, sample_rows=cfg.sample_rows)
-    good, _ = Validator(prep.schema, stage="pre").validate(typed.table)
+    _, typed, good, _ = training_rows(cfg.reads, prep.schema, sample_rows=cfg.sample_rows, csv_options=cfg.csv_options,
+                                      options=cfg.storage_options, limit=cfg.sample_rows)
     train, check = _split(good, CHECK_SHARE)
     if train.num_rows < 20 or check.num_rows < 5:
         return {"reason": reason, "trained": False, "why": f"too few rows to retrain on ({good.num_rows} valid rows)"}
     target = next_version(current)
     log(f"retraining ({reason}): {train.num_rows} rows of run {run_id}, {check.num_rows} kept aside; writing {target}")
-    fitted = fit_model(train, prep.schema, config=AEConfig(time_budget=cfg.train_time_budget))
+    config = AEConfig(time_budget=cfg.train_time_budget)
+    fitted = fit_model(train, prep.schema, config=config)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
-        save_artifact(folder, model=fitted.model, codec=fitted.codec, schema=prep.schema, policy=typed.policy.to_dict(),
-                      config=AEConfig(time_budget=cfg.train_time_budget), metrics=fitted.metrics,
-                      error_reference=fitted.result.error_reference, profile=profile_table(train, prep.schema),
-                      training_confidence=training_confidence(fitted, prep.schema, train, AEConfig(time_budget=cfg.train_time_budget)))
+        save_trained(folder, fitted, prep.schema, typed.policy.to_dict(), config, train)
         new = load_model_at(folder, schema=prep.schema)
         score_new = check_score(new, check)
         score_old = check_score(prep.artifact, check)

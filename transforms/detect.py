@@ -56,7 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakefill._arrow import as_text, flags_to_lists, is_typed_number, list_value_counts
-from lakefill._values import NULL_TOKENS, parse_number
+from lakefill._values import NULL_TOKENS, parse_number, parse_number_array
 
 __all__ = ["Finding", "NullPolicy", "DISGUISED", "NOT_APPLICABLE", "NotFittedError", "MAX_REPLACED_SHARE"]
 
@@ -183,8 +183,7 @@ class NullPolicy:
         unless the schema pins it (a 0 skin fold among values from 7 up). Rows that differ on what
         is observed (mixes without fly ash hold more cement) belong to a real category.
         """
-        sentinels = {c: [f for f in fs if f.detector == "sentinel"] for c, fs in findings.items()}
-        if not any(sentinels.values()):
+        if not any(f.detector == "sentinel" for fs in findings.values() for f in fs):
             return findings
         numbers = {c: _numbers(sample.column(c), counters[c]) for c in columns}
         edges = {c: _edge_values(counters[c]) for c in columns}
@@ -534,14 +533,9 @@ def _numbers(values: pa.ChunkedArray, counts: Counter) -> np.ndarray:
     distinct = [v for v in counts if v]
     if not distinct:
         return np.full(len(values), np.nan)
-    parsed = np.array([_as_float(v) for v in distinct] + [np.nan])
+    parsed = np.array(parse_number_array(distinct)[0] + [np.nan])
     index = pc.index_in(pc.utf8_trim_whitespace(values), value_set=pa.array(distinct, pa.string()))
     return parsed[_numpy(pc.fill_null(index, len(distinct))).astype(np.int64)]
-
-
-def _as_float(value: str) -> float:
-    x = parse_number(value)
-    return np.nan if x is None else x
 
 
 def _edge_values(counts: Counter) -> set[float]:

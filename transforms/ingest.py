@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 from deltalake import DeltaTable
 
 from lakefill.errors import ConfigError, InputError
-from lakefill.transforms.storage import Location, StorageError, as_location
+from lakefill.transforms.storage import Location, as_location
 
 __all__ = ["InputFile", "IngestPlan", "plan_files", "record_files", "FILES_APP", "RECORDS", "IncrementalConflict",
            "taken_files", "list_files", "planned_counter", "files_counter"]
@@ -72,36 +72,14 @@ def list_files(source: "str | Location", options: dict | None = None) -> list[In
     from lakefill.transforms.io import is_data_file
 
     loc = as_location(source, options)
-    glob = any(c in loc.uri for c in "*?[")
-    if not glob:
+    if not any(c in loc.uri for c in "*?["):
         info = loc.info()
         if info.type == pafs.FileType.File:
             raise ConfigError(f"incremental: true needs an input folder or glob, not the single file {loc}: "
                               f"a daily job reads the folder its files land in")
         if info.type == pafs.FileType.NotFound and loc.is_local:
             raise InputError(f"input {loc} does not exist")
-    base = loc
-    pattern = None
-    if glob:
-        head, parts = loc.uri, []
-        while any(c in head for c in "*?["):
-            parts.insert(0, head.rsplit("/", 1)[-1])
-            head = head.rsplit("/", 1)[0]
-        base, pattern = Location(head, loc.options), "/".join(parts)
-    try:
-        infos = base.fs.get_file_info(pafs.FileSelector(base.path, allow_not_found=True, recursive=True))
-    except OSError as err:
-        raise StorageError(f"{base.uri}: {err}") from err
-    import fnmatch
-
-    out = []
-    for i in sorted(infos, key=lambda i: i.path):
-        if i.type != pafs.FileType.File:
-            continue
-        f = base._child(i.path)
-        if not is_data_file(f) or (pattern is not None and not fnmatch.fnmatch(base._relative(i.path), pattern)):
-            continue
-        out.append(InputFile(f.uri, int(i.size), int(i.mtime_ns or 0)))
+    out = [InputFile(f.uri, int(i.size), int(i.mtime_ns or 0)) for f, i in loc.listing() if is_data_file(f)]
     if not out:
         raise InputError(f"input {loc} holds no CSV, JSON Lines or Parquet file")
     return out

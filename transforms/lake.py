@@ -117,6 +117,7 @@ class CommitResult:
     version: int | None
     files: int
     rows: int
+    schema_change: dict | None = None  # what the commit changed in the table's schema (SchemaChange.to_dict)
 
 
 # escaped in partition folder names as Hive and Spark escape them (ExternalCatalogUtils):
@@ -286,6 +287,7 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
     if mode == "error" and dt.transaction_version(app_id) is None:
         raise FileExistsError(f"Delta table {table} already exists and mode is 'error'; "
                               "use mode append, overwrite or overwrite_partitions to write into it")
+    changed = None
     if dt.transaction_version(app_id) is None:
         theirs = pa.schema(dt.schema().to_arrow())
         change = schema_change(theirs, schema)
@@ -298,6 +300,7 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
             dt = open_table(table)
         if change:  # the files are written with the run's columns; the table keeps all of its own
             schema = pa.schema(list(theirs) + [schema.field(n).with_nullable(True) for n in change.added])
+            changed = change.to_dict()
     if mode == "overwrite_partitions" and not partition_by:
         raise ValueError("mode overwrite_partitions needs partition_by")
     for attempt in range(_COMMIT_TRIES):
@@ -319,7 +322,7 @@ def commit(table_uri: "str | Path | Location", actions: list[AddAction], schema:
                 raise
             time.sleep(min(0.05 * 2 ** attempt, 2.0))
             dt = open_table(table)
-    return CommitResult(str(table), run_id, True, _version_of(table, app_id), len(actions), rows)
+    return CommitResult(str(table), run_id, True, _version_of(table, app_id), len(actions), rows, changed)
 
 
 def _check_files_counter(dt: DeltaTable, table: Location, run_id: str, planned: int | None) -> None:

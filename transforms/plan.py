@@ -130,7 +130,7 @@ class Detect(Step):
 
     def run(self, batch, rt):
         policy, schema = self._policy()
-        missing = [c for c in getattr(self, "absent", ()) if c not in batch.column_names]
+        missing = [c for c in self.absent if c not in batch.column_names]
         for c in missing:  # the job's missing_columns: null: a column this file lacks is null, never imputed
             batch = batch.append_column(c, pa.nulls(batch.num_rows, pa.string()))
         batch, replaced = policy.apply(batch)
@@ -139,7 +139,7 @@ class Detect(Step):
         typed, bad = parse_table(batch, schema)
         counters = Counter({f"disguised_nulls:{k}": int(v) for k, v in replaced.items() if v})
         counters.update({f"absent:{c}": batch.num_rows for c in missing})
-        if getattr(self, "profile", None):  # drift: the observed cells in the model's training bins
+        if self.profile:  # drift: the observed cells in the model's training bins
             counters.update(count_batch(typed, self.profile))
         return StepOutput(typed, bad, counters)
 

@@ -26,7 +26,7 @@ from lakefill.errors import LakefillError
 from lakefill.transforms.io import Quarantined, quarantine_table
 from lakefill.transforms.ingest import planned_counter
 from lakefill.transforms.lake import (action_from_dict, action_to_dict, commit, maintain, part_path, runs_since_compaction,
-                                     schema_change, table_schema, write_part)
+                                     write_part)
 from lakefill.transforms.plan import HIST_BINS, RUN_ID, StepOutput, bin_label, with_run_id
 from lakefill.transforms.storage import Location, as_location, redact
 
@@ -218,10 +218,6 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path
                                  f"max_quarantine_share of {max_quarantine_share:.1%}; nothing was committed to "
                                  f"{table_uri} or {quarantine_uri}. The quarantined rows and their reasons are in "
                                  f"{rejected}.")
-    if totals.table_schema is not None:  # what this run changes in the table's schema (the commit enforces the job's rule)
-        change = schema_change(table_schema(table_uri), totals.table_schema)
-        if change:
-            counts["schema_change"] = change.to_dict()
     # the table first, then the quarantine, both keyed by the run id: a run is in both or, if a
     # commit fails, the retry with the same run id completes the missing half and writes nothing twice
     result = None
@@ -237,6 +233,8 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path
             _remove(quarantine_uri, totals.quarantine_actions)
             report(False)
             raise
+        if result.schema_change:  # what the commit changed in the table's schema, as the job allowed
+            counts["schema_change"] = result.schema_change
         if not result.committed:
             log(f"run {run_id} was already committed to {table_uri}: nothing written twice")
             _remove(table_uri, totals.table_actions)

@@ -253,13 +253,28 @@ class Location:
 
     def walk(self) -> Iterator["Location"]:
         """Every file under this folder, sorted."""
+        for f, _ in self._files(self, None):
+            yield f
+
+    def listing(self) -> list[tuple["Location", pafs.FileInfo]]:
+        """Every file under this folder, or that this glob matches, with its ``FileInfo`` (size,
+        modification time) from the one listing, sorted."""
+        if not any(c in self.uri for c in "*?["):
+            return self._files(self, None)
+        head, pattern = self.uri, []
+        while any(c in head for c in "*?["):
+            pattern.insert(0, posixpath.basename(head))
+            head = posixpath.dirname(head)
+        return self._files(Location(head, self.options), "/".join(pattern))
+
+    @staticmethod
+    def _files(base: "Location", pattern: str | None) -> list[tuple["Location", pafs.FileInfo]]:
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True, recursive=True))
+            infos = base.fs.get_file_info(pafs.FileSelector(base.path, allow_not_found=True, recursive=True))
         except OSError as err:
-            raise StorageError(f"{self.uri}: {_reason(err)}") from err
-        for i in sorted(infos, key=lambda i: i.path):
-            if i.type == pafs.FileType.File:
-                yield self._child(i.path)
+            raise StorageError(f"{base.uri}: {_reason(err)}") from err
+        return [(base._child(i.path), i) for i in sorted(infos, key=lambda i: i.path)
+                if i.type == pafs.FileType.File and (pattern is None or fnmatch.fnmatch(base._relative(i.path), pattern))]
 
     def _child(self, fs_path: str) -> "Location":
         return self.join(self._relative(fs_path))
@@ -272,13 +287,7 @@ class Location:
         """The files a glob in the last parts of the URI matches (``s3://b/in/*.csv``), sorted."""
         if not any(c in self.uri for c in "*?["):
             return [self]
-        head, pattern = self.uri, []
-        while any(c in head for c in "*?["):
-            pattern.insert(0, posixpath.basename(head))
-            head = posixpath.dirname(head)
-        base = Location(head, self.options)
-        want = "/".join(pattern)
-        return [f for f in base.walk() if fnmatch.fnmatch(base._relative(f.path), want)]
+        return [f for f, _ in self.listing()]
 
     # -- bytes ---------------------------------------------------------------------------------
 

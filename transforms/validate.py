@@ -366,11 +366,10 @@ def write_data_docs(schema: TableSchema, stage: Stage, table: pa.Table, out_dir:
         return _publish_site(site, out_dir, assets, asset or schema.name, run_id)
 
 
-def _render_gx_site(schema: TableSchema, stage: Stage, table: pa.Table, project: Path, *, run_id: str | None,
+def _render_gx_site(schema: TableSchema, stage: Stage, table: pa.Table, out_dir: Path, *, run_id: str | None,
                     asset: str | None) -> Path:
-    """GX's own Data Docs site of the validation, in a GX project under ``project``; its folder."""
+    """GX's own Data Docs site of the validation, in a GX project under ``out_dir``; its folder."""
     gx = _gx()
-    out_dir = project
     context = gx.get_context(mode="file", project_root_dir=str(out_dir))
     try:
         context.variables.progress_bars = gx.data_context.types.base.ProgressBarsConfig(globally=False)
