@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                           epochs=args.epochs) for s in seeds]
     else:
         runs = [run(args.data, seed=s, missing_rate=args.missing_rate, threshold=args.threshold,
-                    config=AEConfig(random_state=s, **overrides)) for s in seeds]
+                    config=AEConfig.from_dict({**overrides, "random_state": s})) for s in seeds]
     out = {"protocol": "E", "dataset": "mnist_digits" if args.mnist else args.data.stem, "missing_rate": args.missing_rate, "threshold": args.threshold,
            "seeds": seeds, "runs": runs}
     for key in ("rmse", "accuracy"):

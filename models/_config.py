@@ -47,19 +47,10 @@ class AEConfig:
     # their category probabilities. A wide and a narrow network err differently (the narrow one
     # often fills a small table better), so the mean beats either. () trains the one network.
     extra_sizes: tuple[tuple[int, int, int], ...] = ((128, 2, 16),)
-    # also fit a multivariate normal on the encoded rows (EM) and offer it to the mixture: its
-    # conditional means carry a small table's linear structure; the held-out cells decide its
-    # weight (0 leaves it out). Skipped for inputs wider than 128 features.
-    gaussian: bool = True
-    # keep the training rows as donors: a row that is a copy of one (a duplicate record with
-    # other holes) takes the copy's cells, blended with the networks' by a weight the held-out
-    # cells decide (0 leaves them out). The artifact then holds up to 200,000 training rows.
-    donors: bool = True
-    # fit scikit-learn's boosted trees for each numeric column (100 rounds) and blend them into
-    # the fill with one weight fitted on the held-out cells (0 leaves them out; lakefill.models.trees).
-    # They catch sharp rules between columns (a count that is 0 wherever its twin is) that the
-    # networks smooth over.
-    trees: bool = True
+    # the registered members (lakefill.models.members: the Gaussian, the boosted trees, the donors,
+    # and any member a user registers) left out of training; every other one is fitted and kept
+    # where the held-out cells give it a weight
+    without: tuple[str, ...] = ()
     # opt-in: a network's numeric inputs (robust z) beyond +-squash grow only logarithmically
     # from there on, so a heavy-tailed column's outliers (spam's z reach 700) do not swamp the
     # first layer and the linear path; outputs and loss stay on the z scale. 0 (the default)
@@ -99,6 +90,36 @@ class AEConfig:
             raise ValueError(f"AEConfig.extra_sizes must be (hidden, depth, code) triples of integers >= 1, "
                              f"got {self.extra_sizes!r}")
         object.__setattr__(self, "extra_sizes", sizes)
+        if isinstance(self.without, str) or not all(isinstance(n, str) for n in self.without):
+            raise ValueError(f"AEConfig.without must be a list of member names, got {self.without!r}")
+        from lakefill.models.members import member_names
+
+        unknown = sorted(set(self.without) - set(member_names()))
+        if unknown:
+            raise ValueError(f"AEConfig.without names unknown member(s) {unknown}; the members are {member_names()}")
+        object.__setattr__(self, "without", tuple(self.without))
+
+    def uses(self, member: str) -> bool:
+        """Whether training fits the registered member of that name."""
+        return member not in self.without
+
+    def to_dict(self) -> dict:
+        """The config as the manifest keeps it (JSON types)."""
+        return {**self.__dict__, "extra_sizes": [list(s) for s in self.extra_sizes], "without": list(self.without)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AEConfig":
+        """A config from a manifest or a JSON setting (``--ae-config``): one flag per member
+        (``trees: false``, as a model written before the member registry has them) is read as
+        ``without``."""
+        from lakefill.models.members import member_names
+
+        data = dict(data)
+        without = list(data.pop("without", []))
+        for name in member_names():
+            if name in data and not data.pop(name) and name not in without:
+                without.append(name)
+        return cls(**data, without=tuple(without))
 
     @property
     def size(self) -> tuple[int, int, int]:

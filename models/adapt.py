@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from lakefill.models._config import AEConfig
-from lakefill.models import members as registry
 from lakefill.models.mixture import Ensemble
 from lakefill.models.network import MaskedAutoencoder, cell_losses
 from lakefill.models.reverse import ReverseConfig, RowRandom, held_back
@@ -72,7 +71,7 @@ def with_networks(model):
     if isinstance(model, MaskedAutoencoder):
         return copy.deepcopy(model)
     members = [copy.deepcopy(m) if isinstance(m, MaskedAutoencoder) else m for m in model.members]
-    out = Ensemble(members, model.weights.tolist(), **{b.name: getattr(model, b.name, None) for b in registry.BLENDS})
+    out = Ensemble(members, model.weights.tolist(), **model.blends())
     out.weights.copy_(model.weights)
     return out.to(model.weights.device)
 

@@ -14,11 +14,11 @@ log-compresses the numeric inputs beyond +-squash before the first layer (output
 The log-variance head is trained on the detached mean (it does not pull the mean), and gives
 the per-cell uncertainty that row confidence is built from.
 The model is an ensemble of networks of different sizes (``AEConfig.extra_sizes``) trained on
-the same split, plus a multivariate normal fitted by EM (``GaussianMember``, ``AEConfig.gaussian``);
+the same split, plus a multivariate normal fitted by EM (``GaussianMember``, a registered member, ``lakefill.models.members``);
 their means and probabilities are mixed with weights fitted on held-out cells (``Ensemble``,
 ``train_ensemble``). Where a row to fill is a copy of a training row (``lakefill.models.donors``,
-``AEConfig.donors``), ``predict`` blends the copy's cells in, with a weight fitted the same way;
-before that, the numeric columns' boosted trees (``lakefill.models.trees``, ``AEConfig.trees``) with a
+a member), ``predict`` blends the copy's cells in, with a weight fitted the same way;
+before that, the numeric columns' boosted trees (``lakefill.models.trees``, a member) with a
 weight fitted the same way.
 """
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from lakefill.models._config import AEConfig
 from lakefill.models.gaussian import GAUSSIAN_MAX_FEATURES, GAUSSIAN_MAX_ROWS, GaussianMember, fit_gaussian
-from lakefill.models.members import BLENDS, Blend, blend_donors, blend_trees
+from lakefill.models.members import blend_donors, blend_trees
 from lakefill.models.mixture import Ensemble, Prediction, direct_fill_inputs, mix, predict
 from lakefill.models.network import MaskedAutoencoder, cell_losses
 from lakefill.models.training import (Budget, TrainPlan, TrainResult, _loss_weights, _PlateauSchedule, train_autoencoder,
@@ -34,5 +34,5 @@ from lakefill.models.training import (Budget, TrainPlan, TrainResult, _loss_weig
 
 __all__ = ["AEConfig", "TrainPlan", "Budget", "MaskedAutoencoder", "GaussianMember", "TrainResult", "train_autoencoder",
            "train_ensemble", "Ensemble", "fit_gaussian", "mix", "cell_losses", "predict", "Prediction",
-           "direct_fill_inputs", "blend_donors", "blend_trees", "GAUSSIAN_MAX_FEATURES", "GAUSSIAN_MAX_ROWS", "BLENDS", "Blend",
+           "direct_fill_inputs", "blend_donors", "blend_trees", "GAUSSIAN_MAX_FEATURES", "GAUSSIAN_MAX_ROWS",
            "_loss_weights", "_PlateauSchedule"]

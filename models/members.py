@@ -1,16 +1,27 @@
-"""The model's members behind one interface each, and the registry of the blended ones.
+"""Every member of the model behind one contract, and the registry that drives the rest.
 
-Two kinds of member. The mixture's members (the networks, ``lakefill.models.network``, and the
-Gaussian, ``lakefill.models.gaussian``) share the forward interface ``(values, mask) -> (mean,
-log-variance, logits, code)`` and one weight each on the weight simplex (``train_ensemble``).
-The blends (the boosted trees, the donors) are applied to the mixture's fill: each is a
-``Blend`` here (fit and weigh on the held-out cells, blend into a fill, its entry in the
-manifest's architecture, build it back from there), listed in ``BLENDS`` in the order they
-apply. The model (``Ensemble``) holds each fitted blend as the attribute of its name, which is
-also its ``AEConfig`` flag, its key in the manifest's ``architecture`` and ``metrics`` and the
-prefix of its tensors in the weights file. Adding a blend is a class here and a flag in
-``AEConfig``; ``predict``, reverse training, training and the artifact loop over the registry.
-Every blend weight comes from ``grid_weight``.
+A member is fitted on the training rows, weighed on the held-out cells, applied at fill time,
+saved as tensors in the weights file and built back from its manifest entry. Two kinds:
+
+- ``kind = "mixture"``: a module with the networks' forward interface ``(values, mask) ->
+  (mean, log-variance, logits, code)`` (the Gaussian, ``lakefill.models.gaussian``); ``candidate``
+  fits it, and the mixture's weight grid (``train_ensemble``) gives it its share of the forward
+  pass with the networks (0 leaves it out).
+- ``kind = "blend"``: applied to the mixture's fill (the boosted trees, the donors); ``fit``
+  fits and weighs it on the held-out cells (``grid_weight``), ``apply`` blends it in. The model
+  (``Ensemble``) holds a kept blend as the attribute of its name; its buffers are the weights
+  file's ``<name>.*`` tensors.
+
+The networks are the model itself, not members: every model has them (``AEConfig`` sizes).
+
+``register`` adds a member; the registry's order is the order blends apply in (the donors weigh
+on the trees' fill). A member's name is at once its ``AEConfig.without`` entry (every registered
+member is used unless named there), its ``--no-<name>`` flag of ``lakefill train`` (``help``),
+its key in the manifest's ``architecture`` and ``metrics`` and in ``TrainResult.reports``.
+Adding a member is one class and one ``register`` call; training, ``predict``, reverse
+training, the artifact, the metrics and the command line loop over the registry. This module
+imports numpy alone (the command line reads the registry): the members' own modules load
+when they are used.
 """
 
 from __future__ import annotations
@@ -19,36 +30,74 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lakefill.models.donors import BANDS as DONOR_BANDS
-from lakefill.models.donors import MAX_ROWS as DONOR_MAX_ROWS
-from lakefill.models.donors import MIN_BITS as DONOR_MIN_BITS
-from lakefill.models.donors import DonorFill, DonorIndex
 from lakefill.models.grid import grid_weight
-from lakefill.models.trees import MAX_COLUMNS as TREES_MAX_COLUMNS
-from lakefill.models.trees import TreeBlend, TreeFill, fit_trees, fit_weight, with_weight
 
-__all__ = ["Blend", "HeldOut", "BLENDS", "grid_weight", "blend_trees", "blend_donors"]
+__all__ = ["Member", "Blend", "Mixture", "HeldOut", "register", "unregister", "members", "blends", "mixtures",
+           "member_names", "grid_weight", "blend_trees", "blend_donors"]
 
 
 @dataclass(frozen=True)
 class HeldOut:
-    """What every blend is fitted and weighed on: the encoded training table, the held-out rows
-    and their hidden observed cells, the loss weights and the seed."""
+    """What every member is fitted and weighed on: the encoded training table, the held-out rows
+    and their hidden observed cells (None: too few rows to hold any out), the loss weights and
+    the seed."""
     values: np.ndarray
     observed: np.ndarray
     t_num: np.ndarray
     t_cat: np.ndarray
-    val_idx: np.ndarray
-    val_hide: np.ndarray
+    val_idx: np.ndarray | None
+    val_hide: np.ndarray | None
     num_weights: np.ndarray | None  # per numeric column, the confidence scale's weights
     loss_weights: np.ndarray  # per numeric column, the loss's weights (ones when none)
     seed: int
 
+    @property
+    def train_rows(self) -> np.ndarray:
+        """The rows that are not held out."""
+        idx = np.arange(len(self.values))
+        return idx if self.val_idx is None else np.setdiff1d(idx, self.val_idx)
 
-class Blend:
-    """One blended member. ``name``: the Ensemble attribute, config flag and manifest key."""
+
+class Member:
+    """One member of the model. ``name``: its config entry, flag, manifest key and metrics key;
+    ``help``: what its ``--no-<name>`` flag turns off."""
 
     name = ""
+    kind = ""
+    help = ""
+
+    def architecture(self, member):
+        """The manifest's architecture entry (member None: not in the model)."""
+        raise NotImplementedError
+
+    def build(self, entry, layout: dict):
+        """An empty member of the manifest's shape (None when the entry says none), to load the weights into."""
+        raise NotImplementedError
+
+    def check(self, member) -> None:
+        """Refuse loaded buffers that do not make this member (default: nothing to check)."""
+
+
+class Mixture(Member):
+    """A member of the mixture's forward pass (its weight comes from the mixture's grid)."""
+
+    kind = "mixture"
+
+    def candidate(self, layout, data: HeldOut):
+        """(module or None, report for the manifest's metrics or None): fitted on the training
+        rows. ``layout``: the first network (its ``n_inputs``, ``col_slices``, ``n_num``,
+        ``cat_sizes``). The mixture adds ``val_loss`` and ``weight`` to the report."""
+        raise NotImplementedError
+
+    def owns(self, module) -> bool:
+        """Whether a module of the ensemble's ``members`` is this member's."""
+        raise NotImplementedError
+
+
+class Blend(Member):
+    """A member blended into the mixture's fill."""
+
+    kind = "blend"
 
     def fit(self, ensemble, data: HeldOut) -> dict | None:
         """Fit on the training rows, weigh on the held-out cells, set ``ensemble.<name>`` when a
@@ -63,26 +112,62 @@ class Blend:
         """The fill with this member blended in: (num, probs, var (None stays None), extras)."""
         raise NotImplementedError
 
+
+class Gaussian(Mixture):
+    """A multivariate normal fitted by EM on the encoded training rows (``lakefill.models.gaussian``):
+    its conditional means carry a small table's linear structure. Skipped for inputs wider than
+    ``GAUSSIAN_MAX_FEATURES`` and for tables without a numeric column."""
+
+    name = "gaussian"
+    help = ("do not offer the mixture a multivariate normal fitted by EM (by default it gets the weight the "
+            "held-out cells give it, often 0 on large nonlinear tables)")
+
+    def candidate(self, layout, data: HeldOut):
+        from lakefill.models.gaussian import GAUSSIAN_MAX_FEATURES, GAUSSIAN_MAX_ROWS, GaussianMember, fit_gaussian
+
+        if not layout.n_num:
+            # one-hot blocks alone: each sums to one, so the covariance is singular by construction
+            # and EM crawls for nothing (nursery: 50 iterations, 34 s on one core, weight 0)
+            return None, {"skipped": "no numeric column", "used": False, "weight": 0.0}
+        if data.val_idx is None or data.values.shape[1] > GAUSSIAN_MAX_FEATURES:
+            return None, None
+        train_rows = data.train_rows
+        if len(train_rows) > GAUSSIAN_MAX_ROWS:  # a covariance is well estimated long before that
+            pick = np.random.default_rng(data.seed).choice(len(train_rows), GAUSSIAN_MAX_ROWS, replace=False)
+            train_rows = train_rows[np.sort(pick)]
+        member = GaussianMember(n_inputs=layout.n_inputs, col_slices=layout.col_slices, n_num=layout.n_num,
+                                cat_sizes=layout.cat_sizes)
+        iterations = fit_gaussian(member, data.values[train_rows], data.observed[train_rows])
+        return member.eval(), {"em_iterations": iterations}
+
+    def owns(self, module) -> bool:
+        from lakefill.models.gaussian import GaussianMember
+
+        return isinstance(module, GaussianMember)
+
     def architecture(self, member):
-        """The manifest's architecture entry (member None: not in the model)."""
-        raise NotImplementedError
+        return member is not None
 
-    def build(self, entry, layout: dict):
-        """An empty member of the manifest's shape (None when the entry says none), to load the weights into."""
-        raise NotImplementedError
+    def build(self, entry, layout):
+        from lakefill.models.gaussian import GaussianMember
 
-    def check(self, member) -> None:
-        """Refuse loaded buffers that do not make this member (default: nothing to check)."""
+        return GaussianMember(**layout) if entry else None
 
 
 class Trees(Blend):
     """The numeric columns' boosted trees (``lakefill.models.trees``): one weight for every
     column with trees, weighed with the trees fitted on the training rows; kept trees are then
-    fitted again on all rows."""
+    fitted again on all rows. They catch sharp rules between columns (a count that is 0 wherever
+    its twin is) that the networks smooth over."""
 
     name = "trees"
+    help = ("do not fit boosted trees (scikit-learn, 100 rounds per numeric column): by default they are blended "
+            "into the numeric fill with the weight the held-out cells give them (0 leaves them out)")
 
     def fit(self, ensemble, data: HeldOut) -> dict | None:
+        from lakefill.models.trees import MAX_COLUMNS as TREES_MAX_COLUMNS
+        from lakefill.models.trees import fit_trees, fit_weight, with_weight
+
         if not ensemble.n_num:
             return None
         if len(ensemble.col_slices) > TREES_MAX_COLUMNS:
@@ -90,7 +175,7 @@ class Trees(Blend):
                     "skipped": f"{len(ensemble.col_slices)} columns, more than {TREES_MAX_COLUMNS}"}
         from lakefill.models.mixture import predict
 
-        train_rows = np.setdiff1d(np.arange(len(data.values)), data.val_idx)
+        train_rows = data.train_rows
         fill = fit_trees(data.values, data.observed, data.t_num, col_slices=ensemble.col_slices, n_num=ensemble.n_num,
                          rows=train_rows, seed=data.seed)
         if fill is None:
@@ -104,6 +189,8 @@ class Trees(Blend):
         return {**report, "used": weight > 0}
 
     def refit(self, ensemble, data: HeldOut, report: dict) -> None:
+        from lakefill.models.trees import fit_trees, with_weight
+
         ensemble.trees = with_weight(fit_trees(data.values, data.observed, data.t_num, col_slices=ensemble.col_slices,
                                                n_num=ensemble.n_num, rows=np.arange(len(data.values)), seed=data.seed),
                                      report["weight"])
@@ -116,6 +203,8 @@ class Trees(Blend):
         return member.sizes if member is not None else None
 
     def build(self, entry, layout):
+        from lakefill.models.trees import TreeFill
+
         return TreeFill(int(entry["nodes"]), int(entry["trees"]), int(entry["columns"]), col_slices=layout["col_slices"],
                         n_num=layout["n_num"]) if entry else None
 
@@ -127,6 +216,9 @@ class Donors(Blend):
     """The training rows as donors (``lakefill.models.donors``): one weight per evidence band."""
 
     name = "donors"
+    help = ("do not keep training rows in the model: by default a row that is a copy of a training row (a "
+            "duplicate record with other holes) takes that row's cells, with the weight the held-out cells give "
+            "them, and the model file holds up to 200,000 training rows")
 
     def fit(self, ensemble, data: HeldOut) -> dict | None:
         """Build the donor index on the training rows and fit its blend weights on the held-out
@@ -134,6 +226,10 @@ class Donors(Blend):
         that band's cells (squared error / cross-entropy as in training); a band with no
         held-out cell takes the weight of the band below (its evidence is stronger). The index
         joins the model only if a weight is above 0. The confidence scale stays the networks'."""
+        from lakefill.models.donors import BANDS as DONOR_BANDS
+        from lakefill.models.donors import MAX_ROWS as DONOR_MAX_ROWS
+        from lakefill.models.donors import MIN_BITS as DONOR_MIN_BITS
+        from lakefill.models.donors import DonorIndex
         from lakefill.models.mixture import predict
 
         values, observed, val_idx, val_hide = data.values, data.observed, data.val_idx, data.val_hide
@@ -195,20 +291,62 @@ class Donors(Blend):
         return member.n_rows if member is not None else 0
 
     def build(self, entry, layout):
+        from lakefill.models.donors import DonorIndex
+
         return DonorIndex(int(entry), layout["col_slices"], layout["n_num"], layout["cat_sizes"]) if entry else None
 
 
-BLENDS: tuple[Blend, ...] = (Trees(), Donors())  # in the order they apply: the donors weigh on the trees' fill
+_REGISTRY: dict[str, Member] = {}
 
 
-def blend_trees(trees: TreeFill, blend: TreeBlend, num: np.ndarray) -> np.ndarray:
+def register(member: Member) -> Member:
+    """Add a member (an instance of a ``Mixture`` or ``Blend`` subclass); blends apply in the
+    order they were registered. Returns it."""
+    if not isinstance(member, (Mixture, Blend)):
+        raise TypeError(f"a member is a Mixture or a Blend, got {type(member).__name__}")
+    name = member.name
+    if not name.isidentifier() or name in ("members", "weights", "sizes", "networks"):
+        raise ValueError(f"member name {name!r} must be an identifier and not one of the model's own attributes")
+    if name in _REGISTRY:
+        raise ValueError(f"a member named {name!r} is already registered")
+    _REGISTRY[name] = member
+    return member
+
+
+def unregister(name: str) -> None:
+    """Remove a member (a test's, or a plugin's that is switched off)."""
+    _REGISTRY.pop(name, None)
+
+
+def members() -> list[Member]:
+    """Every registered member, in the registry's order."""
+    return list(_REGISTRY.values())
+
+
+def member_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def mixtures() -> list[Mixture]:
+    return [m for m in _REGISTRY.values() if m.kind == "mixture"]
+
+
+def blends() -> list[Blend]:
+    """The blends in the order they apply (the donors weigh on the trees' fill)."""
+    return [m for m in _REGISTRY.values() if m.kind == "blend"]
+
+
+for _member in (Gaussian(), Trees(), Donors()):
+    register(_member)
+
+
+def blend_trees(trees, blend, num: np.ndarray) -> np.ndarray:
     """The networks' numeric fill blended with the boosted trees' where a column has them."""
     w = trees.row_weights(blend)
     return ((1 - w) * num + w * blend.num).astype(np.float32)
 
 
-
-def blend_donors(donors: DonorIndex, fill: DonorFill, num: np.ndarray, cat_probs: list[np.ndarray]):
+def blend_donors(donors, fill, num: np.ndarray, cat_probs: list[np.ndarray]):
     """The networks' fill blended with the donors' where a row has donors: (num, cat_probs)."""
     w = donors.row_weights(fill)
     num = np.where(fill.num_has, (1 - w) * num + w * fill.num, num).astype(np.float32)

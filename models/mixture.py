@@ -11,11 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lakefill.models.donors import DonorIndex
 from lakefill.models.gaussian import GaussianMember
 from lakefill.models import members as registry
 from lakefill.models.network import MaskedAutoencoder
-from lakefill.models.trees import TreeFill
 
 __all__ = ["Ensemble", "mix", "Prediction", "predict", "direct_fill_inputs"]
 
@@ -27,16 +25,16 @@ class Ensemble(nn.Module):
     disagreement lowers confidence), category
     probabilities = the weighted mean (returned as log-probabilities: softmax gives them back),
     bottleneck code = the members' codes side by side. One member is that member, unchanged.
-    The blends of ``lakefill.models.members.BLENDS`` (``trees``: a fitted ``TreeFill``, ``donors``:
-    a ``DonorIndex``; None: not in the model) are attributes of their names, not part of the
-    forward pass: ``predict`` blends them into the mixture's fill in the registry's order."""
+    The registered blends (``lakefill.models.members.blends()``: ``trees``, a fitted ``TreeFill``,
+    ``donors``, a ``DonorIndex``, ...; None: not in the model) are attributes of their names, not
+    part of the forward pass: ``predict`` blends them into the mixture's fill in the registry's order."""
 
-    def __init__(self, members: list[MaskedAutoencoder | GaussianMember], weights: list[float] | None = None,
-                 **blends: TreeFill | DonorIndex | None):
+    def __init__(self, members: list[nn.Module], weights: list[float] | None = None, **blends: nn.Module | None):
         super().__init__()
-        unknown = sorted(set(blends) - {b.name for b in registry.BLENDS})
+        names = [b.name for b in registry.blends()]
+        unknown = sorted(set(blends) - set(names))
         if unknown:
-            raise ValueError(f"unknown blend(s) {unknown}; the model's blends are {[b.name for b in registry.BLENDS]}")
+            raise ValueError(f"unknown blend(s) {unknown}; the model's blends are {names}")
         if not any(isinstance(m, MaskedAutoencoder) for m in members):
             raise ValueError("an Ensemble needs at least one network")
         first = members[0]
@@ -50,8 +48,12 @@ class Ensemble(nn.Module):
         self.n_inputs, self.n_num, self.cat_sizes, self.col_slices = first.n_inputs, first.n_num, first.cat_sizes, first.col_slices
         self.register_buffer("weights", w)  # saved with the weights file
         self.register_buffer("feature_col", first.feature_col.clone(), persistent=False)
-        for blend in registry.BLENDS:
-            setattr(self, blend.name, blends.get(blend.name))
+        for name in names:
+            setattr(self, name, blends.get(name))
+
+    def blends(self) -> dict:
+        """The registered blends' members of this model (None: not in it), in the order they apply."""
+        return {b.name: getattr(self, b.name, None) for b in registry.blends()}
 
     @property
     def sizes(self) -> list[tuple[int, int, int]]:
@@ -127,7 +129,7 @@ def predict(model: MaskedAutoencoder | Ensemble, values: np.ndarray, given: np.n
     code = torch.cat([o[3] for o in outs]).numpy()
     err = np.zeros((len(values), len(model.col_slices)), dtype=np.float64)
     extras: dict = {}
-    for blend in registry.BLENDS:  # the trees, then the donors (lakefill.models.members)
+    for blend in registry.blends():  # the trees, then the donors (lakefill.models.members)
         member = getattr(model, blend.name, None)
         if member is not None and len(values):
             mu, probs, var, more = blend.apply(member, values, given, mu, probs, var, num_weights)

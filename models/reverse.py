@@ -164,7 +164,7 @@ def reverse_impute(model: MaskedAutoencoder | Ensemble, values: np.ndarray, obse
         model = adapted
     with torch.enable_grad():  # callers often run inference under no_grad
         result = _run(model, values, observed, t_num, t_cat, init, cfg, gen, reference)
-    for blend in registry.BLENDS:  # the trees and a row's copies weigh on the refined fill as on the direct one
+    for blend in registry.blends():  # the trees and a row's copies weigh on the refined fill as on the direct one
         member = getattr(model, blend.name, None)
         if member is not None and len(values):
             result.num, result.cat_probs, _, _ = blend.apply(member, values, observed, result.num, result.cat_probs,

@@ -26,7 +26,7 @@ class FittedModel:
         r = self.result
         return {"epochs_run": r.epochs_run, "best_epoch": r.best_epoch, "val_loss": r.val_loss,
                 "train_seconds": round(self.seconds, 3), "rows": int(self.rows), "networks": r.members,
-                "gaussian": r.gaussian, "donors": r.donors, "trees": r.trees}
+                **r.reports}
 
 
 def fit_model(table: pa.Table, schema: TableSchema, *, config: AEConfig = AEConfig(), progress: bool = False) -> FittedModel:

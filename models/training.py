@@ -16,7 +16,6 @@ import torch
 from torch.nn import functional as F
 
 from lakefill.models._config import AEConfig
-from lakefill.models.gaussian import GAUSSIAN_MAX_FEATURES, GAUSSIAN_MAX_ROWS, GaussianMember, fit_gaussian
 from lakefill.models.mixture import Ensemble, mix, predict
 from lakefill.models import members as registry
 from lakefill.models.members import HeldOut
@@ -35,9 +34,8 @@ class TrainResult:
     val_idx: np.ndarray | None = None  # the held-out rows (None: too few rows to hold any out)
     val_hide: np.ndarray | None = None  # their observed cells hidden for the held-out loss
     members: list[dict] = field(default_factory=list)  # an ensemble's networks: size, held-out loss, epochs
-    gaussian: dict | None = None  # the Gaussian candidate: weight, held-out loss, EM iterations (None: not fitted)
-    donors: dict | None = None  # the donor index: rows, weight, held-out cells it had, loss without / with it
-    trees: dict | None = None  # the boosted trees: weight, held-out cells, loss without / with them (None: not fitted)
+    # per registered member (lakefill.models.members), its report: weight, held-out loss ... (None: not fitted)
+    reports: dict[str, dict | None] = field(default_factory=dict)
 
 
 def _loss_weights(cfg: AEConfig, num_weights: np.ndarray | None, n_num: int) -> torch.Tensor | None:
@@ -304,8 +302,8 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
                    col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int], config: AEConfig,
                    num_weights: np.ndarray | None = None, progress: bool = False) -> TrainResult:
     """Train one network per size of ``config`` (``config.member_configs()``: same seed, same
-    held-out rows and hidden cells, each exactly as it would train alone) and, with
-    ``config.gaussian``, fit a ``GaussianMember`` on the same training rows; then fit the mixture
+    held-out rows and hidden cells, each exactly as it would train alone) and the registered
+    mixture members (``lakefill.models.members``: the Gaussian) on the same training rows; then fit the mixture
     weights that minimise the loss on the held-out hidden cells (a grid of step 1/20 over the
     weight simplex; the networks together always keep a share). A member whose weight is 0 is
     left out of the model. Returns the Ensemble with its own held-out loss and confidence scale."""
@@ -324,24 +322,23 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
     if bar is not None:
         bar.close()
     first = results[0]
-    candidates = [r.model for r in results]
-    gaussian = None
+    loss_weights = _loss_weights(config, num_weights, n_num)
+    data = HeldOut(values, observed, t_num, t_cat, first.val_idx, first.val_hide, num_weights,
+                   np.ones(n_num) if loss_weights is None else loss_weights.numpy().astype(np.float64),
+                   config.random_state)
+    reports: dict[str, dict | None] = {m.name: None for m in registry.members()}
     skipped = {"skipped": "time budget spent", "used": False, "weight": 0.0}
-    if config.gaussian and budget.left() <= 0:
-        gaussian = dict(skipped)
-    elif config.gaussian and not n_num:
-        # one-hot blocks alone: each sums to one, so the covariance is singular by construction
-        # and EM crawls for nothing (nursery: 50 iterations, 34 s on one core, weight 0)
-        gaussian = {"skipped": "no numeric column", "used": False, "weight": 0.0}
-    elif config.gaussian and first.val_idx is not None and values.shape[1] <= GAUSSIAN_MAX_FEATURES:
-        train_rows = np.setdiff1d(np.arange(len(values)), first.val_idx)
-        if len(train_rows) > GAUSSIAN_MAX_ROWS:  # a covariance is well estimated long before that
-            pick = np.random.default_rng(config.random_state).choice(len(train_rows), GAUSSIAN_MAX_ROWS, replace=False)
-            train_rows = train_rows[np.sort(pick)]
-        member = GaussianMember(n_inputs=values.shape[1], col_slices=col_slices, n_num=n_num, cat_sizes=cat_sizes)
-        iterations = fit_gaussian(member, values[train_rows], observed[train_rows])
-        candidates.append(member.eval())
-        gaussian = {"em_iterations": iterations}
+    candidates, owners = [r.model for r in results], [None] * len(results)
+    for member in registry.mixtures():  # the mixture's candidates beside the networks, in the registry's order
+        if not config.uses(member.name):
+            continue
+        if budget.left() <= 0:
+            reports[member.name] = dict(skipped)
+            continue
+        module, reports[member.name] = member.candidate(first.model, data)
+        if module is not None:
+            candidates.append(module)
+            owners.append(member.name)
     weights = [1.0] + [0.0] * (len(candidates) - 1)
     val_loss, ref = first.val_loss, first.error_reference
     if len(candidates) > 1 and first.val_idx is not None:  # too few rows to hold out: the first network alone
@@ -351,19 +348,19 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
         TN = torch.from_numpy(np.ascontiguousarray(t_num[vi], dtype=np.float32))
         TC = torch.from_numpy(np.ascontiguousarray(t_cat[vi], dtype=np.int64))
         H = torch.from_numpy(vh).float()
-        num_w = _loss_weights(config, num_weights, n_num)
         with torch.no_grad():
             outs = [m.eval()(m.blank(X, G), G) for m in candidates]
-            if isinstance(candidates[-1], GaussianMember):
-                loss, _ = cell_losses(first.model, outs[-1][0], outs[-1][1], outs[-1][2], TN, TC, H, num_w)
-                gaussian["val_loss"] = float(loss.sum() / H.sum().clamp(min=1))
+            for k, owner in enumerate(owners):
+                if owner is not None:
+                    loss, _ = cell_losses(first.model, outs[k][0], outs[k][1], outs[k][2], TN, TC, H, loss_weights)
+                    reports[owner]["val_loss"] = float(loss.sum() / H.sum().clamp(min=1))
             best = math.inf
             for w in _simplex(len(candidates), 20):
                 if not any(w[: len(results)]):  # the networks always keep a share
                     continue
                 mu, logvar, log_p = mix(first.model, [o[0] for o in outs], [o[1] for o in outs], [o[2] for o in outs],
                                         torch.tensor(w))
-                loss, _ = cell_losses(first.model, mu, logvar, log_p, TN, TC, H, num_w)
+                loss, _ = cell_losses(first.model, mu, logvar, log_p, TN, TC, H, loss_weights)
                 total = float(loss.sum() / H.sum().clamp(min=1))
                 if total < best - 1e-9:
                     best, weights = total, list(w)
@@ -378,23 +375,18 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
     members = [{"hidden": r.model.size[0], "depth": r.model.size[1], "code": r.model.size[2], "weight": w,
                 "val_loss": r.val_loss, "epochs_run": r.epochs_run, "best_epoch": r.best_epoch}
                for r, w in zip(results, weights)]
-    if isinstance(candidates[-1], GaussianMember):
-        gaussian["weight"] = weights[-1]
-    loss_weights = _loss_weights(config, num_weights, n_num)
-    blends: dict[str, dict | None] = {}
+    for owner, w in zip(owners, weights):
+        if owner is not None:
+            reports[owner]["weight"] = w
     if first.val_idx is not None:
-        data = HeldOut(values, observed, t_num, t_cat, first.val_idx, first.val_hide, num_weights,
-                       np.ones(n_num) if loss_weights is None else loss_weights.numpy().astype(np.float64),
-                       config.random_state)
-        for blend in registry.BLENDS:  # each weighed on the mixture with the blends before it (the donors on the trees)
-            if getattr(config, blend.name):
-                blends[blend.name] = dict(skipped) if budget.left() <= 0 else blend.fit(ensemble, data)
-        for blend in registry.BLENDS:  # kept blends: a last step now that nothing else is weighed (the trees: all rows)
+        for blend in registry.blends():  # each weighed on the mixture with the blends before it (the donors on the trees)
+            if config.uses(blend.name):
+                reports[blend.name] = dict(skipped) if budget.left() <= 0 else blend.fit(ensemble, data)
+        for blend in registry.blends():  # kept blends: a last step now that nothing else is weighed (the trees: all rows)
             if getattr(ensemble, blend.name) is not None:
-                blend.refit(ensemble, data, blends[blend.name])
+                blend.refit(ensemble, data, reports[blend.name])
     return TrainResult(ensemble, max(r.epochs_run for r in results), first.best_epoch, val_loss,
-                       first.history, ref, first.val_idx, first.val_hide, members, gaussian, blends.get("donors"),
-                       blends.get("trees"))
+                       first.history, ref, first.val_idx, first.val_hide, members, reports)
 
 
 def _simplex(k: int, steps: int):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from lakefill.models._config import AEConfig
+from lakefill.models.members import member_names, members
 from lakefill.errors import LakefillError
 from lakefill.transforms.storage import Location
 
@@ -128,9 +129,9 @@ def _train(args) -> int:
     # a size given on the command line is the one network trained; else the default ensemble
     # --epochs given: honoured as given (no floor of optimiser steps raises it)
     epochs = {} if args.epochs is None else {"epochs": args.epochs, "min_steps": 0}
-    cfg = AEConfig(**epochs, random_state=args.seed, gaussian=not args.no_gaussian, time_budget=args.time_budget,
-                   donors=not args.no_donors, trees=not args.no_trees, squash=args.squash, **sizes,
-                   **({"extra_sizes": ()} if sizes else {}))
+    without = tuple(name for name in member_names() if getattr(args, f"no_{name}", False))
+    cfg = AEConfig(**epochs, random_state=args.seed, time_budget=args.time_budget, without=without,
+                   squash=args.squash, **sizes, **({"extra_sizes": ()} if sizes else {}))
     out = train_to_dir(source, schema, model, config=cfg, progress=not args.quiet, csv_options=_csv(args))
     manifest = json.loads((Location(str(out), options) / "manifest.json").read_text())
     print(f"wrote model to {out} (weights sha256 {manifest['weights_sha256'][:12]}..., metrics {manifest['metrics']})")
@@ -539,16 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(width x depth x code)")
     p.add_argument("--depth", type=int, help=f"hidden layers on each side (default {AEConfig.depth})")
     p.add_argument("--code", type=int, help=f"bottleneck width (default {AEConfig.code})")
-    p.add_argument("--no-gaussian", action="store_true",
-                   help="do not offer the mixture a multivariate normal fitted by EM (by default it gets the weight "
-                        "the held-out cells give it, often 0 on large nonlinear tables)")
-    p.add_argument("--no-donors", action="store_true",
-                   help="do not keep training rows in the model: by default a row that is a copy of a training row "
-                        "(a duplicate record with other holes) takes that row's cells, with the weight the held-out "
-                        "cells give them, and the model file holds up to 200,000 training rows")
-    p.add_argument("--no-trees", action="store_true",
-                   help="do not fit boosted trees (scikit-learn, 100 rounds per numeric column): by default they are "
-                        "blended into the numeric fill with the weight the held-out cells give them (0 leaves them out)")
+    for member in members():  # one flag per registered member (lakefill.models.members)
+        p.add_argument(f"--no-{member.name}", action="store_true", help=member.help)
     p.add_argument("--squash", type=float, default=AEConfig.squash, metavar="C",
                    help="opt-in for tables with heavy-tailed numeric columns: the networks read a robust z beyond "
                         "+-C as C + log(1 + |z| - C) (3 is the value measured in the README; default 0, off)")

@@ -371,7 +371,7 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
         fit = None  # lakefill and lakefill-reverse share one fit per seed (training is deterministic)
         for m in methods:
             if m.startswith("lakefill"):
-                cfg = AEConfig(random_state=seed, **(ae_config or {}))
+                cfg = AEConfig.from_dict({**(ae_config or {}), "random_state": seed})
                 Xhat, Chat, fit_s, imp_s, conf, expected, extra, fitted = run_lakefill(
                     problem, mask, seed, reverse=m in ("lakefill-reverse", "lakefill-adapt"), config=cfg,
                     adapt=m == "lakefill-adapt",

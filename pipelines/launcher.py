@@ -268,13 +268,10 @@ def adapt_to_run(config: JobConfig, schema: TableSchema, policy: NullPolicy, art
     if not report["used"]:
         log(f"adapt: the model is kept ({report.get('reason')})")
         return artifact, report
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "model" if not target.is_local else target.local_path
-        save_artifact(folder, model=artifact.model, codec=artifact.codec, schema=artifact.schema, policy=artifact.policy,
-                      config=artifact.config, metrics=artifact.metrics, error_reference=artifact.error_reference,
-                      adapted=adapted, adaptation=report, profile=artifact.profile,
-                      training_confidence=artifact.training_confidence)
-        save_model_to(folder, target)
+    save_model_to(target, model=artifact.model, codec=artifact.codec, schema=artifact.schema, policy=artifact.policy,
+                  config=artifact.config, metrics=artifact.metrics, error_reference=artifact.error_reference,
+                  adapted=adapted, adaptation=report, profile=artifact.profile,
+                  training_confidence=artifact.training_confidence)
     log(f"adapt: networks fine-tuned on {report['rows_fitted']} rows (check loss {report['check_loss_before']:.4g} -> "
         f"{report['check_loss_after']:.4g}); the run refines with {target}")
     report["model"] = str(target)
@@ -292,14 +289,8 @@ def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Pa
                  sample_rows: int = 200_000, config: AEConfig = AEConfig(), progress: bool = False,
                  csv_options=None) -> "Path | Location":
     """Train a model on ``input_path`` and write it to ``out_dir`` (a folder, local or on an
-    object store: written locally first, then copied)."""
+    object store: written there directly)."""
     out = as_location(out_dir)
-    if not out.is_local:
-        with tempfile.TemporaryDirectory() as tmp:
-            train_to_dir(input_path, schema, Path(tmp), sample_rows=sample_rows, config=config, progress=progress,
-                         csv_options=csv_options)
-            save_model_to(Path(tmp), out)
-        return out
     raw, typed, good, quarantined = training_rows(input_path, schema, sample_rows=sample_rows, csv_options=csv_options)
 
     def why() -> str:
@@ -316,7 +307,8 @@ def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Pa
         if "no observed values" not in str(err):
             raise
         raise InputError(f"{err} ({good.num_rows} rows passed validation; {why()})") from err
-    return save_trained(out.local_path, fitted, schema, typed.policy.to_dict(), config, good)
+    save_trained(out, fitted, schema, typed.policy.to_dict(), config, good)
+    return out.local_path if out.is_local else out
 
 
 def training_rows(source, schema: TableSchema, *, sample_rows: int, csv_options=None, options: dict | None = None,
@@ -329,14 +321,14 @@ def training_rows(source, schema: TableSchema, *, sample_rows: int, csv_options=
     return raw, typed, good, typed.quarantined + bad
 
 
-def save_trained(folder: Path, fitted, schema: TableSchema, policy: dict | None, config: AEConfig,
-                 rows: pa.Table, limit: int = 20_000) -> Path:
-    """A fitted model written to a local ``folder`` with what runs compare themselves with: the
+def save_trained(folder: "Path | Location", fitted, schema: TableSchema, policy: dict | None, config: AEConfig,
+                 rows: pa.Table, limit: int = 20_000):
+    """A fitted model written to ``folder`` (local or a ``Location``) with what runs compare themselves with: the
     profile of the ``rows`` it was trained on and its confidence on (the first ``limit`` of) them,
     filling their own missing cells (``lakefill._drift``)."""
     artifact = ModelArtifact(fitted.model, fitted.codec, schema, None, config, {}, "", float(fitted.result.error_reference))
     filled = Imputer(artifact, device="cpu").impute(rows.slice(0, limit))
-    return save_artifact(folder, model=fitted.model, codec=fitted.codec, schema=schema, policy=policy, config=config,
+    return save_artifact(as_location(folder), model=fitted.model, codec=fitted.codec, schema=schema, policy=policy, config=config,
                          metrics=fitted.metrics, error_reference=fitted.result.error_reference,
                          profile=profile_table(rows, schema),
                          training_confidence=confidence_profile(filled.column(CONFIDENCE).to_numpy(zero_copy_only=False)))

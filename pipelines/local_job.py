@@ -14,7 +14,7 @@ from typing import Sequence
 from lakefill.pipelines.config import JobConfig
 from lakefill.pipelines.launcher import (Prepared, RunOutcome, config_summary, end_of_run, plan_for, prepare,
                                          train_to_dir)
-from lakefill.transforms.impute import Imputer
+from lakefill.transforms import modelcache
 from lakefill.transforms.io import iter_raw
 from lakefill.transforms.plan import Runtime, Step, run_steps
 from lakefill.transforms.stage import QuarantineExceeded, RowsLost, RunTotals, finalize, write_outputs
@@ -29,9 +29,10 @@ def run_local(config: JobConfig, *, extra_steps: Sequence[Step] = (), log=print)
     cfg, run_id = prep.config, prep.run_id
     out = cfg.out
     plan = plan_for(prep, extra_steps)
-    imputer = Imputer(prep.artifact, device=cfg.device) if prep.artifact is not None else None
-    rt = Runtime(lambda: imputer)
-    totals = RunTotals().add({"model_loads": int(imputer is not None)})  # prepare loaded it, once
+    modelcache.take_loads()  # loads before this run are not its own
+    model = modelcache.local(prep.artifact, cfg.device) if prep.artifact is not None else None
+    rt = Runtime(lambda: model)
+    totals = RunTotals().add({"model_loads": modelcache.take_loads()})
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     for chunk in iter_raw(cfg.reads, options=cfg.storage_options, batch_rows=cfg.batch_size, csv_options=cfg.csv_options):

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -127,7 +125,7 @@ def retrain(prep, run_id: str, *, reason: str, log=print) -> dict:
     from lakefill.models.autoencoder import AEConfig
     from lakefill.models.train import fit_model
     from lakefill.pipelines.launcher import save_trained, training_rows
-    from lakefill.transforms.impute import load_model_at, save_model_to
+    from lakefill.transforms.impute import load_model_at
 
     cfg = prep.config
     current = cfg.location(cfg.model)
@@ -140,24 +138,17 @@ def retrain(prep, run_id: str, *, reason: str, log=print) -> dict:
     log(f"retraining ({reason}): {train.num_rows} rows of run {run_id}, {check.num_rows} kept aside; writing {target}")
     config = AEConfig(time_budget=cfg.train_time_budget)
     fitted = fit_model(train, prep.schema, config=config)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "model"
-        save_trained(folder, fitted, prep.schema, typed.policy.to_dict(), config, train)
-        new = load_model_at(folder, schema=prep.schema)
-        score_new = check_score(new, check)
-        score_old = check_score(prep.artifact, check)
-        ok = bool(np.isfinite(score_new) and (not np.isfinite(score_old) or score_new <= score_old))
-        info = {"reason": reason, "trained": True, "version": str(target), "run_id": run_id,
-                "trained_rows": train.num_rows, "check_rows": check.num_rows, "check_score": round(score_new, 6),
-                "check_score_of_current": round(score_old, 6), "current": str(current), "accepted": ok,
-                "model_sha256": new.sha256}
-        (folder / CHECK).write_text(json.dumps(info, indent=2))
-        if target.is_local:
-            import shutil
-
-            shutil.copytree(folder, target.local_path)
-        else:
-            save_model_to(folder, target)
+    # written in place: a version is used only once its check.json, written last, accepts it
+    save_trained(target, fitted, prep.schema, typed.policy.to_dict(), config, train)
+    new = load_model_at(target, schema=prep.schema)
+    score_new = check_score(new, check)
+    score_old = check_score(prep.artifact, check)
+    ok = bool(np.isfinite(score_new) and (not np.isfinite(score_old) or score_new <= score_old))
+    info = {"reason": reason, "trained": True, "version": str(target), "run_id": run_id,
+            "trained_rows": train.num_rows, "check_rows": check.num_rows, "check_score": round(score_new, 6),
+            "check_score_of_current": round(score_old, 6), "current": str(current), "accepted": ok,
+            "model_sha256": new.sha256}
+    (target / CHECK).write_text(json.dumps(info, indent=2))
     log(f"  {'accepted' if ok else 'not accepted'}: check score {score_new:.4g} (current {score_old:.4g})")
     return info
 

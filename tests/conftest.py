@@ -114,7 +114,7 @@ def tiny_config():
     from lakefill.models._config import AEConfig
 
     return AEConfig(hidden=16, depth=1, code=8, epochs=5, min_steps=0, patience=5, extra_sizes=(), random_state=0,
-                    trees=False, donors=False, gaussian=False)
+                    without=("trees", "donors", "gaussian"))
 
 
 def infer_schema_to(path: Path, folder: Path, name: str):

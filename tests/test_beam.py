@@ -217,19 +217,23 @@ def test_spark_reads_the_beam_table_back_with_the_same_rows(beam_run, spark):
 
 def test_the_model_is_loaded_once_per_process_for_every_step_that_uses_it(demo_model, tmp_path):
     """RunInference, the refine step and the failure isolation share one load per process
-    (counted as ``model_loads``); another model (another folder) is loaded on its own."""
+    (counted as ``model_loads``); the cache is keyed by the artifact's hash: the same artifact in
+    another folder is the same model, a retrained one (another manifest) is loaded on its own."""
     import shutil
 
-    from lakefill.transforms import beam as lb
+    from lakefill.transforms import modelcache
 
     schema = SCHEMA.model_dump(by_alias=True)
-    before = lb._LOADS[0]
+    modelcache.clear()
     first = LakefillModelHandler(str(demo_model), schema, device="cpu").load_model()
     again = LakefillModelHandler(str(demo_model), schema, device="cpu", max_batches=1).load_model()
-    assert first is again
+    assert first is again and modelcache.take_loads() == 1
     shutil.copytree(demo_model, tmp_path / "copy")
+    assert LakefillModelHandler(str(tmp_path / "copy"), schema, device="cpu").load_model() is first
+    manifest = json.loads((tmp_path / "copy" / "manifest.json").read_text())
+    (tmp_path / "copy" / "manifest.json").write_text(json.dumps(manifest))  # the same model written anew
     other = LakefillModelHandler(str(tmp_path / "copy"), schema, device="cpu").load_model()
-    assert other is not first and lb._LOADS[0] >= before + 1
+    assert other is not first and modelcache.take_loads() == 1
 
 
 def test_a_shared_model_is_loaded_once_for_all_processes_and_gives_the_same_table(beam_run, demo_model, tmp_path):
@@ -251,12 +255,12 @@ def test_a_shared_model_is_loaded_once_for_all_processes_and_gives_the_same_tabl
 
 
 def test_a_shared_model_is_reached_through_beams_proxy_and_answers_as_the_model_does(demo_model):
-    from lakefill.transforms import beam as lb
+    from lakefill.transforms import modelcache
 
     schema = SCHEMA.model_dump(by_alias=True)
     local = LakefillModelHandler(str(demo_model), schema, device="cpu").load_model()
     shared = LakefillModelHandler(str(demo_model), schema, device="cpu", share=True).load_model()
-    assert not isinstance(shared, Imputer) and shared is not local  # a proxy to the machine's one copy
+    assert not isinstance(shared, modelcache.LoadedModel) and shared is not local  # a proxy to the machine's one copy
     assert shared is LakefillModelHandler(str(demo_model), schema, device="cpu", share=True).load_model()
     assert shared.take_load() == 0  # counted once, when it was loaded
     policy = NullPolicy(schema=SCHEMA).fit(read_raw(EXAMPLES / "customers.csv").table)
@@ -264,5 +268,4 @@ def test_a_shared_model_is_reached_through_beams_proxy_and_answers_as_the_model_
     a, b = local.impute(typed), shared.impute(typed)
     assert a.equals(b)
     low = a.filter(pc.greater(pc.list_value_length(a.column(IMPUTED)), 0))
-    assert local.refine_step(low).equals(shared.refine_step(low))
-    assert lb._MODELS  # both kept for the process's life
+    assert local.refine(low).equals(shared.refine(low))

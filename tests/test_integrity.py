@@ -26,7 +26,7 @@ SCHEMA = TableSchema.model_validate({"name": "t", "columns": [
     {"name": "c", "type": "categorical", "impute": True, "categories": ["a", "b"]},
 ]})
 TINY = AEConfig(hidden=16, depth=1, code=8, epochs=3, min_steps=0, patience=5, extra_sizes=(), random_state=0,
-                trees=False, donors=False, gaussian=False)
+                without=("trees", "donors", "gaussian"))
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +118,10 @@ def test_the_weights_file_must_be_inside_the_model_folder(model_dir, tmp_path, w
 
 # -- Spark workers' copy of the model ---------------------------------------------------------
 
-def test_a_spark_worker_writes_the_model_into_a_private_folder_and_checks_it(model_dir, tmp_path, monkeypatch):
+def test_a_spark_worker_loads_the_broadcast_model_from_its_bytes_and_checks_them(model_dir, tmp_path, monkeypatch):
     import tempfile
 
+    from lakefill.transforms import modelcache
     from lakefill.transforms import spark as lf
 
     class _Broadcast:
@@ -129,21 +130,20 @@ def test_a_spark_worker_writes_the_model_into_a_private_folder_and_checks_it(mod
 
     files = {p.name: p.read_bytes() for p in sorted(model_dir.iterdir())}
     ref = lf.ModelRef(_Broadcast(files), lf._files_digest(files), SCHEMA.model_dump(by_alias=True), "cpu")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    planted = tmp_path / f"lakefill-model-{ref.sha256[:16]}"  # where the old code looked: refused now
-    planted.mkdir()
-    (planted / "manifest.json").write_text("{}")
-    folder = lf._model_folder(ref)
-    assert folder != planted and stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
     bad = lf.ModelRef(_Broadcast({**files, "manifest.json": b"{}"}), ref.sha256, ref.schema, "cpu")
     with pytest.raises(RuntimeError, match="sha256"):
-        lf._model_folder(bad)
-    lf._IMPUTERS.clear()
-    before = set(tmp_path.glob("lakefill-model-*-*"))
-    imputer = lf._imputer(ref)
-    assert imputer.artifact.schema == SCHEMA
-    assert set(tmp_path.glob("lakefill-model-*-*")) == before  # loaded, then its private copy removed
+        lf._imputer(bad)
+    # the bytes match the driver's hash but not the artifact's own: refused by the artifact check
+    tampered = {**files, "weights.safetensors": files["weights.safetensors"][:-1] + b"\0"}
+    with pytest.raises(ModelError, match="sha256"):
+        lf._imputer(lf.ModelRef(_Broadcast(tampered), lf._files_digest(tampered), ref.schema, "cpu"))
+    modelcache.clear()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    model = lf._imputer(ref)
+    assert model.artifact.schema == SCHEMA and model is lf._imputer(ref)
+    assert modelcache.take_loads() == 1
+    assert not any((tmp_path / "tmp").iterdir())  # nothing written to disk
 
 
 # -- concurrent first commits -----------------------------------------------------------------

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -114,7 +115,7 @@ def test_training_is_deterministic():
     _, masked, _ = make_table(n=200)
     a = fit_model(masked, SCHEMA, config=SMALL).model.state_dict()
     b = fit_model(masked, SCHEMA, config=SMALL).model.state_dict()
-    c = fit_model(masked, SCHEMA, config=AEConfig(**{**SMALL.__dict__, "random_state": 1})).model.state_dict()
+    c = fit_model(masked, SCHEMA, config=replace(SMALL, random_state=1)).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
@@ -156,7 +157,7 @@ def trained_network():
     direct fill near-exact (squared error 0.006 against 0.055), which leaves reverse training
     nothing to show on the truth; its rule is checked with the Gaussian in the mixture test."""
     full, masked, hide = make_table()
-    return full, masked, hide, fit_model(masked, SCHEMA, config=AEConfig(**{**SMALL.__dict__, "gaussian": False}))
+    return full, masked, hide, fit_model(masked, SCHEMA, config=replace(SMALL, without=("gaussian",)))
 
 
 def test_reverse_training_does_not_worsen_rows_and_runs_under_no_grad(trained_network):
@@ -270,7 +271,7 @@ def test_early_stopping_waits_until_the_rate_anneals():
 
 def test_the_model_mixes_its_sizes_with_weights_fitted_on_held_out_cells(tmp_path):
     _, masked, hide = make_table(n=300)
-    base = dict(epochs=15, min_steps=0, patience=5, random_state=0, gaussian=False)  # networks only here
+    base = dict(epochs=15, min_steps=0, patience=5, random_state=0, without=("gaussian",))  # networks only here
     cfg = AEConfig(hidden=32, depth=2, code=8, extra_sizes=((8, 1, 2), [32, 2, 8]), **base)  # a repeat trains once
     fitted = fit_model(masked, SCHEMA, config=cfg)
     nets = fitted.metrics["networks"]
@@ -372,7 +373,7 @@ def test_the_mixture_offers_a_gaussian_member_and_weighs_it_on_held_out_cells(tr
                          enc.targets_cat[rows], init[rows], config=ReverseConfig(steps=20))
     assert np.all(res.holdout_error_after <= res.holdout_error_before + 1e-9)
     # switched off: no candidate, no member
-    off = fit_model(masked, SCHEMA, config=AEConfig(**{**SMALL.__dict__, "gaussian": False}))
+    off = fit_model(masked, SCHEMA, config=replace(SMALL, without=("gaussian",)))
     assert off.metrics["gaussian"] is None and not off.model.has_gaussian
     with pytest.raises(ValueError, match="at least one network"):
         Ensemble([GaussianMember(n_inputs=3, col_slices=[(0, 1), (1, 3)], n_num=1, cat_sizes=[1])])
@@ -525,7 +526,7 @@ def test_the_model_takes_a_copys_cells_where_the_held_out_cells_say_so(tmp_path)
                          enc.targets_cat[rows], init[rows], config=ReverseConfig(steps=10))
     assert ((res.num - truth[rows]) ** 2)[holes[rows]].mean() < 0.1 * err_without
     # switched off: no index; a table without copies never keeps one
-    off = fit_model(table, DUP_SCHEMA, config=AEConfig(**{**SMALL.__dict__, "donors": False}))
+    off = fit_model(table, DUP_SCHEMA, config=replace(SMALL, without=("donors",)))
     assert off.metrics["donors"] is None and off.model.donors is None
 
 
@@ -562,7 +563,7 @@ def test_the_input_squash_compresses_only_a_numeric_inputs_tail():
 def test_the_artifact_keeps_the_input_squash_and_reads_older_models_without_it(trained, tmp_path):
     full, masked, _, plain = trained
     assert AEConfig().squash == 0 and all(m.squash == 0 for m in plain.model.members if isinstance(m, MaskedAutoencoder))
-    cfg = AEConfig(**{**SMALL.__dict__, "squash": 3.0})
+    cfg = replace(SMALL, squash=3.0)
     fitted = fit_model(masked, SCHEMA, config=cfg)
     assert all(m.squash == 3.0 for m in fitted.model.members if isinstance(m, MaskedAutoencoder))
     d = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
@@ -579,13 +580,12 @@ def test_the_artifact_keeps_the_input_squash_and_reads_older_models_without_it(t
     enc.values[:5, 0] = 40.0  # outliers, where the squash matters
     a, b = predict(fitted.model, enc.values, enc.observed), predict(loaded, enc.values, enc.observed)
     assert np.allclose(a.num, b.num, atol=1e-6)
-    # a /4 model (before the squash) has no such key: its networks read their inputs as they are
+    # a model from a development build before 0.1.0 (/4, before the squash): refused, with the way out
     manifest["format"] = "lakefill-model/4"
     del manifest["architecture"]["squash"], manifest["config"]["squash"], manifest["artifact_sha256"]
     (d / "manifest.json").write_text(json.dumps(manifest))
-    old = load_artifact(d)
-    assert [m.squash for m in old.model.members if isinstance(m, MaskedAutoencoder)] == [0.0] and old.config.squash == 0
-    assert not np.allclose(predict(old.model, enc.values, enc.observed).num, a.num, atol=1e-3)
+    with pytest.raises(ModelError, match=r"'lakefill-model/4' is not one this version reads.*retrain"):
+        load_artifact(d)
 
 
 TWIN_SCHEMA = TableSchema.model_validate({"name": "w", "columns": [
@@ -725,10 +725,12 @@ def test_the_model_blends_boosted_trees_where_the_held_out_cells_say_so(tmp_path
     with pytest.raises(ModelError, match="left index"):
         load_artifact(out)
     # switched off: no trees
-    off = fit_model(table, TWIN_SCHEMA, config=AEConfig(**{**SMALL.__dict__, "trees": False}))
+    off = fit_model(table, TWIN_SCHEMA, config=replace(SMALL, without=("trees",)))
     assert off.metrics["trees"] is None and off.model.trees is None
     # a table wider than MAX_COLUMNS gets none (their cost grows with the square of the width)
-    monkeypatch.setattr(members, "TREES_MAX_COLUMNS", 3)  # the Trees blend reads it when it is fitted
+    from lakefill.models import trees as tree_module
+
+    monkeypatch.setattr(tree_module, "MAX_COLUMNS", 3)  # the Trees member reads it when it is fitted
     wide = fit_model(table, TWIN_SCHEMA, config=SMALL)
     assert wide.model.trees is None and not wide.metrics["trees"]["used"]
     assert "more than 3" in wide.metrics["trees"]["skipped"]
@@ -783,7 +785,7 @@ def test_the_plateau_schedule_decays_when_the_held_out_loss_stalls_and_not_befor
 def test_a_table_learned_early_stops_early_and_training_repeats():
     _, masked, _ = make_table(n=300)
     cfg = AEConfig(hidden=16, depth=1, code=4, epochs=400, min_steps=0, plateau_patience=5, extra_sizes=(),
-                   gaussian=False, donors=False, trees=False, random_state=0)
+                   without=("gaussian", "donors", "trees"), random_state=0)
     first = fit_model(masked, SCHEMA, config=cfg)
     assert first.result.epochs_run < 200  # the plateau came long before the cap
     assert first.result.val_loss == pytest.approx(min(first.result.history))
@@ -815,12 +817,12 @@ def test_a_time_budget_cuts_the_schedule_and_skips_the_members_it_cannot_pay_for
     monkeypatch.setattr(training.time, "perf_counter", _Clock(0.001))
     tight = fit_model(masked, SCHEMA, config=AEConfig(**cfg, schedule="onecycle", time_budget=2.0)).result
     assert all(1 < m["epochs_run"] < 300 for m in tight.members)  # both networks planned to their share
-    assert "skipped" not in tight.gaussian  # the members after the networks had the rest of the time
+    assert "skipped" not in tight.reports["gaussian"]  # the members after the networks had the rest of the time
     monkeypatch.setattr(training.time, "perf_counter", _Clock(0.001))
     spent = fit_model(masked, SCHEMA, config=AEConfig(**cfg, schedule="onecycle", time_budget=0.01)).result
     assert all(m["epochs_run"] == 1 for m in spent.members)  # stopped at the limit, inside the first epoch
-    assert spent.gaussian["used"] is False and "time budget" in spent.gaussian["skipped"]
-    assert spent.trees["used"] is False and spent.donors["used"] is False
+    assert spent.reports["gaussian"]["used"] is False and "time budget" in spent.reports["gaussian"]["skipped"]
+    assert spent.reports["trees"]["used"] is False and spent.reports["donors"]["used"] is False
     assert np.isfinite(spent.val_loss)  # a model all the same: the best epoch of each network
     with pytest.raises(ValueError, match="time_budget"):
         AEConfig(time_budget=-1)
@@ -858,51 +860,6 @@ def test_reverse_training_with_the_sources_objective_lifts_a_plain_autoencoder()
     assert np.array_equal(again.num, res.num)
     with pytest.raises(ValueError, match="objective"):
         ReverseConfig(objective="source")
-
-
-class _Offset(torch.nn.Module):
-    def __init__(self, n_num: int, shift: float = 0.0):
-        super().__init__()
-        self.register_buffer("shift", torch.full((n_num,), shift))
-
-
-class _OffsetBlend(Blend):
-    """A made-up blend (adds a constant to every numeric hole): what adding a member takes."""
-
-    name = "offset"
-
-    def apply(self, member, values, given, num, probs, var, num_weights):
-        holes = ~given[:, : num.shape[1]]
-        return np.where(holes, num + member.shift.numpy(), num).astype(np.float32), probs, var, {}
-
-    def architecture(self, member):
-        return int(member.shift.numel()) if member is not None else 0
-
-    def build(self, entry, layout):
-        return _Offset(int(entry)) if entry else None
-
-
-def test_a_blend_added_to_the_registry_is_predicted_saved_and_loaded_with_no_other_change(trained, tmp_path, monkeypatch):
-    full, masked, hide, fitted = trained
-    monkeypatch.setattr(members, "BLENDS", (*members.BLENDS, _OffsetBlend()))
-    enc = fitted.codec.encode(masked)
-    before = predict(fitted.model, enc.values, enc.observed)
-    fitted.model.offset = _Offset(fitted.model.n_num, 0.5)
-    try:
-        after = predict(fitted.model, enc.values, enc.observed)
-        holes = ~enc.observed[:, : fitted.model.n_num]
-        np.testing.assert_allclose(after.num[holes], before.num[holes] + 0.5, atol=1e-5)
-        np.testing.assert_array_equal(after.num[~holes], before.num[~holes])
-        out = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None,
-                            config=SMALL, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
-        assert json.loads((out / "manifest.json").read_text())["architecture"]["offset"] == fitted.model.n_num
-        loaded = load_artifact(out).model
-        assert float(loaded.offset.shift[0]) == 0.5
-        np.testing.assert_array_equal(predict(loaded, enc.values, enc.observed).num, after.num)
-    finally:
-        fitted.model.offset = None
-    with pytest.raises(ValueError, match="unknown blend"):
-        Ensemble(list(fitted.model.members), [float(w) for w in fitted.model.weights], forest=None)
 
 
 def test_every_blend_weight_comes_from_one_grid():

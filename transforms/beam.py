@@ -19,25 +19,19 @@ the steps that use it.
 from __future__ import annotations
 
 import copy
-import functools
-import hashlib
-import json
-import threading
 import time
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
-from apache_beam.utils.multi_process_shared import MultiProcessShared
 import pyarrow as pa
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from lakefill.schema import TableSchema
-from lakefill.transforms.impute import Imputer, load_model_at
+from lakefill.transforms import modelcache
+from lakefill.transforms.modelcache import LoadedModel, ModelSource
 from lakefill.transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
 from lakefill.transforms.plan import Impute as ImputeStep
 from lakefill.transforms.plan import Runtime, StagePlan, Step, StepOutput, isolate, run_step
 from lakefill.transforms.stage import Parts, RunTotals, finalize, reason_counts, write_outputs
-from lakefill.transforms.storage import Location
 
 __all__ = ["ReadRaw", "RunStep", "RunPlan", "LakefillModelHandler", "Impute", "WriteToLake", "WriteQuarantine",
            "FinalizeRun", "QUARANTINE", "COUNTERS", "NAMESPACE"]
@@ -115,18 +109,12 @@ class ReadRaw(beam.PTransform):
 
 # -- the plan's steps --------------------------------------------------------------------------
 
-_MODELS: dict[tuple, Imputer] = {}  # per worker process: the loaded models
-_MODELS_LOCK = threading.Lock()
-_LOADS = [0]  # model loads in this process not yet counted (``model_loads``, reported by the next step)
-
-
 def _emit(out: StepOutput):
     """A step's output as the DoFn's outputs: rows (main), quarantined rows, counters (+ metrics)."""
     counters = {k: int(v) for k, v in out.counters.items() if v}
-    with _MODELS_LOCK:
-        if _LOADS[0]:
-            counters["model_loads"] = counters.get("model_loads", 0) + _LOADS[0]
-            _LOADS[0] = 0
+    loads = modelcache.take_loads()  # this process's loads since the last step's output
+    if loads:
+        counters["model_loads"] = counters.get("model_loads", 0) + loads
     for name, n in counters.items():
         beam.metrics.Metrics.counter(NAMESPACE, name).inc(n)
     if counters:
@@ -189,8 +177,8 @@ class RunPlan(beam.PTransform):
 
 # -- impute (RunInference) ---------------------------------------------------------------------
 
-class LakefillModelHandler(ModelHandler[pa.Table, pa.Table, Imputer]):
-    """RunInference handler: examples are Arrow batches, the model is an ``Imputer``, the work
+class LakefillModelHandler(ModelHandler[pa.Table, pa.Table, LoadedModel]):
+    """RunInference handler: examples are Arrow batches, the model a ``LoadedModel``, the work
     is the plan's inference step (``Impute`` by default) on the examples, concatenated.
 
     ``max_batches``: how many batches (each up to ``batch_size`` rows) RunInference groups into
@@ -217,25 +205,16 @@ class LakefillModelHandler(ModelHandler[pa.Table, pa.Table, Imputer]):
         other.step = step
         return other
 
-    def load_model(self) -> Imputer:
-        """The artifact from its folder or URI, checked by its hashes: once per worker process,
-        shared by RunInference, the refine step and the failure isolation (and their threads)."""
-        model = Location(self.model_dir, self.storage_options)
-        manifest = hashlib.sha256((model / "manifest.json").read_bytes()).hexdigest()  # a retrained model is new
-        key = (self.model_dir, manifest, self.device, json.dumps(self.schema_dict, sort_keys=True, default=str),
-               self.share)
-        load = functools.partial(_load_imputer, self.model_dir, self.storage_options, self.schema_dict, self.device)
-        with _MODELS_LOCK:
-            if key not in _MODELS:
-                if self.share:
-                    tag = "lakefill-model-" + hashlib.sha256(json.dumps(key[:4]).encode()).hexdigest()[:32]
-                    _MODELS[key] = MultiProcessShared(load, tag=tag, always_proxy=True).acquire()
-                else:
-                    _MODELS[key] = load()
-                _LOADS[0] += _MODELS[key].take_load()  # a shared model: counted by the first process only
-            return _MODELS[key]
+    def load_model(self) -> LoadedModel:
+        """The artifact from its folder or URI, checked by its hashes, from the process's model
+        cache (``lakefill.transforms.modelcache``: keyed by the artifact's hash, so a retrained
+        model is new): shared by RunInference, the refine step and the failure isolation (and
+        their threads); with ``share``, one copy per machine (Beam's ``MultiProcessShared``)."""
+        source = ModelSource(uri=self.model_dir, options=self.storage_options, schema=self.schema_dict,
+                             device=self.device)
+        return modelcache.load(source, share=_shared if self.share else None)
 
-    def run_inference(self, batch: Sequence[pa.Table], model: Imputer,
+    def run_inference(self, batch: Sequence[pa.Table], model: LoadedModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         sizes = [t.num_rows for t in batch]
         table = pa.concat_tables(batch, promote_options="permissive") if len(batch) > 1 else batch[0]
@@ -253,10 +232,11 @@ class LakefillModelHandler(ModelHandler[pa.Table, pa.Table, Imputer]):
         return NAMESPACE
 
 
-def _load_imputer(model_dir: str, storage_options: dict, schema: dict, device: str) -> Imputer:
-    """The artifact from its folder or URI, checked by its hashes, as an ``Imputer``."""
-    artifact = load_model_at(Location(model_dir, storage_options), schema=TableSchema.model_validate(schema))
-    return Imputer(artifact, device=device)
+def _shared(load, tag: str) -> LoadedModel:
+    """One model per machine, served to every SDK process by Beam's ``MultiProcessShared``."""
+    from apache_beam.utils.multi_process_shared import MultiProcessShared
+
+    return MultiProcessShared(load, tag=tag, always_proxy=True).acquire()
 
 
 class _IsolateFailures(beam.DoFn):

@@ -15,13 +15,12 @@ to impute has confidence 1.
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakefill.models.artifact import MANIFEST, ModelArtifact, load_artifact
+from lakefill.models.artifact import ModelArtifact, load_artifact, save_artifact
 from lakefill.models.autoencoder import predict
 from lakefill.models.adapt import AdaptConfig, adapt_model
 from lakefill.models.reverse import ReverseConfig, reverse_impute
@@ -51,8 +50,6 @@ class Imputer:
         self.artifact = artifact
         self.reverse = reverse
         self.device = resolve_device(device)
-        self._workers: dict[str, Imputer] = {}  # the same model with other reverse-training settings
-        self._unreported_load = True
         artifact.model.to(self.device)
         self._weights = artifact.codec.error_weights()
         # provenance lists columns in the schema's order, not the model's internal order
@@ -105,28 +102,6 @@ class Imputer:
         enc = self.artifact.codec.encode(table)
         return adapt_model(self.artifact.model, enc.values, enc.observed, enc.targets_num, enc.targets_cat,
                            row_keys=table.column(ROW_ID).to_numpy(), config=config, reverse=self.reverse)
-
-    def take_load(self) -> int:
-        """1 the first time it is asked (this model's load, for the ``model_loads`` counter), then 0:
-        a model shared by a machine's processes is counted once, by whichever asks first."""
-        first, self._unreported_load = self._unreported_load, False
-        return int(first)
-
-    def refine_step(self, table: pa.Table, *, reverse: dict | None = None, adapted_fill: bool = False) -> pa.Table:
-        """What the plan's refine step does with this model, in one method call (so that a model
-        shared by a machine's processes, reached through a proxy, runs it the same way):
-        ``reverse``: reverse-training settings other than this imputer's; the artifact's adapted
-        networks refine the rows (``adapted_fill``: rows they filled are refined through them alone)."""
-        worker = self
-        if reverse:
-            key = json.dumps(reverse, sort_keys=True, default=str)
-            if key not in self._workers:
-                self._workers[key] = Imputer(self.artifact, reverse=ReverseConfig(**reverse), device=self.device)
-            worker = self._workers[key]
-        adapted = self.artifact.adapted
-        if adapted_fill and adapted is not None:
-            return worker.refine(table, model=adapted)
-        return worker.refine(table, adapted=adapted)
 
     def refine(self, table: pa.Table, *, adapted=None, model=None) -> pa.Table:
         """Reverse training on already-imputed rows (their ``_lf_imputed`` says which cells).
@@ -215,35 +190,15 @@ def _blank(table: pa.Table, fill: np.ndarray, columns: list[str]) -> pa.Table:
 
 
 def load_model_at(where, schema=None) -> ModelArtifact:
-    """The artifact at a ``Location`` (a local folder, or a folder on an object store: its files
-    copied into a folder private to this process, ``mkdtemp``, loaded and checked by their
-    hashes, then removed)."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from lakefill.errors import ModelError
+    """The artifact at a ``Location`` (a local folder or a folder on an object store, read there
+    directly), checked by its hashes and, with ``schema``, against the job's columns."""
     from lakefill.transforms.storage import as_location
 
-    loc = as_location(where)
-    if loc.is_local:
-        return load_artifact(loc.local_path, schema=schema)
-    if not (loc / MANIFEST).exists():
-        raise ModelError(f"{loc}: no {MANIFEST}; is this a lakefill model folder (made by `lakefill train`)?")
-    folder = Path(tempfile.mkdtemp(prefix="lakefill-model-"))
-    try:
-        for f in loc.listdir():
-            if f.is_file():
-                (folder / f.name).write_bytes(f.read_bytes())
-        return load_artifact(folder, schema=schema)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    return load_artifact(as_location(where), schema=schema)
 
 
-def save_model_to(local_dir, where) -> None:
-    """A model folder written locally, copied to its ``Location`` (nothing to do on local disk)."""
+def save_model_to(where, **artifact) -> None:
+    """``save_artifact`` into a ``Location`` (local or on an object store, written there directly)."""
     from lakefill.transforms.storage import as_location
 
-    loc = as_location(where)
-    if not loc.is_local:
-        loc.upload(local_dir)
+    save_artifact(as_location(where), **artifact)

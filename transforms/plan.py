@@ -40,6 +40,7 @@ from lakefill.schema import TableSchema
 from lakefill._arrow import list_value_counts
 from lakefill.transforms.detect import DISGUISED, NOT_APPLICABLE, NullPolicy
 from lakefill.transforms.impute import CONFIDENCE, IMPUTED, METHOD, Imputer
+from lakefill.transforms.modelcache import LoadedModel
 from lakefill.transforms.io import ROW_ID, Quarantined
 from lakefill.transforms.parse import parse_table
 from lakefill.transforms.validate import Validator
@@ -61,18 +62,20 @@ class StepOutput:
 
 
 class Runtime:
-    """What an engine gives the steps: the model, loaded its own way (in memory, Beam's shared
-    handle, a Spark broadcast), once per worker."""
+    """What an engine gives the steps: the model, from the process's model cache
+    (``lakefill.transforms.modelcache``: loaded once per worker, whatever the engine)."""
 
-    def __init__(self, imputer: Callable[[], Imputer] | None = None):
-        self._load, self._model = imputer, None
+    def __init__(self, model: "Callable[[], LoadedModel | Imputer] | None" = None):
+        self._load, self._model = model, None
 
-    def imputer(self) -> Imputer:
-        """The model, loaded on first use and kept for the runtime's life (a worker's batches)."""
+    def model(self) -> "LoadedModel":
+        """The model, loaded on first use and kept for the runtime's life (a worker's batches);
+        a plain ``Imputer`` is taken as it is."""
         if self._load is None:
             raise RuntimeError("this step needs the model, and the engine gave the plan none")
         if self._model is None:
-            self._model = self._load()
+            model = self._load()
+            self._model = LoadedModel(model) if isinstance(model, Imputer) else model
         return self._model
 
 
@@ -93,7 +96,7 @@ def _digest(*parts) -> str:
 class Step:
     """One named step of the plan. Subclasses set ``name`` and implement ``run``.
 
-    ``uses_model``: the step calls ``rt.imputer()``. ``inference``: the step is the model's
+    ``uses_model``: the step calls ``rt.model()``. ``inference``: the step is the model's
     forward pass (Beam runs it in RunInference). ``isolate``: a batch that raises is halved
     until the failing rows are alone; those go to quarantine with the exception text and the
     rest go on (a row that breaks the model must not fail the run)."""
@@ -173,7 +176,7 @@ class Impute(Step):
         self.adapted, self.precision = adapted, precision
 
     def run(self, batch, rt):
-        return StepOutput(rt.imputer().impute(batch, adapted=self.adapted, precision=self.precision))
+        return StepOutput(rt.model().impute(batch, adapted=self.adapted, precision=self.precision))
 
 
 class Refine(Step):
@@ -192,7 +195,7 @@ class Refine(Step):
             return StepOutput(batch)
         # a model adapted to this run's rows (the job's ``adapt``) refines through its adapted networks;
         # rows the adapted networks filled (``adapted_fill``) are refined and checked through them alone
-        refined = rt.imputer().refine_step(low, reverse=self.reverse or None, adapted_fill=self.adapted_fill)
+        refined = rt.model().refine(low, reverse=self.reverse or None, adapted_fill=self.adapted_fill)
         return StepOutput(pa.concat_tables([confident, refined]), [],
                           Counter({"rows_reverse_tried": low.num_rows}))
 

@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,9 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from lakefill.models.artifact import load_artifact
 from lakefill.schema import TableSchema
 from lakefill.transforms.detect import NullPolicy
-from lakefill.transforms.impute import Imputer, load_model_at, resolve_device
+from lakefill.transforms import modelcache
+from lakefill.transforms.impute import Imputer, resolve_device
+from lakefill.transforms.modelcache import LoadedModel, ModelSource
 from lakefill.transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
 from lakefill.transforms.plan import (Detect, Finish, Impute, Refine, Runtime, StagePlan, Step, Validate, run_steps)
 from lakefill.transforms.stage import write_outputs
@@ -190,13 +191,11 @@ def broadcast_model(spark: SparkSession, model_dir: "str | Path | Location", sch
     """The model folder's files (local or on an object store) read on the driver, checked, and
     broadcast: no executor reads a shared disk or the store for the model."""
     loc = as_location(model_dir)
-    load_model_at(loc, schema=schema)  # refuse a bad model on the driver, before any task
     files = {f.name: f.read_bytes() for f in loc.listdir() if f.is_file()}
-    digest = _files_digest(files)
-    return ModelRef(spark.sparkContext.broadcast(files), digest, schema.model_dump(by_alias=True), device)
+    load_artifact(files, schema=schema)  # refuse a bad model on the driver, before any task
+    return ModelRef(spark.sparkContext.broadcast(files), _files_digest(files), schema.model_dump(by_alias=True), device)
 
 
-_IMPUTERS: dict[tuple[str, str], Imputer] = {}  # per Python worker: loaded once per artifact and device
 def _task_device(setting: str) -> str:
     gpus = _task_gpu_addresses()
     if setting in ("auto", "gpu") and gpus:
@@ -211,41 +210,15 @@ def _files_digest(files: dict[str, bytes]) -> str:
     return hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
 
 
-def _model_folder(ref: ModelRef) -> Path:
-    """The broadcast artifact written into a folder private to this Python worker (``mkdtemp``:
-    a fresh name, mode 0700), its bytes checked against the driver's hash before and after the
-    write, then loaded (which checks the artifact's own hashes). Nothing at a predictable path
-    that another user could plant a model in."""
+def _imputer(ref: ModelRef) -> LoadedModel:
+    """The broadcast model from the Python worker's model cache (``lakefill.transforms.modelcache``),
+    loaded from the broadcast bytes (checked against the driver's hash, then by the artifact's
+    own hashes) the first time; nothing is written to disk."""
     files = ref.files.value
     if _files_digest(files) != ref.sha256:
         raise RuntimeError("the broadcast model's bytes do not match the driver's sha256")
-    folder = Path(tempfile.mkdtemp(prefix=f"lakefill-model-{ref.sha256[:16]}-"))
-    for name, data in files.items():
-        if Path(name).name != name:
-            raise RuntimeError(f"broadcast model file {name!r} is not a plain file name")
-        (folder / name).write_bytes(data)
-    if _files_digest({n: (folder / n).read_bytes() for n in files}) != ref.sha256:
-        raise RuntimeError(f"the model written to {folder} does not match the driver's sha256")
-    return folder
-
-
-def _imputer(ref: ModelRef) -> Imputer:
-    device = _task_device(ref.device)
-    key = (ref.sha256, device)
-    if key not in _IMPUTERS:
-        folder = _model_folder(ref)
-        try:
-            artifact = load_artifact(folder, schema=TableSchema.model_validate(ref.schema))
-        finally:
-            for f in folder.iterdir():
-                f.unlink()
-            folder.rmdir()
-        _IMPUTERS[key] = Imputer(artifact, device=device)
-        _LOADS[0] += 1
-    return _IMPUTERS[key]
-
-
-_LOADS = [0]  # model loads in this Python worker not yet counted (``model_loads``, sent with the next parts)
+    source = ModelSource(files=files, schema=ref.schema, device=ref.device)
+    return modelcache.load(source, device=_task_device(ref.device))
 
 
 # -- the job: the plan from read to write in one pass --------------------------------------------
@@ -267,14 +240,13 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
 
     def fn(batches):
         rt = Runtime(lambda: _imputer(model))
-        _LOADS[0] = 0  # a load this worker made outside a run (the DataFrame functions) is not this run's
+        modelcache.take_loads()  # a load this worker made outside a run (the DataFrame functions) is not this run's
         for chunk in _read_chunks(batches, batch_rows, csv_options, options):
             done = run_steps(steps, chunk.table, rt)
             parts = write_outputs(done.table, list(chunk.quarantined) + done.quarantined, **out)
             parts.counters.update(done.counters)
             parts.counters["rows_in"] += chunk.rows_in
-            parts.counters["model_loads"] += _LOADS[0]
-            _LOADS[0] = 0
+            parts.counters["model_loads"] += modelcache.take_loads()
             yield _parts_record(parts)
 
     return todo.mapInArrow(fn, PARTS_SCHEMA)
