@@ -7,7 +7,8 @@ import pytest
 from conftest import write
 from lakefill.errors import InputError
 from lakefill._arrow import as_text
-from lakefill.transforms.io import ROW_ID, read_raw, iter_raw, parquet_read_units, plan_reads, parquet_row_groups, read_parquet_row_group
+from lakefill.transforms.io import ROW_ID, read_raw, iter_raw, read_parquet_row_group
+from lakefill.transforms.reads import ReadUnit, UnitKind, parquet_read_units, parquet_row_groups, plan_reads
 
 
 def test_reads_csv_as_strings_with_row_ids(tmp_path):
@@ -94,10 +95,15 @@ def test_chunked_reading_matches_the_whole_read(tmp_path, fmt):
         assert parquet_read_units(path, 3) == [(i, 1, 5 * i) for i in range(5)]
         assert parquet_read_units(path, 100) == [(0, 5, 0)]
         # an engine with several task slots asks for at least that many units: smaller ones, whole row groups
-        assert plan_reads(str(path), 100) == [(str(path), 0, 0, 5, 0, 0, 0)]
-        assert plan_reads(str(path), 100, min_units=2) == [(str(path), i, f, n, 0, 0, 0)
+        groups = UnitKind.ROW_GROUPS
+        assert plan_reads(str(path), 100) == [ReadUnit(str(path), groups, 0, row_group=0, row_groups=5)]
+        assert plan_reads(str(path), 100, min_units=2) == [ReadUnit(str(path), groups, f, row_group=i, row_groups=n)
                                                            for i, n, f in [(0, 2, 0), (2, 2, 10), (4, 1, 20)]]
-        assert plan_reads(str(path), 100, min_units=4) == [(str(path), i, 5 * i, 1, 0, 0, 0) for i in range(5)]
+        assert plan_reads(str(path), 100, min_units=4) == [ReadUnit(str(path), groups, 5 * i, row_group=i, row_groups=1)
+                                                           for i in range(5)]
+        assert ReadUnit.spark_ddl() == ("path string, kind string, first_row long, row_group long, row_groups long, "
+                                        "start long, end long, first_line long")
+        assert ReadUnit.from_dict(plan_reads(str(path), 100)[0].to_dict()) == plan_reads(str(path), 100)[0]
         assert plan_reads(str(path), 10, min_units=2) == plan_reads(str(path), 10)  # already enough
         units = [read_parquet_row_group(path, i, first, n).table for i, n, first in parquet_read_units(path, 10)]
         assert [u.num_rows for u in units] == [10, 10, 3]

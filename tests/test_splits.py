@@ -113,11 +113,12 @@ def _key(table, quarantined):
 def test_the_same_file_in_1_3_and_17_splits_gives_the_same_rows_ids_and_reasons(tmp_path, make, monkeypatch):
     import pyarrow as pa
 
-    from lakefill.transforms import io as lfio
+    from lakefill.transforms import reads as lfio
 
     monkeypatch.setattr(lfio, "MIN_SPLIT_BYTES", 1)  # split a small file as a large one would be
 
-    from lakefill.transforms.io import iter_raw, plan_reads, read_unit
+    from lakefill.transforms.io import iter_raw
+    from lakefill.transforms.reads import UnitKind, plan_reads, read_unit
 
     path = make(tmp_path / ("t.csv" if make is _bad_csv else "t.jsonl"))
     chunks = list(iter_raw(str(path), batch_rows=64))
@@ -125,7 +126,7 @@ def test_the_same_file_in_1_3_and_17_splits_gives_the_same_rows_ids_and_reasons(
     assert whole[1] and any("line" in reason for _, reason in whole[1])
     for n in (1, 3, 17):
         units = plan_reads(str(path), 64, min_units=n)
-        assert len(units) == n and all(u[1] == (-1 if n == 1 else -2) for u in units)
+        assert len(units) == n and all(u.kind is (UnitKind.WHOLE_FILE if n == 1 else UnitKind.BYTE_RANGE) for u in units)
         parts = [c for u in units for c in read_unit(u, 64)]
         assert _key(pa.concat_tables([c.table for c in parts]), [q for c in parts for q in c.quarantined]) == whole, n
 
@@ -138,7 +139,7 @@ def test_beam_and_spark_read_a_split_file_as_the_core_reader_does(tmp_path, spar
 
     from lakefill.transforms import spark as lf
     from lakefill.transforms.beam import QUARANTINE, ReadRaw
-    from lakefill.transforms import io as lfio
+    from lakefill.transforms import reads as lfio
     from lakefill.transforms.io import ROW_ID, iter_raw
 
     monkeypatch.setattr(lfio, "MIN_SPLIT_BYTES", 1)  # planned in this process (Beam's Direct runner, Spark's driver)
@@ -164,7 +165,7 @@ def test_beam_and_spark_read_a_split_file_as_the_core_reader_does(tmp_path, spar
 
 
 def test_a_small_file_is_one_read_unit_whatever_the_engine_asks(tmp_path):
-    from lakefill.transforms.io import plan_reads
+    from lakefill.transforms.reads import UnitKind, plan_reads
 
     path = _bad_csv(tmp_path / "t.csv")
-    assert [u[1] for u in plan_reads(str(path), 64, min_units=8)] == [-1]  # under 1 MiB: one task
+    assert [u.kind for u in plan_reads(str(path), 64, min_units=8)] == [UnitKind.WHOLE_FILE]  # under 1 MiB: one task

@@ -198,7 +198,8 @@ def test_the_storage_layer_on_gcs_reads_inputs_writes_parts_and_moves_models(gcs
     on GCS here: deltalake's object_store uploads with the XML API, which the emulator refuses."""
     from lakefill.schema import load_schema
     from lakefill.transforms.impute import load_model_at
-    from lakefill.transforms.io import iter_raw, plan_reads, read_raw
+    from lakefill.transforms.io import iter_raw, read_raw
+    from lakefill.transforms.reads import ReadUnit, UnitKind, plan_reads
     from lakefill.transforms.lake import part_path, write_part
 
     root = Location(gcs.bucket("lake"), gcs.options)
@@ -209,12 +210,12 @@ def test_the_storage_layer_on_gcs_reads_inputs_writes_parts_and_moves_models(gcs
         q.reason for q in local.quarantined]
     assert sum(c.rows_in for c in iter_raw(root / "raw" / "customers.csv", batch_rows=100)) == ROWS
     assert plan_reads(str(root / "raw" / "customers.csv"), 100, options=gcs.options) == [
-        ("gs://lake/raw/customers.csv", -1, 0, 0, 0, 0, 0)]
+        ReadUnit("gs://lake/raw/customers.csv", UnitKind.WHOLE_FILE, 0)]
     # the file in byte ranges, each read by range requests: the rows and reasons of the local read
-    from lakefill.transforms import io as lfio
-    from lakefill.transforms.io import read_unit
+    from lakefill.transforms import reads
+    from lakefill.transforms.reads import read_unit
 
-    monkeypatch.setattr(lfio, "MIN_SPLIT_BYTES", 1)
+    monkeypatch.setattr(reads, "MIN_SPLIT_BYTES", 1)
     units = plan_reads(str(root / "raw" / "customers.csv"), 100, min_units=3, options=gcs.options)
     parts = [c for u in units for c in read_unit(u, 100, options=gcs.options)]
     assert len(units) == 3 and pa.concat_tables([c.table for c in parts]).equals(local.table)

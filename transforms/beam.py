@@ -28,7 +28,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 
 from lakefill.transforms import modelcache
 from lakefill.transforms.modelcache import LoadedModel, ModelSource
-from lakefill.transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
+from lakefill.transforms.io import ROW_ID, Quarantined
+from lakefill.transforms.reads import plan_reads, read_unit
 from lakefill.transforms.plan import Impute as ImputeStep
 from lakefill.transforms.plan import Runtime, StagePlan, Step, StepOutput, isolate, run_step
 from lakefill.transforms.stage import Parts, RunTotals, finalize, reason_counts, write_outputs

@@ -30,11 +30,10 @@ import pyarrow.parquet as pq
 from lakefill._arrow import is_typed_number
 from lakefill.errors import InputError
 from lakefill.transforms.storage import Location, as_location
-from lakefill.transforms.textsplit import TextSplit, text_splits
+from lakefill.transforms.textsplit import TextSplit
 
 __all__ = ["ROW_ID", "FILE_ROWS", "input_files", "RawRead", "Quarantined", "CsvOptions", "is_passthrough_type",
-           "read_raw", "iter_raw", "parquet_row_groups", "parquet_read_units",
-           "read_parquet_row_group", "plan_reads", "read_unit", "SPLIT_BYTES", "quarantine_table", "QUARANTINE_SCHEMA"]
+           "read_raw", "iter_raw", "read_parquet_row_group", "quarantine_table", "QUARANTINE_SCHEMA"]
 
 ROW_ID = "_lf_row_id"
 DEFAULT_MAX_CELL_CHARS = 1_000_000
@@ -442,97 +441,12 @@ def _iter_parquet(path: Location, batch_rows: int, limit: int | None) -> Iterato
         yield _as_strings(str(path), f.schema_arrow.empty_table(), 0)
 
 
-def parquet_row_groups(path: "str | Path | Location", options: dict | None = None) -> list[tuple[int, int]]:
-    """(row group index, row id of its first row) for each row group."""
-    return [(index, first) for index, _, first in parquet_read_units(path, 1, options)]
-
-
-def parquet_read_units(path: "str | Path | Location", batch_rows: int,
-                       options: dict | None = None) -> list[tuple[int, int, int]]:
-    """Read units of about ``batch_rows`` rows: (first row group, number of row groups, row id of
-    the first row). Consecutive small row groups are read together, so that every later step
-    (validation, inference, reverse training) gets full batches; a row group larger than
-    ``batch_rows`` is a unit of its own (the reader slices it)."""
-    f = _open_parquet(_check_path(path, options))
-    units: list[tuple[int, int, int]] = []
-    start = count = rows = first = 0
-    for i in range(f.num_row_groups):
-        n = f.metadata.row_group(i).num_rows
-        if count and rows + n > batch_rows:
-            units.append((start, count, first))
-            first += rows
-            start, count, rows = i, 0, 0
-        count += 1
-        rows += n
-    if count:
-        units.append((start, count, first))
-    return units
-
-
 def read_parquet_row_group(path: "str | Path | Location", index: int, first_row: int, count: int = 1,
                            options: dict | None = None) -> RawRead:
     """Row groups ``index`` .. ``index + count - 1`` as one all-string batch; row ids from ``first_row``."""
     path = as_location(path, options)
     f = _open_parquet(path)
     return _as_strings(str(path), f.read_row_groups(list(range(index, index + count))), first_row)
-
-
-SPLIT_BYTES = 128 << 20  # a text file is split into ranges of about this size (as Spark's maxPartitionBytes)
-MIN_SPLIT_BYTES = 1 << 20  # and never into ranges smaller than this (a small file is read by one task)
-
-
-def plan_reads(path: str, batch_rows: int, *, min_units: int = 1, options: dict | None = None,
-               csv_options: CsvOptions | None = None,
-               split_bytes: int = SPLIT_BYTES) -> list[tuple[str, int, int, int, int, int, int]]:
-    """What an engine splits an input into, per file (``input_files``): units of (path, unit,
-    row id of its first row, number of row groups, first byte, end byte, first line).
-
-    - Parquet (unit >= 0): consecutive row groups from ``unit`` of about ``batch_rows`` rows
-      (the byte fields are 0); a file with fewer units than ``min_units`` is split into smaller
-      ones (down to one row group each), so that an engine with that many task slots keeps them
-      all busy.
-    - CSV and JSON Lines (unit -2): byte ranges of about ``split_bytes`` (at least ``min_units``
-      of them, none under ``MIN_SPLIT_BYTES``) that start and end on record boundaries, quoted newlines included
-      (``lakefill.transforms.textsplit``); their row ids and line numbers are the ones a reader of
-      the whole file gives. A file that is small, or cannot be split safely, is one unit (-1).
-
-    Every file's columns are checked against the first's here (a text file's header line or
-    first object; a Parquet file's footer)."""
-    out: list[tuple[str, int, int, int, int, int, int]] = []
-    files = input_files(path, options)
-    expected = None
-    for i, f in enumerate(files):
-        names = _columns(f, csv_options)
-        if names is None:  # an empty file: nothing to read
-            continue
-        expected = _same_columns(f, names, files[0], expected)
-        offset = i * FILE_ROWS
-        if f.suffix in (".parquet", ".pq"):
-            units = parquet_read_units(f, batch_rows)
-            if len(units) < min_units:
-                rows = _open_parquet(f).metadata.num_rows
-                units = parquet_read_units(f, max(1, -(-rows // min_units)))
-            out += [(str(f), index, offset + first, count, 0, 0, 0) for index, count, first in units]
-            continue
-        size = f.size()
-        n = min(max(min_units, -(-size // max(split_bytes, 1))), max(1, size // max(MIN_SPLIT_BYTES, 1)))
-        splits = _text_splits(f, n, csv_options)
-        if splits is None:
-            out.append((str(f), -1, offset, 0, 0, 0, 0))
-        else:
-            out += [(str(f), -2, offset + s.first_record, 0, s.start, s.end, s.first_line) for s in splits]
-    return out
-
-
-def _text_splits(f: Location, n: int, csv_options: CsvOptions | None) -> "list[TextSplit] | None":
-    if n < 2:
-        return None
-    jsonl = f.suffix in (".jsonl", ".ndjson", ".json")
-    opts = csv_options or CsvOptions()
-    with f.open_input() as fh:
-        return text_splits(fh, f.size(), n=n, quotechar=None if jsonl else opts.quotechar,
-                           delimiter=None if jsonl else _delimiter(f, opts), encoding="utf-8" if jsonl else opts.encoding,
-                           header=not jsonl)
 
 
 def _columns(f: Location, csv_options: CsvOptions | None = None) -> list[str] | None:
@@ -545,31 +459,6 @@ def _columns(f: Location, csv_options: CsvOptions | None = None) -> list[str] | 
     limit = 100 if f.suffix in (".jsonl", ".ndjson", ".json") else 1
     chunk = next(_iter_file(f, batch_rows=1, limit=limit, csv_options=csv_options, strict=False), None)
     return None if chunk is None else [n for n in chunk.table.column_names if n != ROW_ID]
-
-
-def read_unit(unit: tuple, batch_rows: int, *, csv_options: CsvOptions | None = None,
-              options: dict | None = None) -> Iterator[RawRead]:
-    """The batches of one unit from ``plan_reads`` (its first four fields are enough for a
-    Parquet unit or a whole text file)."""
-    path, index, first, count = unit[:4]
-    if index >= 0:
-        yield read_parquet_row_group(path, index, first, count, options)
-        return
-    loc = as_location(path, options)
-    if index == -1:
-        for chunk in _iter_file(loc, batch_rows=batch_rows, csv_options=csv_options, strict=False):
-            yield _shifted(chunk, first)
-        return
-    start, end, line = unit[4:7]
-    names = _columns(loc, csv_options)
-    offset = first // FILE_ROWS * FILE_ROWS  # the file's place in its input
-    span = (TextSplit(start, end, first - offset, line), names)
-    if loc.suffix in (".jsonl", ".ndjson", ".json"):
-        chunks = _iter_jsonl(loc, DEFAULT_MAX_CELL_CHARS, None, batch_rows, span)
-    else:
-        chunks = _iter_csv(loc, DEFAULT_MAX_CELL_CHARS, None, batch_rows, csv_options or CsvOptions(), span)
-    for chunk in chunks:
-        yield _shifted(chunk, offset)
 
 
 def _iter_jsonl(path: Location, max_cell_chars: int, limit: int | None, batch_rows: int,

@@ -50,7 +50,8 @@ from lakefill.transforms.detect import NullPolicy
 from lakefill.transforms import modelcache
 from lakefill.transforms.impute import Imputer, resolve_device
 from lakefill.transforms.modelcache import LoadedModel, ModelSource
-from lakefill.transforms.io import ROW_ID, Quarantined, plan_reads, read_unit
+from lakefill.transforms.io import ROW_ID, Quarantined
+from lakefill.transforms.reads import ReadUnit, plan_reads, read_unit
 from lakefill.transforms.plan import (Detect, Finish, Impute, Refine, Runtime, StagePlan, Step, Validate, run_steps)
 from lakefill.transforms.stage import write_outputs
 from lakefill.transforms.storage import Location, as_location
@@ -258,15 +259,15 @@ def _read_units(spark: SparkSession, path: str, batch_rows: int, min_tasks: int 
     if min_tasks is None:
         min_tasks = 4 * spark.sparkContext.defaultParallelism
     units = plan_reads(path, batch_rows, min_units=min_tasks, options=options, csv_options=csv_options)
-    return spark.createDataFrame(units, "path string, unit int, first long, groups int, start long, stop long, "
-                                        "line long").repartition(len(units))
+    rows = [tuple(u.to_dict().values()) for u in units]
+    return spark.createDataFrame(rows, ReadUnit.spark_ddl()).repartition(len(units))
 
 
 def _read_chunks(batches, batch_rows: int, csv_options, options: dict | None):
     """The raw chunks of the read units in a task's Arrow batches."""
     for b in batches:
-        for unit in zip(*(b.column(i).to_pylist() for i in range(7))):
-            yield from read_unit(unit, batch_rows, csv_options=csv_options, options=options)
+        for row in b.to_pylist():
+            yield from read_unit(ReadUnit.from_dict(row), batch_rows, csv_options=csv_options, options=options)
 
 
 # -- the steps as DataFrame functions --------------------------------------------------------------
