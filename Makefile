@@ -43,6 +43,7 @@ demo: $(STAMP)
 	$(VENV)/bin/lakefill demo --out out/demo
 
 test: $(STAMP) $(AIRFLOW_STAMP) chromium $(AZURITE)
+	$(PY) -m ruff check --quiet .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench-dmv: $(STAMP)

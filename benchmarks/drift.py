@@ -42,8 +42,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakefill.models.artifact import load_artifact, save_artifact
-from lakefill.models.autoencoder import AEConfig
-from lakefill.models.train import fit_model
+from lakefill.models.config import AEConfig
+from lakefill.models.training import fit_model
 from lakefill.pipelines.config import JobConfig
 from lakefill.pipelines.evaluate import Problem, _masked_table, load_problem, make_mask, table_values
 from lakefill.models.adapt import AdaptConfig
@@ -163,7 +163,8 @@ def run_mnist(path: Path, *, seed: int, missing_rate: float, threshold: float, e
               adapt: AdaptConfig | None = None, reverse: ReverseConfig = ReverseConfig()) -> dict:
     """Protocol E on MNIST: digits 0-4 train, digits 5-9 are imputed (see the module's docstring)."""
     from lakefill.models.adapt import adapt_model
-    from lakefill.models.autoencoder import predict, train_autoencoder
+    from lakefill.models.mixture import predict
+    from lakefill.models.training import train_autoencoder
     from lakefill.models.reverse import reverse_impute
 
     data = np.load(path)

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from lakefill.models.autoencoder import AEConfig, predict, train_autoencoder
+from lakefill.models.config import AEConfig
+from lakefill.models.mixture import predict
+from lakefill.models.training import train_autoencoder
 from lakefill.models.reverse import ReverseConfig, reverse_impute
 
 DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist" / "mnist_test10k.npz"

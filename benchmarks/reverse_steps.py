@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from lakefill.pipelines.evaluate import _masked_table, load_problem, make_mask
-from lakefill.models.autoencoder import AEConfig, direct_fill_inputs, predict
+from lakefill.models.config import AEConfig
+from lakefill.models.mixture import direct_fill_inputs, predict
 from lakefill.models.reverse import ReverseConfig, reverse_impute
-from lakefill.models.train import fit_model
+from lakefill.models.training import fit_model
 
 
 def run(data: Path, seed: int, steps: list[str], threshold: float) -> dict:

@@ -14,7 +14,6 @@ over its threshold (the schema's ``drift_threshold``, else ``DEFAULT_THRESHOLDS`
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pyarrow as pa

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from lakefill.models._config import AEConfig
+from lakefill.models.config import AEConfig
 from lakefill.models.mixture import Ensemble
 from lakefill.models.network import MaskedAutoencoder, cell_losses
 from lakefill.models.reverse import ReverseConfig, RowRandom, held_back

@@ -27,7 +27,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from lakefill.models import members as registry
-from lakefill.models._config import AEConfig
+from lakefill.models.config import AEConfig
 from lakefill.models.mixture import Ensemble
 from lakefill.models.network import MaskedAutoencoder
 from lakefill.models.codec import TableCodec

@@ -140,7 +140,7 @@ def reverse_impute(model: MaskedAutoencoder | Ensemble, values: np.ndarray, obse
     """Refine the missing cells of a batch of rows.
 
     values/observed/t_num/t_cat: the encoded rows (see TableCodec.encode); init: the same rows
-    with their missing cells filled by the direct pass (input space, see ``lakefill.models.autoencoder.direct_fill_inputs``).
+    with their missing cells filled by the direct pass (input space, see ``lakefill.models.mixture.direct_fill_inputs``).
     row_keys: a stable integer per row (its row id) that seeds the row's random draws; by
     default the row's position in the batch.
     adapted: the model with its networks adapted to the run's rows (``lakefill.models.adapt``):

@@ -12,16 +12,19 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch.nn import functional as F
 
-from lakefill.models._config import AEConfig
+from lakefill.models.codec import TableCodec
+from lakefill.models.config import AEConfig
 from lakefill.models.mixture import Ensemble, mix, predict
 from lakefill.models import members as registry
 from lakefill.models.members import HeldOut
 from lakefill.models.network import MaskedAutoencoder, cell_losses
+from lakefill.schema import TableSchema
 
-__all__ = ["TrainResult", "TrainPlan", "Budget", "train_autoencoder", "train_ensemble"]
+__all__ = ["TrainResult", "TrainPlan", "Budget", "train_autoencoder", "train_ensemble", "FittedModel", "fit_model"]
 
 @dataclass
 class TrainResult:
@@ -418,3 +421,37 @@ def _progress(total: int, enabled: bool, desc: str = "training"):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, unit_scale=True)
+
+
+# -- training from a typed Arrow table: the codec and the model, ready to save ------------------------
+
+@dataclass
+class FittedModel:
+    model: Ensemble
+    codec: TableCodec
+    result: TrainResult
+    seconds: float
+
+    @property
+    def metrics(self) -> dict:
+        r = self.result
+        return {"epochs_run": r.epochs_run, "best_epoch": r.best_epoch, "val_loss": r.val_loss,
+                "train_seconds": round(self.seconds, 3), "rows": int(self.rows), "networks": r.members,
+                **r.reports}
+
+
+def fit_model(table: pa.Table, schema: TableSchema, *, config: AEConfig = AEConfig(), progress: bool = False) -> FittedModel:
+    """Fit the codec and train the model on ``table`` (typed, nulls = missing): one network per
+    size of ``config`` (see ``AEConfig.extra_sizes``), used as their ensemble."""
+    t0 = time.perf_counter()
+    codec = TableCodec(schema=schema).fit(table)
+    enc = codec.encode(table)
+    if not enc.observed.any():
+        raise ValueError("the training table has no observed cell in any imputed column")
+    slices = [(s.start, s.stop) for s in codec.input_slices()]
+    result = train_ensemble(enc.values, enc.observed, enc.targets_num, enc.targets_cat, col_slices=slices,
+                            n_num=len(codec.num_columns_), cat_sizes=codec.cat_sizes, config=config,
+                            num_weights=codec.error_weights(), progress=progress)
+    fitted = FittedModel(result.model, codec, result, time.perf_counter() - t0)
+    fitted.rows = table.num_rows
+    return fitted

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from lakefill.models._config import AEConfig
+from lakefill.models.config import AEConfig
 from lakefill.models.members import member_names, members
 from lakefill.errors import LakefillError
 from lakefill.transforms.storage import Location

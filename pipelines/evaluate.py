@@ -45,10 +45,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakefill.errors import ConfigError
-from lakefill.models.autoencoder import AEConfig, direct_fill_inputs, predict
+from lakefill.models.config import AEConfig
+from lakefill.models.mixture import direct_fill_inputs, predict
 from lakefill.models.adapt import AdaptConfig, adapt_model
 from lakefill.models.reverse import ReverseConfig, reverse_impute
-from lakefill.models.train import fit_model
+from lakefill.models.training import fit_model
 from lakefill.transforms.detect import NullPolicy
 from lakefill.transforms.io import read_raw
 from lakefill.transforms.parse import detect_and_parse

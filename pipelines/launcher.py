@@ -25,8 +25,8 @@ from lakefill._drift import confidence_profile, confidence_report, drift_report,
 from lakefill.errors import ConfigError, InputError, NothingNew, SchemaError
 from lakefill.models.adapt import AdaptConfig
 from lakefill.models.artifact import MANIFEST, ModelArtifact, save_artifact
-from lakefill.models.autoencoder import AEConfig
-from lakefill.models.train import fit_model
+from lakefill.models.config import AEConfig
+from lakefill.models.training import fit_model
 from lakefill.pipelines import versions
 from lakefill.pipelines.config import JobConfig
 from lakefill.pipelines.report import render_report

@@ -122,8 +122,8 @@ def retrain(prep, run_id: str, *, reason: str, log=print) -> dict:
     """Train a new version of the job's model on the run's rows (``prep``: the run's prepared
     state; its ``config.model`` the version it used), check it against that version on rows
     kept aside, and write it beside the others. Returns what it did (the report's ``retrain``)."""
-    from lakefill.models.autoencoder import AEConfig
-    from lakefill.models.train import fit_model
+    from lakefill.models.config import AEConfig
+    from lakefill.models.training import fit_model
     from lakefill.pipelines.launcher import save_trained, training_rows
     from lakefill.transforms.impute import load_model_at
 

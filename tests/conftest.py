@@ -111,7 +111,7 @@ def spark():
 
 def tiny_config():
     """A model small and short enough for tests that need one trained per table."""
-    from lakefill.models._config import AEConfig
+    from lakefill.models.config import AEConfig
 
     return AEConfig(hidden=16, depth=1, code=8, epochs=5, min_steps=0, patience=5, extra_sizes=(), random_state=0,
                     without=("trees", "donors", "gaussian"))

@@ -10,7 +10,7 @@ import torch
 from lakefill.models.adapt import AdaptConfig, adapt_model
 from lakefill.models.artifact import load_artifact, save_artifact
 from lakefill.models.reverse import RowRandom, held_back
-from lakefill.models.train import fit_model
+from lakefill.models.training import fit_model
 from lakefill.transforms.impute import CHECK_AFTER, CHECK_BEFORE, IMPUTED, METHOD, Imputer
 from lakefill.transforms.io import ROW_ID
 

@@ -1,7 +1,6 @@
 """Integrity and security of what lakefill writes and loads (hostile and odd inputs)."""
 
 import json
-import stat
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,9 +12,9 @@ from deltalake import DeltaTable
 
 import lakefill.transforms.lake as lake
 from lakefill.errors import ModelError
-from lakefill.models._config import AEConfig
+from lakefill.models.config import AEConfig
 from lakefill.models.artifact import _manifest_digest, load_artifact, save_artifact
-from lakefill.models.train import fit_model
+from lakefill.models.training import fit_model
 from lakefill.schema import TableSchema
 from lakefill.transforms.lake import commit, write_part
 from conftest import train_and_run

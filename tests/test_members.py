@@ -14,8 +14,9 @@ import torch
 from lakefill.errors import ModelError
 from lakefill.models import members
 from lakefill.models.artifact import load_artifact, save_artifact
-from lakefill.models.autoencoder import AEConfig, predict
-from lakefill.models.train import fit_model
+from lakefill.models.config import AEConfig
+from lakefill.models.mixture import predict
+from lakefill.models.training import fit_model
 from lakefill.schema import TableSchema
 from lakefill.transforms.impute import Imputer
 

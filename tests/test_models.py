@@ -8,15 +8,17 @@ import pytest
 import torch
 
 from lakefill.models.artifact import FORMAT, _manifest_digest, load_artifact, save_artifact
-from lakefill.models import members, training
+from lakefill.models import training
 from lakefill.models.grid import grid_weight
-from lakefill.models.members import Blend
-from lakefill.models.autoencoder import (AEConfig, Ensemble, GaussianMember, MaskedAutoencoder, _loss_weights,
-                                         _PlateauSchedule, cell_losses, direct_fill_inputs, fit_gaussian, predict)
+from lakefill.models.config import AEConfig
+from lakefill.models.gaussian import GaussianMember, fit_gaussian
+from lakefill.models.mixture import Ensemble, direct_fill_inputs, predict
+from lakefill.models.network import MaskedAutoencoder, cell_losses
+from lakefill.models.training import _loss_weights, _PlateauSchedule
 from lakefill.models.codec import TableCodec
 from lakefill.models.donors import DonorIndex
 from lakefill.models.reverse import ReverseConfig, reverse_impute
-from lakefill.models.train import fit_model
+from lakefill.models.training import fit_model
 from lakefill.errors import ModelError
 from lakefill.transforms.impute import CONFIDENCE, IMPUTED, METHOD, Imputer
 from lakefill.transforms.io import ROW_ID

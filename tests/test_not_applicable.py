@@ -8,9 +8,9 @@ import pyarrow.compute as pc
 import pytest
 
 from conftest import write
-from lakefill.models._config import AEConfig
+from lakefill.models.config import AEConfig
 from lakefill.models.artifact import load_artifact, save_artifact
-from lakefill.models.train import fit_model
+from lakefill.models.training import fit_model
 from lakefill.pipelines.cli import main
 from lakefill.transforms.detect import DISGUISED, NOT_APPLICABLE, NullPolicy
 from lakefill.transforms.impute import IMPUTED, Imputer

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import train_and_run, write
-from lakefill.models._config import AEConfig
+from lakefill.models.config import AEConfig
 from lakefill.pipelines.cli import main
 from lakefill.pipelines.config import JobConfig
 from lakefill.pipelines.local_job import run_local, train_to_dir
@@ -401,7 +401,7 @@ def test_fuzzed_tables_run_on_local_and_beam_alike_many(tmp_path_factory, case):
 def test_a_short_training_run_on_a_small_table_works(tmp_path):
     """--epochs is honoured as given: 1 to 10 epochs of one or two steps each (found by the fuzz
     test: the one-cycle schedule divided by zero on such runs)."""
-    from lakefill.models.train import fit_model
+    from lakefill.models.training import fit_model
 
     path = adult_like(tmp_path / "a.csv", n=30)
     schema, _, good, _ = _infer_validate(path)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakefill.models.artifact import ModelArtifact, load_artifact, save_artifact
-from lakefill.models.autoencoder import predict
+from lakefill.models.mixture import predict
 from lakefill.models.adapt import AdaptConfig, adapt_model
 from lakefill.models.reverse import ReverseConfig, reverse_impute
 from lakefill._arrow import flags_to_lists, lists_to_flags
