@@ -223,6 +223,19 @@ def test_the_dataframe_functions_one_by_one_give_what_the_fused_job_gives(spark,
     assert lf.fused(raw, schemas.final, plan.steps, model=model, counters=counters).count() == ROWS
     assert counters.value["validation:pre:rows_failed"] == 1 and counters.value["rows_in"] == 0  # read_raw had none
     assert counters.value["cells_imputed"] == int(a["_lf_imputed"].map(len).sum()) > 0
+    # the last function: the executors write the parts, one commit per table on the driver makes them the table
+    from lakefill.transforms.lake import commit, read_lake
+    from lakefill.transforms.stage import Parts
+
+    written = lf.write_lake(lf.with_run_id_df(df, "x", schemas.final), str(tmp_path / "t"), str(tmp_path / "q"), "x",
+                            schemas.final)
+    parts = [Parts.from_dict(json.loads(r["parts"])) for r in written.collect()]
+    commit(tmp_path / "t", [x for p in parts for x in p.table_actions], schemas.final, run_id="x")
+    lake = read_lake(tmp_path / "t").to_pandas().sort_values(ROW_ID).reset_index(drop=True)
+    assert list(lake[ROW_ID]) == list(a[ROW_ID])
+    np.testing.assert_allclose(lake["income"], a["income"], rtol=1e-6)
+    held = sum(n for p in parts for k, n in p.counters.items() if k.startswith("rows_quarantined:"))
+    assert held == len(BAD) and sum(len(p.quarantine_actions) for p in parts) >= 1
 
 
 @pytest.fixture(scope="module")
