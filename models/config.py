@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["AEConfig"]
+__all__ = ["AEConfig", "TRAIN_ROWS"]
+
+# The training sample's default size (lakefill.transforms.sample): a model is fitted on at most this
+# many rows drawn uniformly from the whole input. Measured (docs/benchmarks.md, protocol A with
+# --train-rows), a model fitted on a 50,000-row sample fills a table about as well as one fitted
+# on all of it; 200,000 leaves a margin and keeps a large table's first fit to minutes.
+TRAIN_ROWS = 200_000
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from lakefill.models.config import AEConfig
+from lakefill.models.config import TRAIN_ROWS, AEConfig
 from lakefill.models.members import member_names, members
 from lakefill.errors import LakefillError
 from lakefill.transforms.storage import Location
@@ -106,10 +106,15 @@ def _train(args) -> int:
         args.input = args.input or job.input
         args.schema = args.schema or job.schema_path
         args.out = args.out or job.model
-        args.time_budget = args.time_budget or job.train_time_budget
+        args.time_budget = args.time_budget or job.training.time_budget or job.train_time_budget
+        args.train_rows = args.train_rows or job.training.train_rows
+        args.seed = job.training.seed if args.seed is None else args.seed
+        for name in job.training.without:
+            setattr(args, f"no_{name}", True)
         options = job.storage_options
     else:
         options = {}
+    args.seed = 0 if args.seed is None else args.seed
     if not args.input or not args.out:
         raise LakefillError("train needs --input and --out (or --job JOB.yaml, which names both)")
     source, model = Location(args.input, options), Location(args.out, options)
@@ -132,7 +137,8 @@ def _train(args) -> int:
     without = tuple(name for name in member_names() if getattr(args, f"no_{name}", False))
     cfg = AEConfig(**epochs, random_state=args.seed, time_budget=args.time_budget, without=without,
                    squash=args.squash, **sizes, **({"extra_sizes": ()} if sizes else {}))
-    out = train_to_dir(source, schema, model, config=cfg, progress=not args.quiet, csv_options=_csv(args))
+    out = train_to_dir(source, schema, model, config=cfg, progress=not args.quiet, csv_options=_csv(args),
+                       train_rows=args.train_rows or TRAIN_ROWS, log=None if args.quiet else print)
     manifest = json.loads((Location(str(out), options) / "manifest.json").read_text())
     print(f"wrote model to {out} (weights sha256 {manifest['weights_sha256'][:12]}..., metrics {manifest['metrics']})")
     return 0
@@ -549,7 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="finish training within this many seconds: the networks' schedules are planned to fit "
                         "(from their measured step time), training stops at the limit and members not reached are "
                         "skipped. A budget that binds makes the model depend on the machine's speed (default: none)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same data and seed give the same model)")
+    p.add_argument("--seed", type=int, default=None, help="random seed of the sample and the model (same data and seed "
+                   "give the same model; default 0, or the job's training: seed)")
+    p.add_argument("--train-rows", type=int, default=None, metavar="N",
+                   help=f"train on at most N rows drawn uniformly from the whole input by a seeded hash of their row "
+                        f"ids (one streaming pass; default {TRAIN_ROWS:,}, or the job's training: train_rows)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (by default one bar over every network's "
                                                           "steps, with its ETA, on stderr)")
     p.set_defaults(func=_train)

@@ -10,9 +10,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lakefill.errors import ConfigError
+from lakefill.models.config import TRAIN_ROWS
 from lakefill.schema import read_yaml_mapping
 
-__all__ = ["JobConfig", "CsvConfig", "load_config", "DEFAULT_CONFIG", "config_from_flags"]
+__all__ = ["JobConfig", "CsvConfig", "TrainingConfig", "load_config", "DEFAULT_CONFIG", "config_from_flags"]
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 
@@ -35,6 +36,32 @@ class CsvConfig(BaseModel):
         from lakefill.transforms.io import CsvOptions
 
         return CsvOptions(delimiter=self.delimiter, quotechar=self.quotechar, encoding=self.encoding)
+
+
+class TrainingConfig(BaseModel):
+    """How a model for this job is trained (``train_if_missing``, ``--task train``, ``lakefill
+    train --job``, ``retrain``)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_rows: int = Field(default=TRAIN_ROWS, ge=1, description="the training sample: at most this many rows, drawn "
+                            "uniformly from the whole input by a seeded hash of their row ids (the same rows on every "
+                            "engine and split); the input is read once and never held whole")
+    seed: int = Field(default=0, description="the sample's and the model's seed (same input and seed, same model)")
+    time_budget: float = Field(default=0.0, ge=0.0, allow_inf_nan=False,
+                               description="seconds the fit may take (0: no limit; a budget that binds makes the "
+                               "model depend on the machine's speed)")
+    without: list[str] = Field(default_factory=list, description="registered members left out (gaussian, trees, "
+                               "donors, or a member of your own)")
+
+    @field_validator("without")
+    @classmethod
+    def _members(cls, v: list[str]) -> list[str]:
+        from lakefill.models.members import member_names
+
+        unknown = sorted(set(v) - set(member_names()))
+        if unknown:
+            raise ValueError(f"unknown member(s) {unknown}; the members are {member_names()}")
+        return v
 
 
 class JobConfig(BaseModel):
@@ -86,7 +113,10 @@ class JobConfig(BaseModel):
                               "(MultiProcessShared); each batch then crosses a process boundary. Off: one per process")
     train_if_missing: bool = False
     train_time_budget: float = Field(default=0.0, ge=0.0, allow_inf_nan=False,
-                                     description="seconds a model trained for this job may take (0: no limit)")
+                                     description="seconds a model trained for this job may take (0: no limit; "
+                                     "training: {time_budget: ...} says the same)")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="how a model for this job is "
+                                     "trained: train_rows, seed, time_budget, without")
     device: Literal["auto", "cpu", "gpu"] = Field(default="auto", description="where the model runs: the GPU when torch sees one (auto)")
     precision: Literal["fp32", "bf16"] = Field(default="fp32", description="the fill's forward pass in float32, or in "
                                                "bfloat16 (torch.autocast: faster, fills within ~1e-4 RMSE on letter)")
@@ -105,6 +135,13 @@ class JobConfig(BaseModel):
         from lakefill.transforms.storage import Location
 
         return Location(where, self.storage_options)
+
+    def ae_config(self):
+        """The model's training config for this job (``training:``; ``train_time_budget`` as its time budget)."""
+        from lakefill.models.config import AEConfig
+
+        return AEConfig(time_budget=self.training.time_budget or self.train_time_budget,
+                        random_state=self.training.seed, without=tuple(self.training.without))
 
     @property
     def out(self):

@@ -40,6 +40,7 @@ from lakefill.transforms.lake import SchemaChangeRefused, check_schema_change, c
 from lakefill.transforms.parse import detect_and_parse, parse_table
 from lakefill.transforms.plan import Detect, Runtime, StagePlan, Step, in_schema_order, stage_plan
 from lakefill.transforms.stage import reason_counts
+from lakefill.transforms.sample import TRAIN_ROWS, read_sample
 from lakefill.transforms.storage import Location, as_location
 from lakefill.transforms.validate import Validator, write_data_docs
 
@@ -75,7 +76,7 @@ def _default_run_id() -> str:
     return datetime.now(timezone.utc).strftime("run-%Y%m%dT%H%M%SZ")
 
 
-def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
+def prepare(config: JobConfig, *, log=print, remote: bool = False, sampler=None) -> Prepared:
     """Everything that can be refused is refused here, before any row is processed.
 
     Every path of the job may be a URI on an object store (``storage_options`` in the job):
@@ -137,7 +138,7 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False) -> Prepared:
                               f"machine; train it first as a job on the engine (the launch with task=train, or "
                               f"`lakefill train --job JOB.yaml`)")
         log(f"training a model into {model} (train_if_missing)")
-        _train(config, schema)
+        _train(config, schema, log=log, sampler=sampler)
     newest = versions.resolve(model)  # the newest accepted version of the job's model
     if newest.uri != model.uri:
         log(f"model: {newest}, the newest accepted version of {model}")
@@ -228,13 +229,15 @@ def _with_nulls(table: pa.Table, columns: list[str]) -> pa.Table:
     return table
 
 
-def _train(config: JobConfig, schema: TableSchema) -> None:
-    """The job's model trained on its input into its ``model`` folder, within its time budget."""
+def _train(config: JobConfig, schema: TableSchema, log=print, sampler=None) -> None:
+    """The job's model trained on a sample of its input into its ``model`` folder (``training:``);
+    ``sampler``: the engine's (Spark's executors draw it), else one streaming pass here."""
     train_to_dir(config.location(config.input), schema, config.location(config.model), sample_rows=config.sample_rows,
-                 csv_options=config.csv_options, config=AEConfig(time_budget=config.train_time_budget))
+                 csv_options=config.csv_options, config=config.ae_config(), train_rows=config.training.train_rows,
+                 log=log, sampler=sampler)
 
 
-def train_for_job(config: JobConfig, *, log=print) -> dict:
+def train_for_job(config: JobConfig, *, log=print, sampler=None) -> dict:
     """The job's model, trained if it is missing: the engines' training jobs (``--task train``:
     a Beam pipeline's worker, the Spark driver). Returns what it did."""
     model = config.location(config.model)
@@ -245,7 +248,7 @@ def train_for_job(config: JobConfig, *, log=print) -> dict:
     source.check_reachable()
     schema, _ = fit_policy(config, read_raw(source, limit=config.sample_rows, csv_options=config.csv_options))
     log(f"training a model into {model}")
-    _train(config, schema)
+    _train(config, schema, log=log, sampler=sampler)
     return {"model": str(model), "trained": True}
 
 
@@ -287,15 +290,19 @@ def load_schema_at(loc: Location) -> TableSchema:
 
 def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Path | Location", *,
                  sample_rows: int = 200_000, config: AEConfig = AEConfig(), progress: bool = False,
-                 csv_options=None) -> "Path | Location":
-    """Train a model on ``input_path`` and write it to ``out_dir`` (a folder, local or on an
-    object store: written there directly)."""
+                 csv_options=None, train_rows: int = TRAIN_ROWS, log=None, sampler=None) -> "Path | Location":
+    """Train a model on a sample of at most ``train_rows`` rows of ``input_path``, drawn
+    uniformly from the whole input with ``config.random_state`` (``lakefill.transforms.sample``),
+    and write it to ``out_dir`` (a folder, local or on an object store: written there directly).
+    The model's metrics record the sample (``training_sample``)."""
     out = as_location(out_dir)
-    raw, typed, good, quarantined = training_rows(input_path, schema, sample_rows=sample_rows, csv_options=csv_options)
+    raw, typed, good, quarantined, info = training_rows(input_path, schema, sample_rows=sample_rows,
+                                                        csv_options=csv_options, train_rows=train_rows,
+                                                        seed=config.random_state, log=log, sampler=sampler)
 
     def why() -> str:
         top = reason_counts(quarantined).most_common(3)
-        return (f"{len(quarantined)} of the {raw.rows_in} rows of {input_path} were quarantined"
+        return (f"{len(quarantined)} of the {raw.rows_in} rows sampled from {input_path} were quarantined"
                 + (" (top reasons: " + "; ".join(f"{k}: {n} rows" for k, n in top) + ")" if top else ""))
 
     if good.num_rows == 0:
@@ -307,30 +314,33 @@ def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Pa
         if "no observed values" not in str(err):
             raise
         raise InputError(f"{err} ({good.num_rows} rows passed validation; {why()})") from err
-    save_trained(out, fitted, schema, typed.policy.to_dict(), config, good)
+    save_trained(out, fitted, schema, typed.policy.to_dict(), config, good, sample=info)
     return out.local_path if out.is_local else out
 
 
 def training_rows(source, schema: TableSchema, *, sample_rows: int, csv_options=None, options: dict | None = None,
-                  limit: int | None = None):
-    """What a model trains on: ``source`` (its first ``limit`` records) read, its disguised nulls
-    replaced and typed, and pre-validated. Returns (raw, typed, the rows that pass, the quarantined)."""
-    raw = read_raw(source, options=options, limit=limit, csv_options=csv_options)
+                  train_rows: int = TRAIN_ROWS, seed: int = 0, log=None, sampler=None):
+    """What a model trains on: the training sample of ``source`` (``read_sample``: at most
+    ``train_rows`` rows drawn uniformly from the whole input, streamed), its disguised nulls
+    replaced and typed, and pre-validated. Returns (raw sample, typed, the rows that pass, the
+    quarantined, ``SampleInfo``). ``sampler``: an engine's ``read_sample`` (Spark's ``sample_rows``)."""
+    raw, info = (sampler or read_sample)(source, train_rows=train_rows, seed=seed, csv_options=csv_options,
+                                         options=options, log=log)
     typed = detect_and_parse(raw, schema, sample_rows=sample_rows)
     good, bad = Validator(schema, stage="pre").validate(typed.table)
-    return raw, typed, good, typed.quarantined + bad
+    return raw, typed, good, typed.quarantined + bad, info
 
 
 def save_trained(folder: "Path | Location", fitted, schema: TableSchema, policy: dict | None, config: AEConfig,
-                 rows: pa.Table, limit: int = 20_000):
+                 rows: pa.Table, limit: int = 20_000, sample=None):
     """A fitted model written to ``folder`` (local or a ``Location``) with what runs compare themselves with: the
     profile of the ``rows`` it was trained on and its confidence on (the first ``limit`` of) them,
     filling their own missing cells (``lakefill._drift``)."""
     artifact = ModelArtifact(fitted.model, fitted.codec, schema, None, config, {}, "", float(fitted.result.error_reference))
     filled = Imputer(artifact, device="cpu").impute(rows.slice(0, limit))
     return save_artifact(as_location(folder), model=fitted.model, codec=fitted.codec, schema=schema, policy=policy, config=config,
-                         metrics=fitted.metrics, error_reference=fitted.result.error_reference,
-                         profile=profile_table(rows, schema),
+                         metrics={**fitted.metrics, **({"training_sample": sample.to_dict()} if sample else {})},
+                         error_reference=fitted.result.error_reference, profile=profile_table(rows, schema),
                          training_confidence=confidence_profile(filled.column(CONFIDENCE).to_numpy(zero_copy_only=False)))
 
 

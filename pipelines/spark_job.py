@@ -27,6 +27,7 @@ from lakefill.pipelines.config import JobConfig, config_from_flags
 from lakefill.pipelines.launcher import RunOutcome, config_summary, end_of_run, plan_for, prepare, train_for_job
 from lakefill.transforms.plan import Step
 from lakefill.transforms.stage import Parts, RunTotals, finalize
+from lakefill.transforms.storage import as_location
 
 __all__ = ["spark_session", "run_spark", "parse_spark_args", "main"]
 
@@ -115,16 +116,37 @@ def _jvm_output_to(path: Path):
         os.close(target)
 
 
+def spark_sampler(get_spark):
+    """The training sample drawn by Spark's executors (``lakefill.transforms.spark.sample_rows``)
+    in the launcher's ``read_sample`` form; the session is started when a sample is asked for."""
+    def sample(source, *, options=None, **kw):
+        from lakefill.transforms import spark as lf
+
+        if isinstance(source, (list, tuple)):
+            path, options = list(source), dict(options or {})
+        else:
+            loc = as_location(source, options)
+            path, options = loc.uri, {**loc.options, **(options or {})}
+        return lf.sample_rows(get_spark(), path, options=options, **kw)
+    return sample
+
+
 def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=None,
               extra_steps: Sequence[Step] = (), log=print) -> RunOutcome:
     from lakefill.transforms import spark as lf
 
-    prep = prepare(config, log=log)
+    session = [spark]
+
+    def get_spark():
+        session[0] = session[0] or spark_session(spark_args)
+        return session[0]
+
+    prep = prepare(config, log=log, sampler=spark_sampler(get_spark))  # train_if_missing: the executors sample
     cfg, run_id = prep.config, prep.run_id
     out = cfg.out
     plan = plan_for(prep, extra_steps)
     t0 = time.perf_counter()
-    spark = spark or spark_session(spark_args)
+    spark = get_spark()
     model = (lf.broadcast_model(spark, cfg.location(cfg.model), prep.schema, device=cfg.device)
              if prep.artifact is not None else None)  # impute: false reads no model
     rows = lf.run_plan(spark, plan, model, cfg.reads, table_uri=out / "table", quarantine_uri=out / "quarantine",
@@ -159,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_id:
         config = config.model_copy(update={"run_id": args.run_id})
     if args.task == "train":
-        print(json.dumps(train_for_job(config)))
+        print(json.dumps(train_for_job(config, sampler=spark_sampler(lambda: spark_session(extra)))))
         return 0
     outcome = run_spark(config, extra)
     print(json.dumps({"run_id": outcome.run_id, "table": outcome.table, "report": outcome.report,

@@ -122,24 +122,24 @@ def retrain(prep, run_id: str, *, reason: str, log=print) -> dict:
     """Train a new version of the job's model on the run's rows (``prep``: the run's prepared
     state; its ``config.model`` the version it used), check it against that version on rows
     kept aside, and write it beside the others. Returns what it did (the report's ``retrain``)."""
-    from lakefill.models.config import AEConfig
     from lakefill.models.training import fit_model
     from lakefill.pipelines.launcher import save_trained, training_rows
     from lakefill.transforms.impute import load_model_at
 
     cfg = prep.config
     current = cfg.location(cfg.model)
-    _, typed, good, _ = training_rows(cfg.reads, prep.schema, sample_rows=cfg.sample_rows, csv_options=cfg.csv_options,
-                                      options=cfg.storage_options, limit=cfg.sample_rows)
+    _, typed, good, _, info = training_rows(cfg.reads, prep.schema, sample_rows=cfg.sample_rows,
+                                            csv_options=cfg.csv_options, options=cfg.storage_options,
+                                            train_rows=cfg.training.train_rows, seed=cfg.training.seed)
     train, check = _split(good, CHECK_SHARE)
     if train.num_rows < 20 or check.num_rows < 5:
         return {"reason": reason, "trained": False, "why": f"too few rows to retrain on ({good.num_rows} valid rows)"}
     target = next_version(current)
     log(f"retraining ({reason}): {train.num_rows} rows of run {run_id}, {check.num_rows} kept aside; writing {target}")
-    config = AEConfig(time_budget=cfg.train_time_budget)
+    config = cfg.ae_config()
     fitted = fit_model(train, prep.schema, config=config)
     # written in place: a version is used only once its check.json, written last, accepts it
-    save_trained(target, fitted, prep.schema, typed.policy.to_dict(), config, train)
+    save_trained(target, fitted, prep.schema, typed.policy.to_dict(), config, train, sample=info)
     new = load_model_at(target, schema=prep.schema)
     score_new = check_score(new, check)
     score_old = check_score(prep.artifact, check)

@@ -268,3 +268,24 @@ def test_the_packed_environment_runs_the_job_on_the_cluster(cluster, packed_env,
     assert sys.prefix not in pythons
     table, quarantine = _read(tmp_path / "out" / "table"), _read(tmp_path / "out" / "quarantine")
     assert sorted(table.column(ROW_ID).to_pylist() + quarantine.column(ROW_ID).to_pylist()) == list(range(n))
+
+
+def test_a_first_run_trains_on_a_sample_the_executors_drew(spark, tmp_path):
+    """train_if_missing on Spark: each task keeps its bottom-k, the driver merges them: the rows the
+    local sampler draws; the model records the sample."""
+    from lakefill.pipelines.spark_job import run_spark
+    from lakefill.transforms import spark as lf
+    from lakefill.transforms.sample import read_sample
+
+    local, _ = read_sample(EXAMPLES / "customers.csv", train_rows=300, seed=2)
+    drawn, info = lf.sample_rows(spark, str(EXAMPLES / "customers.csv"), train_rows=300, seed=2, batch_rows=64,
+                                 min_tasks=4)
+    assert drawn.table.equals(local.table) and (info.rows, info.seed) == (300, 2) and info.input_rows == read_raw(EXAMPLES / "customers.csv").table.num_rows
+    cfg = demo_job(tmp_path, tmp_path / "model", train_if_missing=True,
+                   training={"train_rows": 300, "seed": 2, "without": ["gaussian", "trees", "donors"]})
+    lines = []
+    outcome = run_spark(cfg, spark=spark, log=lines.append)
+    assert outcome.committed and any("drawn by Spark" in str(line) for line in lines)
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["metrics"]["training_sample"]["rows"] == 300 and manifest["metrics"]["rows"] <= 300
+    assert manifest["config"]["random_state"] == 2

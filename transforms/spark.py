@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +252,39 @@ def run_plan(spark: SparkSession, plan: StagePlan, model: ModelRef, path: str, *
             yield _parts_record(parts)
 
     return todo.mapInArrow(fn, PARTS_SCHEMA)
+
+
+def sample_rows(spark: SparkSession, path, *, train_rows: int, seed: int = 0, csv_options=None,
+                options: dict | None = None, batch_rows: int = 50_000, min_tasks: int | None = None, log=None):
+    """The input's training sample drawn by the executors: each task keeps the bottom
+    ``train_rows`` of its read units (``lakefill.transforms.sample``), the driver merges them one
+    task at a time (holding at most about twice the sample). The same rows as the local sampler
+    draws, whatever the split. Returns (``RawRead`` of the sample, ``SampleInfo``)."""
+    import pickle
+
+    from lakefill.transforms.io import RawRead
+    from lakefill.transforms.sample import BottomK
+
+    t0 = time.perf_counter()
+    todo = _read_units(spark, path if isinstance(path, list) else str(path), batch_rows, min_tasks, options, csv_options)
+
+    def fn(batches):
+        part = BottomK(train_rows, seed)
+        for chunk in _read_chunks(batches, batch_rows, csv_options, options):
+            part.add(chunk.table, chunk.quarantined)
+        yield pa.RecordBatch.from_pylist([{"sample": pickle.dumps(part)}], schema=_SAMPLE)
+
+    merged = BottomK(train_rows, seed)
+    for row in todo.mapInArrow(fn, "sample binary").toLocalIterator():
+        merged.merge(pickle.loads(row["sample"]))  # our own executors' bytes, within one job
+    info = merged.info()
+    if log is not None:
+        log(f"training sample: {info.rows:,} of {info.input_rows:,} rows (seed {seed}), drawn by Spark in "
+            f"{time.perf_counter() - t0:.1f} s")
+    return RawRead(str(path), merged.table(), list(merged.quarantined)), info
+
+
+_SAMPLE = pa.schema([("sample", pa.binary())])
 
 
 def _read_units(spark: SparkSession, path: str, batch_rows: int, min_tasks: int | None, options: dict | None,
