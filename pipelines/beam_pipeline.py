@@ -88,10 +88,58 @@ def build_pipeline(p: beam.Pipeline, prep: Prepared, *, handler: LakefillModelHa
     return summary
 
 
+class SampleRows(beam.CombineFn):
+    """The training sample as a Beam combine: every worker keeps the bottom ``train_rows`` of the
+    rows it reads (``lakefill.transforms.sample.BottomK``) and the runner merges the partial
+    samples into one, the rows the local sampler draws. Elements: ("rows", batch) and
+    ("unreadable", quarantined records)."""
+
+    def __init__(self, train_rows: int, seed: int):
+        self.train_rows, self.seed = train_rows, seed
+
+    def create_accumulator(self):
+        from lakefill.transforms.sample import BottomK
+
+        return BottomK(self.train_rows, self.seed)
+
+    def add_input(self, acc, element):
+        kind, value = element
+        return acc.add(value) if kind == "rows" else acc.add_unreadable(value)
+
+    def merge_accumulators(self, accumulators):
+        accumulators = list(accumulators)
+        for other in accumulators[1:]:
+            accumulators[0].merge(other)
+        return accumulators[0]
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _train_on(sample, config: JobConfig) -> dict:
+    """``train_for_job`` on the sample the pipeline drew (a worker's step)."""
+    from lakefill.transforms.io import RawRead
+
+    def sampler(source, **_):
+        return RawRead(str(source), sample.table(), list(sample.quarantined)), sample.info()
+
+    return train_for_job(config, sampler=sampler)
+
+
 def build_training(p: beam.Pipeline, config: JobConfig):
-    """A pipeline of one step on one worker: the job's model, trained if it is missing
-    (``train_for_job``). Training runs on the engine, never on the launcher."""
-    return p | "Job" >> beam.Create([config]) | "TrainIfMissing" >> beam.Map(lambda cfg: train_for_job(cfg))
+    """The job's model, trained if it is missing: the pipeline reads the input in parallel and
+    draws the training sample with a combine (``SampleRows``), one worker fits on it
+    (``train_for_job``). Training runs on the engine, never on the launcher; a model that is
+    there makes the pipeline one step that says so."""
+    if (config.location(config.model) / "manifest.json").exists():
+        return p | "Job" >> beam.Create([config]) | "TrainIfMissing" >> beam.Map(lambda cfg: train_for_job(cfg))
+    read = p | "Read" >> ReadRaw(config.reads, batch_rows=50_000, csv_options=config.csv_options,
+                                 options=config.storage_options, min_units=2)
+    rows = read["main"] | "Rows" >> beam.Map(lambda t: ("rows", t))
+    bad = read[QUARANTINE] | "Unreadable" >> beam.Map(lambda q: ("unreadable", q))
+    sample = ((rows, bad) | "Both" >> beam.Flatten()
+              | "Sample" >> beam.CombineGlobally(SampleRows(config.training.train_rows, config.training.seed)))
+    return sample | "Train" >> beam.Map(_train_on, config)
 
 
 def beam_metrics(result) -> dict:

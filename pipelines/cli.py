@@ -197,7 +197,7 @@ def _evaluate(args) -> int:
     ae = json.loads(args.ae_config) if args.ae_config else None
     out = evaluate(data=Path(args.data), schema=Path(args.schema) if args.schema else None,
                    missing_rate=args.missing_rate, mechanism=args.mechanism, seeds=seeds, methods=methods,
-                   ae_config=ae)
+                   ae_config=ae, train_rows=args.train_rows)
     print(format_table(out))
     if args.json:
         write_json(out, Path(args.json))
@@ -580,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="lakefill,lakefill-reverse,mean,knn,mice,missforest", help="comma-separated methods to compare")
     p.add_argument("--json", help="write the results as JSON here")
     p.add_argument("--ae-config", help="JSON overrides of the autoencoder settings (for experiments)")
+    p.add_argument("--train-rows", type=int, default=None, metavar="N",
+                   help="lakefill fits on the training sample of N rows (seeded, as `lakefill train` draws it) and "
+                        "fills the whole table")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("run", help="run the whole stage from a job config",

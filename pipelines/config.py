@@ -236,7 +236,8 @@ def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
     given = {k: v for k, v in vars(args).items() if k != "job" and v not in (None, "")}
     if "partition_by" in given:
         given["partition_by"] = [c for c in given["partition_by"].split(",") if c]
-    for key, example in (("csv", '{"delimiter": ";"}'), ("storage_options", '{"AWS_REGION": "eu-west-1"}')):
+    for key, example in (("csv", '{"delimiter": ";"}'), ("storage_options", '{"AWS_REGION": "eu-west-1"}'),
+                         ("training", '{"train_rows": 200000}')):
         if key in given:  # a JSON object
             try:
                 given[key] = json.loads(given[key])

@@ -167,12 +167,20 @@ def _masked_table(problem: Problem, mask: np.ndarray) -> pa.Table:
 
 # ------------------------------------------------------------------------------------ methods
 def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool, config: AEConfig | None = None,
-                 fitted=None, fit_s: float | None = None, adapt: bool = False):
-    """Fit (or take the given fit of the same seed and config) and fill; returns scores' inputs and the fit."""
+                 fitted=None, fit_s: float | None = None, adapt: bool = False, train_rows: int | None = None):
+    """Fit (or take the given fit of the same seed and config) and fill; returns scores' inputs and
+    the fit. ``train_rows``: fit on the training sample of that many rows (the product's: the
+    rows with the smallest seeded hashes of their row ids), fill the whole table."""
     masked = _masked_table(problem, mask)
     if fitted is None:
         t0 = time.perf_counter()
-        fitted = fit_model(masked, problem.schema, config=config or AEConfig(random_state=seed))
+        fit_on = masked
+        if train_rows and train_rows < masked.num_rows:
+            from lakefill.transforms.sample import row_keys
+
+            pick = np.sort(np.argsort(row_keys(np.arange(masked.num_rows), seed), kind="stable")[:train_rows])
+            fit_on = masked.take(pa.array(pick))
+        fitted = fit_model(fit_on, problem.schema, config=config or AEConfig(random_state=seed))
         fit_s = time.perf_counter() - t0
     codec, model = fitted.codec, fitted.model
     t0 = time.perf_counter()
@@ -358,7 +366,7 @@ def _rank_quality(mask: np.ndarray, cell_err: np.ndarray, confidence: np.ndarray
 
 
 def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism: str, seeds: list[int],
-             methods: list[str], log=print, ae_config: dict | None = None) -> dict:
+             methods: list[str], log=print, ae_config: dict | None = None, train_rows: int | None = None) -> dict:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
@@ -375,7 +383,7 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
                 cfg = AEConfig.from_dict({**(ae_config or {}), "random_state": seed})
                 Xhat, Chat, fit_s, imp_s, conf, expected, extra, fitted = run_lakefill(
                     problem, mask, seed, reverse=m in ("lakefill-reverse", "lakefill-adapt"), config=cfg,
-                    adapt=m == "lakefill-adapt",
+                    adapt=m == "lakefill-adapt", train_rows=train_rows,
                     fitted=fit[0] if fit else None, fit_s=fit[1] if fit else None)
                 fit = (fitted, fit_s)
             else:
@@ -407,7 +415,8 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
             r["seconds_vs_missforest"] = (r["fit_seconds"] + r["impute_seconds"]) / base if base > 0 else None
     return {"dataset": problem.name, "rows": int(problem.table.num_rows),
             "columns": len(problem.num_cols) + len(problem.cat_cols), "missing_rate": missing_rate,
-            "mechanism": mechanism, "seeds": seeds, "results": results}
+            "mechanism": mechanism, "seeds": seeds, "results": results,
+            **({"train_rows": train_rows} if train_rows else {})}
 
 
 def _mean(xs):

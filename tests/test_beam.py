@@ -269,3 +269,22 @@ def test_a_shared_model_is_reached_through_beams_proxy_and_answers_as_the_model_
     assert a.equals(b)
     low = a.filter(pc.greater(pc.list_value_length(a.column(IMPUTED)), 0))
     assert local.refine(low).equals(shared.refine(low))
+
+
+def test_the_training_task_draws_its_sample_with_a_combine_and_trains_on_it(tmp_path):
+    """task=train on Beam: the workers read the input and keep their bottom-k, the combine merges
+    them into the rows the local sampler draws, one worker fits on them."""
+    from lakefill.pipelines.beam_pipeline import SampleRows, run_beam_training
+    from lakefill.transforms.sample import BottomK, read_sample
+
+    local, info = read_sample(EXAMPLES / "customers.csv", train_rows=250, seed=4)
+    fn = SampleRows(250, 4)
+    halves = [fn.add_input(fn.create_accumulator(), ("rows", part)) for part in
+              (local.table.slice(0, 100), local.table.slice(100))]
+    assert fn.extract_output(fn.merge_accumulators(halves)).table().equals(local.table)
+    cfg = demo_job(tmp_path, tmp_path / "model", training={"train_rows": 250, "seed": 4,
+                                                           "without": ["gaussian", "trees", "donors"]})
+    run_beam_training(cfg, ["--direct_num_workers=1"])
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["metrics"]["training_sample"] == info.to_dict() and info.rows == 250
+    assert isinstance(fn.create_accumulator(), BottomK)

@@ -62,6 +62,16 @@ def test_evaluate_command_writes_the_protocol_json(tmp_path, capsys):
     assert "gain" in capsys.readouterr().err
 
 
+def test_evaluate_fits_on_the_training_sample_and_fills_the_whole_table(tmp_path, capsys):
+    data = _table(tmp_path / "t.csv", n=300)
+    out = tmp_path / "a.json"
+    assert main(["evaluate", "--data", str(data), "--seeds", "0", "--methods", "lakefill", "--train-rows", "100",
+                 "--ae-config", json.dumps(TINY), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["train_rows"] == 100 and result["rows"] == 300
+    assert result["results"]["lakefill"]["rmse"] is not None  # every hidden cell of the 300 rows scored
+
+
 def _errors_problem(n=4000, seed=0):
     """Cells whose predicted errors are known: 1 numeric and 3 categorical columns, 30% hidden."""
     rng = np.random.default_rng(seed)

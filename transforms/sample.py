@@ -75,13 +75,18 @@ class BottomK:
         if self.k < 1:
             raise ValueError(f"the training sample needs at least one row, got train_rows={self.k}")
 
-    def add(self, table: pa.Table, quarantined=()) -> "BottomK":
-        """A batch of rows (with their ``_lf_row_id``) and the records its reader could not read."""
+    def add_unreadable(self, quarantined) -> "BottomK":
+        """Records a reader could not read as rows: counted (the first thousand kept for the message)."""
         quarantined = list(quarantined)
         self.unreadable += len(quarantined)
         room = _QUARANTINE_KEPT - len(self.quarantined)
         if room > 0:
             self.quarantined += quarantined[:room]
+        return self
+
+    def add(self, table: pa.Table, quarantined=()) -> "BottomK":
+        """A batch of rows (with their ``_lf_row_id``) and the records its reader could not read."""
+        self.add_unreadable(quarantined)
         n = table.num_rows
         if not n:
             return self
@@ -104,10 +109,8 @@ class BottomK:
             raise ValueError("only samples of the same size and seed merge")
         table, keys = other._result()
         self.rows_seen += other.rows_seen - table.num_rows  # add() counts the rows it is given again
-        self.unreadable += other.unreadable
-        room = _QUARANTINE_KEPT - len(self.quarantined)
-        if room > 0:
-            self.quarantined += other.quarantined[:room]
+        self.add_unreadable(other.quarantined)
+        self.unreadable += other.unreadable - len(other.quarantined)
         if table.num_rows:
             self.add(table)
         return self
