@@ -173,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
             for how in args.paths.split(","):
                 r = one(path, how, args.work, train_rows, args.train_args.split())
                 runs.append({"rows": size, "format": fmt, **r})
-                print(f"{path.name:<28} {how:<6} {r['sample_rows'] or '-':>8} {r['sampling_seconds'] or '-':>10} "
-                      f"{r['fit_seconds'] or '-':>7} {r['total_seconds']:>8} {r['launcher_peak_mb']:>11} "
+                def show(v):
+                    return "-" if v is None else v
+
+                print(f"{path.name:<28} {how:<6} {show(r['sample_rows']):>8} {show(r['sampling_seconds']):>10} "
+                      f"{show(r['fit_seconds']):>7} {r['total_seconds']:>8} {r['launcher_peak_mb']:>11} "
                       f"{r['worker_peak_mb']:>9}" + ("  FAILED" if r["returncode"] else ""), flush=True)
     result = {"protocol": "F", "data": args.data.name, "train_rows": train_rows, "runs": runs,
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},

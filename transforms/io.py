@@ -428,7 +428,10 @@ def _as_strings(path: str, table: pa.Table | pa.RecordBatch, first_row: int) -> 
 def _iter_parquet(path: Location, batch_rows: int, limit: int | None) -> Iterator[RawRead]:
     f = _open_parquet(path)
     first, emitted = 0, False
-    for batch in f.iter_batches(batch_size=min(batch_rows, 1 << 30)):
+    # the first ``limit`` rows are read as such: a batch no larger than the limit, so that only the
+    # row groups that hold them are decoded (a whole-file batch would decode every row group)
+    size = min(batch_rows, 1 << 30) if limit is None else max(1, min(batch_rows, limit, 1 << 30))
+    for batch in f.iter_batches(batch_size=size):
         if limit is not None and first + batch.num_rows > limit:
             batch = batch.slice(0, max(limit - first, 0))
         if batch.num_rows:

@@ -161,5 +161,5 @@ def read_sample(source, *, train_rows: int = TRAIN_ROWS, seed: int = 0, csv_opti
     info = sample.info()
     if log is not None:
         log(f"training sample: {info.rows:,} of {info.input_rows:,} rows (seed {seed}), drawn in "
-            f"{time.perf_counter() - t0:.1f} s")
+            f"{time.perf_counter() - t0:.2f} s")
     return RawRead(path, sample.table(), list(sample.quarantined), dialect), info

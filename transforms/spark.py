@@ -280,7 +280,7 @@ def sample_rows(spark: SparkSession, path, *, train_rows: int, seed: int = 0, cs
     info = merged.info()
     if log is not None:
         log(f"training sample: {info.rows:,} of {info.input_rows:,} rows (seed {seed}), drawn by Spark in "
-            f"{time.perf_counter() - t0:.1f} s")
+            f"{time.perf_counter() - t0:.2f} s")
     return RawRead(str(path), merged.table(), list(merged.quarantined)), info
 
 
