@@ -175,11 +175,12 @@ def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool
     if fitted is None:
         t0 = time.perf_counter()
         fit_on = masked
-        if train_rows and train_rows < masked.num_rows:
-            from lakefill.transforms.sample import row_keys
+        if train_rows and train_rows < masked.num_rows:  # the rows the product's sampler draws
+            from lakefill.transforms.io import ROW_ID
+            from lakefill.transforms.sample import BottomK
 
-            pick = np.sort(np.argsort(row_keys(np.arange(masked.num_rows), seed), kind="stable")[:train_rows])
-            fit_on = masked.take(pa.array(pick))
+            ids = pa.table({ROW_ID: pa.array(np.arange(masked.num_rows), pa.int64())})
+            fit_on = masked.take(BottomK(train_rows, seed).add(ids).table().column(ROW_ID))
         fitted = fit_model(fit_on, problem.schema, config=config or AEConfig(random_state=seed))
         fit_s = time.perf_counter() - t0
     codec, model = fitted.codec, fitted.model

@@ -11,6 +11,8 @@ combine, or the local loop alone). Nothing ever holds the whole input.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -132,6 +134,33 @@ class BottomK:
         if not self._tables:
             return pa.table({ROW_ID: pa.array([], pa.int64())}), np.zeros(0, dtype=np.uint64)
         return self._tables[0], self._keys[0]
+
+    def to_bytes(self) -> bytes:
+        """This partial sample as Arrow IPC (its rows; its counts and kept unreadable records in the
+        schema's metadata): what a Spark task sends the driver. Data only, never code."""
+        table, _ = self._result()
+        meta = {"rows_seen": str(self.rows_seen), "unreadable": str(self.unreadable),
+                "quarantined": json.dumps([dataclasses.astuple(q) for q in self.quarantined])}
+        table = table.replace_schema_metadata(meta)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return sink.getvalue().to_pybytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, k: int, seed: int = 0) -> "BottomK":
+        """A partial sample from ``to_bytes`` (the same k and seed), ready to ``merge``."""
+        table = pa.ipc.open_stream(data).read_all()
+        meta = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()}
+        out = cls(k, seed, rows_seen=int(meta["rows_seen"]), unreadable=int(meta["unreadable"]),
+                  quarantined=[Quarantined(*q) for q in json.loads(meta["quarantined"])])
+        table = table.replace_schema_metadata(None)
+        if table.num_rows:
+            keys = row_keys(table.column(ROW_ID).to_numpy(zero_copy_only=False), seed)
+            out._tables, out._keys, out._held = [table], [keys], len(keys)
+            if len(keys) >= k:
+                out._threshold = np.uint64(keys.max())
+        return out
 
     def table(self) -> pa.Table:
         """The sample, in row-id order (the same table whatever order the batches came in)."""

@@ -216,11 +216,15 @@ def _imputer(ref: ModelRef) -> LoadedModel:
     """The broadcast model from the Python worker's model cache (``lakefill.transforms.modelcache``),
     loaded from the broadcast bytes (checked against the driver's hash, then by the artifact's
     own hashes) the first time; nothing is written to disk."""
-    files = ref.files.value
-    if _files_digest(files) != ref.sha256:
-        raise RuntimeError("the broadcast model's bytes do not match the driver's sha256")
-    source = ModelSource(files=files, schema=ref.schema, device=ref.device)
-    return modelcache.load(source, device=_task_device(ref.device))
+    device = _task_device(ref.device)
+    source = ModelSource(files=ref.files.value, schema=ref.schema, device=ref.device)
+
+    def load() -> Imputer:  # once per worker and artifact: the bytes are hashed only when they are loaded
+        if _files_digest(source.files) != ref.sha256:
+            raise RuntimeError("the broadcast model's bytes do not match the driver's sha256")
+        return source.load(device)
+
+    return modelcache.cached(source.key(device), load)
 
 
 # -- the job: the plan from read to write in one pass --------------------------------------------
@@ -260,8 +264,6 @@ def sample_rows(spark: SparkSession, path, *, train_rows: int, seed: int = 0, cs
     ``train_rows`` of its read units (``lakefill.transforms.sample``), the driver merges them one
     task at a time (holding at most about twice the sample). The same rows as the local sampler
     draws, whatever the split. Returns (``RawRead`` of the sample, ``SampleInfo``)."""
-    import pickle
-
     from lakefill.transforms.io import RawRead
     from lakefill.transforms.sample import BottomK
 
@@ -272,11 +274,11 @@ def sample_rows(spark: SparkSession, path, *, train_rows: int, seed: int = 0, cs
         part = BottomK(train_rows, seed)
         for chunk in _read_chunks(batches, batch_rows, csv_options, options):
             part.add(chunk.table, chunk.quarantined)
-        yield pa.RecordBatch.from_pylist([{"sample": pickle.dumps(part)}], schema=_SAMPLE)
+        yield pa.RecordBatch.from_pylist([{"sample": part.to_bytes()}], schema=_SAMPLE)
 
     merged = BottomK(train_rows, seed)
     for row in todo.mapInArrow(fn, "sample binary").toLocalIterator():
-        merged.merge(pickle.loads(row["sample"]))  # our own executors' bytes, within one job
+        merged.merge(BottomK.from_bytes(row["sample"], train_rows, seed))  # Arrow IPC: data, never code
     info = merged.info()
     if log is not None:
         log(f"training sample: {info.rows:,} of {info.input_rows:,} rows (seed {seed}), drawn by Spark in "
