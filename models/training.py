@@ -22,6 +22,7 @@ from lakefill.models.mixture import Ensemble, mix, predict
 from lakefill.models import members as registry
 from lakefill.models.members import HeldOut
 from lakefill.models.network import MaskedAutoencoder, cell_losses
+from lakefill.progress import progress as progress_over
 from lakefill.schema import TableSchema
 
 __all__ = ["TrainResult", "TrainPlan", "Budget", "train_autoencoder", "train_ensemble", "FittedModel", "fit_model"]
@@ -303,7 +304,7 @@ def _error_reference(model, values, given, hide, num_weights) -> float:
 
 def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, t_cat: np.ndarray, *,
                    col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int], config: AEConfig,
-                   num_weights: np.ndarray | None = None, progress: bool = False) -> TrainResult:
+                   num_weights: np.ndarray | None = None, progress: bool = False, log=None) -> TrainResult:
     """Train one network per size of ``config`` (``config.member_configs()``: same seed, same
     held-out rows and hidden cells, each exactly as it would train alone) and the registered
     mixture members (``lakefill.models.members``: the Gaussian) on the same training rows; then fit the mixture
@@ -316,7 +317,7 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
     plans = [TrainPlan.of(cfg, n_train) for cfg in configs]
     work = [plan.work(cfg.size, values.shape[1]) for cfg, plan in zip(configs, plans)]
     # one bar over every network's planned steps: its rate and ETA are the whole training's
-    bar = _progress(sum(plan.steps for plan in plans), progress, desc=f"training {len(configs)} network(s)")
+    bar = _progress(sum(plan.steps for plan in plans), progress, desc=f"training {len(configs)} network(s)", log=log)
     results = []
     for k, cfg in enumerate(configs):
         results.append(train_autoencoder(values, observed, t_num, t_cat, col_slices=col_slices, n_num=n_num,
@@ -324,6 +325,7 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
                                          seconds=budget.for_network(work[k], sum(work[k:]))))
     if bar is not None:
         bar.close()
+    say = (log or (lambda text: print(text, file=sys.stderr, flush=True))) if progress else (lambda text: None)
     first = results[0]
     loss_weights = _loss_weights(config, num_weights, n_num)
     data = HeldOut(values, observed, t_num, t_cat, first.val_idx, first.val_hide, num_weights,
@@ -338,6 +340,7 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
         if budget.left() <= 0:
             reports[member.name] = dict(skipped)
             continue
+        say(f"training: the {member.name} member")
         module, reports[member.name] = member.candidate(first.model, data)
         if module is not None:
             candidates.append(module)
@@ -384,6 +387,8 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
     if first.val_idx is not None:
         for blend in registry.blends():  # each weighed on the mixture with the blends before it (the donors on the trees)
             if config.uses(blend.name):
+                if budget.left() > 0:
+                    say(f"training: the {blend.name} member")
                 reports[blend.name] = dict(skipped) if budget.left() <= 0 else blend.fit(ensemble, data)
         for blend in registry.blends():  # kept blends: a last step now that nothing else is weighed (the trees: all rows)
             if getattr(ensemble, blend.name) is not None:
@@ -414,13 +419,10 @@ def _val_loss(model, X, M, TN, TC, hide, num_w=None) -> float:
     return float(loss.sum() / hide.float().sum().clamp(min=1))
 
 
-def _progress(total: int, enabled: bool, desc: str = "training"):
-    """A bar over optimiser steps on stderr (its rate and ETA), or None."""
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, unit_scale=True)
+def _progress(total: int, enabled: bool, desc: str = "training", log=None):
+    """Progress over optimiser steps (rate and ETA): a bar on a terminal, else a log line every
+    30 s through ``log`` (``lakefill.progress``); None when not ``enabled``."""
+    return progress_over(total, enabled=enabled, log=log, desc=desc, unit="step")
 
 
 # -- training from a typed Arrow table: the codec and the model, ready to save ------------------------
@@ -440,9 +442,11 @@ class FittedModel:
                 **r.reports}
 
 
-def fit_model(table: pa.Table, schema: TableSchema, *, config: AEConfig = AEConfig(), progress: bool = False) -> FittedModel:
+def fit_model(table: pa.Table, schema: TableSchema, *, config: AEConfig = AEConfig(), progress: bool = False,
+              log=None) -> FittedModel:
     """Fit the codec and train the model on ``table`` (typed, nulls = missing): one network per
-    size of ``config`` (see ``AEConfig.extra_sizes``), used as their ensemble."""
+    size of ``config`` (see ``AEConfig.extra_sizes``), used as their ensemble. ``progress``: a
+    bar on a terminal, else a line every 30 s through ``log`` (stderr when None)."""
     t0 = time.perf_counter()
     codec = TableCodec(schema=schema).fit(table)
     enc = codec.encode(table)
@@ -451,7 +455,7 @@ def fit_model(table: pa.Table, schema: TableSchema, *, config: AEConfig = AEConf
     slices = [(s.start, s.stop) for s in codec.input_slices()]
     result = train_ensemble(enc.values, enc.observed, enc.targets_num, enc.targets_cat, col_slices=slices,
                             n_num=len(codec.num_columns_), cat_sizes=codec.cat_sizes, config=config,
-                            num_weights=codec.error_weights(), progress=progress)
+                            num_weights=codec.error_weights(), progress=progress, log=log)
     fitted = FittedModel(result.model, codec, result, time.perf_counter() - t0)
     fitted.rows = table.num_rows
     return fitted

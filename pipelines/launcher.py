@@ -309,7 +309,8 @@ def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Pa
         raise InputError(f"nothing to train on: {why()}. Check the schema against the file "
                          f"(`lakefill validate {input_path} --schema SCHEMA` lists the rows and reasons)")
     try:
-        fitted = fit_model(good, schema, config=config, progress=progress)
+        # progress: a bar on a terminal, else a line every 30 s in the job's log (an Airflow or spark-submit log)
+        fitted = fit_model(good, schema, config=config, progress=progress or log is not None, log=log)
     except ValueError as err:
         if "no observed values" not in str(err):
             raise

@@ -12,6 +12,7 @@ import time
 from typing import Sequence
 
 from lakefill.pipelines.config import JobConfig
+from lakefill.progress import LogLines
 from lakefill.pipelines.launcher import (Prepared, RunOutcome, config_summary, end_of_run, plan_for, prepare,
                                          train_to_dir)
 from lakefill.transforms import modelcache
@@ -35,6 +36,7 @@ def run_local(config: JobConfig, *, extra_steps: Sequence[Step] = (), log=print)
     totals = RunTotals().add({"model_loads": modelcache.take_loads()})
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    lines = LogLines(0, desc=f"run {run_id}", unit="row", log=log)  # a line every 30 s: rows done, their rate
     for chunk in iter_raw(cfg.reads, options=cfg.storage_options, batch_rows=cfg.batch_size, csv_options=cfg.csv_options):
         totals.add({"rows_in": chunk.rows_in})
         done = run_steps(plan.steps, chunk.table, rt, timings=timings)
@@ -43,6 +45,9 @@ def run_local(config: JobConfig, *, extra_steps: Sequence[Step] = (), log=print)
                               quarantine_uri=out / "quarantine", run_id=run_id, partition_by=cfg.partition_by)
         timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t
         totals.add(done).add(parts)
+        lines.set_postfix(quarantined=f"{totals.rows_quarantined:,}")
+        lines.update(chunk.rows_in)
+    lines.close()
     timings["total"] = time.perf_counter() - t0
     fin = finalize(totals, run_id=run_id, engine="local", output=out, config=config_summary(cfg),
                    max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,

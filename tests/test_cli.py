@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import pyarrow.compute as pc
@@ -55,9 +56,14 @@ def _job(tmp_path, **extra):
 
 
 @pytest.mark.slow
-def test_local_run_end_to_end_and_idempotent_rerun(tmp_path, capsys):
+def test_local_run_end_to_end_and_idempotent_rerun(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("lakefill.progress.EVERY", 0.0)  # a progress line at every step (30 s apart by default)
     job = _job(tmp_path)
     assert main(["run", str(job), "--engine", "local"]) == 0
+    logged = capsys.readouterr().out  # no terminal: training's and the run's progress are log lines
+    assert re.search(r"^training \d network\(s\): [\d,]+/[\d,]+ steps \(100%\), network \d+x\d+x\d+, val_loss", logged, re.M)
+    assert re.search(r"^training: the trees member$", logged, re.M)
+    assert re.search(r"^run r1: 602 rows, quarantined 2, .* elapsed", logged, re.M)
     out = tmp_path / "out"
     table = DeltaTable(str(out / "table")).to_pyarrow_table()
     quarantine = DeltaTable(str(out / "quarantine")).to_pyarrow_table()
