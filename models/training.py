@@ -25,7 +25,8 @@ from lakefill.models.network import MaskedAutoencoder, cell_losses
 from lakefill.progress import progress as progress_over
 from lakefill.schema import TableSchema
 
-__all__ = ["TrainResult", "TrainPlan", "Budget", "train_autoencoder", "train_ensemble", "FittedModel", "fit_model"]
+__all__ = ["TrainResult", "TrainPlan", "Budget", "train_autoencoder", "train_networks", "ddp_networks", "train_ensemble",
+           "FittedModel", "fit_model"]
 
 @dataclass
 class TrainResult:
@@ -130,13 +131,18 @@ class Budget:
 def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, t_cat: np.ndarray, *,
                       col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int], config: AEConfig,
                       num_weights: np.ndarray | None = None, progress: bool = False, seconds: float | None = None,
-                      bar=None) -> TrainResult:
+                      bar=None, distributed: bool = False) -> TrainResult:
     """Train on observed cells only; early stopping on held-out rows' hidden observed cells.
     ``seconds``: a time limit; the schedule is then planned to fit it (the steps are cut to what
     the measured step time allows) and training stops at the limit whatever happens (the best
-    epoch so far is kept). ``bar``: a progress bar to advance by steps (else its own if ``progress``)."""
+    epoch so far is kept). ``bar``: a progress bar to advance by steps (else its own if ``progress``).
+    ``distributed``: one rank of a torch.distributed group (``ddp_networks``): the same held-out
+    rows on every rank, the training rows partitioned (rank r keeps every world-th row), each step
+    a 1/world share of the batch from each rank's part, gradients averaged by DDP, the stopping
+    decisions agreed by all ranks; the same model on every rank."""
     cfg = config
     gen = torch.Generator().manual_seed(cfg.random_state)
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(cfg.random_state)
         model = MaskedAutoencoder(n_inputs=values.shape[1], col_slices=col_slices, n_num=n_num, cat_sizes=cat_sizes,
@@ -155,12 +161,20 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     plan = TrainPlan.of(cfg, len(train_idx))
     batch_size, steps_per_epoch, epochs, patience = plan.batch_size, plan.steps_per_epoch, plan.epochs, plan.patience
+    forward, hide_gen, part = model, gen, train_idx
+    if distributed:  # DDP averages the gradients; the order of the parts is drawn from the same seed on every rank
+        from torch.nn.parallel import DistributedDataParallel
 
-    def step(b: torch.Tensor, model, opt, gen) -> torch.Tensor:
+        forward = DistributedDataParallel(model)
+        hide_gen = torch.Generator().manual_seed(cfg.random_state * 1009 + 7919 * (rank + 1))
+        part = train_idx[rank::world]
+        batch_size = max(1, math.ceil(math.ceil(len(train_idx) / world) / steps_per_epoch))
+
+    def step(b: torch.Tensor, model, opt, gen, forward=None) -> torch.Tensor:
         m = M[b]
         hide = _hide_mask(m, cfg, gen)
         given = (m & ~hide).float()
-        mu, logvar, logits, _ = model(model.blank(X[b], given), given)
+        mu, logvar, logits, _ = (forward or model)(model.blank(X[b], given), given)
         loss, var_loss = cell_losses(model, mu, logvar, logits, TN[b], TC[b], hide.float(), num_w)
         total = (loss.sum() + var_loss.sum()) / hide.float().sum().clamp(min=1)
         if cfg.recon_weight > 0:  # optional: also reproduce the given cells
@@ -178,9 +192,9 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
         trial_opt = torch.optim.AdamW(trial.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         t0, probes = time.perf_counter(), min(10, steps_per_epoch)
         for s in range(probes):
-            step(train_idx[s * batch_size:(s + 1) * batch_size], trial, trial_opt, trial_gen)
+            step(part[s * batch_size:(s + 1) * batch_size], trial, trial_opt, trial_gen)
         per_epoch = (time.perf_counter() - t0) / probes * steps_per_epoch * 1.1  # + the held-out check
-        fits = int(max(0.0, deadline - time.perf_counter()) // max(per_epoch, 1e-9))
+        fits = int(_agree(max(0.0, deadline - time.perf_counter()) // max(per_epoch, 1e-9), "min", distributed))
         if fits < epochs:
             epochs = max(1, fits)
             patience = max(1, math.ceil(patience * epochs / plan.epochs))
@@ -203,20 +217,24 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
     epoch, out_of_time = 0, False
     for epoch in range(1, epochs + 1):
         model.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        order = part[torch.randperm(len(part), generator=gen)]
         for s in range(steps_per_epoch):
-            b = order[s * batch_size:(s + 1) * batch_size]
+            if distributed:  # every rank takes a step together: the last batch wraps around its part
+                b = order[(s * batch_size + torch.arange(batch_size)) % len(order)]
+            else:
+                b = order[s * batch_size:(s + 1) * batch_size]
             if len(b) == 0:
                 continue
-            total = step(b, model, opt, gen)
+            total = step(b, model, opt, hide_gen, forward)
             sched.step()
-            if deadline is not None and time.perf_counter() > deadline:
+            if deadline is not None and _agree(time.perf_counter() > deadline, "max", distributed):
                 out_of_time = True
                 break
         if n_val:
             val = _val_loss(model, X[val_idx], M[val_idx], TN[val_idx], TC[val_idx], val_hide, num_w)
         else:
             val = float(total.detach())
+        val = _agree(val, "mean", distributed)  # the same on every rank (the same weights, the same rows)
         history.append(val)
         if bar is not None:
             bar.set_postfix(network="x".join(map(str, model.size)), val_loss=f"{val:.4f}")
@@ -246,6 +264,17 @@ def train_autoencoder(values: np.ndarray, observed: np.ndarray, t_num: np.ndarra
     vi, vh = val_idx.numpy(), val_hide.numpy()
     ref = _error_reference(model, values[vi], observed[vi] & ~vh, vh, num_weights)
     return TrainResult(model, epoch, best_epoch, best, history, ref, vi, vh)
+
+
+def _agree(value, how: str, distributed: bool):
+    """``value`` agreed by every rank of the group (min, max or mean); itself when not distributed."""
+    if not distributed:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    op = {"min": torch.distributed.ReduceOp.MIN, "max": torch.distributed.ReduceOp.MAX}.get(how, torch.distributed.ReduceOp.SUM)
+    torch.distributed.all_reduce(t, op=op)
+    out = float(t) / torch.distributed.get_world_size() if how == "mean" else float(t)
+    return bool(out) if isinstance(value, bool) else type(value)(out)
 
 
 class _PlateauSchedule:
@@ -304,27 +333,20 @@ def _error_reference(model, values, given, hide, num_weights) -> float:
 
 def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, t_cat: np.ndarray, *,
                    col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int], config: AEConfig,
-                   num_weights: np.ndarray | None = None, progress: bool = False, log=None) -> TrainResult:
+                   num_weights: np.ndarray | None = None, progress: bool = False, log=None,
+                   networks=None) -> TrainResult:
     """Train one network per size of ``config`` (``config.member_configs()``: same seed, same
     held-out rows and hidden cells, each exactly as it would train alone) and the registered
     mixture members (``lakefill.models.members``: the Gaussian) on the same training rows; then fit the mixture
     weights that minimise the loss on the held-out hidden cells (a grid of step 1/20 over the
     weight simplex; the networks together always keep a share). A member whose weight is 0 is
-    left out of the model. Returns the Ensemble with its own held-out loss and confidence scale."""
+    left out of the model. Returns the Ensemble with its own held-out loss and confidence scale.
+    ``networks``: what trains the networks (``train_networks``'s signature; e.g. Spark's
+    ``TorchDistributor`` running ``ddp_networks``); the members after them are fitted here."""
     budget = Budget(config.time_budget)
-    n_train = len(values) - _held_out(config, len(values))
-    configs = config.member_configs()
-    plans = [TrainPlan.of(cfg, n_train) for cfg in configs]
-    work = [plan.work(cfg.size, values.shape[1]) for cfg, plan in zip(configs, plans)]
-    # one bar over every network's planned steps: its rate and ETA are the whole training's
-    bar = _progress(sum(plan.steps for plan in plans), progress, desc=f"training {len(configs)} network(s)", log=log)
-    results = []
-    for k, cfg in enumerate(configs):
-        results.append(train_autoencoder(values, observed, t_num, t_cat, col_slices=col_slices, n_num=n_num,
-                                         cat_sizes=cat_sizes, config=cfg, num_weights=num_weights, bar=bar,
-                                         seconds=budget.for_network(work[k], sum(work[k:]))))
-    if bar is not None:
-        bar.close()
+    results = (networks or train_networks)(values, observed, t_num, t_cat, col_slices=col_slices, n_num=n_num,
+                                          cat_sizes=cat_sizes, config=config, num_weights=num_weights,
+                                          progress=progress, log=log)
     say = (log or (lambda text: print(text, file=sys.stderr, flush=True))) if progress else (lambda text: None)
     first = results[0]
     loss_weights = _loss_weights(config, num_weights, n_num)
@@ -397,6 +419,47 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
                        first.history, ref, first.val_idx, first.val_hide, members, reports)
 
 
+def train_networks(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, t_cat: np.ndarray, *,
+                   col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int], config: AEConfig,
+                   num_weights: np.ndarray | None = None, progress: bool = False, log=None,
+                   distributed: bool = False) -> list[TrainResult]:
+    """One network per size of ``config`` (``config.member_configs()``), one after the other,
+    sharing the networks' part of ``config.time_budget`` by their planned work; one progress bar
+    (or log line) over all their steps. ``distributed``: this process is one rank of a group."""
+    budget = Budget(config.time_budget)
+    n_train = len(values) - _held_out(config, len(values))
+    configs = config.member_configs()
+    plans = [TrainPlan.of(cfg, n_train) for cfg in configs]
+    work = [plan.work(cfg.size, values.shape[1]) for cfg, plan in zip(configs, plans)]
+    # one bar over every network's planned steps: its rate and ETA are the whole training's
+    bar = _progress(sum(plan.steps for plan in plans), progress, desc=f"training {len(configs)} network(s)", log=log)
+    results = []
+    for k, cfg in enumerate(configs):
+        results.append(train_autoencoder(values, observed, t_num, t_cat, col_slices=col_slices, n_num=n_num,
+                                         cat_sizes=cat_sizes, config=cfg, num_weights=num_weights, bar=bar,
+                                         seconds=budget.for_network(work[k], sum(work[k:])), distributed=distributed))
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def ddp_networks(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, t_cat: np.ndarray, *,
+                 col_slices: list[tuple[int, int]], n_num: int, cat_sizes: list[int], config: AEConfig,
+                 num_weights: np.ndarray | None = None, progress: bool = False, backend: str = "gloo") -> list[TrainResult]:
+    """``train_networks`` as one rank of torch DDP: run by every process a launcher such as
+    ``torchrun`` or Spark's ``TorchDistributor`` starts (the group from its environment). Every
+    rank returns the same networks; rank 0 alone shows progress (to its log)."""
+    import torch.distributed as dist
+
+    dist.init_process_group(backend)
+    try:
+        return train_networks(values, observed, t_num, t_cat, col_slices=col_slices, n_num=n_num, cat_sizes=cat_sizes,
+                              config=config, num_weights=num_weights, progress=progress and dist.get_rank() == 0,
+                              distributed=True)
+    finally:
+        dist.destroy_process_group()
+
+
 def _simplex(k: int, steps: int):
     """Every k-vector of multiples of 1/steps summing to 1, the first member's largest share first."""
     def parts(k, left):
@@ -433,17 +496,18 @@ class FittedModel:
     codec: TableCodec
     result: TrainResult
     seconds: float
+    trainer: dict = field(default_factory=lambda: {"trainer": "local"})  # what trained the networks
 
     @property
     def metrics(self) -> dict:
         r = self.result
         return {"epochs_run": r.epochs_run, "best_epoch": r.best_epoch, "val_loss": r.val_loss,
                 "train_seconds": round(self.seconds, 3), "rows": int(self.rows), "networks": r.members,
-                **r.reports}
+                "trainer": self.trainer, **r.reports}
 
 
 def fit_model(table: pa.Table, schema: TableSchema, *, config: AEConfig = AEConfig(), progress: bool = False,
-              log=None) -> FittedModel:
+              log=None, networks=None) -> FittedModel:
     """Fit the codec and train the model on ``table`` (typed, nulls = missing): one network per
     size of ``config`` (see ``AEConfig.extra_sizes``), used as their ensemble. ``progress``: a
     bar on a terminal, else a line every 30 s through ``log`` (stderr when None)."""
@@ -455,7 +519,8 @@ def fit_model(table: pa.Table, schema: TableSchema, *, config: AEConfig = AEConf
     slices = [(s.start, s.stop) for s in codec.input_slices()]
     result = train_ensemble(enc.values, enc.observed, enc.targets_num, enc.targets_cat, col_slices=slices,
                             n_num=len(codec.num_columns_), cat_sizes=codec.cat_sizes, config=config,
-                            num_weights=codec.error_weights(), progress=progress, log=log)
-    fitted = FittedModel(result.model, codec, result, time.perf_counter() - t0)
+                            num_weights=codec.error_weights(), progress=progress, log=log, networks=networks)
+    fitted = FittedModel(result.model, codec, result, time.perf_counter() - t0,
+                         dict(getattr(networks, "info", None) or {"trainer": "local"}))
     fitted.rows = table.num_rows
     return fitted

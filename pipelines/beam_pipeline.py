@@ -29,7 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from lakefill.errors import ConfigError
 from lakefill.pipelines.config import JobConfig, config_from_flags
-from lakefill.pipelines.launcher import (Prepared, RunOutcome, config_summary, end_of_run, plan_for, prepare,
+from lakefill.pipelines.launcher import (Prepared, RunOutcome, check_trainer, config_summary, end_of_run, plan_for, prepare,
                                         train_for_job, worker_end_of_run, worker_policy)
 from lakefill.transforms.beam import (COUNTERS, NAMESPACE, QUARANTINE, FinalizeRun, LakefillModelHandler, ReadRaw,
                                       RunPlan, WriteQuarantine, WriteToLake)
@@ -123,7 +123,7 @@ def _train_on(sample, config: JobConfig) -> dict:
     def sampler(source, **_):
         return RawRead(str(source), sample.table(), list(sample.quarantined)), sample.info()
 
-    return train_for_job(config, sampler=sampler)
+    return train_for_job(config, sampler=sampler, engine="beam")
 
 
 def build_training(p: beam.Pipeline, config: JobConfig):
@@ -131,8 +131,9 @@ def build_training(p: beam.Pipeline, config: JobConfig):
     draws the training sample with a combine (``SampleRows``), one worker fits on it
     (``train_for_job``). Training runs on the engine, never on the launcher; a model that is
     there makes the pipeline one step that says so."""
+    check_trainer(config, "beam")
     if (config.location(config.model) / "manifest.json").exists():
-        return p | "Job" >> beam.Create([config]) | "TrainIfMissing" >> beam.Map(lambda cfg: train_for_job(cfg))
+        return p | "Job" >> beam.Create([config]) | "TrainIfMissing" >> beam.Map(lambda cfg: train_for_job(cfg, engine="beam"))
     read = p | "Read" >> ReadRaw(config.reads, batch_rows=50_000, csv_options=config.csv_options,
                                  options=config.storage_options, min_units=2)
     rows = read["main"] | "Rows" >> beam.Map(lambda t: ("rows", t))
@@ -178,7 +179,7 @@ def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: 
     and completes the report, and the outcome has no counts (the report on the lake has them)."""
     options = pipeline_options(beam_args)  # a bad flag is refused before any work
     remote = is_remote(options) if remote is None else remote
-    prep = prepare(config, log=log, remote=remote)
+    prep = prepare(config, log=log, remote=remote, engine="beam")
     out = config.out
     report_dir = out / "reports" / prep.run_id
     started = time.time()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lakefill.models.config import TRAIN_ROWS, AEConfig
 from lakefill.models.members import member_names, members
-from lakefill.errors import LakefillError
+from lakefill.errors import ConfigError, LakefillError
 from lakefill.transforms.storage import Location
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -103,6 +103,10 @@ def _train(args) -> int:
         from lakefill.pipelines.config import load_config
 
         job = load_config(args.job)
+        if job.training.trainer != "local":
+            raise ConfigError(f"{args.job}: training.trainer: {job.training.trainer} trains on Spark's executors, and "
+                              f"`lakefill train` trains here; train on Spark (`spark-submit spark_job.py {args.job} "
+                              f"--task train`) or set training.trainer: local")
         args.input = args.input or job.input
         args.schema = args.schema or job.schema_path
         args.out = args.out or job.model
@@ -197,7 +201,7 @@ def _evaluate(args) -> int:
     ae = json.loads(args.ae_config) if args.ae_config else None
     out = evaluate(data=Path(args.data), schema=Path(args.schema) if args.schema else None,
                    missing_rate=args.missing_rate, mechanism=args.mechanism, seeds=seeds, methods=methods,
-                   ae_config=ae, train_rows=args.train_rows)
+                   ae_config=ae, train_rows=args.train_rows, precision=[p.strip() for p in args.precision.split(",")])
     print(format_table(out))
     if args.json:
         write_json(out, Path(args.json))
@@ -583,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-rows", type=int, default=None, metavar="N",
                    help="lakefill fits on the training sample of N rows (seeded, as `lakefill train` draws it) and "
                         "fills the whole table")
+    p.add_argument("--precision", default="fp32", metavar="fp32|bf16",
+                   help="lakefill's fill in fp32 or under bfloat16 autocast, as a job's precision (default fp32); "
+                        "fp32,bf16 fills from the same fit both ways (the second as <method>@bf16)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("run", help="run the whole stage from a job config",

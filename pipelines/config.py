@@ -52,6 +52,11 @@ class TrainingConfig(BaseModel):
                                "model depend on the machine's speed)")
     without: list[str] = Field(default_factory=list, description="registered members left out (gaussian, trees, "
                                "donors, or a member of your own)")
+    trainer: Literal["local", "torch_distributor"] = Field(
+        default="local", description="local: the networks train in the training process; torch_distributor: "
+        "data-parallel on Spark's executors (TorchDistributor, torch DDP with gloo), the Spark engine only")
+    processes: int = Field(default=2, ge=1, description="torch_distributor: the number of training processes "
+                           "(one Spark barrier task each; at most the executors' task slots)")
 
     @field_validator("without")
     @classmethod

@@ -51,6 +51,7 @@ from lakefill.models.adapt import AdaptConfig, adapt_model
 from lakefill.models.reverse import ReverseConfig, reverse_impute
 from lakefill.models.training import fit_model
 from lakefill.transforms.detect import NullPolicy
+from lakefill.transforms.impute import autocast
 from lakefill.transforms.io import read_raw
 from lakefill.transforms.parse import detect_and_parse
 from lakefill.schema import infer_schema, load_schema
@@ -167,10 +168,12 @@ def _masked_table(problem: Problem, mask: np.ndarray) -> pa.Table:
 
 # ------------------------------------------------------------------------------------ methods
 def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool, config: AEConfig | None = None,
-                 fitted=None, fit_s: float | None = None, adapt: bool = False, train_rows: int | None = None):
+                 fitted=None, fit_s: float | None = None, adapt: bool = False, train_rows: int | None = None,
+                 precision: str = "fp32"):
     """Fit (or take the given fit of the same seed and config) and fill; returns scores' inputs and
     the fit. ``train_rows``: fit on the training sample of that many rows (the product's: the
-    rows with the smallest seeded hashes of their row ids), fill the whole table."""
+    rows with the smallest seeded hashes of their row ids), fill the whole table. ``precision``:
+    the fill's forward pass in fp32 or under bfloat16 autocast (the job's ``precision``)."""
     masked = _masked_table(problem, mask)
     if fitted is None:
         t0 = time.perf_counter()
@@ -187,7 +190,8 @@ def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool
     t0 = time.perf_counter()
     enc = codec.encode(masked)
     weights = codec.error_weights()
-    pred = predict(model, enc.values, enc.observed, num_weights=weights)
+    with autocast(precision, "cpu"):  # as Imputer.impute runs the job's precision
+        pred = predict(model, enc.values, enc.observed, num_weights=weights)
     num, probs = pred.num.copy(), [p.copy() for p in pred.cat_probs]
     fill = ~enc.observed
     n_fill = fill.sum(1)
@@ -367,10 +371,18 @@ def _rank_quality(mask: np.ndarray, cell_err: np.ndarray, confidence: np.ndarray
 
 
 def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism: str, seeds: list[int],
-             methods: list[str], log=print, ae_config: dict | None = None, train_rows: int | None = None) -> dict:
+             methods: list[str], log=print, ae_config: dict | None = None, train_rows: int | None = None,
+             precision: list[str] | str = "fp32") -> dict:
+    """Protocol A. ``precision``: the lakefill methods' fill in fp32 or bf16; several (``["fp32",
+    "bf16"]``) fill from the same fit, the ones after the first reported as ``<method>@<precision>``."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
+    precisions = [precision] if isinstance(precision, str) else list(precision)
+    if not precisions or set(precisions) - {"fp32", "bf16"} or len(set(precisions)) < len(precisions):
+        raise ConfigError(f"--precision must be fp32, bf16 or both (comma-separated), got {','.join(precisions)}")
+    methods = [m + ("" if p == precisions[0] else f"@{p}") for m in methods
+               for p in (precisions if m.startswith("lakefill") else precisions[:1])]
     if not 0 < missing_rate < 1:
         raise ConfigError(f"--missing-rate must be in (0, 1), got {missing_rate}")
     problem = load_problem(Path(data), schema)
@@ -381,10 +393,11 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
         fit = None  # lakefill and lakefill-reverse share one fit per seed (training is deterministic)
         for m in methods:
             if m.startswith("lakefill"):
+                name, _, prec = m.partition("@")
                 cfg = AEConfig.from_dict({**(ae_config or {}), "random_state": seed})
                 Xhat, Chat, fit_s, imp_s, conf, expected, extra, fitted = run_lakefill(
-                    problem, mask, seed, reverse=m in ("lakefill-reverse", "lakefill-adapt"), config=cfg,
-                    adapt=m == "lakefill-adapt", train_rows=train_rows,
+                    problem, mask, seed, reverse=name in ("lakefill-reverse", "lakefill-adapt"), config=cfg,
+                    adapt=name == "lakefill-adapt", train_rows=train_rows, precision=prec or precisions[0],
                     fitted=fit[0] if fit else None, fit_s=fit[1] if fit else None)
                 fit = (fitted, fit_s)
             else:
@@ -416,7 +429,7 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
             r["seconds_vs_missforest"] = (r["fit_seconds"] + r["impute_seconds"]) / base if base > 0 else None
     return {"dataset": problem.name, "rows": int(problem.table.num_rows),
             "columns": len(problem.num_cols) + len(problem.cat_cols), "missing_rate": missing_rate,
-            "mechanism": mechanism, "seeds": seeds, "results": results,
+            "mechanism": mechanism, "seeds": seeds, "precision": precisions[0], "results": results,
             **({"train_rows": train_rows} if train_rows else {})}
 
 

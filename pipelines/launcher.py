@@ -76,7 +76,15 @@ def _default_run_id() -> str:
     return datetime.now(timezone.utc).strftime("run-%Y%m%dT%H%M%SZ")
 
 
-def prepare(config: JobConfig, *, log=print, remote: bool = False, sampler=None) -> Prepared:
+def check_trainer(config: JobConfig, engine: str) -> None:
+    """A job's ``training.trainer`` that its engine cannot run, refused in one line before any work."""
+    if config.training.trainer == "torch_distributor" and engine != "spark":
+        raise ConfigError(f"training.trainer: torch_distributor trains on Spark's executors, and this job runs on "
+                          f"{engine}: run it with --engine spark, or set training.trainer: local")
+
+
+def prepare(config: JobConfig, *, log=print, remote: bool = False, sampler=None, networks=None,
+            engine: str = "local") -> Prepared:
     """Everything that can be refused is refused here, before any row is processed.
 
     Every path of the job may be a URI on an object store (``storage_options`` in the job):
@@ -89,7 +97,11 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False, sampler=None)
     lists the input but never reads a record of it, and never trains. The job must name its
     schema; the null policy is fitted on a worker (``fit_policy``), and a missing model is
     refused with the command that trains it as a job on the engine.
+
+    ``sampler``, ``networks``: the engine's ways to draw the training sample and to train the
+    networks (Spark's executors), for ``train_if_missing``; ``engine`` names it for the checks.
     """
+    check_trainer(config, engine)
     source, out = config.location(config.input), config.out
     source.check_reachable()
     if not any(c in source.uri for c in "*?[") and not source.exists():
@@ -138,7 +150,7 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False, sampler=None)
                               f"machine; train it first as a job on the engine (the launch with task=train, or "
                               f"`lakefill train --job JOB.yaml`)")
         log(f"training a model into {model} (train_if_missing)")
-        _train(config, schema, log=log, sampler=sampler)
+        _train(config, schema, log=log, sampler=sampler, networks=networks)
     newest = versions.resolve(model)  # the newest accepted version of the job's model
     if newest.uri != model.uri:
         log(f"model: {newest}, the newest accepted version of {model}")
@@ -229,17 +241,19 @@ def _with_nulls(table: pa.Table, columns: list[str]) -> pa.Table:
     return table
 
 
-def _train(config: JobConfig, schema: TableSchema, log=print, sampler=None) -> None:
+def _train(config: JobConfig, schema: TableSchema, log=print, sampler=None, networks=None) -> None:
     """The job's model trained on a sample of its input into its ``model`` folder (``training:``);
-    ``sampler``: the engine's (Spark's executors draw it), else one streaming pass here."""
+    ``sampler``: the engine's (Spark's executors draw it), else one streaming pass here;
+    ``networks``: the engine's network trainer (``training.trainer``), else this process."""
     train_to_dir(config.location(config.input), schema, config.location(config.model), sample_rows=config.sample_rows,
                  csv_options=config.csv_options, config=config.ae_config(), train_rows=config.training.train_rows,
-                 log=log, sampler=sampler)
+                 log=log, sampler=sampler, networks=networks)
 
 
-def train_for_job(config: JobConfig, *, log=print, sampler=None) -> dict:
+def train_for_job(config: JobConfig, *, log=print, sampler=None, networks=None, engine: str = "local") -> dict:
     """The job's model, trained if it is missing: the engines' training jobs (``--task train``:
     a Beam pipeline's worker, the Spark driver). Returns what it did."""
+    check_trainer(config, engine)
     model = config.location(config.model)
     if (model / MANIFEST).exists():
         log(f"model {model} is there: nothing to train")
@@ -248,7 +262,7 @@ def train_for_job(config: JobConfig, *, log=print, sampler=None) -> dict:
     source.check_reachable()
     schema, _ = fit_policy(config, read_raw(source, limit=config.sample_rows, csv_options=config.csv_options))
     log(f"training a model into {model}")
-    _train(config, schema, log=log, sampler=sampler)
+    _train(config, schema, log=log, sampler=sampler, networks=networks)
     return {"model": str(model), "trained": True}
 
 
@@ -290,7 +304,8 @@ def load_schema_at(loc: Location) -> TableSchema:
 
 def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Path | Location", *,
                  sample_rows: int = 200_000, config: AEConfig = AEConfig(), progress: bool = False,
-                 csv_options=None, train_rows: int = TRAIN_ROWS, log=None, sampler=None) -> "Path | Location":
+                 csv_options=None, train_rows: int = TRAIN_ROWS, log=None, sampler=None,
+                 networks=None) -> "Path | Location":
     """Train a model on a sample of at most ``train_rows`` rows of ``input_path``, drawn
     uniformly from the whole input with ``config.random_state`` (``lakefill.transforms.sample``),
     and write it to ``out_dir`` (a folder, local or on an object store: written there directly).
@@ -310,7 +325,7 @@ def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Pa
                          f"(`lakefill validate {input_path} --schema SCHEMA` lists the rows and reasons)")
     try:
         # progress: a bar on a terminal, else a line every 30 s in the job's log (an Airflow or spark-submit log)
-        fitted = fit_model(good, schema, config=config, progress=progress or log is not None, log=log)
+        fitted = fit_model(good, schema, config=config, progress=progress or log is not None, log=log, networks=networks)
     except ValueError as err:
         if "no observed values" not in str(err):
             raise

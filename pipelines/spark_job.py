@@ -131,6 +131,16 @@ def spark_sampler(get_spark):
     return sample
 
 
+def spark_networks(get_spark, config: JobConfig, log=print):
+    """The job's network trainer on Spark (``training.trainer: torch_distributor``: DDP on the
+    executors, ``lakefill.transforms.spark.distributed_trainer``), or None (the driver trains)."""
+    if config.training.trainer != "torch_distributor":
+        return None
+    from lakefill.transforms import spark as lf
+
+    return lf.distributed_trainer(get_spark(), config.training.processes, log=log)  # too many processes: refused now
+
+
 def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=None,
               extra_steps: Sequence[Step] = (), log=print) -> RunOutcome:
     from lakefill.transforms import spark as lf
@@ -141,7 +151,9 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
         session[0] = session[0] or spark_session(spark_args)
         return session[0]
 
-    prep = prepare(config, log=log, sampler=spark_sampler(get_spark))  # train_if_missing: the executors sample
+    # train_if_missing: the executors sample (and train the networks, with trainer: torch_distributor)
+    prep = prepare(config, log=log, sampler=spark_sampler(get_spark), networks=spark_networks(get_spark, config, log),
+                   engine="spark")
     cfg, run_id = prep.config, prep.run_id
     out = cfg.out
     plan = plan_for(prep, extra_steps)
@@ -181,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_id:
         config = config.model_copy(update={"run_id": args.run_id})
     if args.task == "train":
-        print(json.dumps(train_for_job(config, sampler=spark_sampler(lambda: spark_session(extra)))))
+        def get_spark():
+            return spark_session(extra)
+        print(json.dumps(train_for_job(config, sampler=spark_sampler(get_spark), networks=spark_networks(get_spark, config),
+                                       engine="spark")))
         return 0
     outcome = run_spark(config, extra)
     print(json.dumps({"run_id": outcome.run_id, "table": outcome.table, "report": outcome.report,

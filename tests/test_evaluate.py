@@ -72,6 +72,20 @@ def test_evaluate_fits_on_the_training_sample_and_fills_the_whole_table(tmp_path
     assert result["results"]["lakefill"]["rmse"] is not None  # every hidden cell of the 300 rows scored
 
 
+def test_evaluate_fills_in_both_precisions_from_one_fit(tmp_path, capsys):
+    data = _table(tmp_path / "t.csv", n=300)
+    out = tmp_path / "a.json"
+    assert main(["evaluate", "--data", str(data), "--seeds", "0", "--methods", "lakefill,mean", "--precision", "fp32,bf16",
+                 "--ae-config", json.dumps(TINY), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["results"]) == {"lakefill", "lakefill@bf16", "mean"} and result["precision"] == "fp32"
+    fp32, bf16 = result["results"]["lakefill"], result["results"]["lakefill@bf16"]
+    assert fp32["fit_seconds"] == bf16["fit_seconds"]  # one fit, filled twice
+    assert fp32["rmse"] != bf16["rmse"] and abs(fp32["rmse"] - bf16["rmse"]) < 0.05 * fp32["rmse"]
+    assert main(["evaluate", "--data", str(data), "--methods", "mean", "--precision", "fp16"]) == 2
+    assert "--precision must be fp32, bf16 or both" in capsys.readouterr().err
+
+
 def _errors_problem(n=4000, seed=0):
     """Cells whose predicted errors are known: 1 numeric and 3 categorical columns, 30% hidden."""
     rng = np.random.default_rng(seed)

@@ -75,7 +75,7 @@ class Imputer:
         if missing_cols:
             raise KeyError(f"the batch lacks the model's column(s) {missing_cols}")
         enc = codec.encode(table)
-        with _autocast(precision, self.device):
+        with autocast(precision, self.device):
             pred = predict(model, enc.values, enc.observed, num_weights=self._weights)
         fill = ~enc.observed
         if NOT_APPLICABLE in table.column_names:  # a value that does not exist is never invented
@@ -138,7 +138,7 @@ class Imputer:
         return out.set_column(out.column_names.index(METHOD), METHOD, pa.array(method.tolist(), pa.string()))
 
 
-def _autocast(precision: str, device: str):
+def autocast(precision: str, device: str):
     """The context the forward pass runs in: bfloat16 autocast on the model's device, or nothing (fp32)."""
     import contextlib
 

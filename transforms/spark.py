@@ -45,6 +45,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
+from lakefill.errors import ConfigError
 from lakefill.models.artifact import load_artifact
 from lakefill.schema import TableSchema
 from lakefill.transforms.detect import NullPolicy
@@ -287,6 +288,35 @@ def sample_rows(spark: SparkSession, path, *, train_rows: int, seed: int = 0, cs
 
 
 _SAMPLE = pa.schema([("sample", pa.binary())])
+
+
+def distributed_trainer(spark: SparkSession, processes: int, *, log=None):
+    """The networks trained by torch DDP on Spark's executors (``training.trainer:
+    torch_distributor``): ``pyspark.ml.torch.distributor.TorchDistributor`` starts ``processes``
+    barrier tasks, each one rank of a gloo group running ``lakefill.models.training.ddp_networks``
+    on its part of the training sample. A callable with ``train_networks``'s signature for
+    ``fit_model(networks=...)``; the members that are not networks are fitted on the driver."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    from lakefill.models.training import ddp_networks
+
+    slots = spark.sparkContext.defaultParallelism
+    if processes > slots:
+        raise ConfigError(f"training.processes is {processes} but Spark has {slots} task slots; TorchDistributor runs "
+                          f"one barrier task per process, all at once: set training.processes to at most {slots}")
+    driver_log = log
+
+    def networks(values, observed, t_num, t_cat, *, progress=False, log=None, **kwargs):  # rank 0's progress: its task's log
+        t0 = time.perf_counter()
+        distributor = TorchDistributor(num_processes=processes, local_mode=False, use_gpu=False)
+        results = distributor.run(ddp_networks, values, observed, t_num, t_cat, progress=progress, **kwargs)
+        if (log or driver_log) is not None:
+            (log or driver_log)(f"networks trained by TorchDistributor on {processes} executor processes (gloo) in "
+                                f"{time.perf_counter() - t0:.1f} s")
+        return results
+
+    networks.info = {"trainer": "torch_distributor", "processes": processes, "backend": "gloo"}
+    return networks
 
 
 def _read_units(spark: SparkSession, path: str, batch_rows: int, min_tasks: int | None, options: dict | None,
