@@ -234,3 +234,57 @@ def test_zeros_at_the_bottom_of_a_bounded_scale_are_not_structural():
     assert _found(p, "a") == {} and _found(p, "b") == {}
     q = NullPolicy().fit(_table(a=pupils(), b=pupils()))
     assert _found(q, "a") == {"0": "structural"} and _found(q, "b") == {"0": "structural"}
+
+
+def _years(rng, n):
+    start = rng.integers(2001, 2016, n)
+    return [f"{y}-{(y + 1) % 100:02d}" for y in start]
+
+
+def test_a_value_in_a_format_of_its_own_is_a_syntactic_outlier():
+    """Year ranges with an "All Indicators" aggregate row; phone numbers with a placeholder of one
+    repeated digit; ids with "0000000"."""
+    rng = np.random.default_rng(11)
+    n = 800
+    years = _years(rng, n)
+    for i in rng.choice(n, 6, replace=False):
+        years[i] = "All Indicators"
+    phones = [f"{rng.integers(200, 999)}{rng.integers(1000000, 9999999)}" for _ in range(n)]
+    ids = [f"{rng.integers(1000000, 9999999)}" for _ in range(n)]
+    for i in rng.choice(n, 12, replace=False):
+        phones[i] = "9999999999"
+    for i in rng.choice(n, 9, replace=False):
+        ids[i] = "0000000"
+    p = NullPolicy().fit(_table(year=years, phone=phones, id=ids))
+    assert _found(p, "year") == {"All Indicators": "syntactic"}
+    assert _found(p, "phone") == {"9999999999": "syntactic"}
+    assert _found(p, "id") == {"0000000": "syntactic"}
+    year = p.findings_["year"][0]
+    assert year.count == 6 and "'9999-99'" in year.evidence and "syntactic outlier" in year.evidence
+    assert "one character repeated" in p.findings_["phone"][0].evidence
+    applied, counts = p.apply(_table(year=years, phone=phones, id=ids))
+    assert counts["year"] == 6 and applied.column("year").null_count == 6
+    # switched off for one column in the schema: that column keeps its values
+    schema = TableSchema(columns=[ColumnSchema(name="year", type="categorical", detectors={"syntactic": False})])
+    assert _found(NullPolicy(schema=schema).fit(_table(year=years)), "year") == {}
+
+
+def test_columns_without_one_format_have_no_syntactic_outlier():
+    """Words of a category, signed decimals, free text, a mix of formats, one real repeated-digit
+    value among ids (it occurs as often as the others), and two rare formats too many to be
+    stand-ins: nothing found."""
+    rng = np.random.default_rng(12)
+    n = 800
+    words = list(rng.choice(["admin.", "blue-collar", "technician", "services", "retired", "unknown-ish"], n))
+    decimals = [f"{x:.3f}" for x in rng.normal(0, 1, n)]
+    names = [" ".join(rng.choice(["Ann", "Bo", "Cy", "Dee", "Ed", "Flo"], rng.integers(1, 4))) for _ in range(n)]
+    mixed = [rng.choice([f"{rng.integers(2001, 2016)}-{rng.integers(10, 99)}", f"FY{rng.integers(10, 99)}",
+                         f"{rng.integers(1, 12)}/{rng.integers(2001, 2016)}"]) for _ in range(n)]
+    ids = [f"{rng.integers(1000000, 9999999)}" for _ in range(n)]
+    ids[5] = "7777777"  # once, as often as every other id
+    years = _years(rng, n)
+    for i, v in zip(rng.choice(n, 8, replace=False), ["All", "Total", "n.a", "Sum", "Avg", "x1", "*", "Q"]):
+        years[i] = v  # eight formats: a mixed column, not a stand-in
+    p = NullPolicy().fit(_table(words=words, decimals=decimals, names=names, mixed=mixed, ids=ids, years=years))
+    for c in ("words", "decimals", "names", "mixed", "ids", "years"):
+        assert not [f for f in p.findings_[c] if f.detector == "syntactic"], (c, p.findings_[c])

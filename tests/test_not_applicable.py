@@ -59,8 +59,8 @@ def test_zeros_of_grades_a_school_does_not_teach_are_not_applicable():
 
 def test_percentages_written_as_text_count_too():
     """A grade's share of the school's pupils, written "12.5%", is "0%" where the grade is not
-    taught: structural, through the count columns it falls on. Percentages alone (a count's
-    derived twins) are no evidence."""
+    taught: structural, through the count columns it falls on. Percentages alone (shares of the
+    same counts, 0 together) are no evidence."""
     rows = school_rows(seed=1)
     for r in rows:
         total = sum(int(r[g]) for g in GRADES)
@@ -72,6 +72,24 @@ def test_percentages_written_as_text_count_too():
     only_shares = [{k: v for k, v in r.items() if not k.startswith("g")} for r in rows]
     p = NullPolicy().fit(school_table(only_shares))
     assert _found(p, "share_g3") == {}
+
+
+def test_a_count_and_its_percentage_are_judged_both_ways():
+    """One grade's count and its share of the school, "0" and "0%" on the same rows: the share's
+    zeros are found through the count, so the count's are found through the share, with the same
+    co-zero score as evidence (not one flagged and its twin left as values)."""
+    rows = school_rows(seed=4)
+    pair = []
+    for r in rows:
+        total = sum(int(r[g]) for g in GRADES)
+        v = int(r["g3"])
+        pair.append({"school": r["school"], "g3": r["g3"], "share_g3": "0%" if v == 0 else f"{100 * v / total:.1f}%",
+                     "children": r["children"]})
+    p = NullPolicy().fit(school_table(pair))
+    assert _found(p, "share_g3") == {"0%": ("structural", "not_applicable", False)}
+    assert _found(p, "g3") == {"0": ("structural", "not_applicable", False)}
+    assert "'share_g3' (1.00)" in p.findings_["g3"][0].evidence and "'g3' (1.00)" in p.findings_["share_g3"][0].evidence
+    assert _found(p, "children") == {}
 
 
 def test_true_zeros_stay_values():

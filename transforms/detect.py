@@ -22,7 +22,8 @@ Detectors (each can be switched off per column in the schema; pinned values alwa
                  95% of the numbers), at least 10x as frequent as all values in (0, 2] together (a
                  gap between 0 and the bulk), and the same rows are 0 in a sibling column of the
                  same shape (one column's zeros fall on the other's well beyond chance: score
-                 >= 0.8, see ``_co_zero``; a percentage needs a sibling of counts), and the
+                 >= 0.8, see ``_co_zero``; a count and a percentage are siblings both ways,
+                 two percentages are not), and the
                  column is no bounded scale (its values piling up at the top of their range,
                  as a pixel's do at 255: ``_piles_at_top``). See ``_structural``.
 
@@ -84,6 +85,13 @@ _FAR_FENCE = 3.0        # ... or beyond Tukey's far-out fence (3 IQR) stands apa
 _RANDOM_SPREAD = 0.5    # rows whose medians sit within half an IQR of the others' on every observed
 _MIN_RANDOM_ROWS = 5    # numeric column (of at least 5 of its rows), beyond what chance moves the median
 _MEDIAN_NOISE = 1.86    # of k random rows (2 standard errors, 0.93 IQR / sqrt(k)), look like a random sample
+# syntactic outliers: a column written in one format (its values' character shapes) ...
+_FORMAT_SHARE = 0.9     # ... that covers at least 90% of its non-empty cells ...
+_FORMAT_VALUES = 3      # ... with at least 3 distinct values (a format, not one constant);
+_RARE_FORMAT = 0.02     # a value in a format of its own (run shape) that at most 2% of the cells share ...
+_MAX_RARE = 3           # ... among at most 3 such values (more: a column of mixed formats, not stand-ins);
+_REPEAT_MIN_LEN = 4     # a value of one character repeated, at least 4 long, in the column's own format ...
+_REPEAT_SPIKE = 5.0     # ... 5x as frequent as the column's values usually are (and at least 3 times)
 
 
 class NotFittedError(RuntimeError):
@@ -140,6 +148,8 @@ class NullPolicy:
         co = self._co_missing(sample, columns, counters, findings)
         for c, extra in co.items():
             findings[c].extend(extra)
+        for c in columns:
+            findings[c].extend(self._syntactic(c, counters[c], findings[c]))
         for c, extra in self._structural(sample, columns, counters, findings).items():
             findings[c].extend(extra)
         findings = {c: [self._weighed(f, counters[c]) for f in fs] for c, fs in findings.items()}
@@ -244,9 +254,10 @@ class NullPolicy:
         written as percentages), none negative, with at least 20 distinct numbers and 20 that
         are not 0, their median >= 10; its 0 (any spelling: "0", "0.0", "0%") covers >= 10% of
         the numbers and occurs >= 10x as often as all values in (0, 2] together. Such a 0 is a
-        structural "not applicable" when a sibling column of counts (not percentages: a
-        percentage derived from a count is 0 wherever the count is, a twin and no evidence) that
-        qualifies too has its zeros on the same rows (``_co_zero`` >= 0.8). A lone zero-heavy
+        structural "not applicable" when a sibling column that qualifies too has its zeros on
+        the same rows (``_co_zero`` >= 0.8); the pair is judged both ways (a percentage found
+        through its count makes the count found through the percentage), except two
+        percentages (shares of the same counts are 0 together: no evidence). A lone zero-heavy
         column is not enough (a count that is often really 0); a 0 already found by another
         detector keeps that finding.
         """
@@ -269,9 +280,10 @@ class NullPolicy:
                 continue
             siblings = []
             for o in shapes:
-                # a sibling is a column of counts: a percentage derived from this very count (its
-                # "0%" wherever the count is 0) is a twin, not a second piece of evidence
-                if o == c or shapes[o]["percent"]:
+                # a pair of percentages is no evidence (two shares of the same count, 0 together); a
+                # count and a percentage are judged both ways: a percentage's zeros found through its
+                # count sibling make the count's zeros, on the same rows, found through the percentage
+                if o == c or (shapes[o]["percent"] and shapes[c]["percent"]):
                     continue
                 score = _co_zero(zero_rows[c], zero_rows[o], filled_rows[c] & filled_rows[o])
                 if score >= _NA_MIN_CO_ZERO:
@@ -338,6 +350,60 @@ class NullPolicy:
                 why = _sentinel_evidence(x, rest[v], others)
                 if why:
                     add(v, "sentinel", f"{v!r} occurs {rest[v]} times and {why}")
+        return out
+
+    def _syntactic(self, column: str, counts: Counter, found: list[Finding]) -> list[Finding]:
+        """Syntactic outliers (FAHES's): in a column whose cells are written in one format (the
+        character shape of ``_shape``: digits 9, letters A/a, the separators as they are) a value
+        of another kind. (1) In a text column (at least half its cells not numbers) whose one
+        format covers ``_FORMAT_SHARE`` of the cells: a value whose run shape (``_runs``: "9-9"
+        for "2009-10") no more than ``_RARE_FORMAT`` of the cells share, when there are at most
+        ``_MAX_RARE`` such values ("All Indicators" among year ranges). (2) In a column of at
+        least 20 distinct values in one format: a value in that format made of one repeated
+        character, at least ``_REPEAT_MIN_LEN`` long, ``_REPEAT_SPIKE`` times as frequent as the
+        column's values usually are ("9999999999" among phone numbers, "0000000" among ids)."""
+        if not self._on(column, "syntactic"):
+            return []
+        taken = {f.value for f in found}
+        rules = self._rules(column)
+        pinned_value = {v.strip() for v in rules.not_null_values} if rules else set()
+        rest = {v: k for v, k in counts.items() if v and v not in taken and v not in pinned_value}
+        cells = sum(rest.values())
+        if len(rest) < _FORMAT_VALUES or cells < 20:
+            return []
+        shapes = dict(zip(rest, _shapes(list(rest))))
+        by_shape: Counter = Counter()
+        for v, k in rest.items():
+            by_shape[shapes[v]] += k
+        top, top_cells = by_shape.most_common(1)[0]
+        in_top = [v for v in rest if shapes[v] == top]
+        if top_cells < _FORMAT_SHARE * cells or len(in_top) < _FORMAT_VALUES:
+            return []
+        example = ", ".join(repr(v) for v in sorted(in_top, key=lambda v: -rest[v])[:3])
+        fmt = (f"{top_cells / cells:.0%} of the column's non-empty cells are written {top!r} "
+               f"({len(in_top)} distinct values such as {example})")
+        out = []
+        text_cells = sum(k for v, k in rest.items() if parse_number(v) is None)
+        if text_cells >= 0.5 * cells:
+            runs = {v: _runs(shapes[v]) for v in rest}
+            by_runs: Counter = Counter()
+            for v, k in rest.items():
+                by_runs[runs[v]] += k
+            rare = [v for v in rest if runs[v] != _runs(top) and by_runs[runs[v]] <= _RARE_FORMAT * cells]
+            if 0 < len(rare) <= _MAX_RARE:
+                for v in sorted(rare):
+                    out.append(Finding(column, v, rest[v], "syntactic",
+                                       f"{fmt}; {v!r} ({shapes[v]!r}) occurs {rest[v]} times, in a format "
+                                       f"{by_runs[runs[v]] / cells:.1%} of the cells share: a syntactic outlier"))
+        if len(rest) >= _MIN_DISTINCT_NUMBERS:
+            typical = float(np.median(list(rest.values())))
+            repeated = [v for v in in_top if len(v) >= _REPEAT_MIN_LEN and len(set(v)) == 1
+                        and rest[v] >= max(3, _REPEAT_SPIKE * typical)]
+            if 0 < len(repeated) <= 2:
+                for v in repeated:
+                    out.append(Finding(column, v, rest[v], "syntactic",
+                                       f"{fmt}; {v!r} is one character repeated and occurs {rest[v]} times where the "
+                                       f"column's values occur {typical:g} time(s) as a rule: a placeholder, not a value"))
         return out
 
     def _co_missing(self, sample: pa.Table, columns: list[str], counters: dict[str, Counter],
@@ -569,6 +635,21 @@ def _row_spread(rows: np.ndarray, column: str, numbers: dict[str, np.ndarray], e
         d = abs(float(np.median(mine)) - float(np.median(rest))) / scale - _MEDIAN_NOISE / math.sqrt(len(mine))
         worst = d if worst is None else max(worst, d)
     return worst
+
+
+def _shapes(values: list[str]) -> list[str]:
+    """Each value's character shape: each digit 9, each upper-case letter A, every other letter
+    a, each white space one blank, every other character itself ("2009-10" -> "9999-99")."""
+    arr = pa.array(values, pa.string())
+    # upper-case letters go through a placeholder (an "A" would be a letter for the next rule)
+    for pattern, to in ((r"\p{Nd}", "9"), (r"\p{Lu}", "\x00"), (r"\p{L}", "a"), (r"\s", " "), ("\x00", "A")):
+        arr = pc.replace_substring_regex(arr, pattern=pattern, replacement=to)
+    return arr.to_pylist()
+
+
+def _runs(shape: str) -> str:
+    """A shape with its runs of one class written once ("9999-99" -> "9-9"; "Aaa Aaaaaaaaaa" -> "Aa Aa")."""
+    return re.sub(r"(.)\1+", r"\1", shape)
 
 
 def _numpy(mask) -> np.ndarray:
