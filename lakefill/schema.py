@@ -64,7 +64,7 @@ def arrow_type(col: "ColumnSchema") -> pa.DataType:
 
 IMPUTABLE_TYPES = frozenset({"numeric", "integer", "decimal", "boolean", "categorical", "datetime"})
 MAX_FLOAT_DIGITS = 15  # a number with more significant digits than this does not survive a float64: decimal
-DETECTORS = ("token", "non_numeric", "sentinel", "co_missing", "structural", "syntactic")
+DETECTORS = ("token", "non_numeric", "sentinel", "co_missing", "structural", "syntactic", "random")
 MAX_CATEGORIES = 200
 
 

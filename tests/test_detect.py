@@ -288,3 +288,43 @@ def test_columns_without_one_format_have_no_syntactic_outlier():
     p = NullPolicy().fit(_table(words=words, decimals=decimals, names=names, mixed=mixed, ids=ids, years=years))
     for c in ("words", "decimals", "names", "mixed", "ids", "years"):
         assert not [f for f in p.findings_[c] if f.detector == "syntactic"], (c, p.findings_[c])
+
+
+def _survey(seed=0, n=2000, dependent=True, default="random"):
+    """A region decides income, a score and a product; ``default``: "random" puts "Other" in the
+    product of 40% of the rows drawn at random (a form's default when the answer was unknown),
+    "real" makes "Other" the product most of region A buys (a real value, its rows a group)."""
+    rng = np.random.default_rng(seed)
+    region = rng.choice(list("ABCD"), n)
+    k = np.array(["ABCD".index(r) for r in region])
+    if not dependent:  # every column on its own: a design table, every value's rows random
+        k = rng.integers(0, 4, n)
+    income = rng.normal(10 * k, 3) if dependent else rng.normal(15, 10, n)
+    score = rng.normal(5 * k, 2) if dependent else rng.normal(5, 2, n)
+    products = np.array([f"p{j}" for j in range(8)])
+    product = products[(k * 2 + rng.integers(0, 2, n)) % 8] if dependent else rng.choice(products, n)
+    if default == "random":
+        product = np.where(rng.random(n) < 0.4, "Other", product)
+    else:
+        product = np.where((k == 0) & (rng.random(n) < 0.9), "Other", product)
+    return _table(region=list(region), income=[f"{v:.2f}" for v in income], score=[f"{v:.1f}" for v in score],
+                  product=list(product))
+
+
+def test_a_frequent_value_on_random_rows_is_a_stand_in():
+    p = NullPolicy().fit(_survey())
+    assert _found(p, "product") == {"Other": "random"}
+    assert all(_found(p, c) == {} for c in ("region", "income", "score"))
+    f = p.findings_["product"][0]
+    assert "match the column's other rows within chance on all 3 other columns" in f.evidence
+    assert "random-DMV" in f.evidence and not f.suspect
+    schema = TableSchema(columns=[ColumnSchema(name="product", type="categorical", detectors={"random": False})])
+    assert _found(NullPolicy(schema=schema).fit(_survey()), "product") == {}
+
+
+def test_a_frequent_value_is_a_value_when_its_rows_are_a_group_or_nothing_depends_on_anything():
+    """"Other" bought in region A: its rows differ from the table (a real value). A table of
+    independent columns (every combination, as nursery): a frequent value on random rows is no
+    evidence there, every value's rows are random."""
+    assert not any(NullPolicy().fit(_survey(default="real")).findings_.values())
+    assert not any(NullPolicy().fit(_survey(dependent=False)).findings_.values())

@@ -26,6 +26,13 @@ Detectors (each can be switched off per column in the schema; pinned values alwa
                  two percentages are not), and the
                  column is no bounded scale (its values piling up at the top of their range,
                  as a pixel's do at 255: ``_piles_at_top``). See ``_structural``.
+``syntactic``    a value in a format of its own in a column written in one format ("All
+                 Indicators" among year ranges "2009-10"), or a value of one repeated character
+                 where the column's values are in one format ("9999999999" among phone
+                 numbers). See ``_syntactic``.
+``random``       a column's most frequent value, a spike, whose rows look like a random sample
+                 of the table while the column's other values depend on the other columns (a
+                 form's default for "unknown"; FAHES's random-DMV test). See ``_random_stand_ins``.
 
 Each finding has a ``kind``: ``missing`` (the value is there but unknown: the cell is nulled and
 imputed) or ``not_applicable`` (the value does not exist: the cell is nulled, listed in the
@@ -92,6 +99,17 @@ _RARE_FORMAT = 0.02     # a value in a format of its own (run shape) that at mos
 _MAX_RARE = 3           # ... among at most 3 such values (more: a column of mixed formats, not stand-ins);
 _REPEAT_MIN_LEN = 4     # a value of one character repeated, at least 4 long, in the column's own format ...
 _REPEAT_SPIKE = 5.0     # ... 5x as frequent as the column's values usually are (and at least 3 times)
+# random stand-ins (FAHES's RAND): a column's most frequent value, a spike ...
+_RANDOM_MIN_ROWS = 30   # ... of at least 30 rows ...
+_RANDOM_SPIKE = 3.0     # ... 3x as frequent as the column's next value, whose rows match the column's others
+_RANDOM_IQR = 0.1       # within chance (medians at most 0.1 IQR further apart than chance puts them ...
+_RANDOM_TV = 0.02       # ... category shares at most 0.02 in total variation)
+_RANDOM_COLUMNS = 2     # on at least 2 other columns (of at most 16 compared), in a column whose other values'
+_RANDOM_MAX_COLUMNS = 16
+_RANDOM_SAMPLE = 20_000  # rows judged
+_DEPENDENT_IQR = 0.5    # rows do differ from the table (medians 0.5 IQR apart beyond chance ...
+_DEPENDENT_TV = 0.1     # ... or category shares 0.1 apart in total variation beyond chance)
+_MAX_CATEGORIES = 50    # a column compared by its category shares has at most 50 distinct values
 
 
 class NotFittedError(RuntimeError):
@@ -150,6 +168,8 @@ class NullPolicy:
             findings[c].extend(extra)
         for c in columns:
             findings[c].extend(self._syntactic(c, counters[c], findings[c]))
+        for c, extra in self._random_stand_ins(sample, columns, counters, findings).items():
+            findings[c].extend(extra)
         for c, extra in self._structural(sample, columns, counters, findings).items():
             findings[c].extend(extra)
         findings = {c: [self._weighed(f, counters[c]) for f in fs] for c, fs in findings.items()}
@@ -371,6 +391,11 @@ class NullPolicy:
         cells = sum(rest.values())
         if len(rest) < _FORMAT_VALUES or cells < 20:
             return []
+        top200 = Counter(rest).most_common(200)  # a text column: most of its cells are not numbers
+        text = sum(k for v, k in top200 if parse_number(v) is None) >= 0.5 * sum(k for _, k in top200)
+        if not text and not any(len(v) >= _REPEAT_MIN_LEN and k >= 3 and len(set(v)) == 1
+                                                for v, k in rest.items()):
+            return []  # a column of numbers with no repeated-character value: nothing to look for
         shapes = dict(zip(rest, _shapes(list(rest))))
         by_shape: Counter = Counter()
         for v, k in rest.items():
@@ -383,8 +408,7 @@ class NullPolicy:
         fmt = (f"{top_cells / cells:.0%} of the column's non-empty cells are written {top!r} "
                f"({len(in_top)} distinct values such as {example})")
         out = []
-        text_cells = sum(k for v, k in rest.items() if parse_number(v) is None)
-        if text_cells >= 0.5 * cells:
+        if text:
             runs = {v: _runs(shapes[v]) for v in rest}
             by_runs: Counter = Counter()
             for v, k in rest.items():
@@ -405,6 +429,128 @@ class NullPolicy:
                                        f"{fmt}; {v!r} is one character repeated and occurs {rest[v]} times where the "
                                        f"column's values occur {typical:g} time(s) as a rule: a placeholder, not a value"))
         return out
+
+    def _random_stand_ins(self, sample: pa.Table, columns: list[str], counters: dict[str, Counter],
+                          findings: dict[str, list[Finding]]) -> dict[str, list[Finding]]:
+        """FAHES's random-DMV test: a value filled in where the truth was unknown lands on rows
+        drawn at random, so those rows look like a sample of the whole table. A column's most
+        frequent value is a stand-in when it is a spike (at least ``_RANDOM_MIN_ROWS`` rows,
+        ``_RANDOM_SPIKE`` times its next value), its rows match the column's other rows within
+        chance (``_RANDOM_IQR``, ``_RANDOM_TV``) on every other column compared (at least
+        ``_RANDOM_COLUMNS``, at most ``_RANDOM_MAX_COLUMNS`` spread over the table: numeric
+        columns by their medians, ``_median_gap``; columns of at most ``_MAX_CATEGORIES``
+        categories by their shares, ``_share_gap``), and the column's other values are not random
+        (a group of them differs from the table beyond chance, by ``_DEPENDENT_IQR`` or
+        ``_DEPENDENT_TV``): a column that depends on nothing (every combination of a design
+        table) gives no evidence. Judged on at most ``_RANDOM_SAMPLE`` rows of the sample."""
+        n = sample.num_rows
+        if n < 4 * _RANDOM_MIN_ROWS or len(columns) < _RANDOM_COLUMNS + 1:
+            return {}
+        take = np.arange(0, n, max(1, n // _RANDOM_SAMPLE))[:_RANDOM_SAMPLE] if n > _RANDOM_SAMPLE else None
+        cache: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+
+        def column(c: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+            """(codes of the trimmed values, -1 where empty; numbers; the distinct values) on the rows judged."""
+            if c not in cache:
+                trimmed = pc.utf8_trim_whitespace(sample.column(c))
+                distinct = [v for v in counters[c] if v]
+                codes = _numpy(pc.fill_null(pc.index_in(trimmed, value_set=pa.array(distinct, pa.string())), -1))
+                x = _numbers(sample.column(c), counters[c])
+                for e in _edge_values(counters[c]):  # a column's own stand-ins are no evidence
+                    x[x == e] = np.nan
+                codes = codes.astype(np.int64)
+                cache[c] = (codes, x, distinct) if take is None else (codes[take], x[take], distinct)
+            return cache[c]
+
+        kinds: dict[str, str | None] = {}
+
+        def kind(c: str) -> str | None:
+            """categorical (2 to _MAX_CATEGORIES values), numeric (more, 90% of the cells of its 200
+            most frequent values numbers) or None (not compared)."""
+            if c not in kinds:
+                distinct = sum(1 for v in counters[c] if v)
+                kinds[c] = None
+                if 2 <= distinct <= _MAX_CATEGORIES:
+                    kinds[c] = "categorical"
+                elif distinct > _MAX_CATEGORIES:
+                    top = [(v, k) for v, k in counters[c].most_common(201) if v][:200]
+                    if sum(k for v, k in top if parse_number(v) is not None) >= 0.9 * sum(k for _, k in top):
+                        kinds[c] = "numeric"
+            return kinds[c]
+        out: dict[str, list[Finding]] = {}
+        for c in columns:
+            if not self._on(c, "random"):
+                continue
+            known = {f.value for f in findings[c]}
+            counts = Counter({v: k for v, k in counters[c].items() if v and v not in known})
+            if len(counts) < 3:
+                continue
+            (v, k), (_, k_next) = counts.most_common(2)
+            if k < _RANDOM_MIN_ROWS or k < _RANDOM_SPIKE * k_next:
+                continue
+            others = [o for o in columns if o != c]
+            if len(others) > 4 * _RANDOM_MAX_COLUMNS:  # spread over the table, the same ones on every run
+                others = [others[i] for i in np.linspace(0, len(others) - 1, 4 * _RANDOM_MAX_COLUMNS).round().astype(int)]
+            others = [o for o in others if kind(o) is not None]
+            if len(others) > _RANDOM_MAX_COLUMNS:
+                others = [others[i] for i in np.linspace(0, len(others) - 1, _RANDOM_MAX_COLUMNS).round().astype(int)]
+            codes, x, distinct = column(c)
+            known_codes = [distinct.index(u) for u in known if u in distinct]
+            filled = (codes >= 0) & ~np.isin(codes, known_codes)
+            rows = codes == distinct.index(v)
+
+            def gaps(group: np.ndarray, stop_num: float, stop_cat: float):
+                """Per compared column, how far ``group`` lies from the column's other rows; stops at
+                the first column beyond ``stop_num`` (IQR) or ``stop_cat`` (TV)."""
+                found, over = [], False
+                for o in others:
+                    o_codes, o_x, _ = column(o)
+                    if kind(o) == "numeric":
+                        g = _median_gap(o_x, group, filled & ~group)
+                        over = g is not None and g > stop_num
+                    else:
+                        g = _share_gap(o_codes, group, filled & ~group)
+                        over = g is not None and g > stop_cat
+                    if g is not None:
+                        found.append((o, g))
+                    if over:
+                        break
+                return found, over
+
+            compared, moved = gaps(rows, _RANDOM_IQR, _RANDOM_TV)
+            if moved or len(compared) < _RANDOM_COLUMNS:
+                continue
+            dependent = None
+            for group in self._other_groups(codes, x, filled & ~rows, kind(c) == "categorical"):
+                found, over = gaps(group, _DEPENDENT_IQR, _DEPENDENT_TV)
+                if over:
+                    dependent = found[-1][0]
+                    break
+            if dependent is None:
+                continue
+            out.setdefault(c, []).append(Finding(
+                c, v, counters[c][v], "random",
+                f"{v!r} occurs {k} times, {k / max(k_next, 1):.3g}x as often as the column's next value; its rows match "
+                f"the column's other rows within chance on all {len(compared)} other columns compared "
+                f"({', '.join(repr(o) for o, _ in compared[:5])}{', ...' if len(compared) > 5 else ''}), while the "
+                f"column's other values differ from the table (on {dependent!r}): filled in at random rows, a "
+                f"stand-in for 'unknown' (FAHES's random-DMV test)"))
+        return out
+
+    @staticmethod
+    def _other_groups(codes: np.ndarray, numbers: np.ndarray, rows: np.ndarray, categorical: bool) -> list[np.ndarray]:
+        """A column's other values as groups of rows: its ten most frequent categories of at
+        least ``_RANDOM_MIN_ROWS`` rows, or the quartiles of its numbers."""
+        if categorical:
+            counts = np.bincount(codes[rows])
+            top = [i for i in np.argsort(-counts, kind="stable")[:10] if counts[i] >= _RANDOM_MIN_ROWS]
+            return [rows & (codes == code) for code in top]
+        ok = rows & ~np.isnan(numbers)
+        if ok.sum() < 4 * _RANDOM_MIN_ROWS:
+            return []
+        cuts = np.quantile(numbers[ok], (0.25, 0.5, 0.75))
+        bins = np.digitize(np.where(ok, numbers, 0.0), cuts)
+        return [g for b in range(4) if (g := ok & (bins == b)).sum() >= _RANDOM_MIN_ROWS]
 
     def _co_missing(self, sample: pa.Table, columns: list[str], counters: dict[str, Counter],
                     findings: dict[str, list[Finding]]) -> dict[str, list[Finding]]:
@@ -650,6 +796,35 @@ def _shapes(values: list[str]) -> list[str]:
 def _runs(shape: str) -> str:
     """A shape with its runs of one class written once ("9999-99" -> "9-9"; "Aaa Aaaaaaaaaa" -> "Aa Aa")."""
     return re.sub(r"(.)\1+", r"\1", shape)
+
+
+def _median_gap(values: np.ndarray, rows: np.ndarray, rest: np.ndarray) -> float | None:
+    """How far the median of ``rows`` lies from that of ``rest``, in IQRs of ``rest``, less what
+    chance gives that many random rows (``_MEDIAN_NOISE`` / sqrt(k)); None: too few rows."""
+    ok = ~np.isnan(values)
+    mine, other = values[rows & ok], values[rest & ok]
+    if len(mine) < _RANDOM_MIN_ROWS or len(other) < _RANDOM_MIN_ROWS:
+        return None
+    q1, q3 = np.quantile(other, (0.25, 0.75))
+    scale = float(q3 - q1) or float(np.std(other))
+    if scale <= 0:
+        return None
+    return abs(float(np.median(mine)) - float(np.median(other))) / scale - _MEDIAN_NOISE / math.sqrt(len(mine))
+
+
+def _share_gap(codes: np.ndarray, rows: np.ndarray, rest: np.ndarray) -> float | None:
+    """How far the category shares of ``rows`` lie from those of ``rest`` (total variation;
+    ``codes``: a category's number, -1 where empty), less what chance gives that many random
+    rows (two standard errors); None: too few rows."""
+    ok = codes >= 0
+    mine, other = codes[rows & ok], codes[rest & ok]
+    if len(mine) < _RANDOM_MIN_ROWS or len(other) < _RANDOM_MIN_ROWS:
+        return None
+    size = int(max(mine.max(), other.max())) + 1
+    p = np.bincount(other, minlength=size) / len(other)
+    q = np.bincount(mine, minlength=size) / len(mine)
+    noise = float(np.sum(np.sqrt(p * (1 - p) / len(mine))))
+    return 0.5 * float(np.abs(q - p).sum()) - noise
 
 
 def _numpy(mask) -> np.ndarray:
