@@ -34,8 +34,11 @@ Spearman can be told apart from a badly calibrated one (``calibration_categorica
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,8 +274,24 @@ def _undesign(problem: Problem, Z: np.ndarray, lo, span, cat_info, onehot: bool)
     return Xhat, Chat
 
 
-def run_baseline(method: str, problem: Problem, mask: np.ndarray, seed: int):
+@functools.cache
+def _one_shot_forest():  # sklearn is imported only when a baseline runs
     from sklearn.ensemble import RandomForestRegressor
+
+    class OneShotForest(RandomForestRegressor):
+        """A random forest that drops its trees once it has predicted: IterativeImputer's
+        fit_transform predicts with each column's forest once, and keeping them all (100 trees x
+        columns x iterations) is what runs a machine out of memory."""
+
+        def predict(self, X):
+            out = super().predict(X)
+            self.estimators_ = []
+            return out
+
+    return OneShotForest
+
+
+def run_baseline(method: str, problem: Problem, mask: np.ndarray, seed: int):
     from sklearn.experimental import enable_iterative_imputer  # noqa: F401
     from sklearn.impute import IterativeImputer, KNNImputer, SimpleImputer
     from sklearn.linear_model import BayesianRidge
@@ -299,8 +318,14 @@ def run_baseline(method: str, problem: Problem, mask: np.ndarray, seed: int):
     elif method == "mice":
         imp = IterativeImputer(estimator=BayesianRidge(), max_iter=10, random_state=seed, sample_posterior=False)
     elif method == "missforest":
-        imp = IterativeImputer(estimator=RandomForestRegressor(n_estimators=100, max_features="sqrt", n_jobs=-1, random_state=seed),
+        # transductive: fit_transform fills the table as it fits, each forest dropped once it has
+        # predicted (``_one_shot_forest``): the numbers fit + transform gave, one forest in memory
+        # instead of every iteration's (a 30,000 x 24 table needed more than 24 GB)
+        imp = IterativeImputer(estimator=_one_shot_forest()(n_estimators=100, max_features="sqrt", n_jobs=-1, random_state=seed),
                                max_iter=10, random_state=seed, initial_strategy="mean")
+        t0 = time.perf_counter()
+        Zh = imp.fit_transform(Z)
+        return (*_undesign(problem, Zh, lo, span, cat_info, onehot), time.perf_counter() - t0, 0.0)
     else:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     t0 = time.perf_counter()
@@ -309,6 +334,45 @@ def run_baseline(method: str, problem: Problem, mask: np.ndarray, seed: int):
     t0 = time.perf_counter()
     Zh = imp.transform(Z)
     return (*_undesign(problem, Zh, lo, span, cat_info, onehot), fit_s, time.perf_counter() - t0)
+
+
+class PeakMemory:
+    """The peak resident memory a block of work adds to this process: ``/proc/self/statm``
+    polled every ``every`` seconds from a thread, the largest value less the value at the start
+    (``mb``; None where /proc is not there). A method's memory, measured where it runs."""
+
+    def __init__(self, every: float = 0.02):
+        self.every, self.mb = every, None
+
+    @staticmethod
+    def _rss() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __enter__(self) -> "PeakMemory":
+        self.start = self._rss()
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.every):
+            rss = self._rss()
+            if rss is not None and self.peak is not None:
+                self.peak = max(self.peak, rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        rss = self._rss()
+        if self.start is not None and rss is not None:
+            self.peak = max(self.peak, rss)
+            self.mb = (self.peak - self.start) / 2**20
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -386,22 +450,26 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
     if not 0 < missing_rate < 1:
         raise ConfigError(f"--missing-rate must be in (0, 1), got {missing_rate}")
     problem = load_problem(Path(data), schema)
-    per: dict[str, dict[str, list]] = {m: {"rmse": [], "accuracy": [], "fit": [], "impute": []} for m in methods}
+    per: dict[str, dict[str, list]] = {m: {"rmse": [], "accuracy": [], "fit": [], "impute": [], "peak_mb": []}
+                                       for m in methods}
     extras: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in seeds:
         mask = make_mask(problem, rate=missing_rate, mechanism=mechanism, seed=seed)
         fit = None  # lakefill and lakefill-reverse share one fit per seed (training is deterministic)
         for m in methods:
+            memory = PeakMemory()
             if m.startswith("lakefill"):
                 name, _, prec = m.partition("@")
                 cfg = AEConfig.from_dict({**(ae_config or {}), "random_state": seed})
-                Xhat, Chat, fit_s, imp_s, conf, expected, extra, fitted = run_lakefill(
-                    problem, mask, seed, reverse=name in ("lakefill-reverse", "lakefill-adapt"), config=cfg,
-                    adapt=name == "lakefill-adapt", train_rows=train_rows, precision=prec or precisions[0],
-                    fitted=fit[0] if fit else None, fit_s=fit[1] if fit else None)
+                with memory:
+                    Xhat, Chat, fit_s, imp_s, conf, expected, extra, fitted = run_lakefill(
+                        problem, mask, seed, reverse=name in ("lakefill-reverse", "lakefill-adapt"), config=cfg,
+                        adapt=name == "lakefill-adapt", train_rows=train_rows, precision=prec or precisions[0],
+                        fitted=fit[0] if fit else None, fit_s=fit[1] if fit else None)
                 fit = (fitted, fit_s)
             else:
-                Xhat, Chat, fit_s, imp_s = run_baseline(m, problem, mask, seed)
+                with memory:
+                    Xhat, Chat, fit_s, imp_s = run_baseline(m, problem, mask, seed)
                 conf, expected, extra = None, None, {}
             rmse, acc, sq = score(problem, mask, Xhat, Chat)
             if conf is not None:
@@ -410,8 +478,11 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
             per[m]["accuracy"].append(acc)
             per[m]["fit"].append(fit_s)
             per[m]["impute"].append(imp_s)
+            per[m]["peak_mb"].append(memory.mb)
             extras[m].append(extra)
-            log(f"  seed {seed} {m:<17} rmse={_f(rmse)} accuracy={_f(acc)} fit={fit_s:.1f}s impute={imp_s:.2f}s {extra or ''}")
+            peak = "n/a" if memory.mb is None else f"{memory.mb:.0f}MB"
+            log(f"  seed {seed} {m:<17} rmse={_f(rmse)} accuracy={_f(acc)} fit={fit_s:.1f}s impute={imp_s:.2f}s "
+                f"peak={peak} {extra or ''}")
     results = {}
     for m in methods:
         r = per[m]
@@ -419,6 +490,7 @@ def evaluate(*, data: Path, schema: Path | None, missing_rate: float, mechanism:
             "rmse": _mean(r["rmse"]), "rmse_std": _std(r["rmse"]),
             "accuracy": _mean(r["accuracy"]), "accuracy_std": _std(r["accuracy"]),
             "fit_seconds": float(np.mean(r["fit"])), "impute_seconds": float(np.mean(r["impute"])),
+            "peak_mb": max((x for x in r["peak_mb"] if x is not None), default=None),
         }
         keys = sorted({k for e in extras[m] for k in e})
         for k in keys:
@@ -449,11 +521,13 @@ def _f(x):
 
 def format_table(out: dict) -> str:
     lines = [f"{out['dataset']}: {out['rows']} rows x {out['columns']} columns, {out['missing_rate']:.0%} {out['mechanism'].upper()}, seeds {out['seeds']}",
-             f"{'method':<18} {'RMSE':>8} {'±':>7} {'accuracy':>9} {'±':>7} {'fit s':>8} {'impute s':>9} {'x missForest':>13}"]
+             f"{'method':<18} {'RMSE':>8} {'±':>7} {'accuracy':>9} {'±':>7} {'fit s':>8} {'impute s':>9} {'peak MB':>8} "
+             f"{'x missForest':>13}"]
     for m, r in out["results"].items():
-        ratio = r.get("seconds_vs_missforest")
+        ratio, peak = r.get("seconds_vs_missforest"), r.get("peak_mb")
         lines.append(f"{m:<18} {_f(r['rmse']):>8} {_f(r['rmse_std']):>7} {_f(r['accuracy']):>9} {_f(r['accuracy_std']):>7} "
-                     f"{r['fit_seconds']:>8.1f} {r['impute_seconds']:>9.2f} {'' if ratio is None else f'{ratio:.2f}':>13}")
+                     f"{r['fit_seconds']:>8.1f} {r['impute_seconds']:>9.2f} {'n/a' if peak is None else f'{peak:.0f}':>8} "
+                     f"{'' if ratio is None else f'{ratio:.2f}':>13}")
     for m, r in out["results"].items():
         if "confidence_spearman" in r:
             lines.append(f"{m}: confidence Spearman {r['confidence_spearman']:.3f}, "

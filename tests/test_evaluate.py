@@ -156,3 +156,41 @@ def test_the_posterior_bound_command(tmp_path, capsys):
     numeric = _table(tmp_path / "t.csv", n=100)
     assert posterior_bound.main(["--data", str(numeric)]) == 2
     assert "t.csv" in capsys.readouterr().err
+
+
+def test_missforest_keeps_one_forest_and_fills_as_fit_then_transform_did(tmp_path, capsys):
+    """The baseline's forests are dropped once they have predicted: the same fill as
+    IterativeImputer's fit + transform keeping every forest; each method's peak memory printed."""
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401
+    from sklearn.impute import IterativeImputer
+
+    from lakefill.pipelines.evaluate import _design, make_mask, run_baseline
+
+    problem = load_problem(_table(tmp_path / "t.csv", n=200), None)
+    mask = make_mask(problem, rate=0.2, mechanism="mcar", seed=0)
+    Xhat, Chat, fit_s, imp_s = run_baseline("missforest", problem, mask, 0)
+    Z, lo, span, _ = _design(problem, mask, False)
+    kept = IterativeImputer(estimator=RandomForestRegressor(n_estimators=100, max_features="sqrt", n_jobs=-1, random_state=0),
+                            max_iter=10, random_state=0, initial_strategy="mean").fit(Z)
+    assert all(len(step.estimator.estimators_) == 100 for step in kept.imputation_sequence_)
+    Zh = kept.transform(Z)
+    d = len(problem.num_cols)
+    assert np.allclose(Xhat, Zh[:, :d] * span + lo, atol=1e-9) and imp_s == 0.0
+    out = tmp_path / "a.json"
+    assert main(["evaluate", "--data", str(tmp_path / "t.csv"), "--seeds", "0", "--methods", "mean,missforest",
+                 "--json", str(out)]) == 0
+    assert "peak MB" in capsys.readouterr().out
+    result = json.loads(out.read_text())["results"]
+    assert all(r["peak_mb"] is not None and r["peak_mb"] >= 0 for r in result.values())
+
+
+def test_peak_memory_sees_what_a_block_allocates():
+    from lakefill.pipelines.evaluate import PeakMemory
+
+    with PeakMemory() as small:
+        np.ones(1000).sum()
+    with PeakMemory() as big:
+        block = np.ones(40 * 2**20 // 8 * 5)  # 200 MiB, touched
+    del block  # freed after the block: its peak is seen whatever the polling caught
+    assert big.mb > 150 and small.mb < 50
