@@ -88,6 +88,11 @@ class JobConfig(BaseModel):
     adapt_rows: Literal["low_confidence", "all"] = Field(
         default="low_confidence", description="the rows a model's adapted networks fill (adapt, or a model version "
         "written by it): the low-confidence rows (the side stage; every other row keeps the trained model's fill) or all")
+    on_drift: Literal["adapt_all", "route", "none"] = Field(
+        default="adapt_all", description="when the run's first sample_rows records drifted from the model's training "
+        "rows (a column's distance over its drift_threshold): adapt the networks to the run (as adapt: true, with its "
+        "held-out check) and fill every row through them (adapt_all), or only the low-confidence rows of the side stage "
+        "(route), or do nothing (none); a run that did not drift is not touched")
     max_quarantine_share: float = Field(default=0.1, ge=0.0, le=1.0)
     mode: Literal["error", "append", "overwrite", "overwrite_partitions"] = "error"
     partition_by: list[str] = Field(default_factory=list)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from lakefill._drift import confidence_profile, confidence_report, drift_report, profile_table
+from lakefill._drift import confidence_profile, confidence_report, count_batch, drift_report, profile_table
 from lakefill.errors import ConfigError, InputError, NothingNew, SchemaError
 from lakefill.models.adapt import AdaptConfig
 from lakefill.models.artifact import MANIFEST, ModelArtifact, save_artifact
@@ -57,8 +57,10 @@ class Prepared:
     policy: "NullPolicy | None"  # None: a remote launch, fitted on a worker (``fit_policy``)
     run_id: str
     sample: "RawRead | None"  # the first sample_rows records: the policy is fitted on them, Data Docs show them
-    adaptation: dict | None = None  # the job's ``adapt``: what it did (None: not asked)
+    adaptation: dict | None = None  # the job's ``adapt`` (or ``on_drift``): what it did (None: not asked)
     ingest: "IngestPlan | None" = None  # the job's ``incremental``: the files this run takes
+    drift_check: dict | None = None  # ``on_drift``: the run's first records against the training rows, and the action
+    base_model: str | None = None  # the version of the job's model the run resolved, before any adaptation
 
 
 @dataclass
@@ -158,16 +160,52 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False, sampler=None,
         config = config.model_copy(update={"model": str(newest)})
     artifact = load_model_at(model, schema=schema)
     resolve_device(config.device)
-    adaptation = None
-    if config.adapt and (config.refine or config.adapt_rows == "all"):
+    adaptation = drift = None
+    if config.on_drift != "none" and not remote and artifact.profile:  # the run's first records against training
+        drift = check_drift(config, schema, policy, artifact, sample)
+    drifted = bool(drift and drift["drifted"])
+    # the adapted networks fill something: the side stage's rows (refine) or every row (adapt_rows: all, or a drifted
+    # run with on_drift: adapt_all)
+    fills = config.refine or config.adapt_rows == "all" or (drifted and config.on_drift == "adapt_all")
+    if fills and (config.adapt or drifted):
         if remote:
             raise ConfigError("adapt: true fine-tunes the model on the run's first rows, and a remote launch does not "
                               "read them (a Dataflow launch must not train on the launcher machine); run the job with "
                               "adapt: false, or adapt on the Direct runner, Spark or the local engine")
+        if drifted:
+            log(f"drift: {', '.join(drift['drifted'])} moved from the model's training rows (on_drift: "
+                f"{config.on_drift}): the networks are adapted to this run")
         artifact, adaptation = adapt_to_run(config, schema, policy, artifact, sample, run_id, log=log)
         if adaptation.get("model"):  # every engine loads the new version (the report names it as the run's model)
-            config = config.model_copy(update={"model": adaptation["model"]})
-    return Prepared(config, schema, artifact, policy, run_id, sample, adaptation, ingest=ingest)
+            update = {"model": adaptation["model"]}
+            if drifted and config.on_drift == "adapt_all":  # a drifted run: every row through the adapted networks
+                update["adapt_rows"] = "all"
+            config = config.model_copy(update=update)
+        if drifted:
+            adaptation["trigger"] = f"on_drift: {config.on_drift}"
+    if drift is not None:
+        drift["action"] = ("none: no column drifted" if not drifted else
+                           f"{config.on_drift}: " + ("every row filled by the adapted networks"
+                                                     if config.adapt_rows == "all" and adaptation and adaptation.get("used")
+                                                     else "the side stage refines through the adapted networks"
+                                                     if adaptation and adaptation.get("used")
+                                                     else f"the model is kept ({(adaptation or {}).get('reason', 'not adapted')})"))
+    return Prepared(config, schema, artifact, policy, run_id, sample, adaptation, ingest=ingest, drift_check=drift,
+                    base_model=str(model))
+
+
+def check_drift(config: JobConfig, schema: TableSchema, policy: NullPolicy, artifact: ModelArtifact,
+                sample: RawRead) -> dict:
+    """The run's first ``sample_rows`` records (detected and parsed as the stage will) against
+    the model's training rows, per profiled column (``lakefill._drift``, the same measures and
+    thresholds as the run report's drift). Returns the columns that drifted and the distances."""
+    applied, _ = policy.apply(sample.table)
+    typed, _ = parse_table(applied, schema)
+    thresholds = {c.name: c.drift_threshold for c in schema.columns}
+    report = drift_report(artifact.profile, count_batch(typed, artifact.profile), thresholds)
+    return {"on_drift": config.on_drift, "rows": typed.num_rows,
+            "drifted": sorted(c for c, d in report.items() if d["drifted"]),
+            "distances": {c: d["distance"] for c, d in report.items()}}
 
 
 def run_columns(schema: TableSchema, policy: NullPolicy, sample: RawRead) -> pa.Schema:
@@ -272,19 +310,26 @@ def adapt_to_run(config: JobConfig, schema: TableSchema, policy: NullPolicy, art
     records (detected and parsed as the stage will; ``lakefill.models.adapt``). If the check rows
     say the adapted networks predict better, the model is written as a new version beside the
     job's model, ``<model>.adapted-<run_id>`` (never over an existing folder), and the run's
-    refine step uses it; otherwise the run uses the job's model. Returns (the artifact the run
-    uses, the adaptation's report: ``model`` names the new version when one was written)."""
+    refine step uses it; otherwise the run uses the job's model. A rerun of the run (the same
+    run id, the same base model: a retried daily run) takes the version its first try wrote;
+    a version of another base model is refused. Returns (the artifact the run uses, the
+    adaptation's report: ``model`` names the new version when one was written)."""
     target = config.location(config.model)
     target = target.parent / f"{target.name}.adapted-{run_id}"
     if (target / MANIFEST).exists():
-        raise ConfigError(f"{target} already holds a model (an adapted version of this run id); "
-                          "adaptation never overwrites one: give the run another run_id or remove it")
+        there = load_model_at(target, schema=schema)
+        if (there.adaptation or {}).get("base_sha256") != artifact.digest:
+            raise ConfigError(f"{target} already holds a model adapted from another model for this run id; "
+                              "adaptation never overwrites one: give the run another run_id or remove it")
+        log(f"adapt: {target} was written for this run id from this model: the run uses it again")
+        return there, {**there.adaptation, "model": str(target), "reused": True}
     applied, _ = policy.apply(sample.table)
     typed, _ = parse_table(applied, schema)
     adapted, report = Imputer(artifact).adapt(typed, AdaptConfig())
     if not report["used"]:
         log(f"adapt: the model is kept ({report.get('reason')})")
         return artifact, report
+    report["base_sha256"] = artifact.digest  # the model it was adapted from: a rerun of the run takes it again
     save_model_to(target, model=artifact.model, codec=artifact.codec, schema=artifact.schema, policy=artifact.policy,
                   config=artifact.config, metrics=artifact.metrics, error_reference=artifact.error_reference,
                   adapted=adapted, adaptation=report, profile=artifact.profile,
@@ -379,6 +424,8 @@ def record_detection(prep: Prepared, report_dir: Path) -> None:
         report["passthrough_columns"] = passthrough_columns(prep.schema, run_columns(prep.schema, prep.policy, prep.sample))
     if prep.adaptation is not None:
         report["adaptation"] = prep.adaptation
+    if prep.drift_check is not None:
+        report["drift_check"] = prep.drift_check
     if prep.ingest is not None:
         report["incremental"] = prep.ingest.to_dict()
     absent = {k.split(":", 1)[1]: v for k, v in (report.get("metrics") or {}).items() if k.startswith("absent:")}

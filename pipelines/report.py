@@ -343,10 +343,12 @@ def _shares_table(shares: dict[str, dict]) -> str:
 
 def _adaptation_rows(a: dict) -> dict:
     """What the job's ``adapt`` did, for the report's table."""
-    rows = {"used": "yes: refine used the adapted networks" if a.get("used") else f"no: {a.get('reason', '')}",
+    rows = {"used": "yes: the run used the adapted networks" if a.get("used") else f"no: {a.get('reason', '')}",
             "rows fitted / checked": f"{a.get('rows_fitted', 0)} / {a.get('rows_checked', 0)}"}
     if "check_loss_before" in a:
         rows["check rows' loss before -> after"] = f"{a['check_loss_before']:.4g} -> {a['check_loss_after']:.4g}"
+    if a.get("trigger"):
+        rows["asked by"] = a["trigger"]
     if a.get("model"):
         rows["new model version"] = a["model"]
     if "seconds" in a:

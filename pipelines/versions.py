@@ -121,13 +121,15 @@ def check_score(artifact, rows: pa.Table, *, seed: int = 0) -> float:
 def retrain(prep, run_id: str, *, reason: str, log=print) -> dict:
     """Train a new version of the job's model on the run's rows (``prep``: the run's prepared
     state; its ``config.model`` the version it used), check it against that version on rows
-    kept aside, and write it beside the others. Returns what it did (the report's ``retrain``)."""
+    kept aside, and write it beside the others (beside the version the run resolved, when the run
+    adapted it: ``prep.base_model``). Returns what it did (the report's ``retrain``)."""
     from lakefill.models.training import fit_model
     from lakefill.pipelines.launcher import save_trained, training_rows
     from lakefill.transforms.impute import load_model_at
 
     cfg = prep.config
-    current = cfg.location(cfg.model)
+    current = cfg.location(prep.base_model or cfg.model)  # a version of the job's model, not a run's adaptation of it
+    base = prep.artifact if current.uri == cfg.location(cfg.model).uri else load_model_at(current, schema=prep.schema)
     _, typed, good, _, info = training_rows(cfg.reads, prep.schema, sample_rows=cfg.sample_rows,
                                             csv_options=cfg.csv_options, options=cfg.storage_options,
                                             train_rows=cfg.training.train_rows, seed=cfg.training.seed)
@@ -142,7 +144,7 @@ def retrain(prep, run_id: str, *, reason: str, log=print) -> dict:
     save_trained(target, fitted, prep.schema, typed.policy.to_dict(), config, train, sample=info)
     new = load_model_at(target, schema=prep.schema)
     score_new = check_score(new, check)
-    score_old = check_score(prep.artifact, check)
+    score_old = check_score(base, check)
     ok = bool(np.isfinite(score_new) and (not np.isfinite(score_old) or score_new <= score_old))
     info = {"reason": reason, "trained": True, "version": str(target), "run_id": run_id,
             "trained_rows": train.num_rows, "check_rows": check.num_rows, "check_score": round(score_new, 6),

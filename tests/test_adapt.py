@@ -1,6 +1,8 @@
 """The side stage's adaptation (lakefill.models.adapt): the networks fine-tuned on a run's
 observed cells, used by refine only where the check rows and each row's held-back cells say so."""
 
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -192,9 +194,14 @@ def test_a_job_with_adapt_writes_a_new_model_version_and_refines_through_it(drif
     s = rows(run_spark(_drift_job(tmp_path / "spark", files, model=str(version), run_id="r2"), spark=spark, log=quiet))
     assert s.column(METHOD).to_pylist() == a.column(METHOD).to_pylist()
     np.testing.assert_allclose(s.column("y").to_numpy(), a.column("y").to_numpy(), rtol=1e-6, atol=1e-6)
-    # a version is never overwritten
-    with pytest.raises(ConfigError, match="never overwrites"):
-        run_local(_drift_job(tmp_path / "again", files, adapt=True), log=quiet)
+    # a version is never overwritten: a rerun of r1 (a retry) takes it again; one from another model is refused
+    written = {p.name: p.read_bytes() for p in version.iterdir()}
+    again = rows(run_local(_drift_job(tmp_path / "again", files, adapt=True), log=quiet))
+    assert {p.name: p.read_bytes() for p in version.iterdir()} == written
+    assert again.drop_columns(["_lf_run_id"]).equals(a.drop_columns(["_lf_run_id"]))
+    shutil.copytree(model, model.parent / "model.adapted-r9")  # a folder of r9 that no adaptation of model wrote
+    with pytest.raises(ConfigError, match="adapted from another model for this run id; adaptation never overwrites"):
+        run_local(_drift_job(tmp_path / "r9", files, adapt=True, run_id="r9"), log=quiet)
 
 
 def test_an_adapted_model_is_checked_like_the_rest_of_the_artifact(drifted, tmp_path):
@@ -212,3 +219,76 @@ def test_an_adapted_model_is_checked_like_the_rest_of_the_artifact(drifted, tmp_
     (d / "adapted.safetensors").write_bytes(bytes(data))
     with pytest.raises(ModelError, match="adapted weights were changed"):
         load_artifact(d)
+
+
+@pytest.fixture(scope="module")
+def profiled_files(tmp_path_factory):
+    """The model of ``drifted_files`` with its training rows' profile (what ``lakefill train``
+    writes), the drifted rows (x >= 0.3) and held-out rows of the training distribution (x < 0.3)."""
+    import json
+
+    import pyarrow.csv as pacsv
+
+    from lakefill._drift import profile_table
+
+    full, masked, hide = make_table(n=1600, seed=3, missing=0.2)
+    x = full.column("x").to_numpy()
+    low, high = np.nonzero(x < 0.3)[0], np.nonzero(x >= 0.3)[0]
+    train, same = low[: len(low) * 3 // 4], low[len(low) * 3 // 4:]
+    folder = tmp_path_factory.mktemp("profiled")
+    rows = full.take(pa.array(train))
+    fitted = fit_model(rows.append_column(ROW_ID, pa.array(train, pa.int64())), SCHEMA, config=SMALL)
+    save_artifact(folder / "model", model=fitted.model, codec=fitted.codec, schema=SCHEMA, policy=None, config=SMALL,
+                  metrics={}, error_reference=fitted.result.error_reference, profile=profile_table(rows, SCHEMA))
+    pacsv.write_csv(masked.take(pa.array(high)).drop_columns([ROW_ID]), folder / "drifted.csv")
+    pacsv.write_csv(masked.take(pa.array(same)).drop_columns([ROW_ID]), folder / "same.csv")
+    (folder / "schema.yaml").write_text(json.dumps(SCHEMA.model_dump(by_alias=True, mode="json")))
+    return folder
+
+
+def test_a_drifted_run_adapts_itself_and_fills_every_row_through_the_adapted_networks(profiled_files, tmp_path):
+    """on_drift (default adapt_all): the run's first records drifted from the training rows, so
+    the networks are adapted (with adapt's held-out check) and every row is filled by them;
+    route: only the side stage uses them; none: the run is as before. A run that did not drift
+    is the same, byte for byte, whatever on_drift says."""
+    import json
+
+    from deltalake import DeltaTable
+
+    from lakefill.pipelines.local_job import run_local
+
+    folder = profiled_files
+    quiet = lambda *_: None  # noqa: E731
+
+    def job(name, data, **extra):
+        return _drift_job(tmp_path / name, (folder / data, folder / "schema.yaml", folder / "model"),
+                          run_id=name, **extra)
+
+    def rows(run):
+        return DeltaTable(run.table).to_pyarrow_table().sort_by(ROW_ID).drop_columns(["_lf_run_id"])
+
+    lines = []
+    default = run_local(job("d1", "drifted.csv"), log=lines.append)
+    report = json.loads((tmp_path / "d1" / "out" / "reports" / "d1" / "report.json").read_text())
+    check = report["drift_check"]
+    assert "x" in check["drifted"] and check["on_drift"] == "adapt_all"
+    assert check["action"] == "adapt_all: every row filled by the adapted networks"
+    assert report["adaptation"]["used"] and report["adaptation"]["trigger"] == "on_drift: adapt_all"
+    assert report["model"] == str(folder / "model.adapted-d1")
+    assert any("moved from the model's training rows (on_drift: adapt_all)" in str(line) for line in lines)
+    methods = set(rows(default).column(METHOD).to_pylist())
+    assert "adapted" in methods and "ae" not in methods
+    route = rows(run_local(job("d2", "drifted.csv", on_drift="route"), log=quiet))
+    none = rows(run_local(job("d3", "drifted.csv", on_drift="none"), log=quiet))
+    assert "adapted" not in set(route.column(METHOD).to_pylist())
+    refined = lambda t: int(np.sum(np.asarray(t.column(METHOD).to_pylist()) == "reverse"))  # noqa: E731
+    assert refined(route) > refined(none)
+    report = json.loads((tmp_path / "d3" / "out" / "reports" / "d3" / "report.json").read_text())
+    assert "drift_check" not in report and "adaptation" not in report
+    assert not (folder / "model.adapted-d3").exists()
+    # in distribution: nothing drifted, nothing adapted, the same rows as on_drift: none
+    same = run_local(job("s1", "same.csv"), log=quiet)
+    report = json.loads((tmp_path / "s1" / "out" / "reports" / "s1" / "report.json").read_text())
+    assert report["drift_check"]["drifted"] == [] and report["drift_check"]["action"] == "none: no column drifted"
+    assert "adaptation" not in report and not (folder / "model.adapted-s1").exists()
+    assert rows(same).equals(rows(run_local(job("s2", "same.csv", on_drift="none"), log=quiet)))
