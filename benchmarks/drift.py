@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakefill._drift import count_batch, drift_report, profile_table
 from lakefill.models.artifact import load_artifact, save_artifact
 from lakefill.models.config import AEConfig
 from lakefill.models.training import fit_model
@@ -92,6 +93,20 @@ def scores(problem: Problem, full: Problem, mask: np.ndarray, X: np.ndarray, C: 
 
 
 SIDES = ("reverse", "adapt", "side")  # reverse training alone; the adapted fill alone; both (the stage with adapt)
+
+
+def default_stage(profile: dict, run_rows: pa.Table, thresholds: dict, adapt_report: dict, adapted: dict,
+                  side: dict) -> dict:
+    """What a job's default stage (``on_drift: adapt_all``) does with the imputed part: its
+    observed cells against the training rows' profile (``lakefill._drift``, the run's drift
+    check); drifted, with the adaptation accepted: every row through the adapted networks;
+    otherwise the side stage. Returns the check, the action and the scores of that fill."""
+    check = drift_report(profile, count_batch(run_rows, profile), thresholds)
+    drifted = sorted(c for c, d in check.items() if d["drifted"])
+    adapt_all = bool(drifted) and bool(adapt_report.get("used"))
+    return {"drifted": drifted, "columns_checked": len(check),
+            "action": "adapt_all" if adapt_all else "side stage" if not drifted else "side stage (adaptation not used)",
+            "all_rows": adapted if adapt_all else side}
 
 
 def run(data: Path, *, seed: int, missing_rate: float, threshold: float, config: AEConfig,
@@ -149,6 +164,9 @@ def run(data: Path, *, seed: int, missing_rate: float, threshold: float, config:
                    **{side: scores(test, full, mask, *out_sides[side], routed) for side in SIDES}},
         "all_rows_with_side": {side: scores(test, full, mask, *out_sides[side], every) for side in SIDES},
         "all_rows_adapted_direct": scores(test, full, mask, Xa, Ca, every),
+        "default_stage": default_stage(profile_table(train.table, full.schema), masked,
+                                       {c.name: c.drift_threshold for c in full.schema.columns}, adapt_report,
+                                       scores(test, full, mask, Xa, Ca, every), scores(test, full, mask, *out_sides["side"], every)),
         "routed_share": float(routed.sum() / max(every.sum(), 1)),
         "rows_kept_refined": kept,
         "adapt": adapt_report,
@@ -214,10 +232,20 @@ def run_mnist(path: Path, *, seed: int, missing_rate: float, threshold: float, e
         return {"rmse": None, "accuracy": float((np.abs(f - test) < 0.5)[h].mean()) if h.any() else None,
                 "rows": int(rows.sum())}
 
+    from lakefill.schema import TableSchema
+
+    names = [f"p{j}" for j in range(n_pix)]
+    schema = TableSchema.model_validate({"name": "mnist", "columns": [{"name": c, "type": "numeric", "impute": True}
+                                                                       for c in names]})
+    train_t = pa.table({c: train[:, j].astype(np.float64) for j, c in enumerate(names)})
+    run_t = pa.table({c: pa.array(test[:, j].astype(np.float64), mask=hidden[:, j]) for j, c in enumerate(names)})
+    default = default_stage(profile_table(train_t, schema), run_t, {}, adapt_report, score(every_adapted, every),
+                            score(fills["side"], every))
     return {
         "seed": seed,
         "split": {"column": "digit", "rule": "digits 0-4 train, 5-9 imputed", "train_rows": int(len(train)),
                   "impute_rows": int(len(test))},
+        "default_stage": default,
         "direct": score(direct, every),
         "routed": {"direct": score(direct, routed), **{side: score(fills[side], routed) for side in SIDES}},
         "all_rows_with_side": {side: score(fills[side], every) for side in SIDES},
@@ -280,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                     **{("all_rows_with_side" if side == "side" else f"all_rows_{side}"):
                        _mean(runs, "all_rows_with_side", side, key) for side in SIDES}}
         out[key]["all_rows_adapted_direct"] = _mean(runs, "all_rows_adapted_direct", key)
+        out[key]["all_rows_default"] = _mean(runs, "default_stage", "all_rows", key)
     out["routed_share"] = _mean(runs, "routed_share")
     split_ = runs[0]["split"]
     print(f"{out['dataset']}: trained on {split_['train_rows']} rows ({split_['rule']}: {split_['column']!r}), imputed {split_['impute_rows']}, seeds {seeds}, "
@@ -293,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"networks {r['all_rows_adapted_direct']:.4f}")
             print(f"  {'':<8} routed rows: direct {r['routed_direct'] or nan:.4f}, "
                   + ", ".join(f"{side} {r[f'routed_{side}'] or nan:.4f}" for side in SIDES))
+    for key in ("rmse", "accuracy"):
+        if out[key]["all_rows_default"] is not None:
+            print(f"  {key:<8} all rows, the default stage (on_drift: adapt_all): {out[key]['all_rows_default']:.4f}")
+    out["default_actions"] = [r["default_stage"]["action"] for r in runs]
+    print(f"  drift check: {sum(bool(r['default_stage']['drifted']) for r in runs)} of {len(runs)} seeds drifted "
+          f"({runs[0]['default_stage']['drifted'][:5]}); actions {out['default_actions']}")
     used = sum(bool(r["adapt"]["used"]) for r in runs)
     print(f"  adapted networks used on {used} of {len(runs)} seeds; adaptation {_mean(runs, 'adapt_seconds'):.1f} s")
     if args.json:

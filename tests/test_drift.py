@@ -48,8 +48,15 @@ def test_protocol_e_writes_its_json_and_scores_the_routed_rows(tmp_path, capsys)
     assert set(run["adapt"]) >= {"used", "rows_fitted", "rows_checked", "config"}
     for key in ("rmse", "accuracy"):
         assert set(result[key]) == {"direct", "routed_direct", "routed_reverse", "routed_adapt", "routed_side",
-                                    "all_rows_reverse", "all_rows_adapt", "all_rows_with_side", "all_rows_adapted_direct"}
+                                    "all_rows_reverse", "all_rows_adapt", "all_rows_with_side", "all_rows_adapted_direct",
+                                    "all_rows_default"}
         assert all(v is not None for v in result[key].values())
+    # the default stage (on_drift: adapt_all): the split column drifted, so the adapted networks fill every row
+    # when the adaptation was accepted, else the side stage does
+    default = run["default_stage"]
+    assert "a" in default["drifted"]
+    expected = run["all_rows_adapted_direct"] if run["adapt"]["used"] else run["all_rows_with_side"]["side"]
+    assert default["all_rows"] == expected and result["rmse"]["all_rows_default"] == expected["rmse"]
     for side in ("reverse", "adapt", "side"):  # nothing kept: the rows are the direct fill's
         if run["rows_kept_refined"][side] == 0:
             assert result["rmse"][f"routed_{side}"] == result["rmse"]["routed_direct"]
