@@ -1,6 +1,7 @@
 import json
 import re
 import shutil
+import sys
 
 import pyarrow.compute as pc
 import pytest
@@ -194,12 +195,13 @@ def test_the_shortest_path_runs_a_file_with_no_config(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_train_shows_one_progress_bar_and_keeps_its_time_budget_in_the_manifest(tmp_path, capsys):
+def test_train_shows_one_progress_bar_and_keeps_its_time_budget_in_the_manifest(tmp_path, capsys, monkeypatch):
     args = ["train", "--input", str(EXAMPLES / "customers.csv"), "--schema", str(EXAMPLES / "customers.schema.yaml"),
             "--epochs", "4", "--hidden", "16", "--depth", "1", "--no-gaussian", "--no-donors", "--no-trees"]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: the bar (else log lines)
     assert main(args + ["--out", str(tmp_path / "m"), "--time-budget", "600"]) == 0
     err = capsys.readouterr().err
-    assert "training 1 network(s)" in err and "step" in err  # one bar over the steps, with its rate and ETA
+    assert "training 1 network(s)" in err and "step" in err and "\r" in err  # one bar over the steps, with its rate and ETA
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["config"]["time_budget"] == 600.0 and manifest["config"]["schedule"] == "plateau"
     for bad in ("0", "-5", "soon", "inf"):
