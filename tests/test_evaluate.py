@@ -62,22 +62,23 @@ def test_evaluate_command_writes_the_protocol_json(tmp_path, capsys):
     assert "gain" in capsys.readouterr().err
 
 
-def test_evaluate_fits_on_the_training_sample_and_fills_the_whole_table(tmp_path, capsys):
-    data = _table(tmp_path / "t.csv", n=300)
-    out = tmp_path / "a.json"
-    assert main(["evaluate", "--data", str(data), "--seeds", "0", "--methods", "lakefill", "--train-rows", "100",
-                 "--ae-config", json.dumps(TINY), "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+def _evaluate_small(tmp_path, *flags) -> dict:
+    """Protocol A on a 300-row table, seed 0, the tiny network; the JSON it wrote."""
+    data, out = _table(tmp_path / "t.csv", n=300), tmp_path / "a.json"
+    assert main(["evaluate", "--data", str(data), "--seeds", "0", *flags, "--ae-config", json.dumps(TINY),
+                 "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_evaluate_fits_on_the_training_sample_and_fills_the_whole_table(tmp_path):
+    result = _evaluate_small(tmp_path, "--methods", "lakefill", "--train-rows", "100")
     assert result["train_rows"] == 100 and result["rows"] == 300
     assert result["results"]["lakefill"]["rmse"] is not None  # every hidden cell of the 300 rows scored
 
 
 def test_evaluate_fills_in_both_precisions_from_one_fit(tmp_path, capsys):
-    data = _table(tmp_path / "t.csv", n=300)
-    out = tmp_path / "a.json"
-    assert main(["evaluate", "--data", str(data), "--seeds", "0", "--methods", "lakefill,mean", "--precision", "fp32,bf16",
-                 "--ae-config", json.dumps(TINY), "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+    result = _evaluate_small(tmp_path, "--methods", "lakefill,mean", "--precision", "fp32,bf16")
+    data = tmp_path / "t.csv"
     assert set(result["results"]) == {"lakefill", "lakefill@bf16", "mean"} and result["precision"] == "fp32"
     fp32, bf16 = result["results"]["lakefill"], result["results"]["lakefill@bf16"]
     assert fp32["fit_seconds"] == bf16["fit_seconds"]  # one fit, filled twice
