@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakefill._drift import count_batch, drift_report, profile_table
+from lakefill._drift import drift_of, profile_table
 from lakefill.models.artifact import load_artifact, save_artifact
 from lakefill.models.config import AEConfig
 from lakefill.models.training import fit_model
@@ -101,8 +101,7 @@ def default_stage(profile: dict, run_rows: pa.Table, thresholds: dict, adapt_rep
     observed cells against the training rows' profile (``lakefill._drift``, the run's drift
     check); drifted, with the adaptation accepted: every row through the adapted networks;
     otherwise the side stage. Returns the check, the action and the scores of that fill."""
-    check = drift_report(profile, count_batch(run_rows, profile), thresholds)
-    drifted = sorted(c for c, d in check.items() if d["drifted"])
+    check, drifted = drift_of(profile, run_rows, thresholds)
     adapt_all = bool(drifted) and bool(adapt_report.get("used"))
     return {"drifted": drifted, "columns_checked": len(check),
             "action": "adapt_all" if adapt_all else "side stage" if not drifted else "side stage (adaptation not used)",

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["profile_table", "count_batch", "drift_report", "DEFAULT_THRESHOLDS", "PREFIX", "MIN_ROWS",
+__all__ = ["profile_table", "count_batch", "drift_report", "drift_of", "DEFAULT_THRESHOLDS", "PREFIX", "MIN_ROWS",
            "confidence_profile", "confidence_report", "CONFIDENCE_SUM"]
 
 CONFIDENCE_SUM = "confidence_sum_e6"  # the run's counter: the sum of its rows' confidences, in millionths
@@ -143,6 +143,13 @@ def drift_report(profile: dict, counters: dict, thresholds: dict[str, float | No
         row["share_run"] = (run / run.sum()).round(6).tolist() if observed else []
         out[name] = row
     return out
+
+
+def drift_of(profile: dict, table: pa.Table, thresholds: dict[str, float | None] | None = None) -> tuple[dict, list[str]]:
+    """A typed table's observed cells against a profile in one step: ``drift_report`` of its
+    counts, and the columns that drifted (sorted)."""
+    report = drift_report(profile, count_batch(table, profile), thresholds)
+    return report, sorted(c for c, d in report.items() if d["drifted"])
 
 
 def confidence_profile(confidence: np.ndarray) -> dict:

@@ -8,12 +8,13 @@ import sys
 import time
 from typing import Callable
 
-__all__ = ["LogLines", "progress", "EVERY"]
+__all__ = ["LogLines", "progress", "stderr_line", "EVERY"]
 
 EVERY = 30.0  # seconds between two log lines
 
 
-def _stderr_line(text: str) -> None:
+def stderr_line(text: str) -> None:
+    """A line on stderr, flushed: the log of a process that was given none."""
     print(text, file=sys.stderr, flush=True)
 
 
@@ -35,7 +36,7 @@ class LogLines:
                  every: float | None = None, clock: Callable[[], float] = time.monotonic):
         self.total, self.desc, self.unit = int(total), desc, unit
         self.every = float(EVERY if every is None else every)
-        self.log, self.clock = log or _stderr_line, clock
+        self.log, self.clock = log or stderr_line, clock
         self.n, self.postfix, self.lines, self.logged_n, self.changed = 0, {}, 0, 0, False
         self.start = self.clock()
         self.last = self.start
@@ -86,4 +87,4 @@ def progress(total: int, *, enabled: bool = True, log: Callable[[str], None] | N
         from tqdm import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, unit_scale=True)
-    return LogLines(total, desc=desc, unit=unit, log=log, every=EVERY if every is None else every)
+    return LogLines(total, desc=desc, unit=unit, log=log, every=every)

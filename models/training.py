@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -22,7 +21,7 @@ from lakefill.models.mixture import Ensemble, mix, predict
 from lakefill.models import members as registry
 from lakefill.models.members import HeldOut
 from lakefill.models.network import MaskedAutoencoder, cell_losses
-from lakefill.progress import progress as progress_over
+from lakefill.progress import progress as progress_over, stderr_line
 from lakefill.schema import TableSchema
 
 __all__ = ["TrainResult", "TrainPlan", "Budget", "train_autoencoder", "train_networks", "ddp_networks", "train_ensemble",
@@ -347,7 +346,7 @@ def train_ensemble(values: np.ndarray, observed: np.ndarray, t_num: np.ndarray, 
     results = (networks or train_networks)(values, observed, t_num, t_cat, col_slices=col_slices, n_num=n_num,
                                           cat_sizes=cat_sizes, config=config, num_weights=num_weights,
                                           progress=progress, log=log)
-    say = (log or (lambda text: print(text, file=sys.stderr, flush=True))) if progress else (lambda text: None)
+    say = (log or stderr_line) if progress else (lambda text: None)
     first = results[0]
     loss_weights = _loss_weights(config, num_weights, n_num)
     data = HeldOut(values, observed, t_num, t_cat, first.val_idx, first.val_hide, num_weights,

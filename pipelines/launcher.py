@@ -21,7 +21,7 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from lakefill._drift import confidence_profile, confidence_report, count_batch, drift_report, profile_table
+from lakefill._drift import confidence_profile, confidence_report, drift_of, drift_report, profile_table
 from lakefill.errors import ConfigError, InputError, NothingNew, SchemaError
 from lakefill.models.adapt import AdaptConfig
 from lakefill.models.artifact import MANIFEST, ModelArtifact, save_artifact
@@ -161,8 +161,11 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False, sampler=None,
     artifact = load_model_at(model, schema=schema)
     resolve_device(config.device)
     adaptation = drift = None
-    if config.on_drift != "none" and not remote and artifact.profile:  # the run's first records against training
-        drift = check_drift(config, schema, policy, artifact, sample)
+    check = config.on_drift != "none" and bool(artifact.profile)
+    # the run's first records, detected and parsed as the stage will: read by the drift check and the adaptation
+    rows = run_rows(schema, policy, sample) if not remote and (check or config.adapt) else None
+    if check and rows is not None:
+        drift = check_drift(config, schema, artifact, rows)
     drifted = bool(drift and drift["drifted"])
     # the adapted networks fill something: the side stage's rows (refine) or every row (adapt_rows: all, or a drifted
     # run with on_drift: adapt_all)
@@ -175,7 +178,7 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False, sampler=None,
         if drifted:
             log(f"drift: {', '.join(drift['drifted'])} moved from the model's training rows (on_drift: "
                 f"{config.on_drift}): the networks are adapted to this run")
-        artifact, adaptation = adapt_to_run(config, schema, policy, artifact, sample, run_id, log=log)
+        artifact, adaptation = adapt_to_run(config, schema, artifact, rows, run_id, log=log)
         if adaptation.get("model"):  # every engine loads the new version (the report names it as the run's model)
             update = {"model": adaptation["model"]}
             if drifted and config.on_drift == "adapt_all":  # a drifted run: every row through the adapted networks
@@ -184,28 +187,36 @@ def prepare(config: JobConfig, *, log=print, remote: bool = False, sampler=None,
         if drifted:
             adaptation["trigger"] = f"on_drift: {config.on_drift}"
     if drift is not None:
-        drift["action"] = ("none: no column drifted" if not drifted else
-                           f"{config.on_drift}: " + ("every row filled by the adapted networks"
-                                                     if config.adapt_rows == "all" and adaptation and adaptation.get("used")
-                                                     else "the side stage refines through the adapted networks"
-                                                     if adaptation and adaptation.get("used")
-                                                     else f"the model is kept ({(adaptation or {}).get('reason', 'not adapted')})"))
+        drift["action"] = _drift_action(config, drifted, adaptation)
     return Prepared(config, schema, artifact, policy, run_id, sample, adaptation, ingest=ingest, drift_check=drift,
                     base_model=str(model))
 
 
-def check_drift(config: JobConfig, schema: TableSchema, policy: NullPolicy, artifact: ModelArtifact,
-                sample: RawRead) -> dict:
-    """The run's first ``sample_rows`` records (detected and parsed as the stage will) against
-    the model's training rows, per profiled column (``lakefill._drift``, the same measures and
-    thresholds as the run report's drift). Returns the columns that drifted and the distances."""
+def run_rows(schema: TableSchema, policy: NullPolicy, sample: RawRead) -> pa.Table:
+    """The run's first ``sample_rows`` records detected and parsed as the stage will."""
     applied, _ = policy.apply(sample.table)
     typed, _ = parse_table(applied, schema)
-    thresholds = {c.name: c.drift_threshold for c in schema.columns}
-    report = drift_report(artifact.profile, count_batch(typed, artifact.profile), thresholds)
-    return {"on_drift": config.on_drift, "rows": typed.num_rows,
-            "drifted": sorted(c for c, d in report.items() if d["drifted"]),
+    return typed
+
+
+def check_drift(config: JobConfig, schema: TableSchema, artifact: ModelArtifact, rows: pa.Table) -> dict:
+    """The run's first records (``run_rows``) against the model's training rows, per profiled
+    column (``lakefill._drift``, the same measures and thresholds as the run report's drift).
+    Returns the columns that drifted and the distances."""
+    report, drifted = drift_of(artifact.profile, rows, {c.name: c.drift_threshold for c in schema.columns})
+    return {"on_drift": config.on_drift, "rows": rows.num_rows, "drifted": drifted,
             "distances": {c: d["distance"] for c, d in report.items()}}
+
+
+def _drift_action(config: JobConfig, drifted: bool, adaptation: dict | None) -> str:
+    """What ``on_drift`` did with the run, for its report."""
+    if not drifted:
+        return "none: no column drifted"
+    if not (adaptation and adaptation.get("used")):
+        return f"{config.on_drift}: the model is kept ({(adaptation or {}).get('reason', 'not adapted')})"
+    if config.adapt_rows == "all":
+        return f"{config.on_drift}: every row filled by the adapted networks"
+    return f"{config.on_drift}: the side stage refines through the adapted networks"
 
 
 def run_columns(schema: TableSchema, policy: NullPolicy, sample: RawRead) -> pa.Schema:
@@ -304,10 +315,10 @@ def train_for_job(config: JobConfig, *, log=print, sampler=None, networks=None, 
     return {"model": str(model), "trained": True}
 
 
-def adapt_to_run(config: JobConfig, schema: TableSchema, policy: NullPolicy, artifact: ModelArtifact,
-                 sample: RawRead, run_id: str, *, log=print) -> tuple[ModelArtifact, dict]:
-    """The job's ``adapt``: the model's networks fine-tuned on the run's first ``sample_rows``
-    records (detected and parsed as the stage will; ``lakefill.models.adapt``). If the check rows
+def adapt_to_run(config: JobConfig, schema: TableSchema, artifact: ModelArtifact, rows: pa.Table, run_id: str, *,
+                 log=print) -> tuple[ModelArtifact, dict]:
+    """The job's ``adapt``: the model's networks fine-tuned on the run's first records (``rows``:
+    ``run_rows``, detected and parsed as the stage will; ``lakefill.models.adapt``). If the check rows
     say the adapted networks predict better, the model is written as a new version beside the
     job's model, ``<model>.adapted-<run_id>`` (never over an existing folder), and the run's
     refine step uses it; otherwise the run uses the job's model. A rerun of the run (the same
@@ -323,9 +334,7 @@ def adapt_to_run(config: JobConfig, schema: TableSchema, policy: NullPolicy, art
                               "adaptation never overwrites one: give the run another run_id or remove it")
         log(f"adapt: {target} was written for this run id from this model: the run uses it again")
         return there, {**there.adaptation, "model": str(target), "reused": True}
-    applied, _ = policy.apply(sample.table)
-    typed, _ = parse_table(applied, schema)
-    adapted, report = Imputer(artifact).adapt(typed, AdaptConfig())
+    adapted, report = Imputer(artifact).adapt(rows, AdaptConfig())
     if not report["used"]:
         log(f"adapt: the model is kept ({report.get('reason')})")
         return artifact, report

@@ -384,10 +384,8 @@ class NullPolicy:
         column's values usually are ("9999999999" among phone numbers, "0000000" among ids)."""
         if not self._on(column, "syntactic"):
             return []
-        taken = {f.value for f in found}
-        rules = self._rules(column)
-        pinned_value = {v.strip() for v in rules.not_null_values} if rules else set()
-        rest = {v: k for v, k in counts.items() if v and v not in taken and v not in pinned_value}
+        taken = {f.value for f in found} | self._pinned_values(column)
+        rest = {v: k for v, k in counts.items() if v and v not in taken}
         cells = sum(rest.values())
         if len(rest) < _FORMAT_VALUES or cells < 20:
             return []
@@ -768,18 +766,12 @@ def _row_spread(rows: np.ndarray, column: str, numbers: dict[str, np.ndarray], e
     for c, values in numbers.items():
         if c == column:
             continue
-        ok = ~np.isnan(values)
+        keep = np.ones(len(values), dtype=bool)
         for e in edges[c]:
-            ok &= values != e
-        mine, rest = values[rows & ok], values[~rows & ok]
-        if len(mine) < _MIN_RANDOM_ROWS or len(rest) < _MIN_RANDOM_ROWS or len(np.unique(rest)) < 3:
-            continue
-        q1, q3 = np.quantile(rest, (0.25, 0.75))
-        scale = float(q3 - q1) or float(np.std(rest))
-        if scale <= 0:
-            continue
-        d = abs(float(np.median(mine)) - float(np.median(rest))) / scale - _MEDIAN_NOISE / math.sqrt(len(mine))
-        worst = d if worst is None else max(worst, d)
+            keep &= values != e
+        d = _median_gap(values, rows & keep, ~rows & keep, min_rows=_MIN_RANDOM_ROWS, min_distinct=3)
+        if d is not None:
+            worst = d if worst is None else max(worst, d)
     return worst
 
 
@@ -798,12 +790,14 @@ def _runs(shape: str) -> str:
     return re.sub(r"(.)\1+", r"\1", shape)
 
 
-def _median_gap(values: np.ndarray, rows: np.ndarray, rest: np.ndarray) -> float | None:
+def _median_gap(values: np.ndarray, rows: np.ndarray, rest: np.ndarray, *, min_rows: int = _RANDOM_MIN_ROWS,
+                min_distinct: int = 0) -> float | None:
     """How far the median of ``rows`` lies from that of ``rest``, in IQRs of ``rest``, less what
-    chance gives that many random rows (``_MEDIAN_NOISE`` / sqrt(k)); None: too few rows."""
+    chance gives that many random rows (``_MEDIAN_NOISE`` / sqrt(k)); None: fewer than
+    ``min_rows`` numbers on either side, or fewer than ``min_distinct`` distinct in ``rest``."""
     ok = ~np.isnan(values)
     mine, other = values[rows & ok], values[rest & ok]
-    if len(mine) < _RANDOM_MIN_ROWS or len(other) < _RANDOM_MIN_ROWS:
+    if len(mine) < min_rows or len(other) < min_rows or (min_distinct and len(np.unique(other)) < min_distinct):
         return None
     q1, q3 = np.quantile(other, (0.25, 0.75))
     scale = float(q3 - q1) or float(np.std(other))
