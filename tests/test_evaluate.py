@@ -1,6 +1,7 @@
 """Protocol A (`lakefill evaluate`): the command, its JSON keys, and scores that mean what they say."""
 
 import json
+import mmap
 
 import numpy as np
 import pytest
@@ -191,7 +192,8 @@ def test_peak_memory_sees_what_a_block_allocates():
 
     with PeakMemory() as small:
         np.ones(1000).sum()
-    with PeakMemory() as big:
-        block = np.ones(40 * 2**20 // 8 * 5)  # 200 MiB, touched
-    del block  # freed after the block: its peak is seen whatever the polling caught
+    with PeakMemory() as big:  # 200 MiB of fresh pages (mapped: not heap that glibc may have kept from earlier work)
+        block = mmap.mmap(-1, 200 * 2**20)
+        block.write(b"\1" * (200 * 2**20))
+    block.close()  # freed after the block: its peak is seen whatever the polling caught
     assert big.mb > 150 and small.mb < 50
