@@ -29,12 +29,12 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from lakefill.errors import ConfigError
 from lakefill.pipelines.config import JobConfig, config_from_flags
-from lakefill.pipelines.launcher import (Prepared, RunOutcome, check_trainer, config_summary, end_of_run, plan_for, prepare,
+from lakefill.pipelines.launcher import (Prepared, RunOutcome, check_trainer, complete_report, config_summary, plan_for, prepare,
                                         train_for_job, worker_end_of_run, worker_policy)
 from lakefill.transforms.beam import (COUNTERS, NAMESPACE, QUARANTINE, FinalizeRun, LakefillModelHandler, ReadRaw,
                                       RunPlan, WriteQuarantine, WriteToLake)
 from lakefill.transforms.plan import Step
-from lakefill.transforms.stage import QuarantineExceeded, RowsLost
+from lakefill.transforms.stage import QuarantineExceeded, RowsLost, read_report, write_report
 
 __all__ = ["config_from_flags", "build_pipeline", "build_training", "run_beam", "run_beam_training", "pipeline_options"]
 
@@ -197,12 +197,13 @@ def run_beam(config: JobConfig, beam_args: list[str] | None = None, *, handler: 
     report_path = report_dir / "report.json"
     if remote:
         return RunOutcome(prep.run_id, str(out / "table"), str(out / "quarantine"), str(report_path), {}, None)
-    report = json.loads(report_path.read_text())
-    report["metrics"] = {**report["metrics"], "beam": beam_metrics(result)}
+    # the worker that committed wrote the report; the launcher adds the runner's metrics and completes it
+    report = read_report(report_dir)
+    report["metrics"]["beam"] = beam_metrics(result)
     report["runner"] = options.view_as(StandardOptions).runner
     report["timings_seconds"]["total"] = round(time.time() - started, 4)
-    report_path.write_text(json.dumps(report, indent=2, default=str))  # on the lake: the launcher reads it there
-    end_of_run(prep, report_dir)
+    complete_report(prep, report, report_dir)
+    write_report(report_dir, report)
     return RunOutcome(prep.run_id, str(out / "table"), str(out / "quarantine"), str(report_path), report["counts"],
                       report["committed"], report["metrics"])
 

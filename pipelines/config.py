@@ -57,6 +57,24 @@ class TrainingConfig(BaseModel):
         "data-parallel on Spark's executors (TorchDistributor, torch DDP with gloo), the Spark engine only")
     processes: int = Field(default=2, ge=1, description="torch_distributor: the number of training processes "
                            "(one Spark barrier task each; at most the executors' task slots)")
+    epochs: int | None = Field(default=None, ge=1, description="at most this many epochs, honoured as given (no "
+                               "floor of optimiser steps raises it); default: the model's own schedule")
+    hidden: int | None = Field(default=None, ge=1, description="one network of this width (with depth and code) "
+                               "instead of the default ensemble")
+    depth: int | None = Field(default=None, ge=1, description="hidden layers on each side of that one network")
+    code: int | None = Field(default=None, ge=1, description="bottleneck width of that one network")
+    squash: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="opt-in for heavy-tailed numeric "
+                          "columns: a robust z beyond +-C read as C + log(1 + |z| - C) (0: off)")
+
+    def ae_config(self, time_budget: float = 0.0):
+        """The model's training settings (``lakefill.models.config.AEConfig``); ``time_budget`` when
+        this section gives none. A size given trains that one network; else the default ensemble."""
+        from lakefill.models.config import AEConfig
+
+        sizes = {k: v for k, v in (("hidden", self.hidden), ("depth", self.depth), ("code", self.code)) if v is not None}
+        epochs = {} if self.epochs is None else {"epochs": self.epochs, "min_steps": 0}
+        return AEConfig(**epochs, random_state=self.seed, time_budget=self.time_budget or time_budget,
+                        without=tuple(self.without), squash=self.squash, **sizes, **({"extra_sizes": ()} if sizes else {}))
 
     @field_validator("without")
     @classmethod
@@ -148,10 +166,7 @@ class JobConfig(BaseModel):
 
     def ae_config(self):
         """The model's training config for this job (``training:``; ``train_time_budget`` as its time budget)."""
-        from lakefill.models.config import AEConfig
-
-        return AEConfig(time_budget=self.training.time_budget or self.train_time_budget,
-                        random_state=self.training.seed, without=tuple(self.training.without))
+        return self.training.ae_config(self.train_time_budget)
 
     @property
     def out(self):
@@ -218,15 +233,37 @@ def read_job(path: str | Path) -> dict:
     return {k: (_resolved(v, base) if k in PATH_FIELDS else v) for k, v in raw.items()}
 
 
-def load_config(path: str | Path, **overrides) -> JobConfig:
-    """A job config from a YAML file (``read_job``), validated; ``overrides`` (field names as in
-    the file) replace its fields before the check, so a file may leave out what they give."""
-    raw = {**read_job(path), **overrides}
+def job_config(path: "str | Path | None" = None, *, source: str = "the job's options", **fields) -> JobConfig:
+    """The one route to a ``JobConfig``: a job config file's fields (``read_job``; ``path`` may be
+    None), the ``fields`` given (as flags, or by a caller; field names as in the file, None left
+    out) over them, validated together. One error format: the file (or ``source``) and each bad
+    field on its own line."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    raw = {**read_job(path), **given} if path else given
     try:
         return JobConfig.model_validate(raw)
     except ValidationError as err:
-        lines = [f"  - {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()]
-        raise ConfigError(f"{path}: invalid job config:\n" + "\n".join(lines)) from err
+        raise _invalid(path or source, err) from err
+
+
+def training_config(fields: dict, *, source: str = "the command's flags") -> TrainingConfig:
+    """A job's ``training:`` section from its fields (a command's flags over a job's section), with
+    ``job_config``'s error format."""
+    try:
+        return TrainingConfig.model_validate(fields)
+    except ValidationError as err:
+        raise _invalid(source, err, prefix=("training",)) from err
+
+
+def _invalid(source, err: ValidationError, prefix: tuple = ()) -> ConfigError:
+    lines = [f"  - {'.'.join(str(p) for p in (*prefix, *e['loc'])) or '(the config)'}: {e['msg']}" for e in err.errors()]
+    return ConfigError(f"{source}: invalid job config:\n" + "\n".join(lines))
+
+
+def load_config(path: str | Path, **overrides) -> JobConfig:
+    """A job config from a YAML file (``read_job``), validated; ``overrides`` (field names as in
+    the file) replace its fields before the check, so a file may leave out what they give."""
+    return job_config(path, **overrides)
 
 
 DEFAULT_CONFIG = EXAMPLES / "demo.yaml"
@@ -253,10 +290,5 @@ def config_from_flags(argv: list[str] | None) -> tuple[JobConfig, list[str]]:
                 given[key] = json.loads(given[key])
             except ValueError as err:
                 raise ConfigError(f"--{key} must be a JSON object such as {example}: {err}") from err
-    if args.job:  # the flags override the file's fields (the file may leave out what they give)
-        return load_config(args.job, **given), beam_args
-    try:
-        config = JobConfig.model_validate(given)
-    except Exception as err:  # pydantic's message names the field
-        raise ConfigError(f"invalid job parameters: {err}") from err
-    return config, beam_args
+    # the flags override the file's fields (the file may leave out what they give)
+    return job_config(args.job, source="the job's flags", **given), beam_args

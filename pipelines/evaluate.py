@@ -17,8 +17,10 @@ Masks (over the imputable columns, seeded by the seed):
 
 Every method is fitted on the masked table itself (transductive, as in GAIN), then fills it.
 Numeric score: RMSE over the hidden numeric cells on the complete data's min-max [0, 1] scale.
-Categorical score: accuracy over the hidden categorical cells. All methods are scored on their
-unrounded numeric output (lakefill's integer columns are rounded only when written to a table).
+Categorical score: accuracy over the hidden categorical cells. lakefill's methods run the
+product's path (``Imputer.impute``, ``refine`` and ``adapt``, as a job does); every method is
+scored on its unrounded numeric output (lakefill is fitted with integer columns read as numeric;
+a job writes them rounded).
 lakefill also reports confidence quality: the Spearman correlation between (1 - row
 confidence) and the row's true mean error (squared error on the min-max scale for numbers, 0/1
 for categories), and the share of the total error carried by the 20% least-confident rows. And
@@ -49,12 +51,13 @@ import pyarrow.compute as pc
 
 from lakefill.errors import ConfigError
 from lakefill.models.config import AEConfig
-from lakefill.models.mixture import direct_fill_inputs, predict
-from lakefill.models.adapt import AdaptConfig, adapt_model
-from lakefill.models.reverse import ReverseConfig, reverse_impute
+from lakefill.models.adapt import AdaptConfig
+from lakefill.models.artifact import ModelArtifact
+from lakefill.models.mixture import predict
+from lakefill.models.reverse import ReverseConfig
 from lakefill.models.training import fit_model
 from lakefill.transforms.detect import NullPolicy
-from lakefill.transforms.impute import autocast
+from lakefill.transforms.impute import CONFIDENCE, IMPUTED, METHOD, Imputer
 from lakefill.transforms.io import read_raw
 from lakefill.transforms.parse import detect_and_parse
 from lakefill.schema import infer_schema, load_schema
@@ -173,66 +176,67 @@ def _masked_table(problem: Problem, mask: np.ndarray) -> pa.Table:
 def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool, config: AEConfig | None = None,
                  fitted=None, fit_s: float | None = None, adapt: bool = False, train_rows: int | None = None,
                  precision: str = "fp32"):
-    """Fit (or take the given fit of the same seed and config) and fill; returns scores' inputs and
-    the fit. ``train_rows``: fit on the training sample of that many rows (the product's: the
-    rows with the smallest seeded hashes of their row ids), fill the whole table. ``precision``:
-    the fill's forward pass in fp32 or under bfloat16 autocast (the job's ``precision``)."""
+    """Fit (or take the given fit of the same seed and config) and fill through the product's
+    ``Imputer``, as a job does: ``impute`` (its confidence), then, for ``reverse``, ``refine`` on
+    the least-confident ``REVERSE_SHARE`` of the rows (with ``adapt``: through the networks
+    ``Imputer.adapt`` tuned on the table's observed cells, as a job's ``adapt``). Returns the
+    scores' inputs and the fit. ``train_rows``: fit on the training sample of that many rows (the
+    product's: the rows with the smallest seeded hashes of their row ids), fill the whole table.
+    ``precision``: the fill's forward pass in fp32 or under bfloat16 autocast (the job's)."""
+    from lakefill.transforms.io import ROW_ID
+
     masked = _masked_table(problem, mask)
+    ids = pa.array(np.arange(masked.num_rows), pa.int64())  # a row's key is its position (mask, scores, merge)
+    masked = (masked.set_column(masked.column_names.index(ROW_ID), ROW_ID, ids) if ROW_ID in masked.column_names
+              else masked.append_column(ROW_ID, ids))
     if fitted is None:
         t0 = time.perf_counter()
         fit_on = masked
         if train_rows and train_rows < masked.num_rows:  # the rows the product's sampler draws
-            from lakefill.transforms.io import ROW_ID
             from lakefill.transforms.sample import BottomK
 
-            ids = pa.table({ROW_ID: pa.array(np.arange(masked.num_rows), pa.int64())})
-            fit_on = masked.take(BottomK(train_rows, seed).add(ids).table().column(ROW_ID))
-        fitted = fit_model(fit_on, problem.schema, config=config or AEConfig(random_state=seed))
+            fit_on = masked.take(BottomK(train_rows, seed).add(masked.select([ROW_ID])).table().column(ROW_ID))
+        fitted = fit_model(fit_on, _unrounded(problem.schema), config=config or AEConfig(random_state=seed))
         fit_s = time.perf_counter() - t0
-    codec, model = fitted.codec, fitted.model
+    artifact = ModelArtifact(fitted.model, fitted.codec, _unrounded(problem.schema), None, config or AEConfig(random_state=seed), {}, "",
+                             float(fitted.result.error_reference))
+    imputer = Imputer(artifact, reverse=ReverseConfig(random_state=seed))
     t0 = time.perf_counter()
-    enc = codec.encode(masked)
-    weights = codec.error_weights()
-    with autocast(precision, "cpu"):  # as Imputer.impute runs the job's precision
-        pred = predict(model, enc.values, enc.observed, num_weights=weights)
-    num, probs = pred.num.copy(), [p.copy() for p in pred.cat_probs]
-    fill = ~enc.observed
-    n_fill = fill.sum(1)
-    err = np.where(n_fill > 0, (pred.cell_error * fill).sum(1) / np.maximum(n_fill, 1), 0.0)
-    confidence = np.where(n_fill > 0, 1.0 / (1.0 + err / fitted.result.error_reference), 1.0)
+    out = imputer.impute(masked, precision=precision)
+    confidence = out.column(CONFIDENCE).to_numpy()
     extra = {}
     if reverse:
+        n_fill = pc.list_value_length(out.column(IMPUTED)).to_numpy()
         order = np.argsort(confidence, kind="stable")
         k = int(math.ceil(REVERSE_SHARE * len(order)))
         rows = np.sort(order[:k][n_fill[order[:k]] > 0])
-        init = direct_fill_inputs(model, enc.values, enc.observed, pred)
-        adapted, keys = None, None
-        if adapt:  # the rows' keys are their positions in the table: adaptation leaves out their held-back cells
-            keys = np.arange(len(enc.values))
-            adapted, report = adapt_model(model, enc.values, enc.observed, enc.targets_num, enc.targets_cat, row_keys=keys,
-                                          config=AdaptConfig(random_state=seed), reverse=ReverseConfig(random_state=seed))
+        adapted = None
+        if adapt:
+            adapted, report = imputer.adapt(out, AdaptConfig(random_state=seed))
             extra.update(adapt_used=bool(report["used"]), adapt_seconds=float(report.get("seconds", 0.0)))
-            keys = rows
-        res = reverse_impute(model, enc.values[rows], enc.observed[rows], enc.targets_num[rows], enc.targets_cat[rows],
-                             init[rows], config=ReverseConfig(random_state=seed), row_keys=keys,
-                             adapted=adapted if adapted is not model else None)
-        use = res.improved
-        num[rows[use]] = np.where(fill[rows[use], : len(codec.num_columns_)], res.num[use], num[rows[use]])
-        for k2 in range(len(probs)):
-            j = len(codec.num_columns_) + k2
-            probs[k2][rows[use]] = np.where(fill[rows[use], j:j + 1], res.cat_probs[k2][use], probs[k2][rows[use]])
-        extra.update(refined_rows=int(len(rows)), refined_rows_improved=int(use.sum()))
+            adapted = adapted if adapted is not fitted.model else None
+        refined = imputer.refine(out.take(rows), adapted=adapted)
+        extra.update(refined_rows=int(len(rows)),
+                     refined_rows_improved=int(np.sum(np.asarray(refined.column(METHOD).to_pylist()) == "reverse")))
+        keep = np.ones(out.num_rows, dtype=bool)
+        keep[rows] = False  # the re-worked rows replace theirs, in row order (as a job merges them)
+        out = pa.concat_tables([out.filter(pa.array(keep)), refined]).sort_by(ROW_ID)
     imp_s = time.perf_counter() - t0
-    Xhat = np.stack([codec.unscale(c, num[:, j]) for j, c in enumerate(codec.num_columns_)], 1) if codec.num_columns_ else np.zeros((len(num), 0))
-    order_num = [codec.num_columns_.index(c) for c in problem.num_cols]
-    Xhat = Xhat[:, order_num] if order_num else Xhat
-    Chat = []
-    for c in problem.cat_cols:
-        k2 = codec.cat_columns_.index(c)
-        Chat.append(np.asarray(codec.categories_[c], dtype=object)[probs[k2].argmax(1)])
+    Xhat, Chat = table_values(out, problem.num_cols, problem.cat_cols)
+    # the calibration diagnostics read the predicted error of every cell, which the table does not carry
+    codec = fitted.codec
+    enc = codec.encode(masked)
+    pred = predict(fitted.model, enc.values, enc.observed, num_weights=codec.error_weights())
     expected = pred.cell_error[:, [codec.num_columns_.index(c) for c in problem.num_cols]
                                + [len(codec.num_columns_) + codec.cat_columns_.index(c) for c in problem.cat_cols]]
     return Xhat, Chat, fit_s, imp_s, confidence, expected, extra, fitted
+
+
+def _unrounded(schema):
+    """The schema lakefill is fitted with here: integer columns as numeric, so that its fill is
+    scored unrounded, as the baselines' is (a job writes an integer column rounded)."""
+    return schema.model_copy(update={"columns": [c.model_copy(update={"type": "numeric"}) if c.type == "integer" else c
+                                                 for c in schema.columns]})
 
 
 def _design(problem: Problem, mask: np.ndarray, onehot: bool):

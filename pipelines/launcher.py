@@ -4,7 +4,10 @@
                  schema and trains the model when the job says so; fits the null policy on
                  the first ``sample_rows`` records (once, for every engine and worker)
     plan_for     the stage plan (``lakefill.transforms.plan``) of a prepared run
-    end_of_run   the run report's detection findings, the GX Data Docs and ``report.html``
+    complete_report  what the launcher adds to the run report after the commit (findings, drift,
+                 retraining, column shares, GX Data Docs, ``report.html``), before ``finalize``
+                 writes report.json once (``completer``); ``end_of_run`` for a report a Beam
+                 worker wrote
 
 The engines (``local_job``, ``beam_pipeline``, ``spark_job``) run the plan in between.
 """
@@ -12,7 +15,6 @@ The engines (``local_job``, ``beam_pipeline``, ``spark_job``) run the plan in be
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +31,7 @@ from lakefill.models.config import AEConfig
 from lakefill.models.training import fit_model
 from lakefill.pipelines import versions
 from lakefill.pipelines.config import JobConfig
-from lakefill.pipelines.report import render_report
+from lakefill.pipelines.report import column_shares_of_run, render_report
 from lakefill.schema import TableSchema, infer_schema, load_schema
 from lakefill.transforms import io as _io  # workers' reads (a remote launcher reads nothing: tests patch ``read_raw``)
 from lakefill.transforms.detect import NullPolicy
@@ -39,13 +41,13 @@ from lakefill.transforms.io import ROW_ID, RawRead, input_files, read_raw
 from lakefill.transforms.lake import SchemaChangeRefused, check_schema_change, check_writable, schema_change, table_schema
 from lakefill.transforms.parse import detect_and_parse, parse_table
 from lakefill.transforms.plan import Detect, Runtime, StagePlan, Step, in_schema_order, stage_plan
-from lakefill.transforms.stage import reason_counts
+from lakefill.transforms.stage import read_report, reason_counts, write_report
 from lakefill.transforms.sample import TRAIN_ROWS, read_sample
 from lakefill.transforms.storage import Location, as_location
 from lakefill.transforms.validate import Validator, write_data_docs
 
 __all__ = ["Prepared", "RunOutcome", "prepare", "fit_policy", "train_for_job", "plan_for", "train_to_dir", "load_schema_at", "config_summary", "record_detection",
-           "write_docs", "end_of_run", "worker_policy", "worker_end_of_run"]
+           "write_docs", "complete_report", "completer", "end_of_run", "worker_policy", "worker_end_of_run"]
 
 
 @dataclass
@@ -419,12 +421,10 @@ def config_summary(cfg: JobConfig) -> dict:
     return cfg.model_dump(by_alias=True)
 
 
-def record_detection(prep: Prepared, report_dir: Path) -> None:
+def record_detection(prep: Prepared, report: dict) -> None:
     """Add the run's disguised-null findings (value, detector, kind, share, suspect, evidence) and
-    the schema's ``max_imputed_share`` per imputed column to its report.json (``report.html``
-    and ``lakefill report --check`` read them). ``report_dir``: a local folder."""
-    path = Path(report_dir) / "report.json"
-    report = json.loads(path.read_text())
+    the schema's ``max_imputed_share`` per imputed column to its report (``report.html`` and
+    ``lakefill report --check`` read them)."""
     report["detection"] = prep.policy.to_dict()
     if prep.sample.dialect is not None:  # what the CSV reader used (sniffed or from the job's csv:)
         report["csv_dialect"] = prep.sample.dialect
@@ -446,7 +446,6 @@ def record_detection(prep: Prepared, report_dir: Path) -> None:
     if prep.artifact is not None and prep.artifact.training_confidence:
         report["drift_confidence"] = confidence_report(prep.artifact.training_confidence, report.get("metrics") or {},
                                                        prep.config.confidence_threshold if prep.config.refine else None)
-    path.write_text(json.dumps(report, indent=2, default=str))
 
 
 ASSETS = "_assets"  # OUTPUT/reports/_assets: the Data Docs' styles and images, shared by every run's pages
@@ -474,16 +473,14 @@ def plan_for(prep: Prepared, extra_steps: Sequence[Step] = ()) -> StagePlan:
                       absent=absent_columns(cfg, prep.schema))
 
 
-def maybe_retrain(prep: Prepared, report_dir: Path, *, log=print) -> dict | None:
+def maybe_retrain(prep: Prepared, report: dict, *, log=print) -> dict | None:
     """The job's ``retrain`` after a committed run: ``on_drift`` when the run's drift check
     flagged a column, ``every_n_runs`` after ``retrain_every`` committed runs with the model the
     run used. A new version is written beside the old ones (``lakefill.pipelines.versions``);
-    later runs use it if it passed its check. Recorded in report.json (``retrain``)."""
+    later runs use it if it passed its check. Recorded in the report (``retrain``)."""
     cfg = prep.config
     if cfg.retrain == "never" or prep.artifact is None:
         return None
-    path = Path(report_dir) / "report.json"
-    report = json.loads(path.read_text())
     if not report.get("committed"):
         return None
     reason = None
@@ -502,28 +499,47 @@ def maybe_retrain(prep: Prepared, report_dir: Path, *, log=print) -> dict | None
         done = {"reason": reason, "trained": False, "error": f"{type(err).__name__}: {err}"}
         log(f"retraining failed ({done['error']}); the run is committed and the model unchanged")
     report["retrain"] = done
-    path.write_text(json.dumps(report, indent=2, default=str))
     return done
 
 
-def end_of_run(prep: Prepared, report_dir: "Path | Location") -> None:
-    """After the commit (or the refusal): findings into the report, Data Docs, report.html. On
-    an object store the report folder is completed locally and copied back."""
+def complete_report(prep: Prepared, report: dict, report_dir: "Path | Location") -> None:
+    """What the launcher adds to a run's report after the commit (``finalize``'s ``complete``):
+    the findings and drift, a retraining, the per-column shares, the GX Data Docs and
+    report.html. Data Docs are written by GX to a local folder: on an object store, a temporary
+    one copied up (with the output's shared assets, once)."""
     loc = as_location(report_dir, prep.config.storage_options)
+    record_detection(prep, report)
+    maybe_retrain(prep, report)
+    report["column_shares"] = column_shares_of_run(report, prep.config.storage_options)
     if loc.is_local:
-        _complete_report(prep, loc.local_path)
+        write_docs(prep, loc.local_path)
+        render_report(loc.local_path, options=prep.config.storage_options, report=report)
         return
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / "reports" / loc.name
         local.mkdir(parents=True)
-        (local / "report.json").write_bytes((loc / "report.json").read_bytes())
-        _complete_report(prep, local)
+        write_docs(prep, local)
+        render_report(local, options=prep.config.storage_options, report=report)
         loc.upload(local)
         shared, remote = local.parent / ASSETS, loc.parent / ASSETS
         for f in sorted(p for p in shared.rglob("*") if p.is_file()) if shared.exists() else []:
             target = remote.join(*f.relative_to(shared).parts)
             if not target.exists():  # once per output: every run's Data Docs link the same assets
                 target.write_bytes(f.read_bytes())
+
+
+def completer(prep: Prepared):
+    """``finalize``'s ``complete`` for this run."""
+    return lambda report, report_dir: complete_report(prep, report, report_dir)
+
+
+def end_of_run(prep: Prepared, report_dir: "Path | Location") -> dict:
+    """The report of a run finalized by another step (a Beam worker's): read, completed, written back."""
+    loc = as_location(report_dir, prep.config.storage_options)
+    report = read_report(loc)
+    complete_report(prep, report, loc)
+    write_report(loc, report)
+    return report
 
 
 # -- a remote launch: what the launcher does not do, a worker does -------------------------------
@@ -546,10 +562,3 @@ def worker_end_of_run(prep: Prepared, policy: dict, report_dir: str) -> str:
                                sample=worker_sample(prep.config))
     end_of_run(done, as_location(report_dir, prep.config.storage_options))
     return report_dir
-
-
-def _complete_report(prep: Prepared, local: Path) -> None:
-    record_detection(prep, local)
-    maybe_retrain(prep, local)
-    write_docs(prep, local)
-    render_report(local, options=prep.config.storage_options)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from lakefill.pipelines.config import JobConfig
 from lakefill.progress import LogLines
-from lakefill.pipelines.launcher import (Prepared, RunOutcome, config_summary, end_of_run, plan_for, prepare,
+from lakefill.pipelines.launcher import (Prepared, RunOutcome, completer, config_summary, plan_for, prepare,
                                          train_to_dir)
 from lakefill.transforms import modelcache
 from lakefill.transforms.io import iter_raw
@@ -51,7 +51,6 @@ def run_local(config: JobConfig, *, extra_steps: Sequence[Step] = (), log=print)
     timings["total"] = time.perf_counter() - t0
     fin = finalize(totals, run_id=run_id, engine="local", output=out, config=config_summary(cfg),
                    max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,
-                   timings=timings, metrics={"steps": plan.names}, log=log)
-    end_of_run(prep, out / "reports" / run_id)
+                   timings=timings, metrics={"steps": plan.names}, complete=completer(prep), log=log)
     return RunOutcome(run_id, str(out / "table"), str(out / "quarantine"), str(fin.report), fin.counts,
                       fin.committed, fin.metrics)

@@ -356,17 +356,23 @@ def _adaptation_rows(a: dict) -> dict:
     return rows
 
 
-def render_report(run_dir: str | Path, *, options: dict | None = None) -> Path:
-    """Write ``report.html`` into ``run_dir`` (the local folder holding ``report.json``); return its
-    path. ``options``: the storage options of the run's table (read for the run's rows)."""
+def render_report(run_dir: str | Path, *, options: dict | None = None, report: dict | None = None) -> Path:
+    """Write ``report.html`` into ``run_dir`` (a local folder: the run's, or where its Data Docs
+    were written) and return its path; report.json is not touched. ``report``: the run's report
+    (default: ``run_dir``'s report.json). ``options``: the storage options of the run's table."""
     run_dir = Path(run_dir)
-    report = json.loads((run_dir / "report.json").read_text())
+    out = run_dir / "report.html"
+    out.write_text(report_page(report or json.loads((run_dir / "report.json").read_text()), run_dir, options=options),
+                   encoding="utf-8")
+    return out
+
+
+def report_page(report: dict, run_dir: Path | None, *, options: dict | None = None) -> str:
+    """The report page of a run. ``run_dir``: the local folder whose ``data_docs`` it links (None:
+    no Data Docs at hand). A report without ``column_shares`` (older runs) has them counted."""
     counts = report.get("counts", {})
     table = _run_rows(report, options, limit=SAMPLE_ROWS)  # the value plots' rows
-    shares = column_shares_of_run(report, options)
-    if shares != report.get("column_shares"):  # kept in report.json for `lakefill report --check`
-        report["column_shares"] = shares
-        (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    shares = report["column_shares"] if "column_shares" in report else column_shares_of_run(report, options)
     check = None
     if table is not None and "_lf_check_before" in table.column_names:  # every re-worked row, two columns
         import pyarrow.dataset as ds
@@ -379,9 +385,9 @@ def render_report(run_dir: str | Path, *, options: dict | None = None) -> Path:
     main = {k: counts.get(k) for k in ("rows_in", "rows_written", "rows_quarantined", "cells_imputed", "rows_refined")
             if k in counts}
     status = "committed" if report.get("committed") else "not committed"
-    docs = run_dir / "data_docs"  # beside report.json, linked by a relative path (it moves with the folder)
-    index = next(iter(sorted(docs.rglob("index.html"))), None) if docs.exists() else None
-    pages = sorted((docs / "validations").rglob("*.html")) if docs.exists() else []
+    docs = run_dir / "data_docs" if run_dir is not None else None  # linked by a relative path (it moves with the folder)
+    index = next(iter(sorted(docs.rglob("index.html"))), None) if docs and docs.exists() else None
+    pages = sorted((docs / "validations").rglob("*.html")) if docs and docs.exists() else []
     links = [f'<a href="{html.escape(index.relative_to(run_dir).as_posix())}">GX Data Docs</a>' if index
              else "GX Data Docs: none for this run",
              *(f'<a class="validation" href="{html.escape(p.relative_to(run_dir).as_posix())}">validation: '
@@ -435,6 +441,4 @@ window.addEventListener("load", () => {{
 </script>
 </body></html>
 """
-    out = run_dir / "report.html"
-    out.write_text(page, encoding="utf-8")
-    return out
+    return page

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lakefill.pipelines.config import JobConfig, config_from_flags
-from lakefill.pipelines.launcher import RunOutcome, config_summary, end_of_run, plan_for, prepare, train_for_job
+from lakefill.pipelines.launcher import RunOutcome, completer, config_summary, plan_for, prepare, train_for_job
 from lakefill.transforms.plan import Step
 from lakefill.transforms.stage import Parts, RunTotals, finalize
 from lakefill.transforms.storage import as_location
@@ -174,8 +174,8 @@ def run_spark(config: JobConfig, spark_args: list[str] | None = None, *, spark=N
         "task_gpus": sorted({a for r in rows for a in (r["gpus"] or "").split(",") if a})}}
     done = finalize(totals.sort(), run_id=run_id, engine="spark", output=out, config=config_summary(cfg),
                     max_quarantine_share=cfg.max_quarantine_share, mode=cfg.mode, partition_by=cfg.partition_by,
-                    timings={"spark_job": job_seconds, "total": time.perf_counter() - t0}, metrics=metrics, log=log)
-    end_of_run(prep, out / "reports" / run_id)
+                    timings={"spark_job": job_seconds, "total": time.perf_counter() - t0}, metrics=metrics,
+                    complete=completer(prep), log=log)
     return RunOutcome(run_id, str(out / "table"), str(out / "quarantine"), str(done.report), done.counts,
                       done.committed, done.metrics)
 

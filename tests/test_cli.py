@@ -155,7 +155,7 @@ def test_train_then_impute_cli(tmp_path, capsys):
 
 def test_demo_replaces_a_model_of_an_older_format_but_keeps_a_current_one(tmp_path, capsys):
     from lakefill.models.artifact import FORMAT
-    from lakefill.pipelines.cli import _drop_stale_demo_model
+    from lakefill.pipelines.commands.demo import _drop_stale_demo_model
 
     old, current = tmp_path / "old", tmp_path / "current"
     for d, fmt in ((old, "lakefill-model/1"), (current, FORMAT)):

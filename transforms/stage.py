@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,7 +176,8 @@ class Finalized:
 
 def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path | Location", config: dict,
              max_quarantine_share: float, mode: str, partition_by: list[str], timings: dict | None = None,
-             metrics: dict | None = None, log=print) -> Finalized:
+             metrics: dict | None = None, complete: "Callable[[dict, Location], None] | None" = None,
+             log=print) -> Finalized:
     """The end of a run, on one process (the driver, or one Beam worker holding all the actions).
 
     Refuses to commit when rows went missing or the quarantine is over its share (then neither
@@ -184,6 +186,10 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path
     quarantine table, each in one transaction keyed by the run id, so that a retry of a run whose
     second commit failed completes it and writes nothing twice. The report's ``metrics`` are the
     run's counters (the same names on every engine) and the engine's own ``metrics``.
+
+    The report is built here as one dict; after the commits ``complete(report, report_dir)`` adds
+    what the launcher knows (findings, drift, retraining, Data Docs, report.html), and report.json
+    is written once. A refused run's report is written as it stands when the run is refused.
     """
     out = as_location(output)
     table_uri, quarantine_uri = out / "table", out / "quarantine"
@@ -196,11 +202,14 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path
               "cells_imputed": totals.counters["cells_imputed"], "rows_refined": totals.counters["rows_refined"]}
     metrics = {**dict(sorted((+totals.counters).items())), **(metrics or {})}  # the counters above 0
 
-    def report(committed: bool, version=None, already: bool = False) -> Location:
-        return write_report(report_dir, run_id=run_id, engine=engine, config=config, counts=counts,
-                            hist=totals.confidence_hist, committed=committed, table_version=version,
-                            timings=timings or {}, metrics=metrics, validation=totals.validation,
-                            already_committed=already)
+    def report(committed: bool, version=None, already: bool = False, done: bool = False) -> Location:
+        built = build_report(report_dir, run_id=run_id, engine=engine, config=config, counts=counts,
+                             hist=totals.confidence_hist, committed=committed, table_version=version,
+                             timings=timings or {}, metrics=metrics, validation=totals.validation,
+                             already_committed=already)
+        if done and complete is not None:
+            complete(built, report_dir)
+        return write_report(report_dir, built)
 
     if totals.rows_in != written + quarantined:
         report(False)
@@ -250,12 +259,12 @@ def finalize(totals: RunTotals, *, run_id: str, engine: str, output: "str | Path
     if not q_result.committed:
         _remove(quarantine_uri, totals.quarantine_actions)
     if result is None:
-        report(False)
-        return Finalized(counts, False, report_dir / "report.json", None, metrics)
+        path = report(False, done=True)
+        return Finalized(counts, False, path, None, metrics)
     every = int(config.get("compact_every") or 0)
     if result.committed and every and runs_since_compaction(table_uri) >= every:
         metrics["compaction"] = _compact(table_uri, quarantine_uri, log)
-    path = report(result.committed, result.version, already=not result.committed)
+    path = report(result.committed, result.version, already=not result.committed, done=True)
     return Finalized(counts, result.committed, path, result.version, metrics)
 
 
@@ -299,9 +308,19 @@ def _remove(root: Location, actions: list[AddAction]) -> None:
         part_path(root, a).remove()
 
 
-def write_report(report_dir: "Path | Location", *, run_id: str, engine: str, config: dict, counts: dict, hist: list[int],
+def write_report(report_dir: "Path | Location", report: dict) -> Location:
+    """The run's report.json: the one place it is written."""
+    return (as_location(report_dir) / "report.json").write_text(json.dumps(report, indent=2, default=str))
+
+
+def read_report(report_dir: "Path | Location") -> dict:
+    return json.loads((as_location(report_dir) / "report.json").read_text())
+
+
+def build_report(report_dir: "Path | Location", *, run_id: str, engine: str, config: dict, counts: dict, hist: list[int],
                  committed: bool, table_version: int | None, timings: dict, metrics: dict, validation: dict,
-                 already_committed: bool = False) -> Path:
+                 already_committed: bool = False) -> dict:
+    """The run's report as the engine knows it at the end of the run (``finalize``)."""
     report_dir = as_location(report_dir)
     out = report_dir.parent.parent
     config = {**config, "storage_options": redact(config.get("storage_options"))} if "storage_options" in config else config
@@ -314,4 +333,4 @@ def write_report(report_dir: "Path | Location", *, run_id: str, engine: str, con
               "metrics": metrics, "timings_seconds": {k: round(v, 4) for k, v in timings.items()},
               "table": str(out / "table"), "quarantine": str(out / "quarantine"),
               "data_docs": str(report_dir / "data_docs")}
-    return (report_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report

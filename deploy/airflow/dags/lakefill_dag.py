@@ -44,6 +44,18 @@ ENVIRONMENT = {"temp_location": "tempLocation", "service_account": "serviceAccou
                "machine_type": "machineType", "network": "network", "subnetwork": "subnetwork"}
 
 
+def report_checks():
+    """lakefill's report check (``lakefill report --check``'s rule), from the file beside the
+    entry points: a link to ``pipelines/report_checks.py`` (standard library only), since
+    Airflow's environment has no lakefill."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lakefill_report_checks", ENTRY / "report_checks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class PipelineEnvBeamOperator(BeamRunPythonPipelineOperator):
     """The Beam operator, with the interpreter as a param: the pipeline environment's Python."""
     template_fields = (*BeamRunPythonPipelineOperator.template_fields, "py_interpreter")
@@ -186,30 +198,12 @@ with DAG(
         uri = output if "://" in output else "file://" + output
         path = ObjectStoragePath(f"{uri}/reports/{run_id}/report.json", conn_id=params["storage_conn_id"] or None)
         report = json.loads(path.read_text())
-        problems = report_problems(report)
+        problems = report_checks().report_problems(report)
         if problems:
             raise RuntimeError(f"run {run_id} failed its report check ({path}): " + "; ".join(problems))
         counts = report["counts"]
         outlet_events[TABLES].add(Asset(f"{uri}/table"), extra={"run_id": run_id, **counts})
         return counts
-
-    def report_problems(report: dict) -> list[str]:
-        """Why the run's report fails the check (the checks of ``lakefill report --check``)."""
-        c, problems = report.get("counts", {}), []
-        if c.get("rows_in") != c.get("rows_written", 0) + c.get("rows_quarantined", 0):
-            problems.append(f"rows lost: {c}")
-        limit = (report.get("config") or {}).get("max_quarantine_share")
-        if limit is not None and c.get("rows_quarantined", 0) > limit * max(c.get("rows_in") or 1, 1):
-            problems.append(f"quarantined {c.get('rows_quarantined')} of {c.get('rows_in')} rows, over {limit:.1%}")
-        if not report.get("committed") and not report.get("already_committed"):
-            problems.append("the run committed nothing to the table")
-        over = [col for col, v in (report.get("column_shares") or {}).items() if v.get("over")]
-        if over:
-            problems.append(f"columns {over} imputed over their max_imputed_share")
-        drifted = [col for col, v in (report.get("drift") or {}).items() if v.get("drifted")]
-        if drifted:
-            problems.append(f"columns {drifted} drifted from the model's training rows")
-        return problems
 
     check = check_report(job["run_id"])
     job >> branch
