@@ -192,8 +192,9 @@ class TableSchema(_Strict):
             )
 
 
-def read_yaml_mapping(path: Path, *, error: type[Exception], what: str) -> dict:
-    """Read a YAML file that must hold a mapping; every failure is an ``error`` naming the file."""
+def read_yaml_mapping(path, *, error: type[Exception], what: str) -> dict:
+    """Read a YAML file that must hold a mapping; every failure is an ``error`` naming the file.
+    ``path``: a ``Path``, or a ``Location`` (read from its store directly)."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
@@ -205,8 +206,9 @@ def read_yaml_mapping(path: Path, *, error: type[Exception], what: str) -> dict:
     return raw
 
 
-def load_schema(path: str | Path) -> TableSchema:
-    path = Path(path)
+def load_schema(path) -> TableSchema:
+    """A schema file: a path, or a ``lakefill.transforms.storage.Location`` on an object store."""
+    path = Path(path) if isinstance(path, str) else path
     raw = read_yaml_mapping(path, error=SchemaError, what="schema file")
     try:
         return TableSchema.model_validate(raw)

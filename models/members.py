@@ -161,12 +161,13 @@ class Trees(Blend):
     its twin is) that the networks smooth over."""
 
     name = "trees"
+    filled = False  # the holes are read as missing (NaN), which the splits route
     help = ("do not fit boosted trees (scikit-learn, 100 rounds per numeric column): by default they are blended "
             "into the numeric fill with the weight the held-out cells give them (0 leaves them out)")
 
     def fit(self, ensemble, data: HeldOut) -> dict | None:
         from lakefill.models.trees import MAX_COLUMNS as TREES_MAX_COLUMNS
-        from lakefill.models.trees import fit_trees, fit_weight, with_weight
+        from lakefill.models.trees import fill_values, fit_trees, fit_weight, with_weight
 
         if not ensemble.n_num:
             return None
@@ -177,27 +178,44 @@ class Trees(Blend):
 
         train_rows = data.train_rows
         fill = fit_trees(data.values, data.observed, data.t_num, col_slices=ensemble.col_slices, n_num=ensemble.n_num,
-                         rows=train_rows, seed=data.seed)
+                         rows=train_rows, seed=data.seed, fill=self._inputs_fill(ensemble, data),
+                         t_cat=data.t_cat if self.filled else None, cat_sizes=ensemble.cat_sizes)
         if fill is None:
             return {"weight": 0.0, "columns": 0, "used": False}
         given = data.observed[data.val_idx] & ~data.val_hide
         pred = predict(ensemble, data.values[data.val_idx], given)
-        weight, report = fit_weight(fill, pred.num, fill.lookup(data.values[data.val_idx], given),
-                                    data.t_num[data.val_idx], data.val_hide[:, :ensemble.n_num], data.loss_weights)
-        if weight > 0:
-            ensemble.trees = with_weight(fill, weight)
-        return {**report, "used": weight > 0}
+        blend = fill.lookup(data.values[data.val_idx], given, fill_values(pred.num, pred.cat_probs) if self.filled else None)
+        weight, report = fit_weight(fill, pred.num, blend, data.t_num[data.val_idx], data.val_hide[:, :ensemble.n_num],
+                                    data.loss_weights, pred_probs=pred.cat_probs, truth_cat=data.t_cat[data.val_idx],
+                                    hide_cat=data.val_hide[:, ensemble.n_num:])
+        used = weight > 0 or report.get("cat_weight", 0.0) > 0
+        if used:
+            setattr(ensemble, self.name, with_weight(fill, weight, report.get("cat_weight", 0.0)))
+        return {**report, "used": used}
 
     def refit(self, ensemble, data: HeldOut, report: dict) -> None:
         from lakefill.models.trees import fit_trees, with_weight
 
-        ensemble.trees = with_weight(fit_trees(data.values, data.observed, data.t_num, col_slices=ensemble.col_slices,
-                                               n_num=ensemble.n_num, rows=np.arange(len(data.values)), seed=data.seed),
-                                     report["weight"])
-        report["nodes"] = ensemble.trees.sizes["nodes"]
+        trees = fit_trees(data.values, data.observed, data.t_num, col_slices=ensemble.col_slices, n_num=ensemble.n_num,
+                          rows=np.arange(len(data.values)), seed=data.seed, fill=self._inputs_fill(ensemble, data),
+                          t_cat=data.t_cat if self.filled else None, cat_sizes=ensemble.cat_sizes)
+        setattr(ensemble, self.name, with_weight(trees, report["weight"], report.get("cat_weight", 0.0)))
+        report["nodes"] = trees.sizes["nodes"]
+
+    def _inputs_fill(self, ensemble, data: HeldOut) -> np.ndarray | None:
+        """What the trees read for a row's holes: nothing (NaN) for the trees; the fill of the
+        members before this one for a chained round."""
+        return _fill_before(ensemble, data, self.name) if self.filled else None
 
     def apply(self, member, values, given, num, probs, var, num_weights):
-        return blend_trees(member, member.lookup(values, given), num), probs, var, {}  # the variance stays the networks'
+        from lakefill.models.trees import fill_values
+
+        blend = member.lookup(values, given, fill_values(num, probs) if member.filled else None)  # a chained round: the fill so far
+        if member.classified:  # its classifiers' probabilities blended into the categorical fill
+            w = member.cat_weights(blend)
+            probs = [np.where(blend.cat_has[:, k:k + 1], (1 - w[:, k:k + 1]) * p + w[:, k:k + 1] * q, p).astype(p.dtype)
+                     for k, (p, q) in enumerate(zip(probs, blend.cat_probs))]
+        return blend_trees(member, blend, num), probs, var, {}  # the variance stays the networks'
 
     def architecture(self, member):
         return member.sizes if member is not None else None
@@ -206,10 +224,42 @@ class Trees(Blend):
         from lakefill.models.trees import TreeFill
 
         return TreeFill(int(entry["nodes"]), int(entry["trees"]), int(entry["columns"]), col_slices=layout["col_slices"],
-                        n_num=layout["n_num"]) if entry else None
+                        n_num=layout["n_num"], filled=bool(entry.get("filled", False)),
+                        classified=bool(entry.get("classified", False)), cat_sizes=layout["cat_sizes"]) if entry else None
 
     def check(self, member) -> None:
         member.check()
+
+
+class Chained(Trees):
+    """A second round of boosted trees, as a chained imputer's (missForest's) next iteration:
+    one regressor per numeric column that reads a row's holes as the fill so far (the mixture
+    with the trees blended in), where the first round reads them as missing. Weighed on the
+    held-out cells as the trees are (one weight; kept only when it saves ``MIN_GAIN`` of their
+    loss), then fitted again on all rows."""
+
+    name = "chained"
+    filled = True
+    help = ("do not fit a second round of boosted trees on the rows as filled so far (missForest's next "
+            "iteration): by default it is blended into the numeric fill with the weight the held-out cells give it")
+
+
+def _fill_before(ensemble, data: HeldOut, name: str) -> np.ndarray:
+    """The fill of every training row's cells (``fill_values``) by the mixture and the blends
+    before ``name``: what a chained round reads for a row's holes, as it does at fill time."""
+    from lakefill.models.mixture import predict
+    from lakefill.models.trees import fill_values
+
+    order = [b.name for b in blends()]
+    kept = {n: getattr(ensemble, n, None) for n in order[order.index(name):]}
+    try:  # ``name`` and the blends after it off (a refit runs after every blend is weighed and set)
+        for name in kept:
+            setattr(ensemble, name, None)
+        pred = predict(ensemble, data.values, data.observed)
+    finally:
+        for name, member in kept.items():
+            setattr(ensemble, name, member)
+    return fill_values(pred.num, pred.cat_probs)
 
 
 class Donors(Blend):
@@ -336,7 +386,7 @@ def blends() -> list[Blend]:
     return [m for m in _REGISTRY.values() if m.kind == "blend"]
 
 
-for _member in (Gaussian(), Trees(), Donors()):
+for _member in (Gaussian(), Trees(), Chained(), Donors()):
     register(_member)
 
 

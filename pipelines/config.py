@@ -217,15 +217,12 @@ def read_job(path: str | Path) -> dict:
     credentials of the environment)."""
     text = str(path)
     if "://" in text and not text.startswith("file://"):
-        import tempfile
-
         from lakefill.transforms.storage import Location
 
         loc = Location(text)
         if not loc.is_file():
             raise ConfigError(f"job config {text} does not exist")
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = read_yaml_mapping(loc.download(Path(tmp) / loc.name), error=ConfigError, what="job config")
+        raw = read_yaml_mapping(loc, error=ConfigError, what="job config")
         base: "Path | str" = text.rsplit("/", 1)[0]
     else:
         local = Path(text.removeprefix("file://"))

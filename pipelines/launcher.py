@@ -352,10 +352,7 @@ def adapt_to_run(config: JobConfig, schema: TableSchema, artifact: ModelArtifact
 
 
 def load_schema_at(loc: Location) -> TableSchema:
-    if loc.is_local:
-        return load_schema(loc.local_path)
-    with tempfile.TemporaryDirectory() as tmp:  # the same checks and messages as a local file
-        return load_schema(loc.download(Path(tmp) / loc.name))
+    return load_schema(loc.local_path if loc.is_local else loc)  # the same checks and messages as a local file
 
 
 def train_to_dir(input_path: "str | Location", schema: TableSchema, out_dir: "Path | Location", *,

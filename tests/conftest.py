@@ -114,7 +114,7 @@ def tiny_config():
     from lakefill.models.config import AEConfig
 
     return AEConfig(hidden=16, depth=1, code=8, epochs=5, min_steps=0, patience=5, extra_sizes=(), random_state=0,
-                    without=("trees", "donors", "gaussian"))
+                    without=("trees", "chained", "donors", "gaussian"))
 
 
 def infer_schema_to(path: Path, folder: Path, name: str):

@@ -283,7 +283,7 @@ def test_the_training_task_draws_its_sample_with_a_combine_and_trains_on_it(tmp_
               (local.table.slice(0, 100), local.table.slice(100))]
     assert fn.extract_output(fn.merge_accumulators(halves)).table().equals(local.table)
     cfg = demo_job(tmp_path, tmp_path / "model", training={"train_rows": 250, "seed": 4,
-                                                           "without": ["gaussian", "trees", "donors"]})
+                                                           "without": ["gaussian", "trees", "chained", "donors"]})
     run_beam_training(cfg, ["--direct_num_workers=1"])
     manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
     assert manifest["metrics"]["training_sample"] == info.to_dict() and info.rows == 250

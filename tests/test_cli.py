@@ -59,8 +59,15 @@ def _job(tmp_path, **extra):
 @pytest.mark.slow
 def test_local_run_end_to_end_and_idempotent_rerun(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("lakefill.progress.EVERY", 0.0)  # a progress line at every step (30 s apart by default)
+    import lakefill.transforms.stage as stage
+
+    writes = []
+    real_write = stage.write_report
+    monkeypatch.setattr(stage, "write_report", lambda d, r: writes.append(str(d)) or real_write(d, r))
     job = _job(tmp_path)
     assert main(["run", str(job), "--engine", "local"]) == 0
+    # the report is built as one dict, completed by the launcher and written once
+    assert writes == [str(tmp_path / "out" / "reports" / "r1")]
     logged = capsys.readouterr().out  # no terminal: training's and the run's progress are log lines
     assert re.search(r"^training \d network\(s\): [\d,]+/[\d,]+ steps \(100%\), network \d+x\d+x\d+, val_loss", logged, re.M)
     assert re.search(r"^training: the trees member$", logged, re.M)
@@ -80,7 +87,8 @@ def test_local_run_end_to_end_and_idempotent_rerun(tmp_path, capsys, monkeypatch
     assert counts["disguised_nulls_replaced"]["blood_pressure"] == 30
     assert set(table.column("_lf_method").unique().to_pylist()) <= {"none", "ae", "donor", "reverse"}
     assert pc.all(pc.equal(table.column("_lf_run_id"), "r1")).as_py()
-    assert (out / "reports" / "r1" / "data_docs").exists()
+    assert (out / "reports" / "r1" / "data_docs").exists() and (out / "reports" / "r1" / "report.html").exists()
+    assert "column_shares" in report and "detection" in report  # the launcher's sections, in the one write
     version = DeltaTable(str(out / "table")).version()
     assert main(["run", str(job), "--engine", "local"]) == 0  # same run id: nothing twice
     assert "already committed" in capsys.readouterr().out
@@ -106,9 +114,57 @@ def test_an_unknown_flag_is_refused_before_any_work(tmp_path, capsys):
 def test_epochs_on_the_command_line_are_honoured(tmp_path):
     assert main(["train", "--input", str(EXAMPLES / "customers.csv"), "--schema", str(EXAMPLES / "customers.schema.yaml"),
                  "--out", str(tmp_path / "m"), "--epochs", "3", "--hidden", "16", "--depth", "1", "--no-gaussian",
-                 "--no-donors", "--no-trees", "--quiet"]) == 0
+                 "--no-donors", "--no-trees", "--no-chained", "--quiet"]) == 0
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["metrics"]["epochs_run"] <= 3 and manifest["config"]["epochs"] == 3
+
+
+@pytest.mark.slow
+def test_the_jobs_training_section_trains_the_model_and_the_flags_override_it(tmp_path, capsys):
+    job = _job(tmp_path, training={"epochs": 2, "hidden": 16, "depth": 1, "code": 4, "seed": 5,
+                                   "without": ["gaussian", "trees", "chained", "donors"]})
+    assert main(["train", "--job", str(job), "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["config"]["epochs"] == 2 and manifest["config"]["random_state"] == 5
+    assert [(n["hidden"], n["depth"], n["code"]) for n in manifest["metrics"]["networks"]] == [(16, 1, 4)]
+    assert main(["train", "--job", str(job), "--out", str(tmp_path / "m2"), "--epochs", "1", "--seed", "6", "--quiet"]) == 0
+    manifest = json.loads((tmp_path / "m2" / "manifest.json").read_text())
+    assert manifest["config"]["epochs"] == 1 and manifest["config"]["random_state"] == 6
+    assert manifest["config"]["without"] == ["gaussian", "trees", "chained", "donors"]  # the job's, the flags add none
+
+
+def test_bad_training_flags_get_the_job_configs_error_format(tmp_path, capsys):
+    job = _job(tmp_path)
+    assert main(["train", "--job", str(job), "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "the command's flags: invalid job config:\n  - training.epochs: Input should be greater than or equal to 1" in err
+    assert main(["run", str(job), "--run-id", "no spaces"]) == 2
+    err = capsys.readouterr().err
+    assert f"{job}: invalid job config:\n  - run_id: Value error, run_id must be" in err
+    assert not (tmp_path / "model").exists() and not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_every_registered_command_is_on_the_command_line():
+    import argparse
+
+    from lakefill.pipelines.cli import build_parser
+    from lakefill.pipelines.commands import COMMANDS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == [c.__name__.rsplit(".", 1)[1] for c in COMMANDS]
+    for name, parser in sub.choices.items():  # every command takes --debug
+        assert "--debug" in parser.format_help(), name
+
+
+def test_the_airflow_dags_report_check_is_lakefills_own_file():
+    import runpy
+
+    from lakefill.pipelines import report_checks
+
+    linked = ROOT / "deploy" / "airflow" / "dags" / "lakefill_entry" / "report_checks.py"
+    assert linked.is_symlink() and linked.resolve() == (ROOT / "pipelines" / "report_checks.py").resolve()
+    report = {"counts": {"rows_in": 3, "rows_written": 1, "rows_quarantined": 1}, "committed": True}
+    assert runpy.run_path(str(linked))["report_problems"](report) == report_checks.report_problems(report) != []
 
 
 @pytest.mark.slow
@@ -143,7 +199,7 @@ def test_train_then_impute_cli(tmp_path, capsys):
     # a size on the command line is the one network trained, and the manifest says so
     assert main(["train", "--input", str(data), "--schema", str(EXAMPLES / "customers.schema.yaml"),
                  "--out", str(tmp_path / "m2"), "--epochs", "5", "--hidden", "16", "--depth", "1", "--no-gaussian",
-                 "--no-donors", "--no-trees", "--squash", "3", "--quiet"]) == 0
+                 "--no-donors", "--no-trees", "--no-chained", "--squash", "3", "--quiet"]) == 0
     manifest = json.loads((tmp_path / "m2" / "manifest.json").read_text())
     assert manifest["architecture"]["sizes"] == [[16, 1, 64]]
     assert manifest["architecture"]["squash"] == 3.0 and manifest["config"]["squash"] == 3.0
@@ -197,7 +253,7 @@ def test_the_shortest_path_runs_a_file_with_no_config(tmp_path, capsys):
 @pytest.mark.slow
 def test_train_shows_one_progress_bar_and_keeps_its_time_budget_in_the_manifest(tmp_path, capsys, monkeypatch):
     args = ["train", "--input", str(EXAMPLES / "customers.csv"), "--schema", str(EXAMPLES / "customers.schema.yaml"),
-            "--epochs", "4", "--hidden", "16", "--depth", "1", "--no-gaussian", "--no-donors", "--no-trees"]
+            "--epochs", "4", "--hidden", "16", "--depth", "1", "--no-gaussian", "--no-donors", "--no-trees", "--no-chained"]
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: the bar (else log lines)
     assert main(args + ["--out", str(tmp_path / "m"), "--time-budget", "600"]) == 0
     err = capsys.readouterr().err

@@ -25,7 +25,7 @@ SCHEMA = TableSchema.model_validate({"name": "t", "columns": [
     {"name": "c", "type": "categorical", "impute": True, "categories": ["a", "b"]},
 ]})
 TINY = AEConfig(hidden=16, depth=1, code=8, epochs=3, min_steps=0, patience=5, extra_sizes=(), random_state=0,
-                without=("trees", "donors", "gaussian"))
+                without=("trees", "chained", "donors", "gaussian"))
 
 
 @pytest.fixture(scope="module")

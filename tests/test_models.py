@@ -676,7 +676,7 @@ def test_the_tree_walk_is_scikit_learns_prediction_and_repeats():
 
 def test_the_model_blends_boosted_trees_where_the_held_out_cells_say_so(tmp_path, monkeypatch):
     table, X, hide = make_twin_table()
-    fitted = fit_model(table, TWIN_SCHEMA, config=SMALL)
+    fitted = fit_model(table, TWIN_SCHEMA, config=replace(SMALL, without=("chained",)))  # the first round alone
     t = fitted.metrics["trees"]
     assert t["used"] and 0 < t["weight"] <= 1 and round(t["weight"] * 20, 6).is_integer()
     assert t["val_loss_with"] < t["val_loss_without"] and fitted.model.trees is not None
@@ -738,6 +738,60 @@ def test_the_model_blends_boosted_trees_where_the_held_out_cells_say_so(tmp_path
     assert "more than 3" in wide.metrics["trees"]["skipped"]
 
 
+def test_a_chained_round_reads_the_fill_so_far_and_classifies_categories(tmp_path):
+    """The chained member's trees read a row's holes as the fill so far (not as missing); its
+    classifiers give a categorical column's probabilities, scikit-learn's own; saved and loaded."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    from lakefill.models import trees as tree_module
+    from lakefill.models.donors import column_values
+
+    table, X, hide = make_twin_table()
+    codec = TableCodec(schema=TWIN_SCHEMA).fit(table)
+    enc = codec.encode(table)
+    slices = [(s.start, s.stop) for s in codec.input_slices()]
+    rows, n = np.arange(400), table.num_rows
+    rng = np.random.default_rng(1)
+    so_far = np.column_stack([rng.normal(size=(n, 4)), rng.integers(0, 2, n)]).astype(np.float64)  # any fill
+    chained = tree_module.fit_trees(enc.values, enc.observed, enc.targets_num, col_slices=slices, n_num=4, rows=rows,
+                                    seed=0, fill=so_far, t_cat=enc.targets_cat, cat_sizes=codec.cat_sizes)
+    assert chained.filled and chained.classified and chained.klass.tolist()[-2:] == [0, 1]  # c: two outputs, p and q
+    V = column_values(enc.values, slices, 4).astype(np.float64)
+    V[~enc.observed] = so_far[~enc.observed]  # what the trees were fitted on: holes as the fill so far
+    given = enc.observed.copy()
+    given[:, [1, 4]] = False  # every row's w1 and c are holes to predict
+    W = column_values(enc.values, slices, 4).astype(np.float64)
+    W[~given] = so_far[~given]
+    got = chained.lookup(enc.values, given, so_far)
+    has = enc.observed[rows, 4] & (enc.targets_cat[rows, 0] >= 0)
+    clf = HistGradientBoostingClassifier(max_iter=tree_module.ROUNDS, learning_rate=0.1, early_stopping=False,
+                                         random_state=0).fit(V[rows][has][:, :4], enc.targets_cat[rows, 0][has])
+    assert got.cat_has[:, 0].all()
+    np.testing.assert_allclose(got.cat_probs[0], clf.predict_proba(W[:, :4]), rtol=0, atol=1e-5)
+    has = enc.observed[rows, 1]
+    reg = HistGradientBoostingRegressor(max_iter=tree_module.ROUNDS, learning_rate=0.1, early_stopping=False,
+                                        random_state=0).fit(V[rows][has][:, [0, 2, 3, 4]], enc.targets_num[rows, 1][has])
+    np.testing.assert_allclose(got.num[:, 1], reg.predict(W[:, [0, 2, 3, 4]]), rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="pass fill"):
+        chained.lookup(enc.values, given)
+    # in a model: blended into the numbers and the categories, saved in the weights file and loaded back
+    fitted = fit_model(table, TWIN_SCHEMA, config=replace(SMALL, without=("trees", "chained", "donors", "gaussian")))
+    bare = predict(fitted.model, enc.values, enc.observed)
+    fitted.model.chained = tree_module.with_weight(chained, 0.5, 0.25)
+    pred = predict(fitted.model, enc.values, enc.observed)
+    holes = ~enc.observed[:, 4]
+    blend = chained.lookup(enc.values, enc.observed, tree_module.fill_values(bare.num, bare.cat_probs))
+    np.testing.assert_allclose(pred.cat_probs[0][holes], 0.75 * bare.cat_probs[0][holes] + 0.25 * blend.cat_probs[0][holes],
+                               rtol=1e-5, atol=1e-6)
+    out = save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=TWIN_SCHEMA, policy=None,
+                        config=SMALL, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["architecture"]["chained"] == {**chained.sizes, "filled": True, "classified": True}
+    again = predict(load_artifact(out, schema=TWIN_SCHEMA).model, enc.values, enc.observed)
+    np.testing.assert_array_equal(again.num, pred.num)
+    np.testing.assert_array_equal(again.cat_probs[0], pred.cat_probs[0])
+
+
 def test_the_categorical_loss_is_each_columns_cross_entropy_at_once():
     sizes = [3, 5, 2, 7]
     slices = [(0, 1), (1, 2)] + [(2 + sum(sizes[:k]) + k, 2 + sum(sizes[:k + 1]) + k + 1) for k in range(len(sizes))]
@@ -787,7 +841,7 @@ def test_the_plateau_schedule_decays_when_the_held_out_loss_stalls_and_not_befor
 def test_a_table_learned_early_stops_early_and_training_repeats():
     _, masked, _ = make_table(n=300)
     cfg = AEConfig(hidden=16, depth=1, code=4, epochs=400, min_steps=0, plateau_patience=5, extra_sizes=(),
-                   without=("gaussian", "donors", "trees"), random_state=0)
+                   without=("gaussian", "donors", "trees", "chained"), random_state=0)
     first = fit_model(masked, SCHEMA, config=cfg)
     assert first.result.epochs_run < 200  # the plateau came long before the cap
     assert first.result.val_loss == pytest.approx(min(first.result.history))

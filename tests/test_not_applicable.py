@@ -148,7 +148,7 @@ def test_not_applicable_cells_are_never_imputed_and_pass_the_post_suite(tmp_path
     kept, failed = Validator(schema).validate(typed)
     assert not failed
     config = AEConfig(hidden=32, depth=2, code=8, epochs=20, min_steps=200, patience=5, extra_sizes=(), random_state=0,
-                      without=("trees", "donors", "gaussian"))
+                      without=("trees", "chained", "donors", "gaussian"))
     fitted = fit_model(kept, schema, config=config)
     save_artifact(tmp_path / "m", model=fitted.model, codec=fitted.codec, schema=schema, policy=policy.to_dict(),
                   config=config, metrics=fitted.metrics, error_reference=fitted.result.error_reference)
@@ -214,7 +214,7 @@ def test_a_local_run_keeps_not_applicable_cells_null_and_reports_them(tmp_path):
     schema = infer_schema(raw.table.drop_columns([ROW_ID]), name="schools", policy=NullPolicy().fit(raw.table))
     write(tmp_path / "schools.yaml", dump_schema(schema))
     config = AEConfig(hidden=32, depth=2, code=8, epochs=20, min_steps=200, patience=5, extra_sizes=(), random_state=0,
-                      without=("trees", "donors", "gaussian"))
+                      without=("trees", "chained", "donors", "gaussian"))
     train_to_dir(str(path), schema, tmp_path / "model", config=config)
     job = JobConfig.model_validate({"input": str(path), "schema": str(tmp_path / "schools.yaml"),
                                     "model": str(tmp_path / "model"), "output": str(tmp_path / "out"), "run_id": "na"})

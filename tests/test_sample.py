@@ -74,7 +74,7 @@ def test_lakefill_train_fits_on_the_sample_and_records_it(tmp_path, capsys):
     pacsv.write_csv(table, tmp_path / "in.csv")
     assert main(["train", "--input", str(tmp_path / "in.csv"), "--out", str(tmp_path / "m"), "--train-rows", "300",
                  "--epochs", "3", "--hidden", "8", "--depth", "1", "--code", "2", "--no-gaussian", "--no-donors",
-                 "--no-trees", "--seed", "5"]) == 0
+                 "--no-trees", "--no-chained", "--seed", "5"]) == 0
     assert "training sample: 300 of 2,000 rows (seed 5)" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["metrics"]["training_sample"] == {"train_rows": 300, "rows": 300, "input_rows": 2_000,

@@ -11,7 +11,7 @@ def test_the_scale_benchmark_trains_on_a_sample_and_measures_it(tmp_path, capsys
     out = tmp_path / "scale.json"
     assert scale.main(["--data", str(ROOT / "tests" / "data" / "tabular" / "letter.csv"), "--sizes", "1500",
                        "--formats", "csv,parquet", "--paths", "train", "--train-rows", "400", "--work", str(tmp_path),
-                       "--train-args=--epochs 3 --hidden 8 --depth 1 --code 2 --no-gaussian --no-trees --no-donors",
+                       "--train-args=--epochs 3 --hidden 8 --depth 1 --code 2 --no-gaussian --no-trees --no-chained --no-donors",
                        "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [(r["format"], r["sample_rows"], r["input_rows"]) for r in result["runs"]] == [("csv", 400, 1500),

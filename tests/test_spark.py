@@ -282,7 +282,7 @@ def test_a_first_run_trains_on_a_sample_the_executors_drew(spark, tmp_path):
                                  min_tasks=4)
     assert drawn.table.equals(local.table) and (info.rows, info.seed) == (300, 2) and info.input_rows == read_raw(EXAMPLES / "customers.csv").table.num_rows
     cfg = demo_job(tmp_path, tmp_path / "model", train_if_missing=True,
-                   training={"train_rows": 300, "seed": 2, "without": ["gaussian", "trees", "donors"]})
+                   training={"train_rows": 300, "seed": 2, "without": ["gaussian", "trees", "chained", "donors"]})
     lines = []
     outcome = run_spark(cfg, spark=spark, log=lines.append)
     assert outcome.committed and any("drawn by Spark" in str(line) for line in lines)
@@ -300,7 +300,7 @@ def test_a_first_run_trains_the_networks_with_torch_distributor(spark, tmp_path)
     from lakefill.pipelines.launcher import training_rows
     from lakefill.schema import load_schema
 
-    training = {"train_rows": 300, "seed": 2, "without": ["gaussian", "trees", "donors"]}
+    training = {"train_rows": 300, "seed": 2, "without": ["gaussian", "trees", "chained", "donors"]}
     cfg = demo_job(tmp_path, tmp_path / "model", train_if_missing=True,
                    training={**training, "trainer": "torch_distributor", "processes": 2})
     lines = []

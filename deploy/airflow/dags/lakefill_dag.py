@@ -20,8 +20,8 @@ Every path param may be an object-store URI (``s3://``, ``gs://``, ``abfss://``)
 (``job``, optional; the other params override its fields), input, schema, model and output
 are read by the engine with its own credentials (``storage_options`` adds endpoints or keys).
 ``check_report`` reads ``OUTPUT/reports/RUN_ID/report.json`` through Airflow's object storage
-(the connection ``storage_conn_id``) and fails the DAG run if the run committed nothing, lost
-rows or quarantined over its share. Retries are safe: the lake commit is idempotent per run id
+(the connection ``storage_conn_id``) and fails the DAG run on the problems ``lakefill report
+--check`` names (``lakefill_entry/report_checks.py``, a link to lakefill's one rule). Retries are safe: the lake commit is idempotent per run id
 (default ``lakefill-<logical date>``).
 """
 
