@@ -2,6 +2,7 @@
 observed cells, used by refine only where the check rows and each row's held-back cells say so."""
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -27,9 +28,12 @@ def drifted(tmp_path_factory):
     full, masked, hide = make_table(n=1200, seed=3, missing=0.2)
     x = full.column("x").to_numpy()
     low, high = np.nonzero(x < 0.3)[0], np.nonzero(x >= 0.3)[0]
-    fitted = fit_model(full.take(pa.array(low)).append_column(ROW_ID, pa.array(low, pa.int64())), SCHEMA, config=SMALL)
+    # the networks' adaptation, measured without the chained round: its trees fill these drifted rows
+    # well already (weight 0.95 here: direct error 1.87 against 2.30 without it) and leave less to refine
+    config = replace(SMALL, without=("chained",))
+    fitted = fit_model(full.take(pa.array(low)).append_column(ROW_ID, pa.array(low, pa.int64())), SCHEMA, config=config)
     d = save_artifact(tmp_path_factory.mktemp("m") / "m", model=fitted.model, codec=fitted.codec, schema=SCHEMA,
-                      policy=None, config=SMALL, metrics={}, error_reference=fitted.result.error_reference)
+                      policy=None, config=config, metrics={}, error_reference=fitted.result.error_reference)
     return full.take(pa.array(high)), masked.take(pa.array(high)), hide[high], load_artifact(d)
 
 
