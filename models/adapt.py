@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from lakefill.models import members as registry
 from lakefill.models.config import AEConfig
 from lakefill.models.mixture import Ensemble
 from lakefill.models.network import MaskedAutoencoder, cell_losses
@@ -74,7 +75,7 @@ def with_networks(model):
     if isinstance(model, MaskedAutoencoder):
         return copy.deepcopy(model)
     members = [copy.deepcopy(m) if isinstance(m, MaskedAutoencoder) else m for m in model.members]
-    blends = {name: None if getattr(member, "filled", False) else member for name, member in model.blends().items()}
+    blends = {b.name: getattr(model, b.name, None) if b.adapts else None for b in registry.blends()}
     out = Ensemble(members, model.weights.tolist(), **blends)
     out.weights.copy_(model.weights)
     return out.to(model.weights.device)

@@ -34,7 +34,7 @@ from lakefill.models.codec import TableCodec
 from lakefill.errors import ModelError
 from lakefill.schema import TableSchema
 
-__all__ = ["ModelArtifact", "save_artifact", "load_artifact", "artifact_format", "artifact_digest", "model_folder",
+__all__ = ["ModelArtifact", "unsaved_artifact", "save_artifact", "load_artifact", "artifact_format", "artifact_digest", "model_folder",
            "FORMAT", "MANIFEST", "WEIGHTS"]
 
 # the whole artifact under one hash ("artifact_sha256"), the members by the registry's names in
@@ -137,6 +137,12 @@ def model_folder(where):
                              "(lakefill.transforms.storage.Location, with its storage options)")
         return Path(text.removeprefix("file://"))
     return where
+
+
+def unsaved_artifact(fitted, schema: TableSchema, config: AEConfig) -> ModelArtifact:
+    """A just-fitted model (``lakefill.models.training.FittedModel``) as an artifact, before it is
+    saved: what ``Imputer`` takes."""
+    return ModelArtifact(fitted.model, fitted.codec, schema, None, config, {}, "", float(fitted.result.error_reference))
 
 
 def save_artifact(out_dir, *, model: Ensemble | MaskedAutoencoder, codec: TableCodec, schema: TableSchema,

@@ -95,9 +95,11 @@ class Mixture(Member):
 
 
 class Blend(Member):
-    """A member blended into the mixture's fill."""
+    """A member blended into the mixture's fill. ``adapts``: kept in a model whose networks were
+    adapted to a run (``lakefill.models.adapt``)."""
 
     kind = "blend"
+    adapts = True
 
     def fit(self, ensemble, data: HeldOut) -> dict | None:
         """Fit on the training rows, weigh on the held-out cells, set ``ensemble.<name>`` when a
@@ -240,6 +242,7 @@ class Chained(Trees):
 
     name = "chained"
     filled = True
+    adapts = False  # its trees learned the training rows' fill and cannot follow rows that drifted past them
     help = ("do not fit a second round of boosted trees on the rows as filled so far (missForest's next "
             "iteration): by default it is blended into the numeric fill with the weight the held-out cells give it")
 
@@ -253,12 +256,12 @@ def _fill_before(ensemble, data: HeldOut, name: str) -> np.ndarray:
     order = [b.name for b in blends()]
     kept = {n: getattr(ensemble, n, None) for n in order[order.index(name):]}
     try:  # ``name`` and the blends after it off (a refit runs after every blend is weighed and set)
-        for name in kept:
-            setattr(ensemble, name, None)
+        for n in kept:
+            setattr(ensemble, n, None)
         pred = predict(ensemble, data.values, data.observed)
     finally:
-        for name, member in kept.items():
-            setattr(ensemble, name, member)
+        for n, member in kept.items():
+            setattr(ensemble, n, member)
     return fill_values(pred.num, pred.cat_probs)
 
 

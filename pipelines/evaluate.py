@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 from lakefill.errors import ConfigError
 from lakefill.models.config import AEConfig
 from lakefill.models.adapt import AdaptConfig
-from lakefill.models.artifact import ModelArtifact
+from lakefill.models.artifact import unsaved_artifact
 from lakefill.models.mixture import predict
 from lakefill.models.reverse import ReverseConfig
 from lakefill.models.training import fit_model
@@ -198,8 +198,7 @@ def run_lakefill(problem: Problem, mask: np.ndarray, seed: int, *, reverse: bool
             fit_on = masked.take(BottomK(train_rows, seed).add(masked.select([ROW_ID])).table().column(ROW_ID))
         fitted = fit_model(fit_on, _unrounded(problem.schema), config=config or AEConfig(random_state=seed))
         fit_s = time.perf_counter() - t0
-    artifact = ModelArtifact(fitted.model, fitted.codec, _unrounded(problem.schema), None, config or AEConfig(random_state=seed), {}, "",
-                             float(fitted.result.error_reference))
+    artifact = unsaved_artifact(fitted, _unrounded(problem.schema), config or AEConfig(random_state=seed))
     imputer = Imputer(artifact, reverse=ReverseConfig(random_state=seed))
     t0 = time.perf_counter()
     out = imputer.impute(masked, precision=precision)

@@ -26,7 +26,7 @@ import pyarrow as pa
 from lakefill._drift import confidence_profile, confidence_report, drift_of, drift_report, profile_table
 from lakefill.errors import ConfigError, InputError, NothingNew, SchemaError
 from lakefill.models.adapt import AdaptConfig
-from lakefill.models.artifact import MANIFEST, ModelArtifact, save_artifact
+from lakefill.models.artifact import MANIFEST, ModelArtifact, save_artifact, unsaved_artifact
 from lakefill.models.config import AEConfig
 from lakefill.models.training import fit_model
 from lakefill.pipelines import versions
@@ -405,8 +405,7 @@ def save_trained(folder: "Path | Location", fitted, schema: TableSchema, policy:
     """A fitted model written to ``folder`` (local or a ``Location``) with what runs compare themselves with: the
     profile of the ``rows`` it was trained on and its confidence on (the first ``limit`` of) them,
     filling their own missing cells (``lakefill._drift``)."""
-    artifact = ModelArtifact(fitted.model, fitted.codec, schema, None, config, {}, "", float(fitted.result.error_reference))
-    filled = Imputer(artifact, device="cpu").impute(rows.slice(0, limit))
+    filled = Imputer(unsaved_artifact(fitted, schema, config), device="cpu").impute(rows.slice(0, limit))
     return save_artifact(as_location(folder), model=fitted.model, codec=fitted.codec, schema=schema, policy=policy, config=config,
                          metrics={**fitted.metrics, **({"training_sample": sample.to_dict()} if sample else {})},
                          error_reference=fitted.result.error_reference, profile=profile_table(rows, schema),

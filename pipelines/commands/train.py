@@ -66,8 +66,6 @@ def run(args) -> int:
     without = [name for name in member_names() if getattr(args, f"no_{name}", False)]
     base = job.training.model_dump() if job is not None else {}
     base["without"] = sorted(set(base.get("without", [])) | set(without), key=member_names().index)
-    if job is not None and not base.get("time_budget"):
-        base["time_budget"] = job.train_time_budget
     training = training_config({**base, **{k: v for k, v in flags.items() if v is not None}})
     options = job.storage_options if job is not None else {}
     args.input = args.input or (job.input if job is not None else None)
@@ -88,7 +86,7 @@ def run(args) -> int:
     else:
         raw = read_raw(source, limit=200_000, csv_options=csv_options(args))
         schema = infer_schema(raw.table, name=source.stem, policy=NullPolicy().fit(raw.table))
-    cfg = training.ae_config()
+    cfg = training.ae_config(job.train_time_budget if job is not None else 0.0)
     out = train_to_dir(source, schema, model, config=cfg, progress=not args.quiet, csv_options=csv_options(args),
                        train_rows=training.train_rows, log=None if args.quiet else print)
     manifest = json.loads((Location(str(out), options) / "manifest.json").read_text())
