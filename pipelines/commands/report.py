@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lakefill.errors import LakefillError
@@ -25,6 +24,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from lakefill.pipelines.report import column_shares_of_run, render_report, report_page, suspects_of
+    from lakefill.transforms.stage import read_report
 
     options: dict = {}
     if args.run_dir:
@@ -37,7 +37,7 @@ def run(args) -> int:
         raise LakefillError("report needs a run folder, or --job JOB.yaml and --run-id ID")
     if not (run_dir / "report.json").exists():
         raise LakefillError(f"{run_dir} has no report.json: pass a run's folder, OUTPUT/reports/RUN_ID")
-    report = json.loads((run_dir / "report.json").read_text())
+    report = read_report(run_dir)
     if "column_shares" not in report:  # a run made before they were recorded: counted for the check and the page
         report["column_shares"] = column_shares_of_run(report, options)
     if run_dir.is_local:
